@@ -1,0 +1,45 @@
+"""Command line for the queue runner (``run_queue.py`` is a thin wrapper around :func:`main`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+from pipeline.config import ConfigError, load_queue
+
+EXIT_CONFIG = 2
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="run_queue.py",
+        description="Run a YAML queue of audio experiments: features -> folds -> models -> OOF/test -> blend.",
+    )
+    parser.add_argument("queue", help="queue file (YAML), e.g. experiments.yaml")
+    parser.add_argument("--only", metavar="NAME[,NAME]", help="run only these experiments (comma-separated)")
+    parser.add_argument("--force", action="store_true", help="rerun the selected experiments from scratch")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan (experiments, cache hits, folds); write nothing")
+    parser.add_argument("--blend-only", action="store_true", help="skip training; rebuild oof.csv, summary and blend")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        queue = load_queue(args.queue)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    only = None
+    if args.only:
+        only = [n.strip() for n in args.only.split(",") if n.strip()]
+        unknown = [n for n in only if n not in {e.name for e in queue.experiments}]
+        if unknown:
+            names = ", ".join(e.name for e in queue.experiments)
+            print(f"error: --only: {', '.join(map(repr, unknown))} not in {args.queue}; experiments are: {names}",
+                  file=sys.stderr)
+            return EXIT_CONFIG
+    from pipeline.queue import run  # imports TensorFlow lazily: config errors stay fast
+
+    return run(queue, only=only, force=args.force, dry_run=args.dry_run, blend_only=args.blend_only)

@@ -1,0 +1,458 @@
+"""Read a queue file once, validate all of it, and return frozen experiment objects.
+
+A queue file has four top-level keys::
+
+    defaults:     # merged into every experiment (same keys as an experiment, minus name)
+    experiments:  # a list; each needs a unique, path-safe `name`
+    blend:        # how the finished experiments are ensembled
+    output:       # output folder, default `output` (relative to the queue file)
+
+Every component (``data``, ``features``, ``model``, ``loss``) is either a short
+string (``model: inceptiontime``) or a mapping ``{name: ..., <params>}``. An
+experiment's component is merged over the default one when both have the same
+name (or the experiment's omits the name); a different name replaces it.
+
+Relative paths are resolved against the queue file's folder, never the working
+directory. All problems are collected and raised together as one
+:class:`ConfigError` whose lines each start with the key path, e.g.
+``experiments[1].model.name: 'xcepton' is not a model; choose one of: ...``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import typing
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
+
+import yaml
+
+from pipeline import schema
+
+NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
+# Experiment names become folders under output/ and column names in output/oof.csv.
+RESERVED_NAMES = {"cache", "folds", "blend", "id", "fold", "report", "summary", "oof", "queue"}
+TOP_LEVEL_KEYS = ("defaults", "experiments", "blend", "output")
+KIND_NAMES = {"data": "data source", "features": "feature", "model": "model", "loss": "loss", "method": "blend method"}
+BLEND_METRICS = ("auc", "log_loss")
+
+
+class ConfigError(ValueError):
+    """One or more problems in a queue file; ``problems`` holds one line each."""
+
+    def __init__(self, source: str, problems: List[str]):
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: {len(problems)} problem(s)\n" + "\n".join(f"  {p}" for p in problems))
+
+
+@dataclass(frozen=True)
+class Component:
+    """A named component and its validated parameters (a frozen schema dataclass)."""
+
+    name: str
+    params: Any
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"name": self.name, **_plain(dataclasses.asdict(self.params))}
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One fully resolved experiment: every default filled in, every path absolute."""
+
+    name: str
+    data: Component
+    features: Component
+    model: Component
+    loss: Component
+    audio: schema.AudioSettings
+    cache: schema.CacheSettings
+    folds: schema.FoldSettings
+    train: schema.TrainSettings
+
+    def to_dict(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {"name": self.name}
+        for section in schema.COMPONENT_SECTIONS:
+            out[section] = getattr(self, section).to_dict()
+        for section in schema.PLAIN_SECTIONS:
+            out[section] = _plain(dataclasses.asdict(getattr(self, section)))
+        return out
+
+    def config_hash(self) -> str:
+        """Identity of the run: a finished experiment with the same hash is skipped."""
+        return stable_hash(self.to_dict())
+
+
+@dataclass(frozen=True)
+class BlendSettings:
+    method: Component
+    include: Optional[Tuple[str, ...]]  # None: every finished experiment
+    metric: str
+
+
+@dataclass(frozen=True)
+class Queue:
+    source: str  # absolute path of the queue file
+    base_dir: str  # its folder: relative paths are resolved against it
+    output_dir: str
+    experiments: Tuple[Experiment, ...]
+    blend: BlendSettings
+
+    def experiment(self, name: str) -> Experiment:
+        for exp in self.experiments:
+            if exp.name == name:
+                return exp
+        raise KeyError(name)
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    """Short sha256 of a JSON-serialisable object with sorted keys."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def _plain(obj):
+    """Tuples -> lists so that YAML/JSON dumps stay plain."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_queue(path: str) -> Queue:
+    """Parse and validate a queue file. Raises :class:`ConfigError` listing every problem."""
+    source = os.path.abspath(path)
+    if not os.path.isfile(source):
+        raise ConfigError(path, [f"queue file not found: {path!r} (expected a YAML file)"])
+    try:
+        with open(source, encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+    except yaml.constructor.ConstructorError as err:
+        mark = err.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        raise ConfigError(
+            path, [f"{where}: YAML tag not allowed ({err.problem}); only plain YAML values are accepted"]
+        ) from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(path, [f"{where}: not valid YAML: {problem}"]) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(path, [f"cannot read queue file: {err}"]) from None
+    return parse_queue(raw, source=source, base_dir=os.path.dirname(source))
+
+
+def parse_queue(raw: Any, *, source: str, base_dir: str) -> Queue:
+    """Validate an already-parsed YAML document (see :func:`load_queue`)."""
+    problems: List[str] = []
+    if not isinstance(raw, dict):
+        raise ConfigError(source, [f"<root>: expected a mapping with keys {', '.join(TOP_LEVEL_KEYS)}; got {_typename(raw)}"])
+    for key in raw:
+        if key not in TOP_LEVEL_KEYS:
+            problems.append(f"{key}: unknown key; expected one of: {', '.join(TOP_LEVEL_KEYS)}")
+
+    defaults = raw.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        problems.append(f"defaults: expected a mapping; got {_typename(defaults)}")
+        defaults = {}
+    if "name" in defaults:
+        problems.append("defaults.name: an experiment name cannot be a default")
+    for key in defaults:
+        if key != "name" and key not in schema.COMPONENT_SECTIONS and key not in schema.PLAIN_SECTIONS:
+            problems.append(f"defaults.{key}: unknown key; expected one of: {', '.join(_section_names())}")
+
+    raw_exps = raw.get("experiments")
+    if not isinstance(raw_exps, list) or not raw_exps:
+        problems.append(f"experiments: expected a non-empty list of experiments; got {_typename(raw_exps)}")
+        raw_exps = []
+
+    experiments: List[Experiment] = []
+    seen: Dict[str, int] = {}
+    for i, raw_exp in enumerate(raw_exps):
+        exp = _parse_experiment(i, raw_exp, defaults, base_dir, problems, seen)
+        if exp is not None:
+            experiments.append(exp)
+
+    output = raw.get("output", "output")
+    if not isinstance(output, str) or not output:
+        problems.append(f"output: expected a folder path string; got {_typename(output)}")
+        output = "output"
+    blend = _parse_blend(raw.get("blend"), [e.name for e in experiments], problems)
+
+    if problems:
+        # Problems inherited from `defaults` appear once, not once per experiment.
+        raise ConfigError(source, list(dict.fromkeys(problems)))
+    return Queue(
+        source=source,
+        base_dir=base_dir,
+        output_dir=_resolve(base_dir, output),
+        experiments=tuple(experiments),
+        blend=blend,
+    )
+
+
+def _section_names():
+    return ["name", *schema.COMPONENT_SECTIONS, *schema.PLAIN_SECTIONS]
+
+
+def _parse_experiment(i, raw_exp, defaults, base_dir, problems, seen) -> Optional[Experiment]:
+    where = f"experiments[{i}]"
+    if not isinstance(raw_exp, dict):
+        problems.append(f"{where}: expected a mapping with at least `name`; got {_typename(raw_exp)}")
+        return None
+    n_before = len(problems)
+    name = raw_exp.get("name")
+    if not isinstance(name, str) or not name:
+        problems.append(f"{where}.name: required; a string of letters, digits, '.', '_' or '-'")
+        name = None
+    elif not NAME_RE.match(name) or set(name) == {"."}:
+        problems.append(f"{where}.name: {name!r} is not a safe name; use only letters, digits, '.', '_' and '-'")
+    elif name in RESERVED_NAMES:
+        problems.append(f"{where}.name: {name!r} is reserved; choose another name")
+    elif name in seen:
+        problems.append(f"{where}.name: duplicate name {name!r} (also experiments[{seen[name]}].name)")
+    else:
+        seen[name] = i
+
+    for key in raw_exp:
+        if key not in _section_names():
+            problems.append(f"{where}.{key}: unknown key; expected one of: {', '.join(_section_names())}")
+
+    def origin(section: str, key: Optional[str] = None) -> str:
+        """Key path where a value came from: the experiment if it set it, else defaults."""
+        own = raw_exp.get(section)
+        if key is None:
+            return f"{where}.{section}" if section in raw_exp else f"defaults.{section}"
+        if isinstance(own, dict) and key in own:
+            return f"{where}.{section}.{key}"
+        if isinstance(own, str) and key == "name":
+            return f"{where}.{section}.name"
+        return f"defaults.{section}.{key}"
+
+    values: Dict[str, Any] = {}
+    for section, registry in schema.COMPONENT_SECTIONS.items():
+        merged = _merge_component(section, defaults.get(section), raw_exp.get(section), origin, problems)
+        if merged is None:
+            if section in schema.DEFAULT_COMPONENTS:
+                merged = {"name": schema.DEFAULT_COMPONENTS[section]}
+            else:
+                if section in schema.REQUIRED_COMPONENTS:
+                    problems.append(
+                        f"{where}.{section}: required; one of: {', '.join(sorted(registry))} "
+                        f"(in the experiment or in defaults)"
+                    )
+                continue
+        values[section] = _parse_component(section, merged, origin, base_dir, problems, experiment_name=name)
+    for section, cls in schema.PLAIN_SECTIONS.items():
+        merged = _merge_plain(section, defaults.get(section), raw_exp.get(section), origin, problems)
+        values[section] = _build(cls, merged, lambda key, s=section: origin(s, key), base_dir, problems)
+
+    if len(problems) > n_before or name is None:
+        return None
+    return Experiment(name=name, **values)
+
+
+def _merge_component(section, default, own, origin, problems) -> Optional[dict]:
+    parts = []
+    for value, label in ((default, f"defaults.{section}"), (own, origin(section))):
+        if value is None:
+            continue
+        if isinstance(value, str):
+            value = {"name": value}
+        if not isinstance(value, dict):
+            problems.append(f"{label}: expected a name or a mapping with `name`; got {_typename(value)}")
+            return None
+        parts.append(value)
+    if not parts:
+        return None
+    merged = dict(parts[0])
+    if len(parts) == 2:
+        own_name = parts[1].get("name")
+        if own_name is not None and own_name != merged.get("name"):
+            merged = dict(parts[1])  # another component: the default's parameters do not apply
+        else:
+            merged.update(parts[1])
+    return merged
+
+
+def _merge_plain(section, default, own, origin, problems) -> dict:
+    merged: Dict[str, Any] = {}
+    for value, label in ((default, f"defaults.{section}"), (own, origin(section))):
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            problems.append(f"{label}: expected a mapping; got {_typename(value)}")
+            continue
+        merged.update(value)
+    return merged
+
+
+def _parse_component(section, merged, origin, base_dir, problems, experiment_name=None) -> Optional[Component]:
+    registry = schema.COMPONENT_SECTIONS[section]
+    name = merged.get("name")
+    if not isinstance(name, str):
+        problems.append(f"{origin(section, 'name')}: required; one of: {', '.join(sorted(registry))}")
+        return None
+    if name not in registry:
+        problems.append(
+            f"{origin(section, 'name')}: {name!r} is not a {KIND_NAMES[section]}; "
+            f"choose one of: {', '.join(sorted(registry))}"
+        )
+        return None
+    params = {k: v for k, v in merged.items() if k != "name"}
+    if section == "data" and name == "synthetic_whale" and params.get("root") is None:
+        params["root"] = "input/synthetic_whale"
+    built = _build(registry[name], params, lambda key: origin(section, key), base_dir, problems)
+    return None if built is None else Component(name=name, params=built)
+
+
+def _build(cls, values: dict, where, base_dir, problems):
+    """Instantiate a schema dataclass from user values, checking keys, types and ranges."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    ok = True
+    for key, value in values.items():
+        if key not in fields:
+            choices = ", ".join(fields) if fields else "(none: this component takes no parameters)"
+            problems.append(f"{where(key)}: unknown key; expected one of: {choices}")
+            ok = False
+            continue
+        error, value = _check_value(value, hints[key], fields[key].metadata, base_dir)
+        if error:
+            problems.append(f"{where(key)}: {error}")
+            ok = False
+        else:
+            kwargs[key] = value
+    for key, f in fields.items():
+        if key not in kwargs and f.metadata.get("path") and f.default is not None and f.metadata.get("must_exist"):
+            # A default path that must exist is checked too (e.g. kaggle_whale root).
+            error, value = _check_value(f.default, hints[key], f.metadata, base_dir)
+            if error:
+                problems.append(f"{where(key)}: {error}")
+                ok = False
+            else:
+                kwargs[key] = value
+    return cls(**kwargs) if ok else None
+
+
+def _check_value(value, hint, meta, base_dir) -> Tuple[Optional[str], Any]:
+    """Return (error message or None, coerced value)."""
+    optional = typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint)
+    if optional:
+        if value is None:
+            return None, None
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    if hint is bool:
+        if not isinstance(value, bool):
+            return f"expected true or false; got {_show(value)}", value
+    elif hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"expected an integer; got {_show(value)}", value
+    elif hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"expected a number; got {_show(value)}", value
+        value = float(value)
+        if value != value or value in (float("inf"), float("-inf")):
+            return f"expected a finite number; got {value}", value
+    elif hint is str:
+        if not isinstance(value, str) or not value:
+            return f"expected a non-empty string; got {_show(value)}", value
+    elif hint is tuple:
+        if not isinstance(value, (list, tuple)) or not value or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value
+        ):
+            return f"expected a non-empty list of positive integers; got {_show(value)}", value
+        value = tuple(value)
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        return f"{_show(value)} is not allowed; choose one of: {', '.join(map(str, choices))}", value
+    if "min" in meta and value < meta["min"]:
+        return f"must be >= {meta['min']}; got {_show(value)}", value
+    if "max" in meta and value > meta["max"]:
+        return f"must be <= {meta['max']}; got {_show(value)}", value
+    if "min_exclusive" in meta and value <= meta["min_exclusive"]:
+        return f"must be > {meta['min_exclusive']}; got {_show(value)}", value
+    kind = meta.get("path")
+    if kind:
+        value = _resolve(base_dir, value)
+        if meta.get("must_exist"):
+            exists = os.path.isdir(value) if kind == "dir" else os.path.isfile(value)
+            if not exists:
+                what = "folder" if kind == "dir" else "file"
+                return f"{what} not found: {value}", value
+    return None, value
+
+
+def _parse_blend(raw, names, problems) -> BlendSettings:
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        problems.append(f"blend: expected a mapping with keys method, include, metric; got {_typename(raw)}")
+        raw = {}
+    for key in raw:
+        if key not in ("method", "include", "metric"):
+            problems.append(f"blend.{key}: unknown key; expected one of: method, include, metric")
+    method = raw.get("method", "mean")
+    if isinstance(method, str):
+        method = {"name": method}
+    component = None
+    if not isinstance(method, dict) or not isinstance(method.get("name"), str):
+        problems.append(f"blend.method: expected a name or a mapping with `name`; got {_typename(method)}")
+    elif method["name"] not in schema.BLEND_METHODS:
+        problems.append(
+            f"blend.method.name: {method['name']!r} is not a blend method; "
+            f"choose one of: {', '.join(sorted(schema.BLEND_METHODS))}"
+        )
+    else:
+        params = {k: v for k, v in method.items() if k != "name"}
+        built = _build(schema.BLEND_METHODS[method["name"]], params, lambda k: f"blend.method.{k}", "", problems)
+        if built is not None:
+            component = Component(method["name"], built)
+    include = raw.get("include")
+    if include is not None:
+        if not isinstance(include, list) or not all(isinstance(n, str) for n in include):
+            problems.append(f"blend.include: expected a list of experiment names; got {_typename(include)}")
+            include = None
+        else:
+            for n in include:
+                if n not in names:
+                    problems.append(f"blend.include: {n!r} is not an experiment in this queue")
+            include = tuple(include)
+    metric = raw.get("metric", "auc")
+    if metric not in BLEND_METRICS:
+        problems.append(f"blend.metric: {_show(metric)} is not a metric; choose one of: {', '.join(BLEND_METRICS)}")
+    return BlendSettings(method=component, include=include, metric=metric)
+
+
+def _resolve(base_dir: str, path: str) -> str:
+    path = os.path.expanduser(path)
+    if "://" in path or os.path.isabs(path):
+        return path
+    return os.path.normpath(os.path.join(base_dir, path))
+
+
+def _typename(value) -> str:
+    if value is None:
+        return "nothing"
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "an integer", float: "a number"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _show(value) -> str:
+    return f"{value!r} ({_typename(value)})" if not isinstance(value, (int, float)) or isinstance(value, bool) else repr(value)
+
+
+def dump_experiment(exp: Experiment) -> str:
+    """The resolved config as YAML text (written to output/<experiment>/config.yaml)."""
+    return yaml.safe_dump(exp.to_dict(), sort_keys=False)

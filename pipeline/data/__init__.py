@@ -1,0 +1,216 @@
+"""Data sources: dataset layouts -> :class:`~pipeline.data.base.Dataset` manifests.
+
+Every source is registered in :data:`SOURCES` under the name its parameters
+have in :data:`pipeline.schema.DATA_SOURCES`; each registered builder takes
+that frozen parameter dataclass and returns a :class:`Dataset`. Decoding lives
+in :mod:`pipeline.data.audio` and is shared by every source.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+
+from pipeline import schema
+from pipeline.data.base import SUBMISSION_FORMATS, DataError, Dataset
+from pipeline.data.synthetic import read_synthetic_whale
+from pipeline.data.table import read_table
+from pipeline.data.whale import read_kaggle_whale
+from pipeline.registry import Registry
+
+__all__ = ["SOURCES", "DataError", "Dataset", "format_submission", "load_dataset", "submission_frame"]
+
+logger = logging.getLogger(__name__)
+
+SOURCES = Registry("data source", allowed=schema.DATA_SOURCES)
+
+# rfcx: one column per species, s0..s23 in the competition; the rule is s<k> for target k.
+_RFCX_ID = "recording_id"
+
+
+@SOURCES.register("kaggle_whale")
+def _kaggle_whale(params: schema.KaggleWhaleParams) -> Dataset:
+    return read_kaggle_whale(params.root)
+
+
+@SOURCES.register("synthetic_whale")
+def _synthetic_whale(params: schema.SyntheticWhaleParams) -> Dataset:
+    if params.root is None:
+        # The queue resolves the default (input/<dataset name>); a None here is a caller bug.
+        raise ValueError("synthetic_whale needs a resolved root folder. Received: root=None")
+    return read_synthetic_whale(
+        params.root,
+        n_train=params.n_train,
+        n_test=params.n_test,
+        positive_fraction=params.positive_fraction,
+        seed=params.seed,
+    )
+
+
+@SOURCES.register("table")
+def _table(params: schema.TableParams) -> Dataset:
+    return read_table(
+        params.csv,
+        params.audio_dir,
+        params.file_column,
+        params.label_column,
+        group_column=params.group_column,
+        test_csv=params.test_csv,
+        test_audio_dir=params.test_audio_dir,
+    )
+
+
+def load_dataset(name: str, params) -> Dataset:
+    """Build the manifest of data source ``name``.
+
+    Parameters
+    ----------
+    name : str
+        A key of :data:`pipeline.schema.DATA_SOURCES`.
+    params : dataclass
+        The matching parameters (``schema.DATA_SOURCES[name]``) with paths
+        already absolute.
+
+    Returns
+    -------
+    Dataset
+
+    Raises
+    ------
+    pipeline.registry.UnknownNameError
+        For an unregistered name (the message lists the choices).
+    TypeError
+        When ``params`` is not the source's parameter class.
+    DataError
+        When the data on disk does not match the source's layout.
+    """
+    build = SOURCES.get(name)
+    expected = schema.DATA_SOURCES[name]
+    if not isinstance(params, expected):
+        raise TypeError(
+            f"data source {name!r} takes {expected.__name__}. Received: params={type(params).__name__}"
+        )
+    return build(params)
+
+
+def submission_frame(dataset: Dataset, ids: list, predictions: np.ndarray) -> pd.DataFrame:
+    """The competition submission for ``dataset``: one row per test clip.
+
+    Parameters
+    ----------
+    dataset : Dataset
+        Decides the format (``dataset.submission``), the target order and the
+        test ids the submission must cover.
+    ids : list of str [n]
+        Test clip ids, unique, each one of the dataset's test ids.
+    predictions : np.ndarray [shape=(n, len(dataset.targets))]
+        Probabilities in [0, 1], columns in ``dataset.targets`` order (a 1-D
+        array is accepted for single-target data).
+
+    Returns
+    -------
+    pd.DataFrame
+        See :func:`format_submission`. Rows follow ``ids``; test clips absent
+        from ``ids`` (the decoder skipped their audio) are appended in
+        manifest order with the mean prediction of each column, and a
+        warning is logged, because a competition submission must list every
+        test clip and a bad file must not stop the run.
+
+    Raises
+    ------
+    ValueError
+        For a shape mismatch, values outside [0, 1] or NaN, duplicated ids or
+        ids that are not test ids of ``dataset``.
+    """
+    ids = [str(i) for i in ids]
+    predictions = _check_predictions(ids, predictions, n_targets=len(dataset.targets))
+    test_ids = [str(i) for i in dataset.test["id"]]
+    unknown = sorted(set(ids) - set(test_ids))
+    if unknown:
+        raise ValueError(f"ids must be test ids of the dataset. Received {len(unknown)} others, e.g. {unknown[:5]}")
+    given = set(ids)
+    absent = [i for i in test_ids if i not in given]
+    if absent:
+        if not ids:
+            raise ValueError(f"no predictions for any of the {len(test_ids)} test clips")
+        logger.warning(
+            "submission: %d of %d test clips have no prediction (skipped audio?); "
+            "they get the mean prediction, e.g. %s",
+            len(absent), len(test_ids), absent[:3],
+        )
+        fill = np.broadcast_to(predictions.mean(axis=0), (len(absent), predictions.shape[1]))
+        ids = ids + absent
+        predictions = np.concatenate([predictions, fill], axis=0)
+    return format_submission(dataset.submission, dataset.targets, ids, predictions)
+
+
+def format_submission(submission: str, targets, ids: list, predictions: np.ndarray) -> pd.DataFrame:
+    """A submission table in one competition format, without needing the Dataset.
+
+    For stages that only have prediction files (blending); it checks shapes
+    and values but cannot check the ids against the test set - use
+    :func:`submission_frame` when the dataset is at hand.
+
+    Parameters
+    ----------
+    submission : str
+        ``whale``, ``rfcx`` or ``table`` (:data:`pipeline.data.base.SUBMISSION_FORMATS`).
+    targets : sequence of str [C]
+        Target names in prediction-column order.
+    ids : list of str [n]
+        Row ids, unique.
+    predictions : np.ndarray [shape=(n, C)]
+        Probabilities in [0, 1] (1-D accepted when C == 1).
+
+    Returns
+    -------
+    pd.DataFrame
+        ``whale``: ``clip, probability`` (C must be 1); ``table``:
+        ``id, <targets...>``; ``rfcx``: ``recording_id, s0, ..., s<C-1>``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown format, a shape mismatch, values outside [0, 1] or NaN,
+        or duplicated ids.
+    """
+    targets = [str(t) for t in targets]
+    ids = [str(i) for i in ids]
+    predictions = _check_predictions(ids, predictions, n_targets=len(targets))
+    if submission == "whale":
+        if len(targets) != 1:
+            raise ValueError(f"the whale format has one probability column. Received: targets={targets}")
+        columns = ["clip", "probability"]
+    elif submission == "rfcx":
+        columns = [_RFCX_ID] + [f"s{k}" for k in range(len(targets))]
+    elif submission == "table":
+        columns = ["id", *targets]
+    else:
+        raise ValueError(f"submission must be one of {SUBMISSION_FORMATS}. Received: submission={submission!r}")
+    frame = pd.DataFrame(predictions, columns=columns[1:])
+    frame.insert(0, columns[0], ids)
+    return frame
+
+
+def _check_predictions(ids: list, predictions, *, n_targets: int) -> np.ndarray:
+    """``predictions`` as float64 [len(ids), n_targets], after checking shape, range and id uniqueness."""
+    predictions = np.asarray(predictions, dtype=np.float64)
+    if predictions.ndim == 1 and n_targets == 1:
+        predictions = predictions[:, None]
+    if predictions.shape != (len(ids), n_targets):
+        raise ValueError(
+            f"predictions must have shape (len(ids), n_targets) = ({len(ids)}, {n_targets}). "
+            f"Received: predictions.shape={predictions.shape}"
+        )
+    inside = (predictions >= 0.0) & (predictions <= 1.0)  # False for NaN too
+    if not inside.all():
+        raise ValueError(
+            f"predictions must be probabilities in [0, 1]. Received values such as {predictions[~inside][:3].tolist()}"
+        )
+    if len(set(ids)) != len(ids):
+        dup = sorted(i for i, count in Counter(ids).items() if count > 1)
+        raise ValueError(f"ids must be unique. Received duplicates: {dup[:5]}")
+    return predictions

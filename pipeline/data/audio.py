@@ -1,0 +1,356 @@
+"""Decode one audio file into a fixed-length mono float32 clip, or say why not.
+
+Bad audio never stops a run (ARCHITECTURE.md, "Errors"): :func:`load_clip`
+never raises for a bad *file*; it returns a :class:`Decoded` whose ``reason``
+names the problem, and the feature cache lists it. Only bad *parameters*
+(programming errors) raise :class:`ValueError`.
+
+How libsndfile (soundfile 0.12.1, libsndfile 1.2.0) reports damage, and why
+this module parses AIFF/WAV headers itself:
+
+* A truncated AIFF or WAV opens without error, and ``sf.info(...).frames``
+  is silently clamped to the frames present on disk (e.g. 3597 for a
+  4000-frame file cut to 90 %). Reading returns those frames without error.
+  Comparing ``sf.info`` frames with frames read therefore never catches it;
+  only the header's own count (AIFF ``COMM`` numSampleFrames, WAV ``data``
+  chunk size) tells. libsndfile writes that count only to its text log
+  (``SoundFile.extra_info``), so we read the header bytes directly.
+* A truncated FLAC opens and reports the full frame count from STREAMINFO,
+  then every ``read`` raises ``LibsndfileError: Internal psf_fseek() failed.``
+  (even for a single missing byte, and before any frame is returned). A FLAC
+  whose middle is corrupted fails the same way, so both are reported as
+  truncated: the header promised frames the file did not deliver.
+* A file cut inside its header, a 0-byte file or a text file fails at open
+  (``Format not recognised``, ``Unspecified internal error``); a missing
+  file gives only ``System error.``, so existence and permissions are
+  checked with ``os`` first to give a useful reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import numpy as np
+import soundfile as sf
+
+logger = logging.getLogger(__name__)
+
+# Frames per read call: bounded memory per call, and a damaged FLAC still
+# tells us how many frames came out before the error.
+_READ_BLOCK = 1 << 16
+# libsndfile reports SF_COUNT_MAX-like values for streams of unknown length.
+_UNKNOWN_FRAMES = 1 << 62
+# WAV writers that stream set chunk sizes to these placeholders.
+_WAV_UNKNOWN_SIZES = (0, 0xFFFFFFFF)
+# WAV format tags whose data chunk size / block_align is a frame count
+# (PCM, IEEE float, A-law, mu-law, extensible); ADPCM-like codecs are not.
+_WAV_LINEAR_TAGS = (0x0001, 0x0003, 0x0006, 0x0007, 0xFFFE)
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """The result of :func:`load_clip`.
+
+    Attributes
+    ----------
+    samples : np.ndarray [shape=(n,), dtype=float32] or None
+        Mono waveform at the requested sample rate, exactly
+        ``n = clip_length(sample_rate=..., duration=...)`` samples, or None
+        when the file was skipped.
+    reason : str or None
+        Why the file was skipped (a short lower-case sentence starting with
+        its category: ``missing file``, ``unreadable: ...``,
+        ``empty file (0 bytes)``, ``empty: ...``, ``truncated: ...``,
+        ``non-finite samples: ...``, ``silent...``, ``too short: ...``),
+        None when ``samples`` is usable.
+    notes : tuple of str
+        Repairs applied to a usable clip, in order, e.g.
+        ``("stereo mixed down", "resampled 4000->2000 Hz", "padded 1900->4000 samples")``.
+    """
+
+    samples: Optional[np.ndarray]
+    reason: Optional[str]
+    notes: tuple = ()
+
+    @property
+    def ok(self) -> bool:
+        """True when ``samples`` is usable."""
+        return self.reason is None
+
+
+def clip_length(*, sample_rate: int, duration: float) -> int:
+    """Samples per decoded clip: ``round(duration * sample_rate)``.
+
+    Parameters
+    ----------
+    sample_rate : int > 0
+        Hz.
+    duration : float > 0
+        Seconds.
+
+    Returns
+    -------
+    n : int >= 1
+    """
+    return max(1, int(round(duration * sample_rate)))
+
+
+def load_clip(
+    path: str,
+    *,
+    sample_rate: int,
+    duration: float,
+    min_samples: int = 1,
+    max_nonfinite_fraction: float = 0.01,
+    res_type: str = "soxr_hq",
+) -> Decoded:
+    """Decode ``path`` to a mono float32 clip of fixed length, or explain why not.
+
+    Steps: read every frame (any format libsndfile reads: AIFF, WAV, FLAC,
+    ...); set non-finite samples to 0 when they are at most
+    ``max_nonfinite_fraction`` of all samples; average channels to mono;
+    resample to ``sample_rate`` with :func:`librosa.resample`; then pad with
+    zeros at the end, or crop keeping the start, to exactly
+    ``round(duration * sample_rate)`` samples.
+
+    A file is skipped (``samples=None``) when it is missing, unreadable
+    (permissions, not audio, corrupt header), 0 bytes, truncated (fewer
+    frames than its header declares), has 0 frames, has too many non-finite
+    samples, is all zeros (over the whole file or over the kept window), or
+    has fewer than ``min_samples`` real samples after resampling.
+
+    Parameters
+    ----------
+    path : str
+        Audio file path.
+    sample_rate : int > 0
+        Output sample rate, Hz.
+    duration : float > 0
+        Output length, seconds.
+    min_samples : int >= 1
+        Fewest real (not padded) samples, counted at ``sample_rate``, for the
+        clip to be usable.
+    max_nonfinite_fraction : float in [0, 1]
+        Largest fraction of NaN/inf samples (over all channels) that is
+        repaired by zeroing; more than this skips the file.
+    res_type : str
+        :func:`librosa.resample` method.
+
+    Returns
+    -------
+    Decoded
+        ``samples`` has shape ``(round(duration * sample_rate),)`` and dtype
+        float32 (same amplitude scale as the file, [-1, 1] for PCM), or is
+        None with ``reason`` set.
+
+    Raises
+    ------
+    ValueError
+        For invalid parameters (never for a bad file).
+    """
+    if not (isinstance(sample_rate, (int, np.integer)) and sample_rate > 0):
+        raise ValueError(f"sample_rate must be a positive integer. Received: sample_rate={sample_rate!r}")
+    if not (np.isfinite(duration) and duration > 0):
+        raise ValueError(f"duration must be a positive number of seconds. Received: duration={duration!r}")
+    if not (isinstance(min_samples, (int, np.integer)) and min_samples >= 1):
+        raise ValueError(f"min_samples must be an integer >= 1. Received: min_samples={min_samples!r}")
+    if not 0.0 <= max_nonfinite_fraction <= 1.0:
+        raise ValueError(
+            f"max_nonfinite_fraction must be in [0, 1]. Received: max_nonfinite_fraction={max_nonfinite_fraction!r}"
+        )
+    try:
+        return _load_clip(
+            os.fspath(path),
+            sample_rate=int(sample_rate),
+            duration=float(duration),
+            min_samples=int(min_samples),
+            max_nonfinite_fraction=float(max_nonfinite_fraction),
+            res_type=res_type,
+        )
+    except Exception as exc:  # the contract is "bad audio never stops a run"
+        logger.warning("unexpected error decoding %s", path, exc_info=True)
+        return _skip(f"unreadable: unexpected {type(exc).__name__}: {exc}")
+
+
+def _skip(reason: str) -> Decoded:
+    return Decoded(samples=None, reason=reason, notes=())
+
+
+def _load_clip(path, *, sample_rate, duration, min_samples, max_nonfinite_fraction, res_type) -> Decoded:
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError:
+        return _skip("missing file")
+    except OSError as exc:
+        return _skip(f"unreadable: {_os_message(exc)}")
+    if os.path.isdir(path):
+        return _skip("unreadable: is a directory")
+    if size == 0:
+        return _skip("empty file (0 bytes)")
+
+    # Opening it ourselves first turns permission problems into a clear reason
+    # (libsndfile says only "System error.") and lets us read the header.
+    try:
+        with open(path, "rb") as fh:
+            header = _read_header(fh, size)
+    except OSError as exc:
+        return _skip(f"unreadable: {_os_message(exc)}")
+
+    try:
+        sound = sf.SoundFile(path)
+    except Exception as exc:
+        message = _sf_message(exc)
+        if header.declared_bytes is not None and header.declared_bytes > size:
+            of = f" of {header.frames} frames" if header.frames is not None else ""
+            return _skip(
+                f"truncated: read 0{of}; file has {size} of the {header.declared_bytes} bytes "
+                f"its header declares ({message})"
+            )
+        return _skip(f"unreadable: {message}")
+
+    blocks = []
+    n_read = 0
+    read_error = None
+    with sound:
+        file_rate = int(sound.samplerate)
+        reported = int(sound.frames)
+        try:
+            while True:
+                block = sound.read(_READ_BLOCK, dtype="float32", always_2d=True)
+                if len(block) == 0:
+                    break
+                blocks.append(block)
+                n_read += len(block)
+        except Exception as exc:
+            read_error = _sf_message(exc)
+
+    # The header count is authoritative for AIFF/WAV (libsndfile clamps
+    # `reported` to what is on disk); otherwise trust libsndfile's count.
+    declared = header.frames if header.frames is not None else reported
+    if declared >= _UNKNOWN_FRAMES:
+        declared = None
+    if read_error is not None:
+        if declared is not None and n_read < declared:
+            return _skip(f"truncated: read {n_read} of {declared} frames ({read_error})")
+        return _skip(f"unreadable: {read_error}")
+    if declared is not None and n_read < declared:
+        return _skip(f"truncated: read {n_read} of {declared} frames")
+    if n_read == 0:
+        return _skip("empty: no audio frames")
+    if file_rate <= 0:
+        return _skip(f"unreadable: invalid sample rate {file_rate}")
+
+    frames = np.concatenate(blocks, axis=0) if len(blocks) > 1 else blocks[0]  # [n_read, channels]
+    notes = []
+
+    finite = np.isfinite(frames)
+    n_bad = int(frames.size - np.count_nonzero(finite))
+    if n_bad:
+        fraction = n_bad / frames.size
+        if fraction > max_nonfinite_fraction:
+            return _skip(
+                f"non-finite samples: {n_bad} of {frames.size} ({fraction:.1%}) "
+                f"exceed max_nonfinite_fraction={max_nonfinite_fraction:g}"
+            )
+        # Zero before mixing so a NaN in one channel does not erase the others.
+        frames = np.where(finite, frames, np.float32(0.0))
+        notes.append(f"{n_bad} non-finite samples set to 0")
+
+    channels = frames.shape[1]
+    if channels == 1:
+        mono = frames[:, 0]
+    else:
+        mono = frames.mean(axis=1, dtype=np.float32)
+        notes.append("stereo mixed down" if channels == 2 else f"{channels} channels mixed down")
+
+    if not np.any(mono):
+        return _skip("silent")
+
+    if file_rate != sample_rate:
+        import librosa  # deferred: librosa's import is slow and only resampling needs it
+
+        mono = librosa.resample(mono, orig_sr=file_rate, target_sr=sample_rate, res_type=res_type)
+        notes.append(f"resampled {file_rate}->{sample_rate} Hz")
+
+    if len(mono) < min_samples:
+        return _skip(f"too short: {len(mono)} samples at {sample_rate} Hz < min_samples={min_samples}")
+
+    n_out = clip_length(sample_rate=sample_rate, duration=duration)
+    if len(mono) < n_out:
+        notes.append(f"padded {len(mono)}->{n_out} samples")
+        mono = np.pad(mono, (0, n_out - len(mono)))
+    elif len(mono) > n_out:
+        notes.append(f"cropped {len(mono)}->{n_out} samples")
+        mono = mono[:n_out]
+    if not np.any(mono):
+        return _skip(f"silent: all zero in the first {duration:g} s")
+
+    return Decoded(samples=np.ascontiguousarray(mono, dtype=np.float32), reason=None, notes=tuple(notes))
+
+
+@dataclass(frozen=True)
+class _Header:
+    """What an AIFF/WAV header declares; all None for other formats."""
+
+    frames: Optional[int] = None  # audio frames the header promises
+    declared_bytes: Optional[int] = None  # total file size the container promises
+
+
+def _read_header(fh, size: int) -> _Header:
+    """Walk the chunks of an AIFF/AIFC or WAV file (other formats: empty _Header)."""
+    head = fh.read(12)
+    if len(head) < 12:
+        return _Header()
+    if head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+        endian, kind = ">", "aiff"
+    elif head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        endian, kind = "<", "wav"
+    else:
+        return _Header()
+    (form_size,) = struct.unpack(endian + "I", head[4:8])
+    declared_bytes = None if (kind == "wav" and form_size in _WAV_UNKNOWN_SIZES) else 8 + form_size
+
+    frames = None
+    wav_tag = wav_block_align = wav_data_size = None
+    pos = 12
+    for _ in range(10000):  # a corrupt file must not loop forever
+        if pos + 8 > size:
+            break
+        fh.seek(pos)
+        chunk = fh.read(8)
+        if len(chunk) < 8:
+            break
+        chunk_id = chunk[:4]
+        (chunk_size,) = struct.unpack(endian + "I", chunk[4:8])
+        if kind == "aiff" and chunk_id == b"COMM":
+            body = fh.read(6)
+            if len(body) == 6:
+                # COMM: numChannels (int16), numSampleFrames (uint32), ...
+                (frames,) = struct.unpack(">I", body[2:6])
+        elif kind == "wav" and chunk_id == b"fmt ":
+            body = fh.read(16)
+            if len(body) == 16:
+                wav_tag, _, _, _, wav_block_align, _ = struct.unpack("<HHIIHH", body)
+        elif kind == "wav" and chunk_id == b"data":
+            wav_data_size = chunk_size
+            break  # the data chunk is what matters; anything after it is metadata
+        pos += 8 + chunk_size + (chunk_size & 1)  # chunks are padded to even length
+
+    if kind == "wav" and wav_data_size is not None and wav_data_size not in _WAV_UNKNOWN_SIZES:
+        if wav_tag in _WAV_LINEAR_TAGS and wav_block_align:
+            frames = wav_data_size // wav_block_align
+    return _Header(frames=frames, declared_bytes=declared_bytes)
+
+
+def _sf_message(exc: Exception) -> str:
+    """libsndfile's own error text, without the 'Error opening <path>:' prefix."""
+    message = getattr(exc, "error_string", None) or str(exc)
+    return message.strip().rstrip(".").lower() or type(exc).__name__
+
+
+def _os_message(exc: OSError) -> str:
+    return (exc.strerror or str(exc)).lower()

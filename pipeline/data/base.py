@@ -1,0 +1,72 @@
+"""The manifest contract every data source produces (see ARCHITECTURE.md).
+
+A :class:`Dataset` is one pandas table plus what later stages need to interpret
+it. Columns: ``id`` (str, unique over train and test), ``path`` (absolute audio
+path), ``split`` (``train`` / ``test``), one float column per target in
+``targets`` (NaN on test rows: test labels are never in the manifest), and
+optionally ``group``. Later stages read the manifest, never the raw layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+TASKS = ("binary", "multiclass", "multilabel")
+SUBMISSION_FORMATS = ("whale", "rfcx", "table")
+
+
+class DataError(ValueError):
+    """A dataset on disk does not match the layout its source expects."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A manifest plus its task description.
+
+    Attributes
+    ----------
+    manifest : pd.DataFrame
+        Columns ``id, path, split, <targets...>`` and optionally ``group``.
+    task : str
+        ``binary`` (one target column), ``multiclass`` (one-hot) or ``multilabel``.
+    targets : tuple of str
+        Target column names, in model-output order.
+    submission : str
+        Competition submission format: ``whale``, ``rfcx`` or ``table``.
+    """
+
+    manifest: pd.DataFrame
+    task: str
+    targets: tuple
+    submission: str
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}. Received: task={self.task!r}")
+        if self.submission not in SUBMISSION_FORMATS:
+            raise ValueError(
+                f"submission must be one of {SUBMISSION_FORMATS}. Received: submission={self.submission!r}"
+            )
+        missing = {"id", "path", "split", *self.targets} - set(self.manifest.columns)
+        if missing:
+            raise ValueError(f"manifest lacks columns {sorted(missing)}")
+        dup = self.manifest["id"][self.manifest["id"].duplicated()]
+        if len(dup):
+            raise DataError(f"ids must be unique over train and test; duplicated: {sorted(dup)[:5]}")
+        bad_split = set(self.manifest["split"]) - {"train", "test"}
+        if bad_split:
+            raise ValueError(f"split must be 'train' or 'test'. Received: {sorted(bad_split)}")
+
+    @property
+    def train(self) -> pd.DataFrame:
+        return self.manifest[self.manifest["split"] == "train"].reset_index(drop=True)
+
+    @property
+    def test(self) -> pd.DataFrame:
+        return self.manifest[self.manifest["split"] == "test"].reset_index(drop=True)
+
+    @property
+    def has_groups(self) -> bool:
+        return "group" in self.manifest.columns

@@ -1,0 +1,197 @@
+"""A plain CSV listing audio files and labels, with the audio in a folder.
+
+::
+
+    train.csv                 <file_column>,<label_column>[,<group_column>], other columns ignored
+    audio_dir/<file>          any format libsndfile reads
+    test.csv (optional)       <file_column>  (labels, if present, are ignored)
+    test_audio_dir/<file>     defaults to audio_dir
+
+The task is inferred from the labels: all in {0, 1} (as numbers or strings)
+is ``binary`` with one target named after the label column; anything else is
+``multiclass`` with one one-hot float column per class, named by the class
+label as a string and sorted. Ids are the file-column values, so they must be
+unique over train and test together.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from pipeline.data.base import DataError, Dataset
+
+logger = logging.getLogger(__name__)
+
+# Manifest and fold-table columns a target name must not shadow.
+RESERVED_COLUMNS = ("id", "path", "split", "group", "fold")
+_BINARY_VALUES = {"0", "1", "0.0", "1.0"}
+
+
+def read_table(
+    csv: str,
+    audio_dir: str,
+    file_column: str,
+    label_column: str,
+    group_column: Optional[str] = None,
+    test_csv: Optional[str] = None,
+    test_audio_dir: Optional[str] = None,
+) -> Dataset:
+    """Build the manifest of a CSV + audio-folder dataset.
+
+    Parameters
+    ----------
+    csv : str
+        Training table.
+    audio_dir : str
+        Folder the file-column values are relative to (absolute values are kept).
+    file_column, label_column : str
+        Column names in ``csv``.
+    group_column : str, optional
+        Column whose values keep related clips in the same fold (e.g. a
+        recording site); stored as the manifest's ``group`` column (str).
+    test_csv : str, optional
+        Test table; only ``file_column`` is read. None: no test set.
+    test_audio_dir : str, optional
+        Folder for the test files; defaults to ``audio_dir``.
+
+    Returns
+    -------
+    Dataset
+        ``submission="table"``; ``task="binary"`` with ``targets=(label_column,)``
+        or ``task="multiclass"`` with the sorted class names as targets.
+        Target columns are float (0/1 on train rows, NaN on test rows).
+
+    Raises
+    ------
+    DataError
+        Naming the file and column, for a missing file or folder, an empty or
+        unparsable CSV, a missing column, an empty cell in a used column, fewer
+        than two classes, a target name that collides with a reserved column
+        (``id, path, split, group, fold``) and duplicated ids.
+    """
+    csv = os.path.abspath(csv)
+    audio_dir = os.path.abspath(audio_dir)
+    if not os.path.isdir(audio_dir):
+        raise DataError(f"{audio_dir}: audio_dir not found")
+    table = _read_csv(csv, [file_column, label_column] + ([group_column] if group_column else []))
+
+    ids = _clean_column(table, file_column, where=csv)
+    _check_unique(ids, where=f"{csv}: column {file_column!r}")
+    labels = _clean_column(table, label_column, where=csv)
+
+    classes = sorted(set(labels))
+    if len(classes) < 2:
+        raise DataError(
+            f"{csv}: column {label_column!r} has a single class {classes}; at least two classes are needed"
+        )
+    if set(classes) <= _BINARY_VALUES:
+        task = "binary"
+        targets = (label_column,)
+        values = {label_column: labels.astype(float).to_numpy(dtype=np.float64)}
+    else:
+        task = "multiclass"
+        targets = tuple(classes)
+        values = {c: (labels == c).to_numpy(dtype=np.float64) for c in classes}
+    clash = sorted(set(targets) & set(RESERVED_COLUMNS))
+    if clash:
+        reserved = ", ".join(RESERVED_COLUMNS)
+        if task == "binary":
+            raise DataError(
+                f"{csv}: label column {label_column!r} would become a target column that collides with "
+                f"the reserved manifest columns ({reserved}); rename the column"
+            )
+        raise DataError(
+            f"{csv}: column {label_column!r} has class name(s) {clash} that would collide with "
+            f"the reserved manifest columns ({reserved}); rename those classes"
+        )
+
+    train = pd.DataFrame(
+        {
+            "id": ids.to_numpy(dtype=object),
+            "path": [os.path.join(audio_dir, f) for f in ids],
+            "split": "train",
+            **values,
+        }
+    )
+    if group_column:
+        train["group"] = _clean_column(table, group_column, where=csv).to_numpy(dtype=object)
+
+    parts = [train]
+    if test_csv is not None:
+        test_csv = os.path.abspath(test_csv)
+        test_dir = os.path.abspath(test_audio_dir) if test_audio_dir is not None else audio_dir
+        if not os.path.isdir(test_dir):
+            raise DataError(f"{test_dir}: test_audio_dir not found")
+        test_table = _read_csv(test_csv, [file_column])
+        test_ids = _clean_column(test_table, file_column, where=test_csv)
+        _check_unique(test_ids, where=f"{test_csv}: column {file_column!r}")
+        both = sorted(set(ids) & set(test_ids))
+        if both:
+            raise DataError(
+                f"{test_csv}: column {file_column!r} repeats ids of {csv}: {both[:5]}; "
+                "ids must be unique over train and test"
+            )
+        test = pd.DataFrame(
+            {
+                "id": test_ids.to_numpy(dtype=object),
+                "path": [os.path.join(test_dir, f) for f in test_ids],
+                "split": "test",
+                **{t: np.nan for t in targets},
+            }
+        )
+        if group_column:
+            # Groups only steer folds; test rows carry an empty group so the column stays str.
+            test["group"] = ""
+        parts.append(test)
+
+    manifest = pd.concat(parts, ignore_index=True)
+    for t in targets:
+        manifest[t] = manifest[t].astype(np.float64)
+    logger.info(
+        "%s: %s task, %d classes, %d train rows, %d test rows",
+        csv, task, len(classes), len(train), len(manifest) - len(train),
+    )
+    return Dataset(manifest=manifest, task=task, targets=targets, submission="table")
+
+
+def _read_csv(path: str, columns: list) -> pd.DataFrame:
+    """Read ``path`` as strings (labels '1' and 1 must mean the same) and check ``columns``."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: csv not found")
+    try:
+        # Everything as str: ids like "001.wav" and class names like "07" must survive unchanged.
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: csv is empty (no header, no rows)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot be parsed as CSV ({exc})") from None
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise DataError(
+            f"{path}: no column {missing[0]!r}"
+            + (f" (also missing: {missing[1:]})" if len(missing) > 1 else "")
+            + f"; columns are {list(map(str, table.columns))}"
+        )
+    if table.empty:
+        raise DataError(f"{path}: csv is empty (a header but no rows)")
+    return table
+
+
+def _clean_column(table: pd.DataFrame, column: str, *, where: str) -> pd.Series:
+    values = table[column].astype(str).str.strip()
+    empty = values == ""
+    if empty.any():
+        rows = [int(i) + 2 for i in np.flatnonzero(empty.to_numpy())[:5]]  # header is row 1
+        raise DataError(f"{where}: column {column!r} is empty on row(s) {rows}")
+    return values.reset_index(drop=True)
+
+
+def _check_unique(ids: pd.Series, *, where: str) -> None:
+    dup = ids[ids.duplicated()]
+    if len(dup):
+        raise DataError(f"{where} has duplicated ids: {sorted(set(dup))[:5]}; each file must appear once")

@@ -1,0 +1,142 @@
+"""Kaggle right-whale layout (Marinexplore / Cornell "Whale Detection Challenge").
+
+::
+
+    ROOT/train.csv          clip_name,label        (label 0 or 1)
+    ROOT/train/<clip_name>  16-bit big-endian AIFF, 2 kHz, 2 s
+    ROOT/test/*.aiff        unlabelled; the file name is the clip id
+
+The reader only builds the manifest; it never decodes audio. A file named in
+train.csv but absent on disk stays in the manifest so that the decoder
+(:func:`pipeline.data.audio.load_clip`) reports it with the other bad files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import pandas as pd
+
+from pipeline.data.base import DataError, Dataset
+
+logger = logging.getLogger(__name__)
+
+TRAIN_CSV = "train.csv"
+TRAIN_COLUMNS = ("clip_name", "label")
+# Kaggle's test files end in .aiff; .aif is the same format under its other common suffix.
+AUDIO_SUFFIXES = (".aiff", ".aif")
+
+
+def read_kaggle_whale(root: str) -> Dataset:
+    """Build the manifest of a Kaggle whale dataset.
+
+    Parameters
+    ----------
+    root : str
+        Folder holding ``train.csv``, ``train/`` and (optionally) ``test/``.
+
+    Returns
+    -------
+    Dataset
+        ``task="binary"``, ``targets=("label",)``, ``submission="whale"``.
+        Manifest columns ``id`` (the clip file name), ``path`` (absolute),
+        ``split`` and ``label`` (float 0/1 on train rows, NaN on test rows).
+        Train rows keep the order of train.csv; test rows are sorted by name.
+
+    Raises
+    ------
+    DataError
+        When ``train.csv`` is missing, unparsable, lacks ``clip_name`` or
+        ``label``, has labels other than 0/1 or duplicated clip names, or when
+        the ``train/`` folder is missing. A missing ``test/`` folder only logs
+        a warning (no test set).
+    """
+    root = os.path.abspath(root)
+    csv_path = os.path.join(root, TRAIN_CSV)
+    train_dir = os.path.join(root, "train")
+    test_dir = os.path.join(root, "test")
+    if not os.path.isfile(csv_path):
+        raise DataError(f"{csv_path}: train.csv not found (kaggle_whale expects ROOT/train.csv with clip_name,label)")
+    if not os.path.isdir(train_dir):
+        raise DataError(f"{train_dir}: train/ folder not found (kaggle_whale expects the audio in ROOT/train/)")
+
+    try:
+        table = pd.read_csv(csv_path, dtype={"clip_name": str}, keep_default_na=False, na_values=[""])
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{csv_path}: file is empty; expected columns {','.join(TRAIN_COLUMNS)}") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataError(f"{csv_path}: cannot be parsed as CSV ({exc})") from None
+    missing = [c for c in TRAIN_COLUMNS if c not in table.columns]
+    if missing:
+        raise DataError(
+            f"{csv_path}: missing column(s) {missing}; expected {','.join(TRAIN_COLUMNS)}, "
+            f"found {list(map(str, table.columns))}"
+        )
+    if table.empty:
+        raise DataError(f"{csv_path}: has a header but no rows")
+
+    names = table["clip_name"]
+    if names.isna().any():
+        rows = _csv_rows(names.isna())
+        raise DataError(f"{csv_path}: column 'clip_name' is empty on row(s) {rows}")
+    names = names.astype(str).str.strip()
+    dup = names[names.duplicated()]
+    if len(dup):
+        raise DataError(f"{csv_path}: column 'clip_name' has duplicates: {sorted(set(dup))[:5]}")
+
+    labels = _binary_labels(table["label"], where=f"{csv_path}: column 'label'")
+
+    train = pd.DataFrame(
+        {
+            "id": names.to_numpy(dtype=object),
+            "path": [os.path.join(train_dir, n) for n in names],
+            "split": "train",
+            "label": labels,
+        }
+    )
+    n_missing = int(sum(not os.path.exists(p) for p in train["path"]))
+    if n_missing:
+        logger.warning("%s: %d of %d clips named in train.csv are not in train/", root, n_missing, len(train))
+
+    if os.path.isdir(test_dir):
+        test_names = sorted(
+            e.name for e in os.scandir(test_dir) if e.is_file() and e.name.lower().endswith(AUDIO_SUFFIXES)
+        )
+        if not test_names:
+            logger.warning("%s: test/ holds no .aiff files; no test set", root)
+    else:
+        logger.warning("%s: no test/ folder; no test set", root)
+        test_names = []
+    test = pd.DataFrame(
+        {
+            "id": pd.Series(test_names, dtype=object),
+            "path": pd.Series([os.path.join(test_dir, n) for n in test_names], dtype=object),
+            "split": "test",
+            "label": np.nan,
+        }
+    )
+
+    clash = sorted(set(train["id"]) & set(test["id"]))
+    if clash:
+        raise DataError(f"{root}: clip names appear in both train.csv and test/: {clash[:5]}")
+    manifest = pd.concat([train, test], ignore_index=True)
+    manifest["label"] = manifest["label"].astype(np.float64)
+    logger.info("%s: %d train clips (%d positive), %d test clips", root, len(train), int(labels.sum()), len(test))
+    return Dataset(manifest=manifest, task="binary", targets=("label",), submission="whale")
+
+
+def _binary_labels(column: pd.Series, *, where: str) -> np.ndarray:
+    """0/1 labels (ints, floats or their strings) as float64 [n]; DataError otherwise."""
+    values = pd.to_numeric(column, errors="coerce")
+    bad = values.isna() | ~values.isin([0, 1])
+    if bad.any():
+        shown = sorted({str(v) for v in column[bad]})[:5]
+        raise DataError(f"{where} must be 0 or 1; found {shown} on row(s) {_csv_rows(bad)}")
+    return values.to_numpy(dtype=np.float64)
+
+
+def _csv_rows(mask: pd.Series, limit: int = 5) -> list:
+    """1-based data-row numbers as a spreadsheet shows them (header is row 1)."""
+    return [int(i) + 2 for i in np.flatnonzero(mask.to_numpy())[:limit]]

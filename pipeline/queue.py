@@ -1,0 +1,392 @@
+"""The queue: run each experiment's stages in order, record status, resume, summarise.
+
+Per experiment (``output/<name>/``): data -> feature cache -> folds -> one
+model per fold (OOF + test predictions) -> ``oof.csv``, ``test.csv``,
+``scores.json``, ``submission.csv``. A finished experiment whose resolved
+config is unchanged is skipped; an unfinished one resumes at its first
+unfinished fold (and inside that fold at its last completed epoch). An
+experiment that fails is recorded with its traceback and the queue moves on.
+After the experiments: ``output/oof.csv``, ``output/summary.csv`` and the blend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+import traceback
+from typing import Dict, List, Optional
+
+import numpy as np
+import pandas as pd
+
+from pipeline import io
+from pipeline.config import Experiment, Queue, dump_experiment
+
+log = logging.getLogger("pipeline")
+
+DONE, FAILED, RUNNING, INTERRUPTED = "done", "failed", "running", "interrupted"
+
+
+class StageError(RuntimeError):
+    """An experiment failed in a known way; the message is enough (no traceback needed)."""
+
+
+# ----------------------------------------------------------------------------- paths
+
+
+@dataclasses.dataclass(frozen=True)
+class Paths:
+    output: str
+
+    @property
+    def cache(self):
+        return os.path.join(self.output, "cache", "features")
+
+    @property
+    def folds(self):
+        return os.path.join(self.output, "folds")
+
+    def experiment(self, name):
+        return os.path.join(self.output, name)
+
+
+def prediction_columns(targets, task, prefix="pred") -> List[str]:
+    """Prediction column names: ``pred`` for binary tasks, ``pred:<class>`` otherwise."""
+    if task == "binary":
+        return [prefix]
+    return [f"{prefix}:{t}" for t in targets]
+
+
+# ----------------------------------------------------------------------------- status
+
+
+def read_status(exp_dir: str) -> dict:
+    path = os.path.join(exp_dir, "status.json")
+    try:
+        return io.read_json(path)
+    except (OSError, ValueError):
+        return {}
+
+
+def write_status(exp_dir: str, **fields) -> dict:
+    status = read_status(exp_dir)
+    status.update(fields, updated=_now())
+    io.write_json(os.path.join(exp_dir, "status.json"), status)
+    return status
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+# ----------------------------------------------------------------------------- one experiment
+
+
+def run_experiment(exp: Experiment, paths: Paths, *, force: bool = False) -> dict:
+    """Run (or resume, or skip) one experiment. Returns its final status dict."""
+    exp_dir = paths.experiment(exp.name)
+    status = read_status(exp_dir)
+    config_hash = exp.config_hash()
+    if status.get("state") == DONE and status.get("config_hash") == config_hash and not force:
+        log.info("%s: finished earlier with the same config; skipped", exp.name)
+        return status
+    if os.path.isdir(exp_dir) and (force or status.get("config_hash") != config_hash):
+        reason = "--force" if force else "its config changed"
+        log.info("%s: starting afresh (%s)", exp.name, reason)
+        shutil.rmtree(exp_dir)
+    os.makedirs(exp_dir, exist_ok=True)
+    io.write_text(os.path.join(exp_dir, "config.yaml"), dump_experiment(exp))
+
+    handler = logging.FileHandler(os.path.join(exp_dir, "run.log"))
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    started = time.time()
+    timings: Dict[str, float] = dict(status.get("timings", {})) if status.get("config_hash") == config_hash else {}
+    write_status(exp_dir, state=RUNNING, stage="start", config_hash=config_hash, started=_now(), error=None,
+                 timings=timings)
+    try:
+        _stages(exp, paths, exp_dir, timings)
+        wall = time.time() - started + sum(v for k, v in timings.items() if k == "previous_runs")
+        status = write_status(exp_dir, state=DONE, stage="done", finished=_now(), timings=timings,
+                              wall_seconds=round(wall, 2))
+        log.info("%s: done in %.0f s", exp.name, time.time() - started)
+    except KeyboardInterrupt:
+        write_status(exp_dir, state=INTERRUPTED, error="interrupted by the user or SIGTERM", timings=timings)
+        raise
+    except Exception as err:  # a failing experiment never stops the queue
+        message = f"{type(err).__name__}: {err}"
+        log.error("%s: FAILED: %s", exp.name, message)
+        log.debug("%s", traceback.format_exc())
+        status = write_status(exp_dir, state=FAILED, error=message, traceback=traceback.format_exc(),
+                              finished=_now(), timings=timings)
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    return status
+
+
+def _stage(exp_dir, timings, name):
+    write_status(exp_dir, stage=name)
+    t0 = time.time()
+
+    def done():
+        timings[name] = round(timings.get(name, 0.0) + time.time() - t0, 2)
+
+    return done
+
+
+def _stages(exp: Experiment, paths: Paths, exp_dir: str, timings: dict) -> None:
+    from pipeline.data import load_dataset, submission_frame
+    from pipeline.features import check_settings
+    from pipeline.folds import ensure_folds
+    from pipeline.records import ensure_features
+
+    done = _stage(exp_dir, timings, "data")
+    dataset = load_dataset(exp.data.name, exp.data.params)
+    train = dataset.train
+    log.info("%s: %s data: %d train, %d test clips, task %s, targets %s", exp.name, exp.data.name, len(train),
+             len(dataset.test), dataset.task, ",".join(dataset.targets))
+    for warning in check_settings(exp.features.name, exp.features.params, sample_rate=exp.audio.sample_rate):
+        log.warning("%s: features: %s", exp.name, warning)
+    done()
+
+    done = _stage(exp_dir, timings, "features")
+    cache = ensure_features(dataset, exp, paths.cache)
+    done()
+
+    done = _stage(exp_dir, timings, "folds")
+    folds = ensure_folds(dataset, exp, paths.folds)
+    done()
+
+    done = _stage(exp_dir, timings, "train")
+    from pipeline.train import run_folds
+
+    oof, test = run_folds(exp, dataset, cache, folds, exp_dir)
+    done()
+
+    done = _stage(exp_dir, timings, "outputs")
+    _write_experiment_outputs(exp, dataset, oof, test, exp_dir, submission_frame)
+    done()
+
+
+def _write_experiment_outputs(exp, dataset, oof: pd.DataFrame, test: Optional[pd.DataFrame], exp_dir, submission_frame):
+    from pipeline.metrics import score
+
+    targets = list(dataset.targets)
+    pred_cols = prediction_columns(targets, dataset.task)
+    io.write_csv(os.path.join(exp_dir, "oof.csv"), oof)
+    per_fold = {}
+    for k, part in oof.groupby("fold"):
+        per_fold[int(k)] = score(dataset.task, part[targets].to_numpy(), part[pred_cols].to_numpy())
+    overall = score(dataset.task, oof[targets].to_numpy(), oof[pred_cols].to_numpy())
+    fold_auc = np.array([s["auc"] for s in per_fold.values()], dtype=float)
+    scores = {
+        "metric": "auc",
+        "oof": overall,
+        "folds": {str(k): v for k, v in sorted(per_fold.items())},
+        "fold_mean": float(np.nanmean(fold_auc)) if len(fold_auc) else None,
+        "fold_std": float(np.nanstd(fold_auc)) if len(fold_auc) else None,
+        "n_oof": int(len(oof)),
+        # What the blend needs to read the prediction files without the dataset.
+        "task": dataset.task,
+        "targets": targets,
+        "submission": dataset.submission,
+    }
+    io.write_json(os.path.join(exp_dir, "scores.json"), scores)
+    log.info("%s: OOF AUC %.4f (folds %.4f +- %.4f)", exp.name, overall["auc"], scores["fold_mean"], scores["fold_std"])
+    if test is not None and len(test):
+        io.write_csv(os.path.join(exp_dir, "test.csv"), test)
+        sub = submission_frame(dataset, list(test["id"]), test[pred_cols].to_numpy())
+        io.write_csv(os.path.join(exp_dir, "submission.csv"), sub)
+
+
+# ----------------------------------------------------------------------------- queue-level outputs
+
+
+def finished(queue: Queue, paths: Paths) -> List[Experiment]:
+    out = []
+    for exp in queue.experiments:
+        status = read_status(paths.experiment(exp.name))
+        if status.get("state") == DONE and status.get("config_hash") == exp.config_hash():
+            out.append(exp)
+    return out
+
+
+def write_queue_oof(queue: Queue, paths: Paths) -> Optional[pd.DataFrame]:
+    """``output/oof.csv``: one row per training clip, one prediction column (set) per finished experiment.
+
+    Only experiments on the same data and folds as the queue's first finished
+    experiment can share this table; others are left out with a warning.
+    """
+    from pipeline.folds import fold_key
+
+    done = finished(queue, paths)
+    if not done:
+        return None
+    key = fold_key(done[0])
+    table = None
+    for exp in done:
+        if fold_key(exp) != key:
+            log.warning("%s uses other data or folds than %s; left out of output/oof.csv", exp.name, done[0].name)
+            continue
+        oof = pd.read_csv(os.path.join(paths.experiment(exp.name), "oof.csv"), dtype={"id": str})
+        pred = [c for c in oof.columns if c == "pred" or c.startswith("pred:")]
+        renamed = {c: exp.name if c == "pred" else f"{exp.name}:{c[5:]}" for c in pred}
+        part = oof.rename(columns=renamed)
+        if table is None:
+            table = part
+        else:
+            table = table.merge(part[["id", *renamed.values()]], on="id", how="outer")
+    io.write_csv(os.path.join(paths.output, "oof.csv"), table)
+    return table
+
+
+def write_summary(queue: Queue, paths: Paths) -> pd.DataFrame:
+    rows = []
+    for exp in queue.experiments:
+        exp_dir = paths.experiment(exp.name)
+        status = read_status(exp_dir)
+        row = {
+            "experiment": exp.name,
+            "status": status.get("state", "not run"),
+            "model": exp.model.name + ("_residual" if getattr(exp.model.params, "residual", False) else ""),
+            "features": exp.features.name,
+            "oof_auc": np.nan,
+            "fold_mean": np.nan,
+            "fold_std": np.nan,
+            "epochs": np.nan,
+            "wall_seconds": status.get("wall_seconds", np.nan),
+            "error": status.get("error") or "",
+        }
+        if status.get("config_hash") not in (None, exp.config_hash()):
+            row["status"] = "stale"
+        scores_path = os.path.join(exp_dir, "scores.json")
+        if row["status"] == DONE and os.path.isfile(scores_path):
+            scores = io.read_json(scores_path)
+            row.update(oof_auc=scores["oof"]["auc"], fold_mean=scores["fold_mean"], fold_std=scores["fold_std"])
+            epochs = [io.read_json(p).get("epochs") for p in _fold_done_files(exp_dir)]
+            row["epochs"] = float(np.mean(epochs)) if epochs else np.nan
+        rows.append(row)
+    summary = pd.DataFrame(rows).sort_values("oof_auc", ascending=False, na_position="last", kind="stable")
+    io.write_csv(os.path.join(paths.output, "summary.csv"), summary)
+    return summary
+
+
+def _fold_done_files(exp_dir):
+    out = []
+    for name in sorted(os.listdir(exp_dir)):
+        path = os.path.join(exp_dir, name, "done.json")
+        if name.startswith("fold") and os.path.isfile(path):
+            out.append(path)
+    return out
+
+
+def format_summary(summary: pd.DataFrame) -> str:
+    shown = summary[["experiment", "model", "features", "status", "oof_auc", "fold_mean", "fold_std", "epochs",
+                     "wall_seconds"]].copy()
+    for col, fmt in (("oof_auc", "{:.4f}"), ("fold_mean", "{:.4f}"), ("fold_std", "{:.4f}"), ("epochs", "{:.1f}"),
+                     ("wall_seconds", "{:.0f}")):
+        shown[col] = shown[col].map(lambda v, f=fmt: "" if pd.isna(v) else f.format(v))
+    return shown.to_string(index=False)
+
+
+# ----------------------------------------------------------------------------- the queue
+
+
+def setup_logging(output_dir: str) -> None:
+    os.makedirs(output_dir, exist_ok=True)
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG)
+    for h in list(root.handlers):
+        if getattr(h, "_pipeline", False):
+            root.removeHandler(h)
+            h.close()
+    console = logging.StreamHandler(sys.stdout)
+    console.setLevel(logging.INFO)
+    console.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    file = logging.FileHandler(os.path.join(output_dir, "queue.log"))
+    file.setLevel(logging.INFO)
+    file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for h in (console, file):
+        h._pipeline = True
+        root.addHandler(h)
+    for noisy in ("tensorflow", "absl", "h5py", "matplotlib", "numba"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def plan(queue: Queue, paths: Paths, names: List[str], force: bool) -> str:
+    """Human-readable plan for --dry-run (reads only; writes nothing)."""
+    from pipeline.folds import fold_key
+    from pipeline.records import MANIFEST, cache_key
+
+    lines = [f"queue {queue.source}: {len(names)} experiment(s), output {paths.output}"]
+    for exp in queue.experiments:
+        if exp.name not in names:
+            continue
+        exp_dir = paths.experiment(exp.name)
+        status = read_status(exp_dir)
+        same = status.get("config_hash") == exp.config_hash()
+        if status.get("state") == DONE and same and not force:
+            action = "skip (finished, same config)"
+        elif same and not force and os.path.isdir(exp_dir):
+            n_done = len(_fold_done_files(exp_dir))
+            action = f"resume ({n_done} of {exp.folds.n_splits} folds done)"
+        else:
+            action = "run" + (" (config changed: start afresh)" if status and not same else "")
+        key = cache_key(exp)
+        cache = "hit" if os.path.isfile(os.path.join(paths.cache, key, MANIFEST)) else "build"
+        folds = "exists" if os.path.isfile(os.path.join(paths.folds, fold_key(exp) + ".csv")) else "build"
+        lines.append(
+            f"  {exp.name}: {action}; data {exp.data.name}, features {exp.features.name} (cache {key}: {cache}), "
+            f"model {exp.model.name}, {exp.folds.n_splits} folds (table: {folds}), {exp.train.epochs} epochs max"
+        )
+    return "\n".join(lines)
+
+
+def run(queue: Queue, *, only: Optional[List[str]] = None, force: bool = False, dry_run: bool = False,
+        blend_only: bool = False) -> int:
+    """Run the queue. Returns the process exit status: 0 all finished, 1 any failed, 130 interrupted."""
+    paths = Paths(queue.output_dir)
+    names = [e.name for e in queue.experiments] if not only else list(only)
+    if dry_run:
+        print(plan(queue, paths, names, force))
+        return 0
+    setup_logging(paths.output)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    failed = []
+    try:
+        if not blend_only:
+            log.info("queue %s: %d experiment(s)", queue.source, len(names))
+            for exp in queue.experiments:
+                if exp.name not in names:
+                    continue
+                status = run_experiment(exp, paths, force=force)
+                if status.get("state") == FAILED:
+                    failed.append(exp.name)
+        write_queue_oof(queue, paths)
+        summary = write_summary(queue, paths)
+        from pipeline.blend import run_blend
+
+        run_blend(queue, paths)
+        print("\n" + format_summary(summary) + "\n", flush=True)
+    except KeyboardInterrupt:
+        log.warning("interrupted; state is saved. Run the same command again to resume: python run_queue.py %s",
+                    os.path.relpath(queue.source))
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if failed:
+        log.error("%d experiment(s) failed: %s (see output/<name>/run.log)", len(failed), ", ".join(failed))
+        return 1
+    return 0
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt()

@@ -1,0 +1,283 @@
+"""Training of one fold: resumable epoch by epoch, early stopping on a monitored metric.
+
+The loop calls ``model.fit`` for one epoch at a time with a per-epoch seed, so
+the shuffle order and every random op of epoch ``e`` are the same whether the
+run was interrupted or not. After each epoch it saves, each atomically and in
+this order, the best weights (when improved), the full model with optimizer
+state, and ``state.json`` (epoch, best score, patience counter, history). A
+killed fold resumes from its last completed epoch with the best-weights
+checkpoint intact; ``state.json`` is the commit point.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from typing import Callable, List, Optional
+
+import keras
+import numpy as np
+import pandas as pd
+
+from pipeline import io
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Training a fold failed for a reason the user can act on (e.g. NaN loss)."""
+
+
+@dataclass
+class FoldResult:
+    model: keras.Model
+    history: pd.DataFrame
+    epochs: int
+    best_epoch: int
+    best: float
+    seconds: float
+
+
+def epoch_seed(seed: int, fold: int, epoch: int) -> int:
+    return (seed * 1_000_003 + fold * 10_007 + epoch) % (2**31 - 1)
+
+
+def _save_model(model: keras.Model, path: str) -> None:
+    # Keras insists on the .keras suffix, so the temporary name keeps it.
+    tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path).replace(".keras", ".tmp.keras"))
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def _save_weights(model: keras.Model, path: str) -> None:
+    tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path).replace(".weights.h5", ".tmp.weights.h5"))
+    model.save_weights(tmp)
+    os.replace(tmp, path)
+
+
+def _learning_rate(model) -> float:
+    lr = model.optimizer.learning_rate
+    try:
+        return float(keras.ops.convert_to_numpy(lr))
+    except Exception:  # a schedule object: evaluate at the current step
+        return float(keras.ops.convert_to_numpy(lr(model.optimizer.iterations)))
+
+
+def train_fold(
+    *,
+    build: Callable[[], keras.Model],
+    compile_model: Callable[[keras.Model], None],
+    train_data: Callable[[int], object],
+    valid_data,
+    fold_dir: str,
+    fold: int,
+    epochs: int,
+    patience: int,
+    monitor: str,
+    seed: int,
+    custom_objects: Optional[dict] = None,
+) -> FoldResult:
+    """Train (or resume) one fold and return the model holding its best weights.
+
+    build : () -> uncompiled keras.Model; compile_model : compiles it in place.
+    train_data : epoch -> tf.data.Dataset of (x, y) batches for that epoch.
+    valid_data : tf.data.Dataset of (x, y) batches (deterministic).
+    monitor : ``val_auc`` (maximised) or ``val_loss`` (minimised).
+    """
+    state_dir = os.path.join(fold_dir, "state")
+    os.makedirs(state_dir, exist_ok=True)
+    state_path = os.path.join(state_dir, "state.json")
+    last_path = os.path.join(state_dir, "last.keras")
+    best_path = os.path.join(state_dir, "best.weights.h5")
+    maximise = not monitor.endswith("loss")
+
+    state = {"epoch": 0, "best": None, "best_epoch": 0, "wait": 0, "stopped": False, "history": [], "seconds": 0.0}
+    model = None
+    if os.path.isfile(state_path) and os.path.isfile(last_path):
+        try:
+            state = io.read_json(state_path)
+            model = keras.models.load_model(last_path, custom_objects=custom_objects, compile=True)
+            log.info("fold %d: resuming after epoch %d", fold, state["epoch"])
+        except Exception as err:  # a corrupt checkpoint costs this fold, not the run
+            log.warning("fold %d: checkpoint unusable (%s); starting the fold again", fold, err)
+            shutil.rmtree(state_dir)
+            os.makedirs(state_dir)
+            state = {"epoch": 0, "best": None, "best_epoch": 0, "wait": 0, "stopped": False, "history": [], "seconds": 0.0}
+            model = None
+    if model is None:
+        keras.utils.set_random_seed(epoch_seed(seed, fold, 0))
+        model = build()
+        compile_model(model)
+
+    started = time.time() - state["seconds"]
+    for epoch in range(state["epoch"], epochs):
+        if state["stopped"]:
+            break
+        keras.utils.set_random_seed(epoch_seed(seed, fold, epoch + 1))
+        t0 = time.time()
+        fit = model.fit(
+            train_data(epoch), validation_data=valid_data, initial_epoch=epoch, epochs=epoch + 1, verbose=0,
+            callbacks=[keras.callbacks.TerminateOnNaN()],
+        )
+        logs = {k: float(v[-1]) for k, v in fit.history.items()}
+        if not all(math.isfinite(v) for k, v in logs.items() if k.endswith("loss")) or not logs:
+            raise TrainingError(
+                f"fold {fold}: the loss became NaN or infinite in epoch {epoch + 1} ({logs}); lower "
+                f"train.learning_rate or check the features for non-finite values"
+            )
+        if monitor not in logs:
+            raise TrainingError(f"train.monitor={monitor!r} is not among the logged metrics {sorted(logs)}")
+        value = logs[monitor]
+        row = {"epoch": epoch + 1, **logs, "learning_rate": _learning_rate(model), "seconds": round(time.time() - t0, 3)}
+        state["history"].append(row)
+        improved = state["best"] is None or (value > state["best"] if maximise else value < state["best"])
+        if math.isnan(value):
+            improved = state["best"] is None
+        if improved:
+            state.update(best=value, best_epoch=epoch + 1, wait=0)
+            _save_weights(model, best_path)
+        else:
+            state["wait"] += 1
+        state["epoch"] = epoch + 1
+        state["stopped"] = state["wait"] >= patience
+        state["seconds"] = time.time() - started
+        _save_model(model, last_path)
+        io.write_json(state_path, state)
+        log.debug("fold %d epoch %d: %s", fold, epoch + 1, " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
+        if state["stopped"]:
+            log.debug("fold %d: early stop after epoch %d (best %s=%.4f at epoch %d)", fold, epoch + 1, monitor,
+                      state["best"], state["best_epoch"])
+
+    model.load_weights(best_path)
+    history = pd.DataFrame(state["history"])
+    return FoldResult(model=model, history=history, epochs=state["epoch"], best_epoch=state["best_epoch"],
+                      best=state["best"], seconds=state["seconds"])
+
+
+def finish_fold(result: FoldResult, fold_dir: str) -> None:
+    """Write model.keras and history.csv, then drop the resume state."""
+    _save_model(result.model, os.path.join(fold_dir, "model.keras"))
+    io.write_csv(os.path.join(fold_dir, "history.csv"), result.history)
+
+
+def clear_state(fold_dir: str) -> None:
+    shutil.rmtree(os.path.join(fold_dir, "state"), ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- the fold loop
+
+
+def run_folds(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str):
+    """Train every fold of an experiment (skipping finished ones) and collect predictions.
+
+    Returns (oof DataFrame ``id, fold, <targets>, <pred columns>`` in manifest order,
+    test DataFrame ``id, <pred columns>`` averaged over folds, or None without a test set).
+    """
+    import tensorflow as tf
+
+    from pipeline.losses import make_loss
+    from pipeline.models.registry import build_model, prior_bias
+    from pipeline.predict import mean_over_folds, predict_with_ids
+    from pipeline.queue import StageError, prediction_columns
+    from pipeline.records import fits_in_memory, labelled
+
+    task, targets = dataset.task, list(dataset.targets)
+    pred_cols = prediction_columns(targets, task)
+    train_table = dataset.train.set_index("id")
+    fold_of = dict(zip(folds["id"], folds["fold"]))
+    ids = [i for i in cache.ids("train") if i in fold_of]
+    order = {i: n for n, i in enumerate(dataset.train["id"])}
+    ids.sort(key=order.__getitem__)
+    y_all = train_table.loc[ids, targets].to_numpy(np.float32)
+    fold_arr = np.array([fold_of[i] for i in ids])
+    test_ids = cache.ids("test")
+    batch = exp.train.batch_size
+    in_memory = fits_in_memory(len(ids), cache.shape)
+    log.info("%s: %d training clips in %d folds; input %s", exp.name, len(ids), exp.folds.n_splits,
+             "cached in memory" if in_memory else "streamed from shards (too large to cache in memory)")
+
+    oof_parts, test_parts = [], []
+    for k in range(exp.folds.n_splits):
+        fold_dir = os.path.join(exp_dir, f"fold{k}")
+        done_path = os.path.join(fold_dir, "done.json")
+        if os.path.isfile(done_path):
+            oof_parts.append(pd.read_csv(os.path.join(fold_dir, "oof.csv"), dtype={"id": str}))
+            if test_ids:
+                test_parts.append(pd.read_csv(os.path.join(fold_dir, "test.csv"), dtype={"id": str}))
+            log.info("%s fold %d/%d: finished earlier; skipped", exp.name, k + 1, exp.folds.n_splits)
+            continue
+        os.makedirs(fold_dir, exist_ok=True)
+        tr = np.flatnonzero(fold_arr != k)
+        va = np.flatnonzero(fold_arr == k)
+        if len(tr) == 0 or len(va) == 0:
+            raise StageError(f"fold {k} has no {'training' if len(tr) == 0 else 'validation'} clips left "
+                             f"after skipping bad audio")
+        tr_ids, va_ids = [ids[i] for i in tr], [ids[i] for i in va]
+
+        def xy(ds):
+            return ds.map(lambda i, x, y: (x, y), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+        base_train = xy(labelled(cache.dataset("train"), tr_ids, y_all[tr]))
+        base_valid = xy(labelled(cache.dataset("train"), va_ids, y_all[va]))
+        if in_memory:
+            base_train, base_valid = base_train.cache(), base_valid.cache()
+        valid_batches = base_valid.batch(batch).prefetch(tf.data.AUTOTUNE)
+
+        def train_data(epoch, base=base_train):
+            seed = epoch_seed(exp.train.seed, k, epoch)
+            return (base.shuffle(exp.train.shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
+                    .batch(batch).prefetch(tf.data.AUTOTUNE))
+
+        bias = prior_bias(y_all[tr], task)
+
+        def build(bias=bias):
+            return build_model(exp.model.name, exp.model.params, input_shape=cache.shape, n_outputs=len(targets),
+                               task=task, output_bias=bias)
+
+        def compile_model(model):
+            metrics = [keras.metrics.AUC(name="auc", multi_label=task == "multilabel")]
+            model.compile(optimizer=keras.optimizers.Adam(exp.train.learning_rate),
+                          loss=make_loss(exp.loss.name, exp.loss.params, task), metrics=metrics)
+
+        result = train_fold(build=build, compile_model=compile_model, train_data=train_data,
+                            valid_data=valid_batches, fold_dir=fold_dir, fold=k, epochs=exp.train.epochs,
+                            patience=exp.train.patience, monitor=exp.train.monitor, seed=exp.train.seed)
+
+        val_ds = labelled(cache.dataset("train"), va_ids, y_all[va]).map(lambda i, x, y: (i, x))
+        got_ids, preds = predict_with_ids(result.model, val_ds.batch(batch))
+        oof = pd.DataFrame({"id": got_ids, "fold": k})
+        oof = oof.join(pd.DataFrame(train_table.loc[got_ids, targets].to_numpy(np.float32), columns=targets))
+        oof[pred_cols] = preds
+        io.write_csv(os.path.join(fold_dir, "oof.csv"), oof)
+        if test_ids:
+            t_ids, t_preds = predict_with_ids(result.model, cache.dataset("test").batch(batch))
+            test = pd.DataFrame({"id": t_ids})
+            test[pred_cols] = t_preds
+            io.write_csv(os.path.join(fold_dir, "test.csv"), test)
+            test_parts.append(test)
+        finish_fold(result, fold_dir)
+        from pipeline.metrics import auc
+
+        fold_auc = auc(oof[targets].to_numpy(), preds)
+        io.write_json(done_path, {"fold": k, "auc": fold_auc, "epochs": result.epochs, "best_epoch": result.best_epoch,
+                                  "best": result.best, "seconds": round(result.seconds, 2),
+                                  "n_train": len(tr_ids), "n_valid": len(va_ids)})
+        clear_state(fold_dir)
+        oof_parts.append(oof)
+        log.info("%s fold %d/%d: AUC %.4f, %d epochs (best %d), %.0f s", exp.name, k + 1, exp.folds.n_splits,
+                 fold_auc, result.epochs, result.best_epoch, result.seconds)
+        keras.backend.clear_session(free_memory=True)
+
+    oof = pd.concat(oof_parts, ignore_index=True)
+    present = set(oof["id"])
+    oof = oof.set_index("id").loc[[i for i in ids if i in present]].reset_index()
+    test = None
+    if test_parts:
+        aligned = [p.set_index("id").loc[test_ids, pred_cols].to_numpy() for p in test_parts]
+        test = pd.DataFrame({"id": test_ids})
+        test[pred_cols] = mean_over_folds(aligned)
+    return oof, test

@@ -1,0 +1,11 @@
+"""Run a queue of experiments: ``python run_queue.py experiments.yaml [--only A,B] [--force] [--dry-run]``."""
+
+import os
+
+# Quiet TensorFlow's C++ start-up chatter before anything imports it.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from pipeline.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    raise SystemExit(main())

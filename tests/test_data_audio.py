@@ -1,0 +1,275 @@
+"""pipeline.data.audio.load_clip: good files, repairs, and every kind of bad file."""
+
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from pipeline.data.audio import Decoded, clip_length, load_clip
+
+SR = 2000
+N = 4000  # 2 s at 2 kHz
+
+
+def tone(*, freq=100.0, sr=SR, n=N, amplitude=0.5):
+    """A sine of ``freq`` Hz, [n] float32."""
+    return (amplitude * np.sin(2 * np.pi * freq * np.arange(n) / sr)).astype(np.float32)
+
+
+def write(path, samples, *, sr=SR, format="AIFF", subtype="PCM_16"):
+    sf.write(str(path), samples, sr, format=format, subtype=subtype)
+    return str(path)
+
+
+def cut(path, n_bytes):
+    """Keep the first ``n_bytes`` of ``path`` (negative: drop that many from the end)."""
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[:n_bytes])
+    return str(path)
+
+
+def load(path, **kwargs):
+    kwargs = {"sample_rate": SR, "duration": 2.0, **kwargs}
+    return load_clip(str(path), **kwargs)
+
+
+# ----------------------------------------------------------------------------- good files
+
+
+def test_good_aiff_round_trips(tmp_path, rng):
+    x = (0.3 * rng.standard_normal(N)).clip(-1, 1).astype(np.float32)
+    out = load(write(tmp_path / "a.aiff", x))
+    assert out.ok and out.reason is None and out.notes == ()
+    assert out.samples.shape == (N,) and out.samples.dtype == np.float32
+    np.testing.assert_allclose(out.samples, x, atol=1.0 / 32768)  # 16-bit quantisation
+
+
+@pytest.mark.parametrize(
+    "format,subtype,suffix",
+    [
+        ("AIFF", "PCM_16", "aiff"),
+        ("AIFF", "PCM_24", "aiff"),
+        ("AIFF", "FLOAT", "aiff"),
+        ("AIFF", "ULAW", "aifc"),
+        ("WAV", "PCM_16", "wav"),
+        ("WAV", "PCM_24", "wav"),
+        ("WAV", "FLOAT", "wav"),
+        ("WAV", "IMA_ADPCM", "wav"),
+        ("FLAC", "PCM_16", "flac"),
+        ("OGG", "VORBIS", "ogg"),
+    ],
+)
+def test_complete_files_are_never_called_truncated(tmp_path, format, subtype, suffix):
+    # The header parser must not misread codecs whose data size is not frames * block_align.
+    out = load(write(tmp_path / f"x.{suffix}", tone(), format=format, subtype=subtype))
+    assert out.ok, out.reason
+    assert out.samples.shape == (N,)
+
+
+def test_stereo_wav_at_another_rate_is_mixed_down_and_resampled(tmp_path):
+    left, right = tone(freq=100.0, sr=4000, n=8000), tone(freq=100.0, sr=4000, n=8000, amplitude=0.3)
+    path = write(tmp_path / "s.wav", np.stack([left, right], axis=1), sr=4000, format="WAV")
+    out = load(path)
+    assert out.ok
+    assert out.notes == ("stereo mixed down", "resampled 4000->2000 Hz")
+    assert out.samples.shape == (N,)
+    expected = tone(freq=100.0, amplitude=0.4)  # mean of the channels, at 2 kHz
+    core = slice(200, N - 200)  # resampling filters ring at the edges
+    assert np.corrcoef(out.samples[core], expected[core])[0, 1] > 0.999
+    np.testing.assert_allclose(np.abs(out.samples[core]).max(), 0.4, atol=0.01)
+
+
+def test_many_channels_are_averaged(tmp_path):
+    x = np.stack([tone(amplitude=a) for a in (0.1, 0.2, 0.6)], axis=1)
+    out = load(write(tmp_path / "c.wav", x, format="WAV", subtype="FLOAT"))
+    assert out.notes == ("3 channels mixed down",)
+    np.testing.assert_allclose(out.samples, tone(amplitude=0.3), atol=1e-6)
+
+
+def test_short_clip_is_padded_at_the_end(tmp_path):
+    x = tone(n=1900)
+    out = load(write(tmp_path / "p.wav", x, format="WAV", subtype="FLOAT"))
+    assert out.notes == ("padded 1900->4000 samples",)
+    np.testing.assert_array_equal(out.samples[:1900], x)
+    assert not out.samples[1900:].any()
+
+
+def test_long_clip_is_cropped_from_the_start(tmp_path):
+    x = tone(n=5000, freq=37.0)
+    out = load(write(tmp_path / "c.wav", x, format="WAV", subtype="FLOAT"))
+    assert out.notes == ("cropped 5000->4000 samples",)
+    np.testing.assert_array_equal(out.samples, x[:N])
+
+
+@pytest.mark.parametrize("sample_rate,duration,expected", [(2000, 2.0, 4000), (22050, 5.0, 110250), (1000, 0.0015, 2)])
+def test_output_length_is_round_duration_times_rate(tmp_path, sample_rate, duration, expected):
+    assert clip_length(sample_rate=sample_rate, duration=duration) == expected
+    out = load(write(tmp_path / "t.wav", tone(), format="WAV"), sample_rate=sample_rate, duration=duration)
+    assert out.ok and out.samples.shape == (expected,)
+
+
+# ----------------------------------------------------------------------------- repairs and skips
+
+
+def test_few_nan_samples_are_repaired(tmp_path):
+    x = tone()
+    x[[10, 500, 3000]] = [np.nan, np.inf, -np.inf]
+    out = load(write(tmp_path / "n.wav", x, format="WAV", subtype="FLOAT"))
+    assert out.ok
+    assert out.notes == ("3 non-finite samples set to 0",)
+    assert np.isfinite(out.samples).all()
+    assert (out.samples[[10, 500, 3000]] == 0).all()
+    np.testing.assert_array_equal(out.samples[11:500], x[11:500])
+
+
+def test_nan_in_one_channel_does_not_erase_the_other(tmp_path):
+    x = np.stack([tone(), tone()], axis=1)
+    x[7, 0] = np.nan
+    out = load(write(tmp_path / "n.wav", x, format="WAV", subtype="FLOAT"))
+    assert out.notes == ("1 non-finite samples set to 0", "stereo mixed down")
+    assert out.samples[7] == pytest.approx(x[7, 1] / 2)
+
+
+def test_many_nan_samples_skip_the_clip(tmp_path, rng):
+    x = tone()
+    x[rng.choice(N, size=400, replace=False)] = np.nan  # 10 % > 1 %
+    out = load(write(tmp_path / "n.wav", x, format="WAV", subtype="FLOAT"))
+    assert out.samples is None
+    assert out.reason.startswith("non-finite samples: 400 of 4000")
+    # The threshold is a parameter.
+    assert load(tmp_path / "n.wav", max_nonfinite_fraction=0.2).ok
+
+
+def test_all_zero_clip_is_silent(tmp_path):
+    out = load(write(tmp_path / "z.aiff", np.zeros(N, np.float32)))
+    assert out.samples is None and out.reason == "silent"
+
+
+def test_clip_silent_inside_the_kept_window_is_skipped(tmp_path):
+    x = np.zeros(6000, np.float32)
+    x[5000:] = tone(n=1000)
+    out = load(write(tmp_path / "z.wav", x, format="WAV"))
+    assert out.samples is None and out.reason.startswith("silent: all zero in the first 2 s")
+
+
+def test_too_short_clip_is_skipped(tmp_path):
+    path = write(tmp_path / "s.wav", tone(n=5), format="WAV")
+    out = load(path, min_samples=10)
+    assert out.samples is None
+    assert out.reason == "too short: 5 samples at 2000 Hz < min_samples=10"
+    assert load(path).notes == ("padded 5->4000 samples",)  # min_samples=1 keeps it
+
+
+def test_too_short_counts_samples_after_resampling(tmp_path):
+    path = write(tmp_path / "s.wav", tone(n=100, sr=8000), sr=8000, format="WAV")  # 25 samples at 2 kHz
+    assert load(path, min_samples=26).reason.startswith("too short: 25 samples")
+    assert load(path, min_samples=25).ok
+
+
+def test_missing_file(tmp_path):
+    out = load(tmp_path / "nope.aiff")
+    assert out == Decoded(samples=None, reason="missing file", notes=())
+
+
+def test_zero_byte_file(tmp_path):
+    (tmp_path / "e.aiff").write_bytes(b"")
+    assert load(tmp_path / "e.aiff").reason == "empty file (0 bytes)"
+
+
+def test_header_only_file_is_empty(tmp_path):
+    out = load(write(tmp_path / "e.aiff", np.zeros(0, np.float32)))
+    assert out.samples is None and out.reason == "empty: no audio frames"
+
+
+def test_text_file_named_aiff_is_unreadable(tmp_path):
+    (tmp_path / "t.aiff").write_text("clip_name,label\ntrain1.aiff,0\n" * 20)
+    out = load(tmp_path / "t.aiff")
+    assert out.samples is None
+    assert out.reason == "unreadable: format not recognised"
+
+
+def test_directory_is_unreadable(tmp_path):
+    assert load(tmp_path).reason == "unreadable: is a directory"
+
+
+def test_unreadable_permissions(tmp_path):
+    path = write(tmp_path / "p.aiff", tone())
+    os.chmod(path, 0)
+    try:
+        if os.access(path, os.R_OK):
+            pytest.skip("running as a user (e.g. root) whom chmod 000 does not stop")
+        out = load(path)
+        assert out.samples is None and out.reason == "unreadable: permission denied"
+    finally:
+        os.chmod(path, 0o644)
+
+
+def test_permission_error_gives_unreadable_even_as_root(tmp_path, monkeypatch):
+    # chmod cannot stop root, so inject the error the OS would raise.
+    path = write(tmp_path / "p.aiff", tone())
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("pipeline.data.audio.open", denied, raising=False)
+    assert load(path).reason == "unreadable: permission denied"
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.9, -1])
+@pytest.mark.parametrize("format,suffix", [("AIFF", "aiff"), ("WAV", "wav")])
+def test_truncated_aiff_and_wav_are_detected_from_the_header(tmp_path, keep, format, suffix):
+    # libsndfile clamps its frame count to the data on disk and reads without
+    # error, so only the header's own count reveals the truncation.
+    path = write(tmp_path / f"t.{suffix}", tone(), format=format)
+    size = os.path.getsize(path)
+    cut(path, int(size * keep) if isinstance(keep, float) else keep)
+    assert sf.info(path).frames < N  # what libsndfile says: no error, fewer frames
+    out = load(path)
+    assert out.samples is None
+    assert out.reason.startswith("truncated: read ")
+    assert out.reason.endswith(f" of {N} frames")
+
+
+def test_aiff_cut_inside_the_header_is_truncated(tmp_path):
+    path = cut(write(tmp_path / "t.aiff", tone()), 40)  # FORM + COMM, no SSND
+    out = load(path)
+    assert out.samples is None
+    assert out.reason.startswith(f"truncated: read 0 of {N} frames; file has 40 of the ")
+
+
+@pytest.mark.parametrize("keep", [0.5, -1])
+def test_truncated_flac_is_detected(tmp_path, keep):
+    # A cut FLAC opens with the full STREAMINFO count, then every read raises.
+    path = write(tmp_path / "t.flac", tone(), format="FLAC")
+    size = os.path.getsize(path)
+    cut(path, int(size * keep) if isinstance(keep, float) else keep)
+    out = load(path)
+    assert out.samples is None
+    assert out.reason.startswith(f"truncated: read 0 of {N} frames (")
+
+
+def test_bad_files_never_raise(tmp_path):
+    (tmp_path / "zero.aiff").write_bytes(b"")
+    (tmp_path / "junk.flac").write_bytes(os.urandom(3000))
+    (tmp_path / "riff.wav").write_bytes(b"RIFF\xff\xff\xff\xffWAVEfmt \x10\x00\x00\x00" + b"\x00" * 3)
+    (tmp_path / "form.aiff").write_bytes(b"FORM\x00\x00\x00\x04AIFF")
+    for path in sorted(tmp_path.iterdir()):
+        out = load(path)
+        assert isinstance(out, Decoded) and out.samples is None and out.reason, path.name
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"sample_rate": 0},
+        {"sample_rate": 2000.5},
+        {"duration": 0.0},
+        {"duration": float("nan")},
+        {"min_samples": 0},
+        {"max_nonfinite_fraction": 1.5},
+    ],
+)
+def test_bad_parameters_raise(tmp_path, kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        load(tmp_path / "any.aiff", **kwargs)
