@@ -73,6 +73,8 @@ def train_fold(
     compile_model: Callable[[keras.Model], None],
     train_data: Callable[[int], object],
     valid_data,
+    train_steps: int,
+    valid_steps: int,
     fold_dir: str,
     fold: int,
     epochs: int,
@@ -121,6 +123,7 @@ def train_fold(
         t0 = time.time()
         fit = model.fit(
             train_data(epoch), validation_data=valid_data, initial_epoch=epoch, epochs=epoch + 1, verbose=0,
+            steps_per_epoch=train_steps, validation_steps=valid_steps,
             callbacks=[keras.callbacks.TerminateOnNaN()],
         )
         logs = {k: float(v[-1]) for k, v in fit.history.items()}
@@ -244,7 +247,8 @@ def run_folds(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str):
                           loss=make_loss(exp.loss.name, exp.loss.params, task), metrics=metrics)
 
         result = train_fold(build=build, compile_model=compile_model, train_data=train_data,
-                            valid_data=valid_batches, fold_dir=fold_dir, fold=k, epochs=exp.train.epochs,
+                            valid_data=valid_batches, train_steps=-(-len(tr_ids) // batch),
+                            valid_steps=-(-len(va_ids) // batch), fold_dir=fold_dir, fold=k, epochs=exp.train.epochs,
                             patience=exp.train.patience, monitor=exp.train.monitor, seed=exp.train.seed)
 
         val_ds = labelled(cache.dataset("train"), va_ids, y_all[va]).map(lambda i, x, y: (i, x))

@@ -249,9 +249,10 @@ def test_truncated_flac_is_detected(tmp_path, keep):
     assert out.reason.startswith(f"truncated: read 0 of {N} frames (")
 
 
-def test_bad_files_never_raise(tmp_path):
+def test_bad_files_never_raise(tmp_path, rng):
     (tmp_path / "zero.aiff").write_bytes(b"")
-    (tmp_path / "junk.flac").write_bytes(os.urandom(3000))
+    (tmp_path / "junk.flac").write_bytes(rng.integers(0, 256, 3000, dtype=np.uint8).tobytes())
+    (tmp_path / "fake.flac").write_bytes(b"fLaC" + rng.integers(0, 256, 3000, dtype=np.uint8).tobytes())
     (tmp_path / "riff.wav").write_bytes(b"RIFF\xff\xff\xff\xffWAVEfmt \x10\x00\x00\x00" + b"\x00" * 3)
     (tmp_path / "form.aiff").write_bytes(b"FORM\x00\x00\x00\x04AIFF")
     for path in sorted(tmp_path.iterdir()):

@@ -234,7 +234,8 @@ def test_log_mel_equals_librosa_reference(rng, settings):
     y = noise_and_chirp(rng, 3)
     got = log_mel(y, sample_rate=SR, **settings)
     ref = np.stack([naive_log_mel(clip, sample_rate=SR, **settings) for clip in y])
-    assert got.shape == ref.shape == (3, n_frames(N_SAMPLES, n_fft=settings["n_fft"], hop_length=settings["hop_length"]), settings["n_mels"])
+    frames = n_frames(N_SAMPLES, n_fft=settings["n_fft"], hop_length=settings["hop_length"])
+    assert got.shape == ref.shape == (3, frames, settings["n_mels"])
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-3)
 
@@ -397,7 +398,8 @@ def test_complexity_feature_of_mel_and_linear_spectra(rng):
     np.testing.assert_allclose(
         mel, complexity(mel_power(y, sample_rate=SR, n_fft=256, hop_length=64, n_mels=64)), atol=1e-6
     )
-    linear = compute_features("complexity", schema.ComplexityParams(hop_length=64, spectrum="linear"), y, sample_rate=SR)
+    linear_params = schema.ComplexityParams(hop_length=64, spectrum="linear")
+    linear = compute_features("complexity", linear_params, y, sample_rate=SR)
     np.testing.assert_allclose(linear, complexity(stft_power(y, n_fft=256, hop_length=64)), atol=1e-6)
     assert not np.allclose(mel, linear)
 
@@ -435,7 +437,10 @@ def test_bad_waveform_input_is_rejected():
     "call, message",
     [
         (lambda y: stft_power(y, n_fft=0, hop_length=32), r"n_fft must be a positive integer. Received: n_fft=0"),
-        (lambda y: stft_power(y, n_fft=256, hop_length=2.5), r"hop_length must be a positive integer. Received: hop_length=2.5"),
+        (
+            lambda y: stft_power(y, n_fft=256, hop_length=2.5),
+            r"hop_length must be a positive integer. Received: hop_length=2.5",
+        ),
         (
             lambda y: log_mel(y, sample_rate=SR, n_fft=256, hop_length=64, n_mels=0),
             r"n_mels must be a positive integer. Received: n_mels=0",

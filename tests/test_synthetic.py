@@ -66,7 +66,8 @@ def test_layout(small):
 def test_clips_are_16_bit_2khz_2s_aiff(small):
     for path in (os.path.join(small, "train", "train1.aiff"), os.path.join(small, "test", "test8.aiff")):
         info = sf.info(path)
-        assert (info.format, info.subtype, info.samplerate, info.channels, info.frames) == ("AIFF", "PCM_16", 2000, 1, 4000)
+        assert (info.format, info.subtype, info.samplerate) == ("AIFF", "PCM_16", 2000)
+        assert (info.channels, info.frames) == (1, 4000)
         assert open(path, "rb").read(4) == b"FORM"  # AIFF: big-endian PCM
         decoded = load_clip(path, sample_rate=2000, duration=2.0)
         assert decoded.ok and decoded.notes == ()
@@ -284,7 +285,8 @@ def learnable(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("learn") / "whale")
     ensure_synthetic_whale(root, n_train=300, n_test=0, positive_fraction=0.5, seed=11)
     truth = pd.read_csv(os.path.join(root, "truth.csv"))
-    x = np.stack([load_clip(os.path.join(root, "train", c), sample_rate=2000, duration=2.0).samples for c in truth["clip"]])
+    paths = [os.path.join(root, "train", c) for c in truth["clip"]]
+    x = np.stack([load_clip(p, sample_rate=2000, duration=2.0).samples for p in paths])
     return x, truth
 
 

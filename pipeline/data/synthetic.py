@@ -390,7 +390,9 @@ def _confounder(rng, kind: str, noise_power: np.ndarray, recipe: Recipe) -> np.n
     contour = f_a + (f_b - f_a) * np.linspace(0.0, 1.0, _n(duration)) ** rng.uniform(0.7, 1.6)
     tone = _tone(rng, contour, harmonic_gain=10 ** (rng.uniform(-14, -4) / 20) if rng.random() < 0.4 else 0.0)
     low, high = min(f_a, f_b) - 15, max(f_a, f_b) + 15
-    return _place(tone, rng.uniform(0.0, DURATION - duration), _gain(tone, rng.uniform(*recipe.confounder_snr_db), noise_power, low, high))
+    onset = rng.uniform(0.0, DURATION - duration)
+    snr = rng.uniform(*recipe.confounder_snr_db)
+    return _place(tone, onset, _gain(tone, snr, noise_power, low, high))
 
 
 # ----------------------------------------------------------------------------- dataset on disk
@@ -402,11 +404,19 @@ def _check_params(*, n_train, n_test, positive_fraction, seed) -> dict:
             raise ValueError(f"{name} must be an integer >= {low}. Received: {name}={value!r}")
     if not (isinstance(positive_fraction, (int, float)) and 0.0 < positive_fraction < 1.0):
         raise ValueError(f"positive_fraction must be in (0, 1). Received: positive_fraction={positive_fraction!r}")
-    return {"n_train": int(n_train), "n_test": int(n_test), "positive_fraction": float(positive_fraction), "seed": int(seed)}
+    return {
+        "n_train": int(n_train),
+        "n_test": int(n_test),
+        "positive_fraction": float(positive_fraction),
+        "seed": int(seed),
+    }
 
 
 def _spec(params: dict) -> dict:
-    """The content of synthetic.json: parameters, generator version and recipe (no timestamps: files stay byte-identical)."""
+    """The content of synthetic.json: parameters, generator version and recipe.
+
+    No timestamps or library versions: the same parameters must give the same bytes.
+    """
     return {
         "format_version": FORMAT_VERSION,
         "generator": "pipeline.data.synthetic",

@@ -79,7 +79,9 @@ def normalise_bins_major(A: np.ndarray, out: np.ndarray) -> None:
     n = A.shape[0]
     total = A.sum(axis=0, dtype=np.float64)  # float64: a float32 sum's error would bias H by up to ~N eps
     if not np.isfinite(total).all():
-        raise ValueError("S must be finite (no NaN or infinity). Received: a frame whose total power is NaN or infinite")
+        raise ValueError(
+            "S must be finite (no NaN or infinity). Received: a frame whose total power is NaN or infinite"
+        )
     silent = total <= 0
     scale = n / np.where(silent, 1.0, total)
     if A.dtype == np.float32 and scale.max(initial=0.0) < 1e30:

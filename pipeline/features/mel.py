@@ -398,11 +398,12 @@ def _mel_into(y, *, sample_rate, n_fft, hop_length, n_mels, fmin, fmax, log: boo
     shape = (y.shape[0], n_frames(y.shape[1], n_fft=n_fft, hop_length=hop_length), n_mels)
     out = np.empty(shape, dtype=np.float32)
     for clips, span, block in blocks:
-        if log:  # while the block is in cache
+        if log:  # while the block is in cache; the dB scaling rides on the transposing copy
             np.maximum(block, AMIN, out=block)
             np.log(block, out=block)
-            block *= _DB_PER_NEPER
-        np.copyto(_rows(out, clips, span), block.T)
+            np.multiply(block.T, _DB_PER_NEPER, out=_rows(out, clips, span))
+        else:
+            np.copyto(_rows(out, clips, span), block.T)
     return out
 
 
