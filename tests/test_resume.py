@@ -1,0 +1,91 @@
+"""SIGKILL at several points, rerun, and the results equal an uninterrupted run.
+
+The queue runs as a real subprocess (``python run_queue.py``) so that the kill
+is as brutal as a power cut or the OOM killer. Kill points are detected from
+the files the run writes: the feature cache being built, a fold's first epoch
+checkpoint (the kill lands mid-training), a finished fold (between folds),
+and ``output/oof.csv`` (just before the summary and the blend).
+"""
+
+import glob
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+QUEUE = """
+defaults:
+  data: {name: synthetic_whale, n_train: 48, n_test: 10, seed: 5}
+  features: {name: complexity, n_fft: 128, hop_length: 64, n_mels: 32}
+  cache: {workers: 1, chunk_size: 4}
+  folds: {n_splits: 2, seed: 0}
+  train: {epochs: 3, batch_size: 8, patience: 5}
+  model: {name: inceptiontime, filters: 4, depth: 2, bottleneck: 4, kernel_sizes: [4, 8]}
+experiments:
+  - name: inceptiontime_a
+    model: {residual: true, depth: 3}
+blend: {method: mean}
+"""
+
+
+def start(folder):
+    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, "run_queue.py"), str(folder / "queue.yaml")],
+                            cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def kill_when(proc, condition, timeout=300):
+    """SIGKILL ``proc`` as soon as ``condition()`` holds. Returns False if it ended first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.02)
+    proc.kill()
+    raise AssertionError("kill point never reached")
+
+
+def results(folder):
+    out = folder / "output"
+    summary = pd.read_csv(out / "summary.csv").drop(columns=["wall_seconds"])
+    frames = {"oof": pd.read_csv(out / "oof.csv"), "summary": summary,
+              "blend": pd.read_csv(out / "blend" / "submission.csv")}
+    for name in ("inceptiontime_a",):
+        frames[name] = pd.read_csv(out / name / "submission.csv")
+    return frames
+
+
+def test_killed_runs_resume_to_the_same_results(tmp_path):
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    for folder in (reference, killed):
+        folder.mkdir()
+        (folder / "queue.yaml").write_text(textwrap.dedent(QUEUE))
+    assert start(reference).wait(timeout=600) == 0
+
+    out = killed / "output"
+    points = {
+        "feature writing": lambda: glob.glob(str(out / "cache" / "features" / "*.building" / "*.partial")),
+        "mid-fold": lambda: (out / "inceptiontime_a" / "fold0" / "state" / "state.json").exists(),
+        "between folds": lambda: (out / "inceptiontime_a" / "fold0" / "done.json").exists(),
+        "before the blend": lambda: (out / "oof.csv").exists(),
+    }
+    killed_at = [name for name, condition in points.items() if kill_when(start(killed), condition)]
+    assert len(killed_at) >= 3, killed_at  # the fastest points may be passed between two polls
+    assert start(killed).wait(timeout=600) == 0
+
+    want, got = results(reference), results(killed)
+    for key in want:
+        pd.testing.assert_frame_equal(got[key], want[key], check_exact=False, rtol=1e-5, obj=key)
