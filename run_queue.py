@@ -2,8 +2,8 @@
 
 import os
 
-# Quiet TensorFlow's C++ start-up chatter before anything imports it.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Quiet TensorFlow's C++ start-up chatter (CUDA plugin notices on CPU machines) before it is imported.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from pipeline.cli import main  # noqa: E402
 

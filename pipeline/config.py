@@ -7,7 +7,7 @@ A queue file has four top-level keys::
     blend:        # how the finished experiments are ensembled
     output:       # output folder, default `output` (relative to the queue file)
 
-Every component (``data``, ``features``, ``model``, ``loss``) is either a short
+Every component (``data``, ``features``, ``model``, ``loss``, ``schedule``) is either a short
 string (``model: inceptiontime``) or a mapping ``{name: ..., <params>}``. An
 experiment's component is merged over the default one when both have the same
 name (or the experiment's omits the name); a different name replaces it.
@@ -37,8 +37,9 @@ NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 # Experiment names become folders under output/ and column names in output/oof.csv.
 RESERVED_NAMES = {"cache", "folds", "blend", "id", "fold", "report", "summary", "oof", "queue"}
 TOP_LEVEL_KEYS = ("defaults", "experiments", "blend", "output")
-KIND_NAMES = {"data": "data source", "features": "feature", "model": "model", "loss": "loss", "method": "blend method"}
-BLEND_METRICS = ("auc", "log_loss")
+KIND_NAMES = {"data": "data source", "features": "feature", "model": "model", "loss": "loss", "schedule": "schedule",
+              "method": "blend method"}
+BLEND_METRICS = ("auc", "log_loss", "lwlrap")
 
 
 class ConfigError(ValueError):
@@ -74,6 +75,8 @@ class Experiment:
     cache: schema.CacheSettings
     folds: schema.FoldSettings
     train: schema.TrainSettings
+    schedule: Component = Component("constant", schema.ConstantScheduleParams())
+    augment: schema.AugmentSettings = schema.AugmentSettings()
 
     def to_dict(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {"name": self.name}

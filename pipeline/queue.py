@@ -198,6 +198,8 @@ def _write_experiment_outputs(exp, dataset, oof: pd.DataFrame, test: Optional[pd
         "task": dataset.task,
         "targets": targets,
         "submission": dataset.submission,
+        # Every test id, also those whose audio was skipped: a submission must list them all.
+        "all_test_ids": [str(i) for i in dataset.test["id"]],
     }
     io.write_json(os.path.join(exp_dir, "scores.json"), scores)
     log.info("%s: OOF AUC %.4f (folds %.4f +- %.4f)", exp.name, overall["auc"], scores["fold_mean"], scores["fold_std"])
@@ -249,6 +251,18 @@ def write_queue_oof(queue: Queue, paths: Paths) -> Optional[pd.DataFrame]:
 
 
 def write_summary(queue: Queue, paths: Paths) -> pd.DataFrame:
+    """``output/summary.csv``: the leaderboard, one row per experiment of the queue, best first.
+
+    Columns: experiment, model, features, status, oof_auc, ``oof_<blend.metric>``
+    (when the blend metric is not auc), fold_mean / fold_std (AUC over the
+    folds), epochs (mean over folds), wall_seconds, error. Rows are sorted by
+    the blend metric (best first; unfinished experiments last). The output
+    folder and metric are kept in ``summary.attrs`` for :func:`format_summary`.
+    """
+    from pipeline import metrics
+
+    metric = queue.blend.metric
+    metric_col = f"oof_{metric}"
     rows = []
     for exp in queue.experiments:
         exp_dir = paths.experiment(exp.name)
@@ -259,6 +273,7 @@ def write_summary(queue: Queue, paths: Paths) -> pd.DataFrame:
             "model": exp.model.name + ("_residual" if getattr(exp.model.params, "residual", False) else ""),
             "features": exp.features.name,
             "oof_auc": np.nan,
+            metric_col: np.nan,
             "fold_mean": np.nan,
             "fold_std": np.nan,
             "epochs": np.nan,
@@ -271,12 +286,32 @@ def write_summary(queue: Queue, paths: Paths) -> pd.DataFrame:
         if row["status"] == DONE and os.path.isfile(scores_path):
             scores = io.read_json(scores_path)
             row.update(oof_auc=scores["oof"]["auc"], fold_mean=scores["fold_mean"], fold_std=scores["fold_std"])
+            row[metric_col] = scores["oof"].get(metric, np.nan)
+            if metric not in scores["oof"]:
+                row[metric_col] = _oof_metric(exp_dir, scores, metric)
             epochs = [io.read_json(p).get("epochs") for p in _fold_done_files(exp_dir)]
             row["epochs"] = float(np.mean(epochs)) if epochs else np.nan
         rows.append(row)
-    summary = pd.DataFrame(rows).sort_values("oof_auc", ascending=False, na_position="last", kind="stable")
+    summary = pd.DataFrame(rows)
+    summary = summary.sort_values(metric_col, ascending=not metrics.GREATER_IS_BETTER[metric], na_position="last",
+                                  kind="stable").reset_index(drop=True)
     io.write_csv(os.path.join(paths.output, "summary.csv"), summary)
+    summary.attrs.update(output=paths.output, metric=metric)
     return summary
+
+
+def _oof_metric(exp_dir: str, scores: dict, metric: str) -> float:
+    """A metric that scores.json lacks (e.g. lwlrap), computed from the experiment's oof.csv; NaN if it does not apply."""
+    from pipeline import metrics
+    from pipeline import blend
+
+    oof = pd.read_csv(os.path.join(exp_dir, "oof.csv"), dtype={"id": str})
+    pred = blend.prediction_columns(oof)
+    try:
+        return metrics.metric_value(metric, scores["task"], oof[list(scores["targets"])].to_numpy(),
+                                    oof[pred].to_numpy())
+    except (ValueError, KeyError):
+        return float("nan")
 
 
 def _fold_done_files(exp_dir):
@@ -289,12 +324,61 @@ def _fold_done_files(exp_dir):
 
 
 def format_summary(summary: pd.DataFrame) -> str:
-    shown = summary[["experiment", "model", "features", "status", "oof_auc", "fold_mean", "fold_std", "epochs",
-                     "wall_seconds"]].copy()
-    for col, fmt in (("oof_auc", "{:.4f}"), ("fold_mean", "{:.4f}"), ("fold_std", "{:.4f}"), ("epochs", "{:.1f}"),
-                     ("wall_seconds", "{:.0f}")):
-        shown[col] = shown[col].map(lambda v, f=fmt: "" if pd.isna(v) else f.format(v))
-    return shown.to_string(index=False)
+    """The leaderboard as printed at the end of a run: one line per experiment, then the blend and the failures.
+
+    The blend line is read from ``<output>/blend/scores.json`` (or ``error.json``)
+    when ``summary.attrs`` names the output folder (see :func:`write_summary`).
+    """
+    from pipeline.report import format_duration
+
+    metric = summary.attrs.get("metric", "auc")
+    metric_col = f"oof_{metric}"
+    if metric_col not in summary.columns:
+        metric, metric_col = "auc", "oof_auc"
+    shown = pd.DataFrame({
+        "experiment": summary["experiment"],
+        "model": summary["model"],
+        "features": summary["features"],
+        f"OOF {metric}": summary[metric_col].map(_fmt("{:.4f}")),
+        "fold AUC mean +- std": [
+            "" if pd.isna(m) else f"{m:.4f} +- {0.0 if pd.isna(s) else s:.4f}"
+            for m, s in zip(summary["fold_mean"], summary["fold_std"])
+        ],
+        "epochs": summary["epochs"].map(_fmt("{:.1f}")),
+        "wall": summary["wall_seconds"].map(format_duration),
+        "status": summary["status"],
+    })
+    lines = [shown.to_string(index=False)] if len(shown) else ["(no experiments)"]
+    output = summary.attrs.get("output")
+    if output:
+        lines.append(_blend_line(os.path.join(output, "blend")))
+    for _, row in summary.iterrows():
+        if row["status"] == FAILED:
+            lines.append(f"FAILED {row['experiment']}: {row['error']}")
+    return "\n".join(line for line in lines if line)
+
+
+def _fmt(fmt):
+    return lambda v: "" if pd.isna(v) else fmt.format(v)
+
+
+def _blend_line(folder: str) -> str:
+    scores_path, error_path = os.path.join(folder, "scores.json"), os.path.join(folder, "error.json")
+    try:
+        if os.path.isfile(scores_path):
+            s = io.read_json(scores_path)
+            best = s["best_single"]
+            line = (f"blend ({s['method']} of {len(s['experiments'])}): OOF {s['metric']} {s['blend']:.4f} "
+                    f"[{s.get('score_kind', 'OOF')}]; best single {best['experiment']} {best['score']:.4f} "
+                    f"({s['blend'] - best['score']:+.4f})")
+            if "held_out" in s:
+                line += f"; weights chosen on other folds: {s['held_out']:.4f}"
+            return line
+        if os.path.isfile(error_path):
+            return f"blend: refused: {io.read_json(error_path).get('error')}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "blend: unreadable blend/scores.json"
+    return ""
 
 
 # ----------------------------------------------------------------------------- the queue
@@ -376,6 +460,9 @@ def run(queue: Queue, *, only: Optional[List[str]] = None, force: bool = False, 
 
         run_blend(queue, paths)
         print("\n" + format_summary(summary) + "\n", flush=True)
+        from pipeline.report import write_report_safely
+
+        write_report_safely(paths.output, title=f"Queue report: {os.path.basename(queue.source)}")
     except KeyboardInterrupt:
         log.warning("interrupted; state is saved. Run the same command again to resume: python run_queue.py %s",
                     os.path.relpath(queue.source))

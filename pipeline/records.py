@@ -7,11 +7,15 @@ settings, so experiments that agree on them share one cache)::
     test-00000-of-00001.tfrecord
     manifest.json                    # written last: a cache without it is incomplete
 
-Extraction decodes and featurises chunks of clips in a process pool (``spawn``,
-so workers never inherit TensorFlow's threads), keeps at most ``2 x workers``
-chunks in flight so memory stays bounded whatever the dataset size, and
-streams examples into shards of about ``shard_mb`` MB in the parent. Bad clips
-are skipped and listed with their reason in the manifest.
+Extraction decodes, featurises and serialises chunks of clips in a process
+pool (:func:`start_method`: forked while TensorFlow is not loaded, else
+spawned, so workers never inherit TensorFlow's threads). Each worker returns
+its chunk as finished TFRecord bytes (:func:`frame_examples`, numpy only), so
+the parent only appends bytes to shards of about ``shard_mb`` MB; it keeps at
+most ``2 x workers`` chunks in flight and a chunk holds at most ~64 MB of
+audio (:func:`chunk_clips`), so memory stays bounded whatever the dataset
+size and clip length. Bad clips are skipped and listed with their reason in
+the manifest. Records are in manifest order whatever the number of workers.
 """
 
 from __future__ import annotations
@@ -19,11 +23,14 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import dataclasses
+import functools
 import glob
 import logging
 import multiprocessing
 import os
 import shutil
+import signal
+import struct
 import sys
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -38,6 +45,10 @@ log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 MANIFEST = "manifest.json"
+# Records parsed (and joined with labels) per tf.data batch by the readers.
+_PARSE_BATCH = 256
+# Read-ahead per open shard, bytes.
+_READ_BUFFER = 8 << 20
 
 
 class CacheError(RuntimeError):
@@ -63,8 +74,20 @@ def cache_key(exp: Experiment) -> str:
 # ----------------------------------------------------------------------------- worker side
 
 
+# Audio bytes (float32 samples) per worker task: with 2 s whale clips a task
+# holds cache.chunk_size clips; with 60 s recordings at 48 kHz (11.5 MB each)
+# it holds 5, so a worker's memory stays bounded whatever the clip length.
+_CHUNK_AUDIO_BYTES = 64 << 20
+
+
 def _featurise_chunk(job) -> dict:
-    """Decode and featurise one chunk of clips (runs in a worker process; no TensorFlow)."""
+    """Decode, featurise and serialise one chunk of clips (runs in a worker process; no TensorFlow).
+
+    Returns the chunk's framed TFRecord records concatenated in ``records``
+    (bytes) with each record's length in ``sizes``, so that the parent only
+    appends bytes to shard files: building protos and checksums per clip in
+    the parent would make it the bottleneck of the whole stage.
+    """
     from pipeline.data.audio import load_clip
     from pipeline.features import compute_features
 
@@ -84,55 +107,251 @@ def _featurise_chunk(job) -> dict:
         ids.append(clip_id)
         arrays.append(decoded.samples)
         notes.extend((clip_id, n) for n in decoded.notes)
-    features = None
+    records, sizes = b"", []
     if arrays:
-        batch = np.stack(arrays).astype(np.float32, copy=False)
+        batch = np.stack(arrays)
+        del arrays
         features = compute_features(feature_name, feature_params, batch, sample_rate=audio.sample_rate)
-        features = np.ascontiguousarray(features, dtype=np.float32)
-    return {"ids": ids, "features": features, "skipped": skipped, "notes": notes}
+        records, sizes = frame_examples(ids, features)
+    return {"ids": ids, "records": records, "sizes": sizes, "skipped": skipped, "notes": notes}
+
+
+# ----------------------------------------------------------------------------- TFRecord encoding
+#
+# A record is a tf.train.Example {"id": bytes, "x": raw float32 bytes}, framed
+# as TFRecord: uint64 length, masked CRC-32C of the length, data, masked
+# CRC-32C of the data. Encoded here with numpy so that workers need no
+# TensorFlow (importing it costs seconds and ~0.5 GB per process). The
+# protobuf wire format of such an Example is fixed and tiny; the checksum is
+# the expensive part and is computed for a whole chunk at once (below).
+
+_CRC_POLY = 0x82F63B78  # CRC-32C (Castagnoli), reflected
+_CRC_BLOCK = 256  # bytes per block of the table-driven checksum
+
+
+@functools.lru_cache(maxsize=4096)
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+@functools.lru_cache(maxsize=1024)
+def _bytes_entry_head(key: bytes, n: int) -> bytes:
+    """Wire bytes of one ``Features.feature`` map entry ``key -> BytesList[<n bytes>]``, up to the value."""
+    bytes_list = 1 + len(_varint(n)) + n  # BytesList{value: 1}
+    feature = 1 + len(_varint(bytes_list)) + bytes_list  # Feature{bytes_list: 1}
+    entry = 1 + len(_varint(len(key))) + len(key) + 1 + len(_varint(feature)) + feature  # {key: 1, value: 2}
+    return (b"\x0a" + _varint(entry) + b"\x0a" + _varint(len(key)) + key + b"\x12" + _varint(feature)
+            + b"\x0a" + _varint(bytes_list) + b"\x0a" + _varint(n))
+
+
+def example_bytes(clip_id: str, x: np.ndarray) -> bytes:
+    """A serialised ``tf.train.Example`` with features ``id`` (utf-8) and ``x`` (raw little-endian float32)."""
+    payload = np.ascontiguousarray(x, dtype="<f4").tobytes()
+    key = clip_id.encode()
+    features = _bytes_entry_head(b"id", len(key)) + key + _bytes_entry_head(b"x", len(payload)) + payload
+    return b"\x0a" + _varint(len(features)) + features
+
+
+@functools.lru_cache(maxsize=1)
+def _crc_byte_table() -> np.ndarray:
+    """``t[b]``: CRC register after feeding byte ``b`` into a zero register (uint32 [256])."""
+    t = np.arange(256, dtype=np.uint32)
+    for _ in range(8):
+        t = np.where(t & 1, (t >> 1) ^ np.uint32(_CRC_POLY), t >> 1).astype(np.uint32)
+    return t
+
+
+def _zero_byte(v: np.ndarray) -> np.ndarray:
+    """Registers ``v`` after feeding one zero byte each (uint32, any shape)."""
+    return _crc_byte_table()[v & 0xFF] ^ (v >> 8)
+
+
+@functools.lru_cache(maxsize=1)
+def _crc_position_table() -> np.ndarray:
+    """``T[i, b]``: register after byte ``b`` at position ``i`` of a block, then the rest of the block (zeros).
+
+    The CRC register is linear (over GF(2)) in the message when it starts at
+    zero, so a block's register is the XOR of ``T[i, block[i]]`` over ``i``:
+    one vectorised gather instead of a Python loop over bytes.
+    """
+    table = np.empty((_CRC_BLOCK, 256), np.uint32)
+    v = _crc_byte_table().copy()
+    for i in range(_CRC_BLOCK - 1, -1, -1):
+        table[i] = v
+        v = _zero_byte(v)
+    return table
+
+
+def _byte_lanes() -> np.ndarray:
+    """``b << 8k`` for every byte value ``b`` and byte lane ``k`` of a register (uint32 [4, 256])."""
+    return np.arange(256, dtype=np.uint32)[None, :] << (8 * np.arange(4, dtype=np.uint32))[:, None]
+
+
+@functools.lru_cache(maxsize=64)
+def _crc_shift_table(n_bytes: int) -> np.ndarray:
+    """``S[k, b]``: register after ``n_bytes`` zero bytes fed into a register holding ``b << 8k`` (uint32 [4, 256]).
+
+    ``n_bytes`` is ``_CRC_BLOCK * 2**j``; a longer shift is two shifts by half.
+    """
+    if n_bytes == _CRC_BLOCK:
+        v = _byte_lanes()
+        for _ in range(n_bytes):
+            v = _zero_byte(v)
+        return v
+    half = _crc_shift_table(n_bytes // 2)
+    return _crc_shift(_crc_shift(_byte_lanes(), half), half)
+
+
+def _crc_shift(v: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Registers ``v`` (uint32) after the zero bytes ``table`` stands for: one lookup per byte lane."""
+    return table[0, v & 0xFF] ^ table[1, (v >> 8) & 0xFF] ^ table[2, (v >> 16) & 0xFF] ^ table[3, v >> 24]
+
+
+def _crc_rows(rows: np.ndarray) -> np.ndarray:
+    """Zero-initialised CRC-32C register of each row of ``rows`` (uint8 [R, L], L a multiple of the block).
+
+    Leading zero bytes leave a zero register unchanged, so rows of different
+    lengths are zero-padded at the front to a common length.
+    """
+    n_rows, length = rows.shape
+    blocks = rows.reshape(n_rows, length // _CRC_BLOCK, _CRC_BLOCK)
+    # Gather each byte's contribution and XOR them per block: [R, blocks]; a few MB of blocks
+    # at a time, so that the 12-bytes-per-byte temporaries stay small for long clips.
+    table = _crc_position_table().ravel()
+    offsets = (np.arange(_CRC_BLOCK, dtype=np.intp) * 256)[None, None, :]
+    regs = np.empty(blocks.shape[:2], np.uint32)
+    step = max(1, (1 << 20) // (n_rows * _CRC_BLOCK))
+    for b0 in range(0, blocks.shape[1], step):
+        part = np.take(table, offsets + blocks[:, b0 : b0 + step])
+        np.bitwise_xor.reduce(part, axis=-1, out=regs[:, b0 : b0 + step])
+    # Combine neighbouring blocks pairwise: reg(A || B) = shift_len(B)(reg(A)) ^ reg(B).
+    span = _CRC_BLOCK
+    while regs.shape[1] > 1:
+        if regs.shape[1] % 2:  # an all-zero block in front changes nothing
+            regs = np.concatenate([np.zeros((n_rows, 1), np.uint32), regs], axis=1)
+        regs = _crc_shift(regs[:, 0::2], _crc_shift_table(span)) ^ regs[:, 1::2]
+        span *= 2
+    return regs[:, 0]
+
+
+def _crc32c_many(messages: Sequence[bytes], tails: Optional[np.ndarray] = None) -> np.ndarray:
+    """CRC-32C of each message followed by its row of ``tails`` (uint8 [R, n], optional), uint32 [R].
+
+    Every message must hold at least 4 bytes.
+    """
+    extra = 0 if tails is None else tails.shape[1]
+    width = -(-(max(len(m) for m in messages) + extra) // _CRC_BLOCK) * _CRC_BLOCK
+    head = width - extra
+    # Each message zero-padded in front to `head` bytes, its first 4 bytes flipped: CRC-32C starts
+    # from an all-ones register, which is the same as flipping them and starting from zero.
+    padded = b"".join(bytes(head - len(m)) + _flip4(m) for m in messages)
+    rows = np.empty((len(messages), width), np.uint8)
+    rows[:, :head] = np.frombuffer(padded, np.uint8).reshape(len(messages), head)
+    if extra:
+        rows[:, head:] = tails
+    return _crc_rows(rows) ^ np.uint32(0xFFFFFFFF)
+
+
+def _flip4(message: bytes) -> bytes:
+    return (int.from_bytes(message[:4], "little") ^ 0xFFFFFFFF).to_bytes(4, "little") + message[4:]
+
+
+def crc32c(data: bytes) -> int:
+    """CRC-32C (Castagnoli) of ``data``, at least 4 bytes long (``crc32c(b"123456789") == 0xE3069283``)."""
+    if len(data) < 4:
+        raise ValueError(f"data must hold at least 4 bytes. Received: len(data)={len(data)}")
+    return int(_crc32c_many([bytes(data)])[0])
+
+
+def _masked(crc: np.ndarray) -> np.ndarray:
+    """TFRecord's checksum masking of uint32 CRCs, as little-endian bytes [R, 4]."""
+    masked = ((crc >> 15) | (crc << 17)) + np.uint32(0xA282EAD8)
+    return masked.astype("<u4").view(np.uint8).reshape(-1, 4)
+
+
+def frame_examples(ids: Sequence[str], features: np.ndarray) -> Tuple[bytes, List[int]]:
+    """TFRecord-framed Examples ``{"id", "x"}`` of a batch, concatenated, and each framed record's size.
+
+    Parameters
+    ----------
+    ids : sequence of str [R]
+    features : np.ndarray [shape=(R, ...)], float32, one clip per row
+
+    Returns
+    -------
+    (bytes, list of int)
+        The bytes ``tf.io.TFRecordWriter`` writes for :func:`example_bytes`
+        of each clip, in order, and the size of each framed record.
+    """
+    payload = np.ascontiguousarray(features, dtype="<f4").reshape(len(ids), -1).view(np.uint8)
+    n = payload.shape[1]
+    x_head = _bytes_entry_head(b"x", n)
+    heads = []
+    for clip_id in ids:
+        key = clip_id.encode()
+        id_entry = _bytes_entry_head(b"id", len(key)) + key
+        heads.append(b"\x0a" + _varint(len(id_entry) + len(x_head) + n) + id_entry + x_head)
+    lengths = [struct.pack("<Q", len(h) + n) for h in heads]
+    length_crc = _masked(_crc32c_many(lengths))
+    data_crc = _masked(_crc32c_many(heads, payload))
+    parts, sizes = [], []
+    for i, head in enumerate(heads):
+        parts += [lengths[i], length_crc[i], head, payload[i], data_crc[i]]
+        sizes.append(16 + len(head) + n)
+    return b"".join(parts), sizes
 
 
 # ----------------------------------------------------------------------------- writing
 
 
-def _example(clip_id: str, x: np.ndarray) -> bytes:
-    import tensorflow as tf
-
-    feature = {
-        "id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[clip_id.encode()])),
-        "x": tf.train.Feature(bytes_list=tf.train.BytesList(value=[x.tobytes()])),
-    }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
-
-
 class _ShardWriter:
-    """Streams examples of one split into ``<split>-NNNNN.partial`` files, then names them ``-of-``."""
+    """Streams framed records of one split into ``<split>-NNNNN.partial`` files, then names them ``-of-``."""
 
     def __init__(self, folder: str, split: str, shard_bytes: int):
         self.folder, self.split, self.shard_bytes = folder, split, shard_bytes
         self.partials: List[str] = []
-        self.writer = None
+        self.file = None
         self.size = 0
         self.count = 0
 
-    def write(self, clip_id: str, x: np.ndarray) -> None:
-        import tensorflow as tf
+    def write_chunk(self, records: bytes, sizes: Sequence[int]) -> None:
+        """Append a chunk's framed records (as :func:`frame_examples` returns them), starting shards as they fill.
 
-        if self.writer is None or self.size >= self.shard_bytes:
-            self._close()
-            path = os.path.join(self.folder, f"{self.split}-{len(self.partials):05d}.partial")
-            self.partials.append(path)
-            self.writer = tf.io.TFRecordWriter(path)
-            self.size = 0
-        record = _example(clip_id, x)
-        self.writer.write(record)
-        self.size += len(record)
-        self.count += 1
+        A shard is closed once it holds ``shard_bytes`` or more, so shard
+        boundaries fall between records and do not depend on the chunking.
+        """
+        view = memoryview(records)
+        offset = 0
+        i = 0
+        while i < len(sizes):
+            if self.file is None or self.size >= self.shard_bytes:
+                self._next_shard()
+            start = offset
+            while i < len(sizes) and self.size < self.shard_bytes:
+                self.size += sizes[i]
+                offset += sizes[i]
+                self.count += 1
+                i += 1
+            self.file.write(view[start:offset])
+
+    def _next_shard(self) -> None:
+        self._close()
+        path = os.path.join(self.folder, f"{self.split}-{len(self.partials):05d}.partial")
+        self.partials.append(path)
+        self.file = open(path, "wb", buffering=1 << 20)
+        self.size = 0
 
     def _close(self):
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+        if self.file is not None:
+            self.file.close()
+            self.file = None
 
     def finish(self) -> List[str]:
         self._close()
@@ -160,7 +379,7 @@ def ensure_features(dataset: Dataset, exp: Experiment, cache_root: str, *, progr
         if os.path.isdir(folder):
             log.warning("feature cache %s has no manifest (an interrupted build); rebuilding it", folder)
             shutil.rmtree(folder)
-        cache = _build(dataset, exp, folder)
+        cache = _build(dataset, exp, folder, progress=progress)
     _check_bad_fraction(cache, exp)
     return cache
 
@@ -176,7 +395,7 @@ def _check_bad_fraction(cache: "FeatureCache", exp: Experiment) -> None:
         )
 
 
-def _build(dataset: Dataset, exp: Experiment, folder: str) -> "FeatureCache":
+def _build(dataset: Dataset, exp: Experiment, folder: str, *, progress: bool = True) -> "FeatureCache":
     from pipeline.features import feature_shape, min_samples
 
     started = time.time()
@@ -195,22 +414,22 @@ def _build(dataset: Dataset, exp: Experiment, folder: str) -> "FeatureCache":
     splits: Dict[str, dict] = {}
     skipped, repaired = [], []
     shard_bytes = int(exp.cache.shard_mb * 1e6)
-    bar = _progress_bar(n_clips, exp.name)
+    chunk = chunk_clips(exp.cache.chunk_size, n_samples)
+    # The pool starts before the progress bar's monitor thread, so forked workers inherit no threads.
     pool = _pool(workers) if workers > 1 else None
+    bar = _progress_bar(n_clips, exp.name, disable=not progress)
     try:
         for split in ("train", "test"):
             rows = dataset.manifest.loc[dataset.manifest["split"] == split, ["id", "path"]]
             rows = list(rows.itertuples(index=False, name=None))
             jobs = [
-                (rows[i : i + exp.cache.chunk_size], exp.features.name, exp.features.params, exp.audio, need)
-                for i in range(0, len(rows), exp.cache.chunk_size)
+                (rows[i : i + chunk], exp.features.name, exp.features.params, exp.audio, need)
+                for i in range(0, len(rows), chunk)
             ]
             writer = _ShardWriter(tmp_folder, split, shard_bytes)
             ids: List[str] = []
             for result in _run_jobs(jobs, pool, window=2 * workers):
-                if result["features"] is not None:
-                    for clip_id, x in zip(result["ids"], result["features"]):
-                        writer.write(clip_id, x)
+                writer.write_chunk(result["records"], result["sizes"])
                 ids.extend(result["ids"])
                 skipped.extend({"id": i, "split": split, "path": p, "reason": r} for i, p, r in result["skipped"])
                 repaired.extend({"id": i, "note": n} for i, n in result["notes"])
@@ -246,14 +465,47 @@ def _build(dataset: Dataset, exp: Experiment, folder: str) -> "FeatureCache":
     else:
         os.replace(tmp_folder, folder)
     log.info(
-        "features written: %d clips in %.1f s (%.0f clips/s), %d skipped -> %s",
-        n_clips, seconds, n_clips / max(seconds, 1e-9), len(skipped), folder,
+        "features written: %d clips in %.1f s (%.0f clips/s, %d worker(s), %d clips per task), %d skipped -> %s",
+        n_clips, seconds, n_clips / max(seconds, 1e-9), workers, chunk, len(skipped), folder,
     )
     return FeatureCache(folder)
 
 
+def chunk_clips(chunk_size: int, n_samples: int) -> int:
+    """Clips per worker task: ``chunk_size``, fewer when that much audio would exceed ~64 MB."""
+    return max(1, min(chunk_size, _CHUNK_AUDIO_BYTES // (4 * max(1, n_samples))))
+
+
+def start_method() -> str:
+    """How feature workers are started: ``fork`` while TensorFlow is not loaded here, else ``spawn``.
+
+    A forked worker starts in milliseconds with numpy, scipy and the pipeline
+    already imported; a spawned one re-imports them (about a second per
+    worker, as long as featurising thousands of whale clips). Forking a
+    process that has loaded TensorFlow is unsafe (its thread pools and locks
+    are not fork-aware), so then workers are spawned.
+    """
+    if "tensorflow" in sys.modules or "fork" not in multiprocessing.get_all_start_methods():
+        return "spawn"
+    return "fork"
+
+
+def _init_worker() -> None:
+    # A forked worker inherits the queue's SIGTERM handler (which raises in the
+    # main loop); a worker should just end, as a spawned one does.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _pool(workers: int) -> cf.ProcessPoolExecutor:
-    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    method = start_method()
+    pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method),
+                                  initializer=_init_worker)
+    if method == "fork":
+        # Fork every worker now, before this process starts threads (tqdm's monitor, TensorFlow).
+        for f in [pool.submit(int) for _ in range(workers)]:
+            f.result()
+    log.debug("feature pool: %d workers (%s)", workers, method)
+    return pool
 
 
 def _run_jobs(jobs: Sequence, pool: Optional[cf.ProcessPoolExecutor], window: int):
@@ -276,10 +528,11 @@ def _run_jobs(jobs: Sequence, pool: Optional[cf.ProcessPoolExecutor], window: in
         yield result
 
 
-def _progress_bar(total: int, name: str):
+def _progress_bar(total: int, name: str, *, disable: bool = False):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=f"{name}: features", unit="clip", dynamic_ncols=True, file=sys.stderr, mininterval=0.5)
+    return tqdm(total=total, desc=f"{name}: features", unit="clip", dynamic_ncols=True, file=sys.stderr,
+                mininterval=0.5, disable=disable)
 
 
 def _check_disk(folder: str, needed: int) -> None:
@@ -294,17 +547,15 @@ def _check_disk(folder: str, needed: int) -> None:
 
 
 def _versions() -> dict:
-    import librosa
-    import soundfile
+    # From the installed metadata: importing TensorFlow here would cost seconds per build.
+    from importlib import metadata
 
-    out = {"python": sys.version.split()[0], "numpy": np.__version__, "librosa": librosa.__version__,
-           "soundfile": soundfile.__version__}
-    try:
-        import tensorflow as tf
-
-        out["tensorflow"] = tf.__version__
-    except ImportError:  # pragma: no cover - tensorflow is a hard requirement
-        pass
+    out = {"python": sys.version.split()[0]}
+    for name in ("numpy", "scipy", "librosa", "soundfile", "tensorflow"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:  # pragma: no cover - all are requirements
+            pass
     return out
 
 
@@ -334,29 +585,41 @@ class FeatureCache:
         return [os.path.join(self.folder, n) for n in names]
 
     def dataset(self, split: str):
-        """tf.data.Dataset of ``(id: string, x: float32 [shape])`` in a deterministic order."""
+        """tf.data.Dataset of ``(id: string, x: float32 [shape])`` in a deterministic order.
+
+        Shards are read by a parallel interleave with large read buffers;
+        records are parsed a batch at a time (``tf.io.parse_example`` and one
+        ``decode_raw`` per batch cost about as much as parsing a single record,
+        so per-record parsing would dominate), then unbatched.
+        """
         import tensorflow as tf
 
         files = self.files(split)
         if not files:
             return None
         shape = self.shape
+        spec = {"id": tf.io.FixedLenFeature([], tf.string), "x": tf.io.FixedLenFeature([], tf.string)}
 
-        def parse(record):
-            parsed = tf.io.parse_single_example(
-                record, {"id": tf.io.FixedLenFeature([], tf.string), "x": tf.io.FixedLenFeature([], tf.string)}
-            )
-            x = tf.reshape(tf.io.decode_raw(parsed["x"], tf.float32), shape)
+        # Plain graph code: AutoGraph has nothing to convert (and would re-read this file's source).
+        @tf.autograph.experimental.do_not_convert
+        def parse(records):
+            parsed = tf.io.parse_example(records, spec)
+            x = tf.reshape(tf.io.decode_raw(parsed["x"], tf.float32), (-1, *shape))
             return parsed["id"], x
 
         ds = tf.data.Dataset.from_tensor_slices(files)
+        @tf.autograph.experimental.do_not_convert
+        def read(path):
+            return tf.data.TFRecordDataset(path, buffer_size=_READ_BUFFER)
+
         ds = ds.interleave(
-            tf.data.TFRecordDataset,
+            read,
             cycle_length=max(1, min(len(files), 4)),
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,
         )
-        return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.batch(_PARSE_BATCH).map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return ds.unbatch()
 
     def load(self, split: str) -> Tuple[List[str], np.ndarray]:
         """All of a split in memory: (ids, x [n, *shape]); for small data, plots and tests."""
@@ -381,8 +644,9 @@ def labelled(ds, ids: Sequence[str], labels: np.ndarray):
     """Keep only examples whose id is in ``ids`` and pair each with its label row.
 
     ds : tf.data.Dataset of (id, x); labels : [len(ids), C] float32 aligned with ``ids``.
-    Returns a dataset of (id, x, y). Labels come from the manifest, never from the cache,
-    so the cache holds no label information at all.
+    Returns a dataset of (id, x, y) in the order of ``ds``. Labels come from the manifest,
+    never from the cache, so the cache holds no label information at all. The join runs a
+    batch at a time (one hash-table lookup and one mask per batch, not per example).
     """
     import tensorflow as tf
 
@@ -391,10 +655,16 @@ def labelled(ds, ids: Sequence[str], labels: np.ndarray):
         default_value=-1,
     )
     label_table = tf.constant(np.asarray(labels, np.float32))
-    ds = ds.map(lambda i, x: (i, x, table.lookup(i)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.filter(lambda i, x, row: row >= 0)
-    return ds.map(lambda i, x, row: (i, x, tf.gather(label_table, row)), num_parallel_calls=tf.data.AUTOTUNE,
-                  deterministic=True)
+
+    @tf.autograph.experimental.do_not_convert
+    def join(i, x):
+        row = table.lookup(i)
+        keep = row >= 0
+        row = tf.boolean_mask(row, keep)
+        return tf.boolean_mask(i, keep), tf.boolean_mask(x, keep), tf.gather(label_table, row)
+
+    ds = ds.batch(_PARSE_BATCH).map(join, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.unbatch()
 
 
 def fits_in_memory(n_examples: int, shape: Sequence[int], fraction: float = 0.25) -> bool:

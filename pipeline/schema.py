@@ -2,7 +2,7 @@
 
 This module is plain Python (no TensorFlow, no numpy) so that a queue file can be
 validated in a fraction of a second before any work starts. Each component kind
-(data source, features, model, loss, blend method) is a dict from name to a
+(data source, features, model, loss, schedule, blend method) is a dict from name to a
 frozen dataclass of parameters; the stage that implements the component
 registers its implementation under the same name (a test checks both agree).
 
@@ -150,7 +150,98 @@ class InceptionTimeParams:
     dropout: float = rule(0.0, min=0.0, max=0.95)
 
 
-MODELS = {"inceptiontime": InceptionTimeParams}
+# keras.applications backbones a SED model can use by name (validated here, without importing Keras).
+SED_BACKBONES = (
+    "cnn",
+    "ConvNeXtTiny", "ConvNeXtSmall", "ConvNeXtBase",
+    "DenseNet121", "DenseNet169", "DenseNet201",
+    "EfficientNetB0", "EfficientNetB1", "EfficientNetB2", "EfficientNetB3", "EfficientNetB4",
+    "EfficientNetB5", "EfficientNetB6", "EfficientNetB7",
+    "EfficientNetV2B0", "EfficientNetV2B1", "EfficientNetV2B2", "EfficientNetV2B3", "EfficientNetV2S",
+    "MobileNetV2", "MobileNetV3Small", "MobileNetV3Large",
+    "ResNet50", "ResNet101", "ResNet152", "ResNet50V2", "ResNet101V2", "ResNet152V2",
+)
+
+
+@dataclass(frozen=True)
+class SEDParams:
+    """PANNs-style sound event detection over a log-mel [frames, mels].
+
+    A 2-D CNN (``backbone: cnn``, the small built-in one, or a keras.applications
+    name) -> mean over frequency -> max + average smoothing over time -> optional
+    dense block -> per-frame classifier and attention; outputs ``clipwise``
+    (attention-weighted sum over frames) and ``framewise`` (interpolated back to
+    the input's frame count).
+    """
+
+    backbone: str = rule("cnn", choices=SED_BACKBONES)
+    widths: tuple = rule((16, 32, 64))  # built-in CNN: channels per block (each block halves time and frequency)
+    # null: random init; else an absolute path to backbone weights (.h5 / .weights.h5). No downloads.
+    weights: Optional[str] = rule(None)
+    base_trainable: bool = rule(True)
+    smoothing: int = rule(3, min=1, max=63)  # max/avg pool window over time, frames of the backbone output
+    dense_units: int = rule(0, min=0, max=4096)  # 0: no dense block before the heads
+    dropout: float = rule(0.2, min=0.0, max=0.95)
+
+
+@dataclass(frozen=True)
+class CNN1DParams:
+    """1-D CNN over a waveform [samples] or a time-major series [T, C]."""
+
+    filters: int = rule(16, min=1, max=1024)  # first block; doubled every block
+    depth: int = rule(4, min=1, max=12)
+    kernel_size: int = rule(9, min=1, max=1025)
+    pool_size: int = rule(4, min=1, max=64)  # max-pool after every block (time / pool_size)
+    max_filters: int = rule(256, min=1, max=4096)
+    dropout: float = rule(0.2, min=0.0, max=0.95)
+
+
+@dataclass(frozen=True)
+class XceptionParams:
+    """keras.applications.Xception on the log-mel, resized to image_size x image_size, 3 channels."""
+
+    image_size: int = rule(96, min=71, max=1024)  # Xception needs at least 71 x 71
+    # null: random init; imagenet: the local Keras cache file (never downloaded); or an absolute
+    # path to Xception (include_top=False) weights, .h5 or .weights.h5.
+    weights: Optional[str] = rule(None)
+    base_trainable: bool = rule(True)
+    # With base_trainable: only this backbone layer and the ones after it are trained (null: all).
+    fine_tune_from: Optional[str] = rule(None)
+    dropout: float = rule(0.2, min=0.0, max=0.95)
+
+
+@dataclass(frozen=True)
+class AttentionLSTMParams:
+    """LSTM and multi-head self-attention in parallel over a series [T, C], concatenated."""
+
+    lstm_units: int = rule(32, min=1, max=2048)
+    num_heads: int = rule(2, min=1, max=64)
+    key_dim: int = rule(16, min=1, max=1024)
+    dense_units: tuple = rule((32,))  # TimeDistributed dense layers after the layer norm
+    dropout: float = rule(0.2, min=0.0, max=0.95)
+
+
+@dataclass(frozen=True)
+class ViTParams:
+    """Vision transformer over log-mel patches [frames, mels]."""
+
+    patch_size: tuple = rule((8, 8))  # (frames, mels); the input is zero-padded to whole patches
+    dim: int = rule(64, min=1, max=4096)
+    depth: int = rule(4, min=1, max=48)
+    num_heads: int = rule(4, min=1, max=64)
+    mlp_dim: int = rule(128, min=1, max=16384)
+    pooling: str = rule("cls", choices=("cls", "mean"))
+    dropout: float = rule(0.1, min=0.0, max=0.95)
+
+
+MODELS = {
+    "inceptiontime": InceptionTimeParams,
+    "sed": SEDParams,
+    "cnn1d": CNN1DParams,
+    "xception": XceptionParams,
+    "attentionlstm": AttentionLSTMParams,
+    "vit": ViTParams,
+}
 
 
 # ----------------------------------------------------------------------------- losses
@@ -163,7 +254,103 @@ class BCEParams:
     label_smoothing: float = rule(0.0, min=0.0, max=0.5)
 
 
-LOSSES = {"bce": BCEParams}
+@dataclass(frozen=True)
+class FocalParams:
+    """Focal loss (Lin et al. 2017); gamma 0 and no class balancing is plain cross-entropy."""
+
+    gamma: float = rule(2.0, min=0.0, max=10.0)
+    alpha: float = rule(0.25, min=0.0, max=1.0)  # weight of positives; used when class_balancing
+    class_balancing: bool = rule(False)
+    label_smoothing: float = rule(0.0, min=0.0, max=0.5)
+
+
+@dataclass(frozen=True)
+class MaskedBCEParams:
+    """BCE over known labels only: a NaN target marks an unknown label (tp/fp data) and is ignored."""
+
+    label_smoothing: float = rule(0.0, min=0.0, max=0.5)
+
+
+@dataclass(frozen=True)
+class SEDLossParams:
+    """SED two-way loss: clipwise_weight * BCE(clip) + framewise_weight * BCE(frames).
+
+    On clip-only labels (the whale data) only the clipwise term applies.
+    """
+
+    clipwise_weight: float = rule(1.0, min=0.0)
+    framewise_weight: float = rule(0.5, min=0.0)
+
+
+@dataclass(frozen=True)
+class SymmetricCEParams:
+    """Symmetric cross-entropy (Wang et al. 2019): alpha * CE + beta * reverse CE, robust to label noise."""
+
+    alpha: float = rule(0.1, min=0.0)
+    beta: float = rule(1.0, min=0.0)
+    log_floor: float = rule(1e-4, min_exclusive=0.0, max=0.5)  # log(0) of the reverse term is log(log_floor)
+
+
+@dataclass(frozen=True)
+class DiceBCEParams:
+    """BCE + dice_weight * (1 - soft Dice over the batch, per class)."""
+
+    dice_weight: float = rule(1.0, min=0.0)
+    smooth: float = rule(1.0, min_exclusive=0.0)
+
+
+LOSSES = {
+    "bce": BCEParams,
+    "focal": FocalParams,
+    "masked_bce": MaskedBCEParams,
+    "sed": SEDLossParams,
+    "symmetric_ce": SymmetricCEParams,
+    "dice_bce": DiceBCEParams,
+}
+
+
+# ----------------------------------------------------------------------------- learning-rate schedules
+# Every schedule peaks at train.learning_rate; durations are in epochs (fractions allowed).
+
+
+@dataclass(frozen=True)
+class ConstantScheduleParams:
+    """train.learning_rate throughout."""
+
+
+@dataclass(frozen=True)
+class CosineScheduleParams:
+    """Linear warm-up to train.learning_rate, then cosine decay to min_fraction of it at the last epoch."""
+
+    warmup_epochs: float = rule(1.0, min=0.0)
+    min_fraction: float = rule(0.01, min=0.0, max=1.0)
+
+
+@dataclass(frozen=True)
+class RampSustainDecayParams:
+    """Linear ramp from start_fraction, sustain at the peak, then exponential decay towards min_fraction."""
+
+    start_fraction: float = rule(0.1, min=0.0, max=1.0)
+    min_fraction: float = rule(0.01, min=0.0, max=1.0)
+    ramp_epochs: float = rule(2.0, min=0.0)
+    sustain_epochs: float = rule(0.0, min=0.0)
+    decay: float = rule(0.8, min_exclusive=0.0, max=1.0)  # per epoch
+
+
+@dataclass(frozen=True)
+class CyclicScheduleParams:
+    """Triangular cyclic LR (Smith 2017) between min_fraction * peak and the peak."""
+
+    min_fraction: float = rule(0.1, min=0.0, max=1.0)
+    half_cycle_epochs: float = rule(2.0, min_exclusive=0.0)
+
+
+SCHEDULES = {
+    "constant": ConstantScheduleParams,
+    "cosine": CosineScheduleParams,
+    "ramp_sustain_decay": RampSustainDecayParams,
+    "cyclic": CyclicScheduleParams,
+}
 
 
 # ----------------------------------------------------------------------------- training
@@ -180,6 +367,29 @@ class TrainSettings:
     monitor: str = rule("val_auc", choices=("val_auc", "val_loss"))
     seed: int = rule(0, min=0)
     shuffle_buffer: int = rule(2048, min=1)
+    optimizer: str = rule("adam", choices=("adam", "adamw", "sgd"))
+    weight_decay: float = rule(1e-4, min=0.0, max=1.0)  # AdamW's decoupled weight decay (adamw only)
+    momentum: float = rule(0.9, min=0.0, max=0.999)  # sgd only (Nesterov)
+    # balanced: per-example weights n / (2 n_class) (binary / multilabel per class) or n / (C n_c).
+    class_weight: str = rule("none", choices=("none", "balanced"))
+
+
+@dataclass(frozen=True)
+class AugmentSettings:
+    """Training-batch augmentation (never applied to validation or test data); 0 switches a transform off.
+
+    Applied per example in this order: time shift, gain, Gaussian noise, time masks,
+    frequency masks; then mixup per batch. Every draw is seeded from the epoch seed.
+    """
+
+    time_shift: float = rule(0.0, min=0.0, max=1.0)  # max circular shift, fraction of the clip length
+    gain_db: float = rule(0.0, min=0.0, max=60.0)  # max +- gain, dB (mel: added; waveform: scaled)
+    noise_std: float = rule(0.0, min=0.0, max=10.0)  # Gaussian noise, fraction of the clip's std
+    time_mask: int = rule(0, min=0, max=100000)  # SpecAugment: max mask width, frames (samples for a waveform)
+    time_masks: int = rule(1, min=1, max=16)
+    freq_mask: int = rule(0, min=0, max=4096)  # SpecAugment: max mask width, mel bands / channels
+    freq_masks: int = rule(1, min=1, max=16)
+    mixup_alpha: float = rule(0.0, min=0.0, max=10.0)  # Beta(alpha, alpha) mixing weight; labels mixed too
 
 
 # ----------------------------------------------------------------------------- blending
@@ -195,7 +405,37 @@ class RankMeanBlendParams:
     """Mean of per-experiment ranks scaled to [0, 1] (robust to calibration differences)."""
 
 
-BLEND_METHODS = {"mean": MeanBlendParams, "rank_mean": RankMeanBlendParams}
+@dataclass(frozen=True)
+class WeightsBlendParams:
+    """Non-negative weights summing to 1 that maximise the OOF metric.
+
+    Greedy forward selection with replacement (Caruana et al. 2004), started
+    from the best single experiment; the best ensemble seen is kept, so the
+    blend never scores below the best single experiment on the OOF.
+    """
+
+    iterations: int = rule(50, min=1, max=10000)  # selection steps; weight resolution is 1 / (iterations + 1)
+
+
+@dataclass(frozen=True)
+class StackingBlendParams:
+    """A second-level model per class on the experiments' OOF predictions.
+
+    ``logistic``: logistic regression on the logits of the predictions;
+    ``ridge``: ridge regression on the probabilities, clipped to [0, 1]. Its
+    score comes from cross-validation over the experiments' shared folds.
+    """
+
+    model: str = rule("logistic", choices=("logistic", "ridge"))
+    regularization: float = rule(1.0, min_exclusive=0.0, max=1e6)  # logistic: 1 / C; ridge: alpha
+
+
+BLEND_METHODS = {
+    "mean": MeanBlendParams,
+    "rank_mean": RankMeanBlendParams,
+    "weights": WeightsBlendParams,
+    "stacking": StackingBlendParams,
+}
 
 
 # ----------------------------------------------------------------------------- sections
@@ -206,13 +446,15 @@ COMPONENT_SECTIONS = {
     "features": FEATURES,
     "model": MODELS,
     "loss": LOSSES,
+    "schedule": SCHEDULES,
 }
 PLAIN_SECTIONS = {
     "audio": AudioSettings,
     "cache": CacheSettings,
     "folds": FoldSettings,
     "train": TrainSettings,
+    "augment": AugmentSettings,
 }
 # Components that must be given (no default component).
 REQUIRED_COMPONENTS = ("data", "features", "model")
-DEFAULT_COMPONENTS = {"loss": "bce"}
+DEFAULT_COMPONENTS = {"loss": "bce", "schedule": "constant"}

@@ -93,24 +93,24 @@ def train_fold(
     state_dir = os.path.join(fold_dir, "state")
     os.makedirs(state_dir, exist_ok=True)
     state_path = os.path.join(state_dir, "state.json")
-    last_path = os.path.join(state_dir, "last.keras")
-    best_path = os.path.join(state_dir, "best.weights.h5")
     maximise = not monitor.endswith("loss")
 
-    state = {"epoch": 0, "best": None, "best_epoch": 0, "wait": 0, "stopped": False, "history": [], "seconds": 0.0}
+    fresh = {"epoch": 0, "best": None, "best_epoch": 0, "wait": 0, "stopped": False, "history": [], "seconds": 0.0,
+             "last": None, "best_weights": None}
+    state = dict(fresh)
     model = None
-    if os.path.isfile(state_path) and os.path.isfile(last_path):
+    if os.path.isfile(state_path):
         try:
             state = io.read_json(state_path)
-            model = keras.models.load_model(last_path, custom_objects=custom_objects, compile=True)
+            model = keras.models.load_model(os.path.join(state_dir, state["last"]), custom_objects=custom_objects,
+                                            compile=True)
             log.info("fold %d: resuming after epoch %d", fold, state["epoch"])
         except Exception as err:  # a corrupt checkpoint costs this fold, not the run
             log.warning("fold %d: checkpoint unusable (%s); starting the fold again", fold, err)
-            shutil.rmtree(state_dir)
-            os.makedirs(state_dir)
-            state = {"epoch": 0, "best": None, "best_epoch": 0, "wait": 0, "stopped": False, "history": [], "seconds": 0.0}
-            model = None
+            state, model = dict(fresh), None
     if model is None:
+        shutil.rmtree(state_dir)
+        os.makedirs(state_dir)
         keras.utils.set_random_seed(epoch_seed(seed, fold, 0))
         model = build()
         compile_model(model)
@@ -140,22 +140,29 @@ def train_fold(
         improved = state["best"] is None or (value > state["best"] if maximise else value < state["best"])
         if math.isnan(value):
             improved = state["best"] is None
+        # Checkpoints are named by epoch and state.json (written last) names the current ones,
+        # so a kill between any two writes resumes from a consistent (epoch, weights) pair.
+        previous = (state["last"], state["best_weights"])
         if improved:
-            state.update(best=value, best_epoch=epoch + 1, wait=0)
-            _save_weights(model, best_path)
+            state.update(best=value, best_epoch=epoch + 1, wait=0, best_weights=f"best-epoch{epoch + 1}.weights.h5")
+            _save_weights(model, os.path.join(state_dir, state["best_weights"]))
         else:
             state["wait"] += 1
         state["epoch"] = epoch + 1
         state["stopped"] = state["wait"] >= patience
         state["seconds"] = time.time() - started
-        _save_model(model, last_path)
+        state["last"] = f"epoch{epoch + 1}.keras"
+        _save_model(model, os.path.join(state_dir, state["last"]))
         io.write_json(state_path, state)
+        for old in previous:
+            if old and old not in (state["last"], state["best_weights"]):
+                os.remove(os.path.join(state_dir, old))
         log.debug("fold %d epoch %d: %s", fold, epoch + 1, " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
         if state["stopped"]:
             log.debug("fold %d: early stop after epoch %d (best %s=%.4f at epoch %d)", fold, epoch + 1, monitor,
                       state["best"], state["best_epoch"])
 
-    model.load_weights(best_path)
+    model.load_weights(os.path.join(state_dir, state["best_weights"]))
     history = pd.DataFrame(state["history"])
     return FoldResult(model=model, history=history, epochs=state["epoch"], best_epoch=state["best_epoch"],
                       best=state["best"], seconds=state["seconds"])
@@ -171,6 +178,63 @@ def clear_state(fold_dir: str) -> None:
     shutil.rmtree(os.path.join(fold_dir, "state"), ignore_errors=True)
 
 
+# ----------------------------------------------------------------------------- input pipelines
+
+
+def class_weights(y: np.ndarray, task: str) -> np.ndarray:
+    """Balanced class weights from training targets y [n, C].
+
+    Returns [2, C]: rows (negative, positive) weights n / (2 n_neg), n / (2 n_pos) per label
+    (binary / multilabel), or [1, C]: n / (C n_c) per class (multiclass). Counts are floored
+    at 1 so a class absent from the fold cannot produce an infinite weight.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    n = len(y)
+    if task == "multiclass":
+        return (n / (y.shape[1] * np.maximum(y.sum(0), 1.0)))[None].astype(np.float32)
+    pos = np.maximum(y.sum(0), 1.0)
+    neg = np.maximum(n - y.sum(0), 1.0)
+    return np.stack([n / (2 * neg), n / (2 * pos)]).astype(np.float32)
+
+
+def sample_weights(y, weights: np.ndarray):
+    """Per-example weights [B] for (possibly mixed, soft) targets y [B, C] from :func:`class_weights`."""
+    from keras import ops
+
+    w = ops.convert_to_tensor(weights, y.dtype)
+    if weights.shape[0] == 1:  # multiclass: sum_c y_c w_c
+        return ops.sum(y * w[0], axis=-1)
+    return ops.mean(y * w[1] + (1.0 - y) * w[0], axis=-1)
+
+
+def input_pipelines(train_examples, valid_examples, *, batch_size: int, shuffle_buffer: int, seed: int, fold: int,
+                    augment=None, feature: str = "mel", weights: Optional[np.ndarray] = None):
+    """The fold's tf.data pipelines: (train_data(epoch) -> training batches, validation batches).
+
+    train_examples, valid_examples : datasets of (x, y) examples. Training batches are
+    shuffled and augmented (``augment``: schema.AugmentSettings) with the epoch seed, so
+    ``train_data(e)`` is the same every time it is built; with ``weights`` (see
+    :func:`class_weights`) they carry per-example sample weights. Validation batches are
+    never augmented or reweighted and keep the dataset order (deterministic).
+    """
+    import tensorflow as tf
+
+    from pipeline import augment as aug
+    from pipeline.schema import AugmentSettings
+
+    settings = augment if augment is not None else AugmentSettings()
+    after = None if weights is None else (lambda x, y: (x, y, sample_weights(y, weights)))
+
+    def train_data(epoch: int):
+        epoch_s = epoch_seed(seed, fold, epoch)
+        ds = train_examples.shuffle(shuffle_buffer, seed=epoch_s, reshuffle_each_iteration=False)
+        ds = aug.training_batches(ds, settings, feature=feature, batch_size=batch_size, seed=epoch_s,
+                                  after_batch=after)
+        return ds.prefetch(tf.data.AUTOTUNE)
+
+    return train_data, valid_examples.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
 # ----------------------------------------------------------------------------- the fold loop
 
 
@@ -182,12 +246,17 @@ def run_folds(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str):
     """
     import tensorflow as tf
 
+    from pipeline import augment as aug
     from pipeline.losses import make_loss
-    from pipeline.models.registry import build_model, prior_bias
+    from pipeline.models import sed
+    from pipeline.models.registry import build_model, check_model, prior_bias
+    from pipeline.schedules import make_optimizer, make_schedule
     from pipeline.predict import mean_over_folds, predict_with_ids
     from pipeline.queue import StageError, prediction_columns
     from pipeline.records import fits_in_memory, labelled
 
+    # Same seed, same result, also across a kill and resume (CPU kernels are deterministic under this flag).
+    tf.config.experimental.enable_op_determinism()
     task, targets = dataset.task, list(dataset.targets)
     pred_cols = prediction_columns(targets, task)
     train_table = dataset.train.set_index("id")
@@ -202,6 +271,11 @@ def run_folds(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str):
     in_memory = fits_in_memory(len(ids), cache.shape)
     log.info("%s: %d training clips in %d folds; input %s", exp.name, len(ids), exp.folds.n_splits,
              "cached in memory" if in_memory else "streamed from shards (too large to cache in memory)")
+
+    # Settings that cannot work fail here, before any fold trains (weights files, augmentations, losses).
+    check_model(exp.model.name, exp.model.params)
+    aug.check_settings(exp.augment, feature=exp.features.name, shape=cache.shape)
+    make_loss(exp.loss.name, exp.loss.params, task)
 
     oof_parts, test_parts = [], []
     for k in range(exp.folds.n_splits):
@@ -228,26 +302,32 @@ def run_folds(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str):
         base_valid = xy(labelled(cache.dataset("train"), va_ids, y_all[va]))
         if in_memory:
             base_train, base_valid = base_train.cache(), base_valid.cache()
-        valid_batches = base_valid.batch(batch).prefetch(tf.data.AUTOTUNE)
-
-        def train_data(epoch, base=base_train):
-            seed = epoch_seed(exp.train.seed, k, epoch)
-            return (base.shuffle(exp.train.shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
-                    .batch(batch).prefetch(tf.data.AUTOTUNE))
+        train_steps = -(-len(tr_ids) // batch)
+        train_data, valid_batches = input_pipelines(
+            base_train, base_valid, batch_size=batch, shuffle_buffer=exp.train.shuffle_buffer, seed=exp.train.seed,
+            fold=k, augment=exp.augment, feature=exp.features.name,
+            weights=class_weights(y_all[tr], task) if exp.train.class_weight == "balanced" else None,
+        )
 
         bias = prior_bias(y_all[tr], task)
 
         def build(bias=bias):
-            return build_model(exp.model.name, exp.model.params, input_shape=cache.shape, n_outputs=len(targets),
-                               task=task, output_bias=bias)
+            model = build_model(exp.model.name, exp.model.params, input_shape=cache.shape, n_outputs=len(targets),
+                                task=task, output_bias=bias)
+            if isinstance(model.output, dict):
+                # SED: the data has clip labels only, so the clipwise output is trained (and saved).
+                model = sed.training_view(model)
+            return model
 
-        def compile_model(model):
+        def compile_model(model, train_steps=train_steps):
             metrics = [keras.metrics.AUC(name="auc", multi_label=task == "multilabel")]
-            model.compile(optimizer=keras.optimizers.Adam(exp.train.learning_rate),
+            schedule = make_schedule(exp.schedule.name, exp.schedule.params, learning_rate=exp.train.learning_rate,
+                                     steps_per_epoch=train_steps, epochs=exp.train.epochs)
+            model.compile(optimizer=make_optimizer(exp.train, schedule),
                           loss=make_loss(exp.loss.name, exp.loss.params, task), metrics=metrics)
 
         result = train_fold(build=build, compile_model=compile_model, train_data=train_data,
-                            valid_data=valid_batches, train_steps=-(-len(tr_ids) // batch),
+                            valid_data=valid_batches, train_steps=train_steps,
                             valid_steps=-(-len(va_ids) // batch), fold_dir=fold_dir, fold=k, epochs=exp.train.epochs,
                             patience=exp.train.patience, monitor=exp.train.monitor, seed=exp.train.seed)
 

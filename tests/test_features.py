@@ -375,6 +375,24 @@ def test_compute_features_equals_naive_reference(rng, name, params):
     np.testing.assert_allclose(got, ref, rtol=0, atol=atol)
 
 
+@pytest.mark.parametrize(
+    "name, params",
+    [
+        # The default queue's settings: complexity in the upcall band, log-mel at hop 32.
+        ("complexity", schema.ComplexityParams(n_fft=256, hop_length=32, n_mels=64, fmin=30.0, fmax=400.0)),
+        ("mel", schema.MelParams(n_fft=256, hop_length=32, n_mels=64)),
+    ],
+)
+def test_batch_spanning_several_blocks_equals_naive_reference(rng, name, params):
+    # 19 clips of 126 frames fill more than two blocks of 1024 frames, the last one partly:
+    # every clip must come out as if featurised alone.
+    y = noise_and_chirp(rng, 19)
+    got = compute_features(name, params, y, sample_rate=SR)
+    ref = np.stack([naive_features(name, params, clip, sample_rate=SR) for clip in y])
+    atol = {"mel": 1e-3, "complexity": 2e-6}[name]  # see module doc
+    np.testing.assert_allclose(got, ref, rtol=0, atol=atol)
+
+
 def test_min_samples():
     assert min_samples("mel", schema.MelParams(n_fft=512)) == 512
     assert min_samples("complexity", schema.ComplexityParams(n_fft=128)) == 128

@@ -16,14 +16,34 @@ from pipeline.models.registry import MODELS, build_model, prior_bias  # noqa: E4
 # Tiny hyperparameters per family so the whole registry trains in seconds.
 TINY = {
     "inceptiontime": {"filters": 4, "depth": 3, "bottleneck": 4},
+    "sed": {"widths": (4, 8), "dense_units": 8},
+    "cnn1d": {"filters": 4, "depth": 2, "kernel_size": 5},
+    "xception": {"image_size": 71, "dropout": 0.0, "base_trainable": False},  # a trainable backbone takes ~1 min to trace
+    "attentionlstm": {"lstm_units": 4, "num_heads": 2, "key_dim": 4, "dense_units": (8,)},
+    "vit": {"patch_size": (8, 8), "dim": 8, "depth": 1, "num_heads": 2, "mlp_dim": 16},
 }
-INPUTS = {"inceptiontime": [(32, 4), (64,)]}
+# Shapes per family: series [T, C] and waveforms [samples]; spectrograms [frames, mels]
+# with frame counts that are not multiples of the models' strides.
+INPUTS = {
+    "inceptiontime": [(32, 4), (64,)],
+    "sed": [(30, 16)],
+    "cnn1d": [(64,), (32, 4)],
+    "xception": [(20, 16)],
+    "attentionlstm": [(16, 4)],
+    "vit": [(20, 16)],
+}
+# Families too large for both tasks at test speed run the binary case only.
+BINARY_ONLY = {"xception"}
 
 
 def cases():
     for name in MODELS.names():
-        for shape in INPUTS.get(name, [(32, 4)]):
-            yield name, shape
+        for i, shape in enumerate(INPUTS.get(name, [(32, 4)])):
+            for task, n_out in (("binary", 1), ("multiclass", 3)):
+                # the multiclass head is tested once per family (on its first input shape)
+                if task == "multiclass" and (name in BINARY_ONLY or i > 0):
+                    continue
+                yield name, shape, task, n_out
 
 
 def tiny_params(name, **overrides):
@@ -39,23 +59,38 @@ def test_unknown_model_lists_choices():
         build_model("xcepton", None, input_shape=(8, 4), n_outputs=1, task="binary")
 
 
-@pytest.mark.parametrize("name,shape", list(cases()))
-@pytest.mark.parametrize("task,n_out", [("binary", 1), ("multiclass", 3)])
+@pytest.mark.parametrize("name,shape,task,n_out", list(cases()))
 def test_model_trains_and_round_trips(tmp_path, rng, name, shape, task, n_out):
     keras.utils.set_random_seed(0)
     x = rng.normal(size=(8, *shape)).astype("float32")
     y = np.eye(n_out, dtype="float32")[rng.integers(0, n_out, 8)] if task == "multiclass" else rng.integers(0, 2, (8, 1)).astype("float32")
     model = build_model(name, tiny_params(name), input_shape=shape, n_outputs=n_out, task=task,
                         output_bias=prior_bias(np.clip(y, 0.1, 0.9), task))
-    model.compile(optimizer="adam", loss="categorical_crossentropy" if task == "multiclass" else "binary_crossentropy")
-    loss = model.train_on_batch(x, y)
-    assert np.isfinite(loss)
+    ce = "categorical_crossentropy" if task == "multiclass" else "binary_crossentropy"
+    if isinstance(model.output, dict):  # SED: clipwise [B, C] and framewise [B, frames, C]
+        targets = {"clipwise": y, "framewise": np.repeat(y[:, None], shape[0], axis=1)}
+        model.compile(optimizer="adam", loss={"clipwise": ce, "framewise": "binary_crossentropy"})
+    else:
+        targets = y
+        model.compile(optimizer="adam", loss=ce)
+    loss = model.train_on_batch(x, targets)
+    assert np.isfinite(loss).all()
     pred = model.predict_on_batch(x)
-    assert pred.shape == (8, n_out) and pred.dtype == np.float32 and np.isfinite(pred).all()
+    preds = pred if isinstance(pred, dict) else {"output": pred}
+    if isinstance(pred, dict):
+        assert set(pred) == {"clipwise", "framewise"}
+        assert pred["framewise"].shape == (8, shape[0], n_out)  # back at the input's frame count
+    clip = preds.get("clipwise", preds.get("output"))
+    assert clip.shape == (8, n_out)
+    for p in preds.values():
+        assert p.dtype == np.float32 and np.isfinite(p).all()
     path = str(tmp_path / "m.keras")
     model.save(path)
     again = keras.models.load_model(path)
-    np.testing.assert_allclose(again.predict_on_batch(x), pred, rtol=1e-5, atol=1e-6)
+    reloaded = again.predict_on_batch(x)
+    reloaded = reloaded if isinstance(reloaded, dict) else {"output": reloaded}
+    for key, p in preds.items():
+        np.testing.assert_allclose(reloaded[key], p, rtol=1e-5, atol=1e-6)
 
 
 def test_prior_bias_starts_at_class_prior(rng):
@@ -78,3 +113,138 @@ def test_residual_variant_adds_shortcuts():
     assert "block3_shortcut_add" in names and "block6_shortcut_add" in names
     assert not any("shortcut" in layer.name for layer in plain.layers)
     assert dataclasses.replace(tiny_params("inceptiontime"), residual=True).residual
+
+
+# ----------------------------------------------------------------------------- SED
+
+
+def test_sed_clipwise_is_attention_weighted_framewise(rng):
+    from pipeline.models.layers import AttentionPooling, FrameInterpolation
+
+    att = rng.normal(size=(2, 5, 3)).astype("float32")
+    frames = rng.random((2, 5, 3)).astype("float32")
+    w = np.exp(att) / np.exp(att).sum(axis=1, keepdims=True)
+    got = keras.ops.convert_to_numpy(AttentionPooling()([att, frames]))
+    np.testing.assert_allclose(got, (w * frames).sum(axis=1), rtol=1e-5)
+    # Interpolating a constant sequence keeps it constant; lengths come back exactly.
+    const = np.full((1, 4, 2), 0.3, "float32")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(FrameInterpolation(11)(const)), 0.3, rtol=1e-6)
+
+
+def test_sed_training_views_share_weights(rng):
+    from pipeline.models.sed import training_view
+
+    model = build_model("sed", tiny_params("sed"), input_shape=(30, 16), n_outputs=2, task="multilabel")
+    x = rng.normal(size=(3, 30, 16)).astype("float32")
+    full = model.predict_on_batch(x)
+    clip = training_view(model).predict_on_batch(x)
+    packed = training_view(model, framewise=True).predict_on_batch(x)
+    np.testing.assert_allclose(clip, full["clipwise"], rtol=1e-6)
+    assert packed.shape == (3, 31, 2)
+    np.testing.assert_allclose(packed[:, 0], full["clipwise"], rtol=1e-6)
+    np.testing.assert_allclose(packed[:, 1:], full["framewise"], rtol=1e-6)
+
+
+def test_sed_application_backbone_loads_local_weights(tmp_path):
+    shape = (32, 32, 3)
+    keras.utils.set_random_seed(1)
+    source = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=shape)
+    path = str(tmp_path / "backbone.weights.h5")
+    source.save_weights(path)
+    params = tiny_params("sed", backbone="MobileNetV2", weights=path, base_trainable=False)
+    model = build_model("sed", params, input_shape=shape[:2], n_outputs=1, task="binary")
+    backbone = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+    assert not backbone.trainable
+    for a, b in zip(backbone.get_weights(), source.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert model.output["framewise"].shape[1] == 32
+
+
+def test_sed_weights_need_an_existing_absolute_file(tmp_path):
+    from pipeline.models.registry import check_model
+
+    with pytest.raises(FileNotFoundError, match="not found"):
+        check_model("sed", tiny_params("sed", backbone="EfficientNetB0", weights=str(tmp_path / "missing.h5")))
+    with pytest.raises(ValueError, match="absolute path"):
+        check_model("sed", tiny_params("sed", backbone="EfficientNetB0", weights="imagenet"))
+    with pytest.raises(ValueError, match="built-in cnn"):
+        check_model("sed", tiny_params("sed", weights=str(tmp_path)))
+
+
+# ----------------------------------------------------------------------------- Xception
+
+
+def test_xception_imagenet_without_local_file_names_the_file(tmp_path, monkeypatch):
+    from pipeline.models.registry import check_model
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    expected = str(tmp_path / "keras_home" / "models" / "xception_weights_tf_dim_ordering_tf_kernels_notop.h5")
+    with pytest.raises(FileNotFoundError) as err:
+        check_model("xception", tiny_params("xception", weights="imagenet"))
+    assert expected in str(err.value) and "nothing is downloaded" in str(err.value)
+    with pytest.raises(FileNotFoundError):
+        build_model("xception", tiny_params("xception", weights="imagenet"), input_shape=(20, 16), n_outputs=1,
+                    task="binary")
+    with pytest.raises(ValueError, match="absolute path"):
+        check_model("xception", tiny_params("xception", weights="weights.h5"))
+
+
+def test_xception_loads_weights_from_a_path_the_test_writes(tmp_path):
+    keras.utils.set_random_seed(3)
+    source = keras.applications.Xception(include_top=False, weights=None, input_shape=(71, 71, 3))
+    path = str(tmp_path / "xception_backbone.weights.h5")
+    source.save_weights(path)
+    model = build_model("xception", tiny_params("xception", weights=path, base_trainable=True,
+                                                     fine_tune_from="block13_sepconv1"),
+                        input_shape=(20, 16), n_outputs=1, task="binary")
+    backbone = model.get_layer("xception")
+    for a, b in zip(backbone.get_weights(), source.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    trainable = {layer.name for layer in backbone.layers if layer.trainable and layer.weights}
+    assert "block13_sepconv1" in trainable and "block12_sepconv1" not in trainable
+    frozen = build_model("xception", tiny_params("xception", base_trainable=False), input_shape=(20, 16),
+                         n_outputs=1, task="binary")
+    assert not frozen.get_layer("xception").trainable_weights
+
+
+@pytest.mark.slow
+def test_xception_imagenet_fails_before_training(tmp_path, monkeypatch):
+    import json
+    import textwrap
+
+    from pipeline.cli import main
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty_keras_home"))
+    queue = tmp_path / "queue.yaml"
+    queue.write_text(textwrap.dedent("""
+        defaults:
+          data: {name: synthetic_whale, n_train: 24, n_test: 0, seed: 1}
+          features: {name: mel, n_fft: 128, hop_length: 64, n_mels: 16}
+          cache: {workers: 1}
+          folds: {n_splits: 2}
+          train: {epochs: 1, batch_size: 8}
+        experiments:
+          - name: xception_imagenet
+            model: {name: xception, weights: imagenet, image_size: 71}
+    """))
+    assert main([str(queue)]) == 1
+    exp = tmp_path / "output" / "xception_imagenet"
+    status = json.loads((exp / "status.json").read_text())
+    assert status["state"] == "failed" and status["stage"] == "train"
+    assert "xception_weights_tf_dim_ordering_tf_kernels_notop.h5" in status["error"]
+    assert str(tmp_path / "empty_keras_home" / "models") in status["error"]
+    assert not (exp / "fold0").exists()  # no fold started
+
+
+def test_vit_mean_pooling_and_padding():
+    model = build_model("vit", tiny_params("vit", pooling="mean", patch_size=(7, 5)), input_shape=(20, 16),
+                        n_outputs=2, task="multilabel")
+    assert model.get_layer("patches").output.shape[1] == 3 * 4  # ceil(20/7) x ceil(16/5) patches
+    assert "class_token" not in [layer.name for layer in model.layers]
+
+
+def test_xception_fine_tune_from_must_name_a_layer():
+    from pipeline.models.registry import check_model
+
+    with pytest.raises(ValueError, match="fine_tune_from must name a backbone layer"):
+        check_model("xception", tiny_params("xception", base_trainable=True, fine_tune_from="block99_conv"))

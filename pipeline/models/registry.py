@@ -17,6 +17,28 @@ from pipeline import schema
 from pipeline.registry import Registry
 
 MODELS = Registry("model", allowed=schema.MODELS)
+# Optional per-family checks run before any training (e.g. a weights file that must exist).
+_CHECKS = {}
+
+
+def register_check(name: str):
+    """Decorator: ``check(params) -> None`` raising a clear error for settings that cannot work here."""
+    if name not in schema.MODELS:
+        raise ValueError(f"model {name!r} has no parameter schema in pipeline.schema; add it there first")
+
+    def decorator(fn):
+        _CHECKS[name] = fn
+        return fn
+
+    return decorator
+
+
+def check_model(name: str, params) -> None:
+    """Run the family's pre-training check (weights files, ...); a no-op for most families."""
+    MODELS.get(name)  # unknown names fail here too
+    check = _CHECKS.get(name)
+    if check is not None:
+        check(params)
 
 
 def output_activation(task: str) -> str:
@@ -53,4 +75,4 @@ def build_model(name: str, params, *, input_shape: Sequence[int], n_outputs: int
 
 
 # Register every family (each module decorates its builder with MODELS.register).
-from pipeline.models import inceptiontime  # noqa: E402,F401
+from pipeline.models import attentionlstm, cnn1d, inceptiontime, sed, vit, xception  # noqa: E402,F401

@@ -1,0 +1,314 @@
+"""Tests of the feature cache: TFRecord encoding, shards, manifest, rebuilds, the pool and the readers.
+
+Data are a few generated clips (written with soundfile in each test's tmp
+folder); every build uses one worker except the single pool test.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import os
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from pipeline import records, schema
+from pipeline.config import parse_queue
+from pipeline.data.audio import load_clip
+from pipeline.data.base import Dataset
+from pipeline.features import compute_features
+
+SR = 2000
+N = 4000  # 2 s
+FEATURES = {"name": "complexity", "n_fft": 256, "hop_length": 32, "n_mels": 64}
+SHARD = re.compile(r"^(train|test)-(\d{5})-of-(\d{5})\.tfrecord$")
+
+
+def slow_crc32c(data: bytes) -> int:
+    """Bit-by-bit CRC-32C, the definition."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
+    return crc ^ 0xFFFFFFFF
+
+
+def write_clips(folder, rng, n, *, prefix="clip"):
+    """``n`` chirps in noise as 16-bit AIFF files; returns their paths."""
+    os.makedirs(folder, exist_ok=True)
+    t = np.arange(N) / SR
+    paths = []
+    for i in range(n):
+        f0, f1 = rng.uniform(50, 300, 2)
+        y = 0.3 * np.sin(2 * np.pi * (f0 + (f1 - f0) * t / 4) * t) + 0.05 * rng.standard_normal(N)
+        path = os.path.join(folder, f"{prefix}{i}.aiff")
+        sf.write(path, y.astype(np.float32), SR, format="AIFF", subtype="PCM_16")
+        paths.append(path)
+    return paths
+
+
+def make_dataset(paths, test_paths=()):
+    rows = [{"id": os.path.basename(p), "path": p, "split": "train", "label": float(i % 2)} for i, p in enumerate(paths)]
+    rows += [{"id": os.path.basename(p), "path": p, "split": "test", "label": np.nan} for p in test_paths]
+    return Dataset(manifest=pd.DataFrame(rows), task="binary", targets=("label",), submission="table")
+
+
+def make_exp(tmp_path, *, workers=1, chunk_size=4, shard_mb=100.0, features=FEATURES, max_bad_fraction=0.2):
+    raw = {
+        "experiments": [{
+            "name": "t",
+            "data": {"name": "synthetic_whale", "root": str(tmp_path / "unused")},
+            "audio": {"sample_rate": SR, "duration": N / SR, "max_bad_fraction": max_bad_fraction},
+            "features": features,
+            "model": "inceptiontime",
+            "cache": {"workers": workers, "chunk_size": chunk_size, "shard_mb": shard_mb},
+        }]
+    }
+    return parse_queue(raw, source="test", base_dir=str(tmp_path)).experiments[0]
+
+
+@pytest.fixture
+def clips(tmp_path, rng):
+    train = write_clips(tmp_path / "audio", rng, 11)
+    test = write_clips(tmp_path / "audio", rng, 3, prefix="test")
+    return train, test
+
+
+def expected_features(paths, exp):
+    y = np.stack([load_clip(p, sample_rate=SR, duration=N / SR).samples for p in paths])
+    return compute_features(exp.features.name, exp.features.params, y, sample_rate=SR)
+
+
+# ----------------------------------------------------------------------------- encoding
+
+
+def test_crc32c_matches_the_definition(rng):
+    assert records.crc32c(b"123456789") == 0xE3069283  # the standard check value
+    for n in (4, 5, 255, 256, 257, 1000, 4097):
+        data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+        assert records.crc32c(data) == slow_crc32c(data), n
+
+
+def test_frames_are_what_tensorflow_writes_and_reads(tmp_path, rng):
+    import tensorflow as tf
+
+    ids = ["a", "clip_with_a_longer_name.aiff", "é"]
+    x = rng.standard_normal((3, 126, 4)).astype(np.float32)
+    framed, sizes = records.frame_examples(ids, x)
+    assert sum(sizes) == len(framed)
+
+    path = str(tmp_path / "tf.tfrecord")
+    with tf.io.TFRecordWriter(path) as writer:
+        for i, clip_id in enumerate(ids):
+            writer.write(records.example_bytes(clip_id, x[i]))
+    with open(path, "rb") as f:
+        assert f.read() == framed
+
+    ours = tmp_path / "ours.tfrecord"
+    ours.write_bytes(framed)
+    for i, raw in enumerate(tf.data.TFRecordDataset(str(ours))):  # checks both CRCs of every record
+        example = tf.train.Example.FromString(raw.numpy())
+        assert example.features.feature["id"].bytes_list.value[0].decode() == ids[i]
+        got = np.frombuffer(example.features.feature["x"].bytes_list.value[0], np.float32).reshape(126, 4)
+        np.testing.assert_array_equal(got, x[i])
+
+    # The reader does check the data checksum: one flipped payload byte is an error.
+    damaged = bytearray(framed)
+    damaged[sizes[0] // 2] ^= 1
+    ours.write_bytes(bytes(damaged))
+    with pytest.raises(tf.errors.DataLossError):
+        list(tf.data.TFRecordDataset(str(ours)))
+
+
+def test_long_records_are_checksummed_in_pieces(tmp_path, rng):
+    import tensorflow as tf
+
+    x = rng.standard_normal((2, 300_000)).astype(np.float32)  # 1.2 MB a record: several pieces of blocks
+    framed, _ = records.frame_examples(["long0", "long1"], x)
+    path = tmp_path / "long.tfrecord"
+    path.write_bytes(framed)
+    got = [tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(str(path))]  # verifies CRCs
+    for i, example in enumerate(got):
+        np.testing.assert_array_equal(np.frombuffer(example.features.feature["x"].bytes_list.value[0], np.float32), x[i])
+
+
+def test_chunks_of_long_clips_hold_few_clips():
+    assert records.chunk_clips(64, N) == 64
+    assert records.chunk_clips(64, 60 * 48000) == 5  # 60 s at 48 kHz: 11.5 MB a clip
+    assert records.chunk_clips(64, 10**9) == 1
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def test_round_trip_ids_shapes_and_values(tmp_path, clips):
+    train, test = clips
+    exp = make_exp(tmp_path)
+    cache = records.ensure_features(make_dataset(train, test), exp, str(tmp_path / "cache"), progress=False)
+
+    assert cache.shape == (126, 4)
+    for split, paths in (("train", train), ("test", test)):
+        ids, x = cache.load(split)
+        assert ids == [os.path.basename(p) for p in paths] == cache.ids(split)
+        assert cache.count(split) == len(paths)
+        np.testing.assert_allclose(x, expected_features(paths, exp), rtol=0, atol=1e-6)
+    assert cache.manifest["complete"] and cache.manifest["total_files"] == len(train) + len(test)
+
+
+def test_shards_are_named_split_index_of_count(tmp_path, clips):
+    train, test = clips
+    # ~2 KB per record and 5 KB shards: a few records per shard.
+    exp = make_exp(tmp_path, shard_mb=0.005)
+    cache = records.ensure_features(make_dataset(train, test), exp, str(tmp_path / "cache"), progress=False)
+    names = sorted(os.listdir(cache.folder))
+    assert "manifest.json" in names
+    shards = [n for n in names if n != "manifest.json"]
+    for split in ("train", "test"):
+        mine = sorted(n for n in shards if n.startswith(split + "-"))
+        assert mine == cache.manifest["splits"][split]["shards"]
+        total = len(mine)
+        assert [SHARD.match(n).groups() for n in mine] == [(split, f"{i:05d}", f"{total:05d}") for i in range(total)]
+    assert len(cache.files("train")) == 4  # 11 records of ~2 KB, 3 per shard
+    assert all(SHARD.match(n) for n in shards)
+    assert not [d for d in os.listdir(tmp_path / "cache") if d.endswith(".building")]
+    # Shards are read interleaved (parallel reads), so the reader's order mixes shards.
+    assert sorted(cache.load("train")[0]) == sorted(os.path.basename(p) for p in train)
+
+
+def test_interrupted_build_without_manifest_is_rebuilt(tmp_path, clips):
+    train, test = clips
+    exp = make_exp(tmp_path)
+    root = str(tmp_path / "cache")
+    cache = records.ensure_features(make_dataset(train, test), exp, root, progress=False)
+    ids, x = cache.load("train")
+    # A kill before the manifest is written leaves shards without it (and maybe a .building folder).
+    os.remove(os.path.join(cache.folder, records.MANIFEST))
+    with open(os.path.join(cache.folder, "train-00000.partial"), "wb") as f:
+        f.write(b"half a record")
+    os.makedirs(cache.folder + ".building")
+    again = records.ensure_features(make_dataset(train, test), exp, root, progress=False)
+    assert os.path.isfile(os.path.join(again.folder, records.MANIFEST))
+    assert sorted(os.listdir(again.folder)) == ["manifest.json", "test-00000-of-00001.tfrecord",
+                                                "train-00000-of-00001.tfrecord"]
+    ids2, x2 = again.load("train")
+    assert ids2 == ids
+    np.testing.assert_array_equal(x2, x)
+
+
+def test_complete_cache_is_reused(tmp_path, clips):
+    train, _ = clips
+    exp = make_exp(tmp_path)
+    root = str(tmp_path / "cache")
+    first = records.ensure_features(make_dataset(train), exp, root, progress=False)
+    stamp = os.path.getmtime(first.files("train")[0])
+    second = records.ensure_features(make_dataset(train), exp, root, progress=False)
+    assert second.folder == first.folder and os.path.getmtime(second.files("train")[0]) == stamp
+
+
+def test_pool_gives_the_same_records_as_one_worker(tmp_path, clips):
+    train, test = clips
+    dataset = make_dataset(train, test)
+    one = records.ensure_features(dataset, make_exp(tmp_path, workers=1, chunk_size=3), str(tmp_path / "one"),
+                                  progress=False)
+    two = records.ensure_features(dataset, make_exp(tmp_path, workers=2, chunk_size=2), str(tmp_path / "two"),
+                                  progress=False)
+    assert one.manifest["splits"] == two.manifest["splits"]
+    for split in ("train", "test"):
+        for a, b in zip(one.files(split), two.files(split), strict=True):
+            with open(a, "rb") as fa, open(b, "rb") as fb:
+                assert fa.read() == fb.read()
+
+
+def test_bad_files_are_skipped_and_listed_with_reasons(tmp_path, clips):
+    train, _ = clips
+    missing = str(tmp_path / "audio" / "missing.aiff")
+    text = tmp_path / "audio" / "text.aiff"
+    text.write_text("not audio")
+    silent = str(tmp_path / "audio" / "silent.aiff")
+    sf.write(silent, np.zeros(N, np.float32), SR, format="AIFF", subtype="PCM_16")
+    paths = train[:3] + [missing, str(text), silent] + train[3:5]
+    exp = make_exp(tmp_path, chunk_size=2, max_bad_fraction=0.5)
+    cache = records.ensure_features(make_dataset(paths), exp, str(tmp_path / "c"), progress=False)
+    skipped = {s["id"]: s for s in cache.skipped}
+    assert set(skipped) == {"missing.aiff", "text.aiff", "silent.aiff"}
+    assert skipped["missing.aiff"]["reason"] == "missing file"
+    assert skipped["text.aiff"]["reason"].startswith("unreadable")
+    assert skipped["silent.aiff"]["reason"].startswith("silent")
+    assert all(s["split"] == "train" and s["path"] for s in skipped.values())
+    good = [os.path.basename(p) for p in train[:5]]
+    assert cache.ids("train") == good and cache.load("train")[0] == good
+    with open(os.path.join(cache.folder, records.MANIFEST)) as f:
+        assert len(json.load(f)["skipped"]) == 3
+
+
+def test_too_many_bad_files_stop_the_build(tmp_path, clips):
+    train, _ = clips
+    paths = train[:2] + [str(tmp_path / f"missing{i}.aiff") for i in range(3)]
+    with pytest.raises(records.CacheError, match="max_bad_fraction"):
+        records.ensure_features(make_dataset(paths), make_exp(tmp_path), str(tmp_path / "c"), progress=False)
+
+
+class _RecordingPool:
+    """Runs each job at submit time; records the most jobs submitted whose result was not yet collected."""
+
+    def __init__(self):
+        self.submitted = 0
+        self.collected = 0
+        self.most_in_flight = 0
+
+    def submit(self, fn, job):
+        self.submitted += 1
+        self.most_in_flight = max(self.most_in_flight, self.submitted - self.collected)
+        pool = self
+
+        class Collected(cf.Future):
+            def result(self, timeout=None):
+                pool.collected += 1
+                return super().result(timeout)
+
+        future = Collected()
+        future.set_result(job * 10)
+        return future
+
+
+def test_at_most_window_jobs_are_in_flight():
+    pool = _RecordingPool()
+    out = []
+    for result in records._run_jobs(list(range(20)), pool, window=3):
+        assert pool.submitted - len(out) <= 3 + 1  # plus the result being handed over
+        out.append(result)
+    assert out == [10 * j for j in range(20)]  # in order
+    assert pool.most_in_flight == 3
+
+
+# ----------------------------------------------------------------------------- readers
+
+
+def test_labelled_keeps_listed_ids_in_order_with_their_labels(tmp_path, clips):
+    train, _ = clips
+    cache = records.ensure_features(make_dataset(train), make_exp(tmp_path), str(tmp_path / "c"), progress=False)
+    all_ids, x = cache.load("train")
+    wanted = [all_ids[i] for i in (7, 1, 4)]
+    labels = np.array([[0.25], [0.5], [0.75]], np.float32)
+    got = list(records.labelled(cache.dataset("train"), wanted, labels).as_numpy_iterator())
+    assert [g[0].decode() for g in got] == [all_ids[1], all_ids[4], all_ids[7]]  # the cache's order
+    by_id = dict(zip(wanted, labels))
+    for clip_id, xi, yi in got:
+        clip_id = clip_id.decode()
+        np.testing.assert_array_equal(yi, by_id[clip_id])
+        np.testing.assert_array_equal(xi, x[all_ids.index(clip_id)])
+
+
+def test_mel_cache_round_trip(tmp_path, clips):
+    train, _ = clips
+    exp = make_exp(tmp_path, features={"name": "mel", "n_fft": 256, "hop_length": 64, "n_mels": 32})
+    cache = records.ensure_features(make_dataset(train), exp, str(tmp_path / "c"), progress=False)
+    assert cache.shape == (63, 32)
+    ids, x = cache.load("train")
+    np.testing.assert_allclose(x, expected_features(train, exp), rtol=0, atol=1e-4)
+    assert isinstance(exp.features.params, schema.MelParams)
