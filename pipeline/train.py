@@ -124,7 +124,10 @@ def train_fold(
         fit = model.fit(
             train_data(epoch), validation_data=valid_data, initial_epoch=epoch, epochs=epoch + 1, verbose=0,
             steps_per_epoch=train_steps, validation_steps=valid_steps,
-            callbacks=[keras.callbacks.TerminateOnNaN()],
+            # TensorBoard: one run per fold under fold<k>/tb/; epochs keep their numbers across resumes.
+            callbacks=[keras.callbacks.TerminateOnNaN(),
+                       keras.callbacks.TensorBoard(log_dir=os.path.join(fold_dir, "tb"), write_graph=False,
+                                                   profile_batch=0)],
         )
         logs = {k: float(v[-1]) for k, v in fit.history.items()}
         if not all(math.isfinite(v) for k, v in logs.items() if k.endswith("loss")) or not logs:

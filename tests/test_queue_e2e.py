@@ -67,6 +67,7 @@ def test_queue_outputs(finished_run):
             assert (exp / f"fold{k}" / "model.keras").is_file()
             assert (exp / f"fold{k}" / "history.csv").is_file()
             assert not (exp / f"fold{k}" / "state").exists()
+            assert list((exp / f"fold{k}" / "tb").rglob("events.out.tfevents*"))  # TensorBoard logs
         scores = json.loads((exp / "scores.json").read_text())
         assert set(scores["folds"]) == {"0", "1", "2"} and 0 <= scores["oof"]["auc"] <= 1
         assert {"accuracy", "f1", "precision", "recall"} <= set(scores["oof"])

@@ -89,3 +89,21 @@ def test_killed_runs_resume_to_the_same_results(tmp_path):
     want, got = results(reference), results(killed)
     for key in want:
         pd.testing.assert_frame_equal(got[key], want[key], check_exact=False, rtol=1e-5, obj=key)
+
+
+def test_sigterm_stops_cleanly_and_says_how_to_resume(tmp_path):
+    (tmp_path / "queue.yaml").write_text(textwrap.dedent(QUEUE))
+    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "run_queue.py"), "queue.yaml"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    state = tmp_path / "output" / "inceptiontime_a" / "fold0" / "state" / "state.json"
+    deadline = time.time() + 300
+    while not state.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert "Run the same command again to resume: python run_queue.py queue.yaml" in out
+    status = (tmp_path / "output" / "inceptiontime_a" / "status.json").read_text()
+    assert '"interrupted"' in status
+    assert start(tmp_path).wait(timeout=600) == 0
