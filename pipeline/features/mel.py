@@ -21,6 +21,8 @@ needs no multi-threaded BLAS (slower than one thread on blocks this small).
 
 from __future__ import annotations
 
+import collections
+
 import functools
 import math
 import numbers
@@ -241,8 +243,8 @@ def stft_power(y: np.ndarray, *, n_fft: int, hop_length: int) -> np.ndarray:
     y = as_audio_batch(y, min_samples=n_fft)
     n_bins = n_fft // 2 + 1
     out = np.empty((y.shape[0], n_frames(y.shape[1], n_fft=n_fft, hop_length=hop_length), n_bins), np.float32)
-    for _ in _power_blocks(y, n_fft, hop_length, bins_major=False, out=out):
-        pass  # each block is written into out
+    # The block generator writes every block into `out`; run it to the end.
+    collections.deque(_power_blocks(y, n_fft, hop_length, bins_major=False, out=out), maxlen=0)
     return out
 
 
