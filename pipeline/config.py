@@ -387,7 +387,7 @@ def _check_value(value, hint, meta, base_dir) -> Tuple[Optional[str], Any]:
     if "min_exclusive" in meta and value <= meta["min_exclusive"]:
         return f"must be > {meta['min_exclusive']}; got {_show(value)}", value
     kind = meta.get("path")
-    if kind:
+    if kind and value not in meta.get("keywords", ()):
         value = _resolve(base_dir, value)
         if meta.get("must_exist"):
             exists = os.path.isdir(value) if kind == "dir" else os.path.isfile(value)

@@ -9,7 +9,8 @@ registers its implementation under the same name (a test checks both agree).
 Field metadata carries the validation rules read by :mod:`pipeline.config`:
 ``min`` / ``max`` (inclusive), ``min_exclusive``, ``choices`` and ``path``
 (``"dir"`` or ``"file"``: resolved relative to the queue file and, with
-``must_exist``, checked).
+``must_exist``, checked; values listed in ``keywords``, such as ``imagenet``, are
+taken as they are).
 """
 
 from __future__ import annotations
@@ -201,12 +202,15 @@ class XceptionParams:
     """keras.applications.Xception on the log-mel, resized to image_size x image_size, 3 channels."""
 
     image_size: int = rule(96, min=71, max=1024)  # Xception needs at least 71 x 71
-    # null: random init; imagenet: the local Keras cache file (never downloaded); or an absolute
-    # path to Xception (include_top=False) weights, .h5 or .weights.h5.
-    weights: Optional[str] = rule(None)
+    # null: random init; imagenet: the local Keras cache file (never downloaded); or a path
+    # (relative to the queue file) to Xception (include_top=False) weights, .h5 or .weights.h5.
+    weights: Optional[str] = rule(None, path="file", must_exist=True, keywords=("imagenet",))
     base_trainable: bool = rule(True)
     # With base_trainable: only this backbone layer and the ones after it are trained (null: all).
     fine_tune_from: Optional[str] = rule(None)
+    # Use the backbone's output at this layer (e.g. block4_pool, the end of the entry flow)
+    # instead of its last layer: far cheaper on small spectrograms (null: the whole backbone).
+    backbone_output: Optional[str] = rule(None)
     dropout: float = rule(0.2, min=0.0, max=0.95)
 
 

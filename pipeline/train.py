@@ -185,29 +185,38 @@ def clear_state(fold_dir: str) -> None:
 
 
 def class_weights(y: np.ndarray, task: str) -> np.ndarray:
-    """Balanced class weights from training targets y [n, C].
+    """Balanced class weights from training targets y [n, C] (NaN: unknown, as masked_bce reads it).
 
     Returns [2, C]: rows (negative, positive) weights n / (2 n_neg), n / (2 n_pos) per label
-    (binary / multilabel), or [1, C]: n / (C n_c) per class (multiclass). Counts are floored
-    at 1 so a class absent from the fold cannot produce an infinite weight.
+    (binary / multilabel, n counting the clips where that label is known), or [1, C]:
+    n / (C n_c) per class (multiclass). Counts are floored at 1 so a class absent from the
+    fold cannot produce an infinite weight.
     """
     y = np.asarray(y, dtype=np.float64)
-    n = len(y)
     if task == "multiclass":
-        return (n / (y.shape[1] * np.maximum(y.sum(0), 1.0)))[None].astype(np.float32)
-    pos = np.maximum(y.sum(0), 1.0)
-    neg = np.maximum(n - y.sum(0), 1.0)
+        return (len(y) / (y.shape[1] * np.maximum(y.sum(0), 1.0)))[None].astype(np.float32)
+    known = ~np.isnan(y)
+    n = np.maximum(known.sum(0), 1.0)
+    pos = np.maximum(np.nansum(y, axis=0), 1.0)
+    neg = np.maximum(n - np.nansum(y, axis=0), 1.0)
     return np.stack([n / (2 * neg), n / (2 * pos)]).astype(np.float32)
 
 
 def sample_weights(y, weights: np.ndarray):
-    """Per-example weights [B] for (possibly mixed, soft) targets y [B, C] from :func:`class_weights`."""
+    """Per-example weights [B] for (possibly mixed, soft) targets y [B, C] from :func:`class_weights`.
+
+    Binary / multilabel: the mean over the clip's known labels (unknown ones are NaN).
+    """
     from keras import ops
 
     w = ops.convert_to_tensor(weights, y.dtype)
     if weights.shape[0] == 1:  # multiclass: sum_c y_c w_c
         return ops.sum(y * w[0], axis=-1)
-    return ops.mean(y * w[1] + (1.0 - y) * w[0], axis=-1)
+    known = ops.logical_not(ops.isnan(y))
+    y0 = ops.where(known, y, ops.zeros_like(y))
+    per_label = ops.where(known, y0 * w[1] + (1.0 - y0) * w[0], ops.zeros_like(y))
+    n_known = ops.sum(ops.cast(known, y.dtype), axis=-1)
+    return ops.sum(per_label, axis=-1) / ops.maximum(n_known, 1.0)
 
 
 def input_pipelines(train_examples, valid_examples, *, batch_size: int, shuffle_buffer: int, seed: int, fold: int,

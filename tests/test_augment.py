@@ -161,6 +161,18 @@ def test_class_weights_balance_the_classes():
                                [4 / 6, 4 / 6, 4 / 3, 4 / 3], rtol=1e-6)
 
 
+def test_class_weights_ignore_unknown_labels():
+    # masked_bce data: NaN marks an unknown label; weights count known labels only and stay finite.
+    nan = np.nan
+    y = np.array([[1, nan], [0, 1], [0, 0], [nan, 0]], "float32")
+    w = class_weights(y, "multilabel")
+    np.testing.assert_allclose(w, [[3 / 4, 3 / 4], [3 / 2, 3 / 2]])
+    sw = sample_weights(tf.constant(y), w).numpy()
+    assert np.isfinite(sw).all()
+    np.testing.assert_allclose(sw, [3 / 2, (3 / 4 + 3 / 2) / 2, 3 / 4, 3 / 4], rtol=1e-6)
+    assert sample_weights(tf.constant([[nan, nan]], tf.float32), w).numpy()[0] == 0.0
+
+
 @pytest.mark.slow
 def test_fold_loop_with_augmentation_schedule_and_class_weights(tmp_path):
     """The wiring end to end: SED clipwise training, every augmentation, a cosine schedule with

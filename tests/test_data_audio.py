@@ -67,6 +67,46 @@ def test_complete_files_are_never_called_truncated(tmp_path, format, subtype, su
     assert out.samples.shape == (N,)
 
 
+@pytest.mark.parametrize(
+    "format,subtype,channels,fast",
+    [
+        ("AIFF", "PCM_16", 1, True),
+        ("AIFF", "PCM_16", 2, True),
+        ("AIFF", "PCM_32", 1, True),
+        ("WAV", "PCM_16", 1, True),
+        ("WAV", "PCM_16", 3, True),
+        ("WAV", "PCM_32", 2, True),
+        ("WAV", "FLOAT", 1, True),
+        ("AIFF", "PCM_24", 1, False),
+        ("AIFF", "FLOAT", 1, False),
+        ("WAV", "PCM_U8", 1, False),
+    ],
+)
+def test_numpy_pcm_reader_equals_libsndfile(tmp_path, rng, format, subtype, channels, fast):
+    # Plain PCM is read with numpy from the parsed header; it must give libsndfile's floats bit for bit.
+    from pipeline.data.audio import _read_header
+
+    x = (0.4 * rng.standard_normal((N, channels))).clip(-1, 1).astype(np.float32)
+    x[:3] = [[-1.0] * channels, [1.0 - 2 ** -15] * channels, [0.0] * channels]  # full scale and zero
+    path = write(tmp_path / f"x.{format.lower()}", x, format=format, subtype=subtype)
+    with open(path, "rb") as fh:
+        header = _read_header(fh, os.path.getsize(path))
+    assert (header.pcm is not None) == fast
+    expected = sf.read(path, dtype="float32", always_2d=True)[0]
+    expected = expected[:, 0] if channels == 1 else expected.mean(axis=1, dtype=np.float32)
+    out = load(path)
+    assert out.ok, out.reason
+    np.testing.assert_array_equal(out.samples, expected)
+
+
+def test_numpy_pcm_reader_reads_the_header_sample_rate(tmp_path):
+    # 44.1 kHz (not a power of two: exercises the 80-bit extended rate of AIFF) is resampled like libsndfile's.
+    for fmt in ("AIFF", "WAV"):
+        path = write(tmp_path / f"r.{fmt.lower()}", tone(sr=44100, n=44100), sr=44100, format=fmt)
+        out = load(path)
+        assert out.ok and "resampled 44100->2000 Hz" in out.notes
+
+
 def test_stereo_wav_at_another_rate_is_mixed_down_and_resampled(tmp_path):
     left, right = tone(freq=100.0, sr=4000, n=8000), tone(freq=100.0, sr=4000, n=8000, amplitude=0.3)
     path = write(tmp_path / "s.wav", np.stack([left, right], axis=1), sr=4000, format="WAV")

@@ -248,3 +248,57 @@ def test_xception_fine_tune_from_must_name_a_layer():
 
     with pytest.raises(ValueError, match="fine_tune_from must name a backbone layer"):
         check_model("xception", tiny_params("xception", base_trainable=True, fine_tune_from="block99_conv"))
+
+
+def test_xception_backbone_output_cuts_the_backbone(tmp_path):
+    from pipeline.models.registry import check_model
+
+    keras.utils.set_random_seed(4)
+    source = keras.applications.Xception(include_top=False, weights=None, input_shape=(71, 71, 3))
+    path = str(tmp_path / "xception_backbone.weights.h5")
+    source.save_weights(path)
+    model = build_model("xception", tiny_params("xception", weights=path, base_trainable=True,
+                                                     backbone_output="block4_pool"),
+                        input_shape=(20, 16), n_outputs=1, task="binary")
+    backbone = model.get_layer("xception_cut")
+    assert backbone.layers[-1].name == "block4_pool"
+    assert backbone.output.shape[-1] == 728  # the entry flow's width
+    assert "block5_sepconv1" not in [layer.name for layer in backbone.layers]
+    np.testing.assert_array_equal(backbone.get_layer("block4_sepconv2").get_weights()[0],
+                                  source.get_layer("block4_sepconv2").get_weights()[0])
+    # Keras' 0.99 would leave the moving statistics at their initial values for several epochs.
+    assert {layer.momentum for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)} == {0.9}
+    x = np.random.default_rng(0).normal(size=(2, 20, 16)).astype("float32")
+    assert model.predict(x, verbose=0).shape == (2, 1)
+
+    with pytest.raises(ValueError, match="backbone_output must name a backbone layer"):
+        check_model("xception", tiny_params("xception", backbone_output="block99_pool"))
+    with pytest.raises(ValueError, match=r"fine_tune_from must name a backbone layer up to block4_pool"):
+        check_model("xception", tiny_params("xception", base_trainable=True, backbone_output="block4_pool",
+                                             fine_tune_from="block13_sepconv1"))
+
+
+def test_xception_weights_path_is_relative_to_the_queue_file(tmp_path):
+    import textwrap
+
+    from pipeline.config import ConfigError, load_queue
+
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "xception.h5").write_bytes(b"")
+    text = textwrap.dedent("""
+        defaults:
+          data: {name: synthetic_whale}
+          features: {name: mel}
+        experiments:
+          - name: xception_local
+            model: {name: xception, weights: weights/xception.h5}
+          - name: xception_imagenet
+            model: {name: xception, weights: imagenet}
+    """)
+    (tmp_path / "queue.yaml").write_text(text)
+    queue = load_queue(str(tmp_path / "queue.yaml"))
+    assert queue.experiments[0].model.params.weights == str(tmp_path / "weights" / "xception.h5")
+    assert queue.experiments[1].model.params.weights == "imagenet"
+    (tmp_path / "queue.yaml").write_text(text.replace("weights/xception.h5", "weights/missing.h5"))
+    with pytest.raises(ConfigError, match=r"experiments\[0\].model.weights: file not found: .*weights/missing.h5"):
+        load_queue(str(tmp_path / "queue.yaml"))

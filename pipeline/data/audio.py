@@ -24,6 +24,13 @@ this module parses AIFF/WAV headers itself:
   (``Format not recognised``, ``Unspecified internal error``); a missing
   file gives only ``System error.``, so existence and permissions are
   checked with ``os`` first to give a useful reason.
+
+Since the header is parsed anyway, uncompressed 16- and 32-bit integer and
+32-bit float PCM in AIFF/AIFC/WAV (the Kaggle whale clips are 16-bit AIFF)
+is read with one ``np.frombuffer`` over the sample chunk, scaled exactly as
+libsndfile scales it (1 / 2**15, 1 / 2**31): for 2 s clips that is several
+times faster than opening the file with libsndfile. Any other encoding, and
+any header this module does not fully understand, goes through libsndfile.
 """
 
 from __future__ import annotations
@@ -197,6 +204,11 @@ def _load_clip(path, *, sample_rate, duration, min_samples, max_nonfinite_fracti
     try:
         with open(path, "rb") as fh:
             header = _read_header(fh, size)
+            if header.pcm is not None and header.frames is not None:
+                frames = _read_pcm(fh, header.pcm, header.frames)
+                return _finish(frames, header.pcm.sample_rate, header.frames, None, sample_rate=sample_rate,
+                               duration=duration, min_samples=min_samples,
+                               max_nonfinite_fraction=max_nonfinite_fraction, res_type=res_type)
     except OSError as exc:
         return _skip(f"unreadable: {_os_message(exc)}")
 
@@ -213,7 +225,6 @@ def _load_clip(path, *, sample_rate, duration, min_samples, max_nonfinite_fracti
         return _skip(f"unreadable: {message}")
 
     blocks = []
-    n_read = 0
     read_error = None
     with sound:
         file_rate = int(sound.samplerate)
@@ -224,13 +235,20 @@ def _load_clip(path, *, sample_rate, duration, min_samples, max_nonfinite_fracti
                 if len(block) == 0:
                     break
                 blocks.append(block)
-                n_read += len(block)
         except Exception as exc:
             read_error = _sf_message(exc)
-
+    frames = np.concatenate(blocks, axis=0) if blocks else np.zeros((0, 1), np.float32)  # [n_read, channels]
     # The header count is authoritative for AIFF/WAV (libsndfile clamps
     # `reported` to what is on disk); otherwise trust libsndfile's count.
     declared = header.frames if header.frames is not None else reported
+    return _finish(frames, file_rate, declared, read_error, sample_rate=sample_rate, duration=duration,
+                   min_samples=min_samples, max_nonfinite_fraction=max_nonfinite_fraction, res_type=res_type)
+
+
+def _finish(frames, file_rate, declared, read_error, *, sample_rate, duration, min_samples, max_nonfinite_fraction,
+            res_type) -> Decoded:
+    """Checks and repairs shared by both decoders: frames [n_read, channels] float32 at file_rate."""
+    n_read = len(frames)
     if declared >= _UNKNOWN_FRAMES:
         declared = None
     if read_error is not None:
@@ -244,7 +262,6 @@ def _load_clip(path, *, sample_rate, duration, min_samples, max_nonfinite_fracti
     if file_rate <= 0:
         return _skip(f"unreadable: invalid sample rate {file_rate}")
 
-    frames = np.concatenate(blocks, axis=0) if len(blocks) > 1 else blocks[0]  # [n_read, channels]
     notes = []
 
     finite = np.isfinite(frames)
@@ -298,6 +315,41 @@ class _Header:
 
     frames: Optional[int] = None  # audio frames the header promises
     declared_bytes: Optional[int] = None  # total file size the container promises
+    # Set only for plain PCM this module decodes itself (see :func:`_read_pcm`).
+    pcm: Optional["_PCM"] = None
+
+
+@dataclass(frozen=True)
+class _PCM:
+    """Where and how the samples of a plain PCM file are stored."""
+
+    offset: int  # byte offset of the first sample
+    dtype: str  # numpy dtype of one sample, e.g. ">i2"
+    channels: int
+    sample_rate: int
+    scale: float  # multiply to get libsndfile's float values
+
+
+# (container endianness or AIFC compression type, bits, WAV format tag) -> numpy dtype, scale
+_INT_SCALE = {16: 1.0 / (1 << 15), 32: 1.0 / (1 << 31)}
+
+
+def _pcm_dtype(endian: str, bits: int, is_float: bool) -> Optional[Tuple[str, float]]:
+    if is_float:
+        return (endian + "f4", 1.0) if bits == 32 else None
+    if bits in _INT_SCALE:
+        return f"{endian}i{bits // 8}", _INT_SCALE[bits]
+    return None
+
+
+def _extended_rate(raw: bytes) -> int:
+    """An AIFF 80-bit IEEE extended sample rate as an integer (0 when invalid)."""
+    exponent = struct.unpack(">H", raw[:2])[0] & 0x7FFF
+    (mantissa,) = struct.unpack(">Q", raw[2:10])
+    if exponent == 0 or mantissa == 0:
+        return 0
+    rate = mantissa * 2.0 ** (exponent - 16383 - 63)
+    return int(rate) if rate == int(rate) and 0 < rate < 1e9 else 0
 
 
 def _read_header(fh, size: int) -> _Header:
@@ -315,7 +367,8 @@ def _read_header(fh, size: int) -> _Header:
     declared_bytes = None if (kind == "wav" and form_size in _WAV_UNKNOWN_SIZES) else 8 + form_size
 
     frames = None
-    wav_tag = wav_block_align = wav_data_size = None
+    wav_tag = wav_block_align = wav_data_size = wav_channels = wav_rate = wav_bits = None
+    aiff_format = aiff_data = None
     pos = 12
     for _ in range(10000):  # a corrupt file must not loop forever
         if pos + 8 > size:
@@ -327,23 +380,56 @@ def _read_header(fh, size: int) -> _Header:
         chunk_id = chunk[:4]
         (chunk_size,) = struct.unpack(endian + "I", chunk[4:8])
         if kind == "aiff" and chunk_id == b"COMM":
-            body = fh.read(6)
-            if len(body) == 6:
-                # COMM: numChannels (int16), numSampleFrames (uint32), ...
+            body = fh.read(min(chunk_size, 22))
+            if len(body) >= 6:
+                # COMM: numChannels (int16), numSampleFrames (uint32), sampleSize (int16),
+                # sampleRate (80-bit extended)[, AIFC compressionType (4 chars)]
                 (frames,) = struct.unpack(">I", body[2:6])
+            if len(body) >= 18:
+                channels, _, bits = struct.unpack(">hIh", body[:8])
+                compression = body[18:22] if head[8:12] == b"AIFC" else b"NONE"
+                aiff_format = (channels, bits, _extended_rate(body[8:18]), compression)
+        elif kind == "aiff" and chunk_id == b"SSND":
+            body = fh.read(4)
+            if len(body) == 4:
+                aiff_data = pos + 16 + struct.unpack(">I", body)[0]  # skip offset and blockSize
         elif kind == "wav" and chunk_id == b"fmt ":
             body = fh.read(16)
             if len(body) == 16:
-                wav_tag, _, _, _, wav_block_align, _ = struct.unpack("<HHIIHH", body)
+                wav_tag, wav_channels, wav_rate, _, wav_block_align, wav_bits = struct.unpack("<HHIIHH", body)
         elif kind == "wav" and chunk_id == b"data":
             wav_data_size = chunk_size
+            wav_data = pos + 8
             break  # the data chunk is what matters; anything after it is metadata
         pos += 8 + chunk_size + (chunk_size & 1)  # chunks are padded to even length
 
+    pcm = None
     if kind == "wav" and wav_data_size is not None and wav_data_size not in _WAV_UNKNOWN_SIZES:
         if wav_tag in _WAV_LINEAR_TAGS and wav_block_align:
             frames = wav_data_size // wav_block_align
-    return _Header(frames=frames, declared_bytes=declared_bytes)
+        if wav_tag in (0x0001, 0x0003) and wav_channels and wav_rate:
+            layout = _pcm_dtype("<", wav_bits, wav_tag == 0x0003)
+            if layout and wav_block_align == wav_channels * wav_bits // 8:
+                pcm = _PCM(wav_data, layout[0], wav_channels, wav_rate, layout[1])
+    if kind == "aiff" and aiff_format is not None and aiff_data is not None:
+        channels, bits, rate, compression = aiff_format
+        endian = {b"NONE": ">", b"twos": ">", b"sowt": "<"}.get(compression)
+        layout = _pcm_dtype(endian, bits, False) if endian else None
+        if layout and channels > 0 and rate > 0:
+            pcm = _PCM(aiff_data, layout[0], channels, rate, layout[1])
+    return _Header(frames=frames, declared_bytes=declared_bytes, pcm=pcm)
+
+
+def _read_pcm(fh, pcm: _PCM, frames: int) -> np.ndarray:
+    """Up to ``frames`` frames of a plain PCM file as float32 [n, channels] (n < frames: cut short)."""
+    itemsize = np.dtype(pcm.dtype).itemsize
+    fh.seek(pcm.offset)
+    raw = fh.read(frames * pcm.channels * itemsize)
+    n = len(raw) // (pcm.channels * itemsize)
+    samples = np.frombuffer(raw, dtype=pcm.dtype, count=n * pcm.channels).reshape(n, pcm.channels)
+    if pcm.scale == 1.0:
+        return samples.astype(np.float32)
+    return samples.astype(np.float32) * np.float32(pcm.scale)
 
 
 def _sf_message(exc: Exception) -> str:
