@@ -236,6 +236,8 @@ class ViTParams:
     mlp_dim: int = rule(128, min=1, max=16384)
     pooling: str = rule("cls", choices=("cls", "mean"))
     dropout: float = rule(0.1, min=0.0, max=0.95)
+    # Filters of a 3x3 convolution (batch norm, ReLU) before the patch embedding; 0: none.
+    conv_stem: int = rule(0, min=0, max=4096)
 
 
 MODELS = {

@@ -20,7 +20,7 @@ TINY = {
     "cnn1d": {"filters": 4, "depth": 2, "kernel_size": 5},
     "xception": {"image_size": 71, "dropout": 0.0, "base_trainable": False},  # a trainable backbone takes ~1 min to trace
     "attentionlstm": {"lstm_units": 4, "num_heads": 2, "key_dim": 4, "dense_units": (8,)},
-    "vit": {"patch_size": (8, 8), "dim": 8, "depth": 1, "num_heads": 2, "mlp_dim": 16},
+    "vit": {"patch_size": (8, 8), "dim": 8, "depth": 1, "num_heads": 2, "mlp_dim": 16, "conv_stem": 4},
 }
 # Shapes per family: series [T, C] and waveforms [samples]; spectrograms [frames, mels]
 # with frame counts that are not multiples of the models' strides.
@@ -241,6 +241,9 @@ def test_vit_mean_pooling_and_padding():
                         n_outputs=2, task="multilabel")
     assert model.get_layer("patches").output.shape[1] == 3 * 4  # ceil(20/7) x ceil(16/5) patches
     assert "class_token" not in [layer.name for layer in model.layers]
+    assert model.get_layer("stem_conv").filters == 4  # TINY's convolutional stem
+    plain = build_model("vit", tiny_params("vit", conv_stem=0), input_shape=(20, 16), n_outputs=1, task="binary")
+    assert "stem_conv" not in [layer.name for layer in plain.layers]
 
 
 def test_xception_fine_tune_from_must_name_a_layer():

@@ -1,7 +1,10 @@
 """Vision transformer (Dosovitskiy et al. 2021) over log-mel patches [frames, mels].
 
 The spectrogram is zero-padded to whole patches of ``patch_size`` (frames,
-mels) and embedded by a strided convolution; a class token (``pooling: cls``)
+mels) and embedded by a strided convolution, optionally after a 3x3
+convolutional stem (``conv_stem`` filters; Xiao et al. 2021, "Early
+convolutions help transformers see better": on small datasets it removes
+the long plateau a plain patch embedding starts with); a class token (``pooling: cls``)
 and a learned position embedding are added; ``depth`` pre-norm encoder blocks
 (multi-head self-attention, GELU MLP, residuals) follow. The class token's
 output, or the mean over patches (``pooling: mean``), feeds the classifier.
@@ -44,6 +47,10 @@ def build_vit(params, *, input_shape, n_outputs, activation, output_bias=None) -
     pad_t, pad_f = -frames % pt, -mels % pf
     if pad_t or pad_f:
         x = layers.ZeroPadding2D(((0, pad_t), (0, pad_f)), name="pad_to_patches")(x)
+    if params.conv_stem:
+        x = layers.Conv2D(params.conv_stem, 3, padding="same", use_bias=False, name="stem_conv")(x)
+        x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="stem_bn")(x)
+        x = layers.Activation("relu", name="stem_relu")(x)
     x = layers.Conv2D(params.dim, (pt, pf), strides=(pt, pf), name="patch_embedding")(x)
     x = layers.Reshape((x.shape[1] * x.shape[2], params.dim), name="patches")(x)
     if params.pooling == "cls":
