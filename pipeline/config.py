@@ -339,7 +339,7 @@ def _build(cls, values: dict, where, base_dir, problems):
         else:
             kwargs[key] = value
     for key, f in fields.items():
-        if key not in kwargs and f.metadata.get("path") and f.default is not None and f.metadata.get("must_exist"):
+        if key not in values and f.metadata.get("path") and f.default is not None and f.metadata.get("must_exist"):
             # A default path that must exist is checked too (e.g. kaggle_whale root).
             error, value = _check_value(f.default, hints[key], f.metadata, base_dir)
             if error:
