@@ -5,8 +5,8 @@ differs from the clip-level loop only in its inputs and its predictions:
 
 * training examples are random crops of the cached whole-recording features,
   redrawn every epoch (:func:`pipeline.crops.crop_examples`), with framewise
-  and clipwise targets cut from the boxes; NaN marks unknown labels, so with
-  ``unknown: mask`` the loss must ignore them (``masked_bce`` or ``sed``);
+  and clipwise targets cut from the boxes; NaN marks unknown labels, so
+  the loss must ignore them (``masked_bce`` or ``sed``);
 * validation examples (for early stopping) are one fixed crop per recording,
   containing a tp box where it has one;
 * OOF and test predictions slide a window over each whole recording and take
@@ -55,19 +55,20 @@ def check_settings(exp, dataset, shape) -> None:
     if exp.features.name not in ("mel", "complexity") or len(shape) != 2:
         problems.append(f"features.name: rfcx crops need time-major features [frames, bins] (mel or complexity); "
                         f"got {exp.features.name} {list(shape)}")
-    unknown = bool((dataset.manifest.get("unknown") == "mask").any())
-    if unknown and exp.loss.name not in ("masked_bce", "sed"):
-        problems.append(f"loss.name: data.unknown=mask leaves labels unknown (NaN); use masked_bce or sed, "
-                        f"not {exp.loss.name} (or set data.unknown: negative)")
+    # A crop away from a tp species' boxes has an unknown (NaN) target for it in either
+    # `unknown` mode, so the loss must ignore NaN targets.
+    if exp.loss.name not in ("masked_bce", "sed"):
+        problems.append(f"loss.name: crops of recordings have unknown (NaN) labels; use masked_bce or sed, "
+                        f"not {exp.loss.name}")
     if exp.loss.name == "sed" and exp.model.name != "sed":
         problems.append(f"loss.name: sed needs model.name sed (framewise output); got model {exp.model.name}")
-    if unknown and exp.augment.mixup_alpha:
-        problems.append("augment.mixup_alpha: mixup cannot mix unknown (NaN) labels; set it to 0 or data.unknown: negative")
+    if exp.augment.mixup_alpha:
+        problems.append("augment.mixup_alpha: mixup cannot mix unknown (NaN) labels; set it to 0")
     if exp.augment.time_shift:
         problems.append("augment.time_shift: a circular shift would misalign the framewise targets; random crops "
                         "already shift the calls - set it to 0")
-    if unknown and exp.train.class_weight != "none":
-        problems.append("train.class_weight: balanced weights need known labels; use none with data.unknown: mask")
+    if exp.train.class_weight != "none":
+        problems.append("train.class_weight: balanced weights need known labels; use none with rfcx crops")
     if problems:
         raise ValueError("; ".join(problems))
 
@@ -160,7 +161,8 @@ def run_folds_rfcx(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str):
         def train_data(epoch, k=k, base_train=base_train):
             # Shuffle order, crops and augmentation all follow the epoch seed (resumable, reproducible).
             s = epoch_seed(seed, k, epoch)
-            ds = base_train.shuffle(exp.train.shuffle_buffer, seed=s, reshuffle_each_iteration=False)
+            ds = base_train.repeat(exp.crops.per_recording)
+            ds = ds.shuffle(exp.train.shuffle_buffer, seed=s, reshuffle_each_iteration=False)
             ds = crops.crop_examples(ds, n_frames=n_frames, length=crop,
                                      positive_probability=exp.crops.positive_probability, seed=s,
                                      n_classes=n_classes, framewise=framewise)
@@ -168,7 +170,7 @@ def run_folds_rfcx(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str):
             return ds.prefetch(tf.data.AUTOTUNE)
 
         valid_batches = valid_crops.batch(batch).prefetch(tf.data.AUTOTUNE)
-        train_steps = -(-len(tr_ids) // batch)
+        train_steps = -(-len(tr_ids) * exp.crops.per_recording // batch)
         bias = prior_bias(np.nan_to_num(y_clip[tr]), task)
 
         def build(bias=bias):

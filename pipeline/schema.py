@@ -436,6 +436,7 @@ class CropSettings:
 
     crop_seconds: Optional[float] = rule(None, min_exclusive=0.0)  # None: the whole recording, no cropping
     positive_probability: float = rule(0.5, min=0.0, max=1.0)
+    per_recording: int = rule(1, min=1, max=1000)  # training crops drawn per recording per epoch
     window_seconds: Optional[float] = rule(None, min_exclusive=0.0)
     window_hop_seconds: Optional[float] = rule(None, min_exclusive=0.0)
     aggregate: str = rule("max", choices=("max", "mean"))

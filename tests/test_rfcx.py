@@ -57,8 +57,8 @@ def test_kaggle_rfcx_targets_masks_and_boxes(tmp_path, unknown):
     defaults = dict(zip(ds.train["id"], frame_defaults(ds.train)))
     if unknown == "mask":
         assert defaults["a"][7] == 0 and np.isnan(defaults["a"][3]) and np.isnan(defaults["a"][0])
-    else:
-        assert (defaults["a"] == 0).all()
+    else:  # a tp species is unknown outside its boxes; every species without a tp box is 0
+        assert np.isnan(defaults["a"][[3, 5]]).all() and (np.delete(defaults["a"], [3, 5]) == 0).all()
 
 
 @pytest.mark.parametrize("tp_rows, message", [
@@ -258,7 +258,8 @@ def test_keras_lwlrap_accumulates_to_the_numpy_value(rng):
 def test_scores_include_lwlrap_and_per_species_ap(rng):
     y = (rng.random((50, 24)) < 0.2).astype(float)
     s = metrics.score("multilabel", y, rng.random((50, 24)))
-    assert set(s) == {"auc", "lwlrap", "ap"} and len(s["ap"]) == 24
+    assert set(s) == {"auc", "lwlrap", "lwlrap_random", "ap"} and len(s["ap"]) == 24
+    assert 0.1 < s["lwlrap_random"] < s["lwlrap"] + 0.2  # a random ranking of random scores
 
 
 @pytest.mark.parametrize("loss_name", ["sed", "masked_bce"])

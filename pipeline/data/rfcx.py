@@ -159,14 +159,15 @@ def boxes_of(manifest: pd.DataFrame) -> list:
 def frame_defaults(manifest: pd.DataFrame) -> np.ndarray:
     """Framewise target of each species outside every box of a recording: [n, 24], 0.0 or NaN.
 
-    ``unknown: negative``: 0 everywhere. ``unknown: mask``: 0 for species known to be
-    absent from the recording (an fp box and no tp box), NaN otherwise - also for a
-    tp species outside its boxes, since unannotated calls of it may be there.
+    A species known to be absent from the recording (mask 1, target 0: an fp box
+    without a tp box, or with ``unknown: negative`` any species without a tp box)
+    is 0 on every frame. A tp species is NaN (unknown) outside its boxes in both
+    modes: the recording holds it, and its unannotated calls may be anywhere. With
+    ``unknown: mask`` a species without any box is NaN too.
     """
     y = manifest[list(TARGETS)].to_numpy(np.float64)
     known = manifest[list(MASKS)].to_numpy(np.float64) > 0.5
-    negative_mode = (manifest["unknown"] == "negative").to_numpy()[:, None]
-    zero = negative_mode | (known & (y < 0.5))
+    zero = known & (y < 0.5)
     return np.where(zero, 0.0, np.nan).astype(np.float32)
 
 
