@@ -77,6 +77,7 @@ class Experiment:
     train: schema.TrainSettings
     schedule: Component = Component("constant", schema.ConstantScheduleParams())
     augment: schema.AugmentSettings = schema.AugmentSettings()
+    crops: schema.CropSettings = schema.CropSettings()
 
     def to_dict(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {"name": self.name}
@@ -313,8 +314,8 @@ def _parse_component(section, merged, origin, base_dir, problems, experiment_nam
         )
         return None
     params = {k: v for k, v in merged.items() if k != "name"}
-    if section == "data" and name == "synthetic_whale" and params.get("root") is None:
-        params["root"] = "input/synthetic_whale"
+    if section == "data" and name in ("synthetic_whale", "synthetic_rfcx") and params.get("root") is None:
+        params["root"] = f"input/{name}"
     built = _build(registry[name], params, lambda key: origin(section, key), base_dir, problems)
     return None if built is None else Component(name=name, params=built)
 
@@ -338,7 +339,7 @@ def _build(cls, values: dict, where, base_dir, problems):
         else:
             kwargs[key] = value
     for key, f in fields.items():
-        if key not in kwargs and f.metadata.get("path") and f.default is not None and f.metadata.get("must_exist"):
+        if key not in values and f.metadata.get("path") and f.default is not None and f.metadata.get("must_exist"):
             # A default path that must exist is checked too (e.g. kaggle_whale root).
             error, value = _check_value(f.default, hints[key], f.metadata, base_dir)
             if error:

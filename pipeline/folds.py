@@ -44,6 +44,8 @@ def strata(dataset: Dataset, train: pd.DataFrame) -> np.ndarray:
 def make_folds(dataset: Dataset, *, n_splits: int, seed: int) -> pd.DataFrame:
     """Assign each training clip to a fold. Returns a DataFrame ``id, fold`` in manifest order."""
     train = dataset.train
+    if dataset.task == "multilabel":
+        return multilabel_folds(dataset, n_splits=n_splits, seed=seed)
     y = strata(dataset, train)
     counts = np.bincount(y, minlength=2 if dataset.task == "binary" else len(dataset.targets))
     # A binary task needs both classes in every fold; an absent multiclass class is merely never predicted.
@@ -69,6 +71,37 @@ def make_folds(dataset: Dataset, *, n_splits: int, seed: int) -> pd.DataFrame:
     for k, (_, valid) in enumerate(splits):
         fold[valid] = k
     return pd.DataFrame({"id": train["id"].to_numpy(), "fold": fold})
+
+
+def multilabel_folds(dataset: Dataset, *, n_splits: int, seed: int) -> pd.DataFrame:
+    """Multilabel stratified K-fold (iterative stratification, Sechidis et al. 2011) over groups.
+
+    Targets are aggregated per group (max: a group holds a label if any of its clips
+    does; without a group column every clip is its own group), the groups are split
+    by ``iterstrat``'s MultilabelStratifiedKFold, and every clip follows its group,
+    so a group (an rfcx recording) is never in two folds. NaN (unknown) targets
+    count as 0. A label held by at least ``n_splits`` groups lands in every fold's
+    validation part; rarer labels only log a warning.
+    """
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+    train = dataset.train
+    groups = train["group"].astype(str) if dataset.has_groups else train["id"].astype(str)
+    y = np.nan_to_num(train[list(dataset.targets)].to_numpy(dtype=float), nan=0.0) > 0.5
+    per_group = pd.DataFrame(y, columns=list(dataset.targets)).groupby(groups.to_numpy(), sort=True).max()
+    if len(per_group) < n_splits:
+        raise FoldError(f"folds.n_splits={n_splits} needs at least {n_splits} groups; the data has {len(per_group)}")
+    counts = per_group.sum(0)
+    rare = [f"{c} ({int(n)})" for c, n in counts.items() if 0 < n < n_splits]
+    if rare:
+        log.warning("labels held by fewer than folds.n_splits=%d recordings cannot be in every fold: %s",
+                    n_splits, ", ".join(rare))
+    splitter = MultilabelStratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    group_fold = np.full(len(per_group), -1, dtype=int)
+    for k, (_, valid) in enumerate(splitter.split(np.zeros(len(per_group)), per_group.to_numpy(int))):
+        group_fold[valid] = k
+    fold_of = dict(zip(per_group.index, group_fold))
+    return pd.DataFrame({"id": train["id"].to_numpy(), "fold": [fold_of[g] for g in groups]})
 
 
 def ensure_folds(dataset: Dataset, exp: Experiment, folds_dir: str) -> pd.DataFrame:

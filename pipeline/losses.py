@@ -38,6 +38,14 @@ def binary_crossentropy(y, p):
     return -(y * ops.log(p) + (1.0 - y) * ops.log(1.0 - p))
 
 
+def _masked_mean_bce(y_true, y_pred, axis):
+    """Mean BCE over the entries whose target is not NaN (0 when none is); NaN entries get no gradient."""
+    known = ops.logical_not(ops.isnan(y_true))
+    y = ops.where(known, y_true, ops.zeros_like(y_true))
+    per = ops.where(known, binary_crossentropy(y, y_pred), ops.zeros_like(y_pred))
+    return ops.sum(per, axis=axis) / ops.maximum(ops.sum(ops.cast(known, y_pred.dtype), axis=axis), 1.0)
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class MaskedBinaryCrossentropy(keras.losses.Loss):
     """BCE over the known labels only; a NaN target is unknown and contributes nothing.
@@ -67,6 +75,9 @@ class MaskedBinaryCrossentropy(keras.losses.Loss):
 class SEDTwoWayLoss(keras.losses.Loss):
     """SED two-way loss: clipwise_weight * BCE(clip) + framewise_weight * BCE(frames).
 
+    A NaN target is an unknown label (tp/fp data with ``unknown: mask``): it is left out of
+    both terms' means and gets no gradient; without NaNs the terms are plain mean BCEs.
+
     y_true, y_pred : [B, 1 + T, C] with the clip in row 0 and the T frames after it
     (``pipeline.models.sed.training_view(model, framewise=True)`` packs the model's
     outputs this way), or [B, C]: clip labels only, where just the clipwise term applies.
@@ -83,13 +94,13 @@ class SEDTwoWayLoss(keras.losses.Loss):
     def _clip_term(self, y, p):
         if self.multiclass:
             return -ops.sum(y * ops.log(_clip(p)), axis=-1)
-        return ops.mean(binary_crossentropy(y, p), axis=-1)
+        return _masked_mean_bce(y, p, axis=-1)
 
     def call(self, y_true, y_pred):
         if len(y_pred.shape) == 2:
             return self.clipwise_weight * self._clip_term(y_true, y_pred)
         clip = self._clip_term(y_true[:, 0], y_pred[:, 0])
-        frames = ops.mean(binary_crossentropy(y_true[:, 1:], y_pred[:, 1:]), axis=(1, 2))
+        frames = _masked_mean_bce(y_true[:, 1:], y_pred[:, 1:], axis=(1, 2))
         return self.clipwise_weight * clip + self.framewise_weight * frames
 
     def get_config(self):

@@ -61,7 +61,32 @@ def score(task: str, y_true: np.ndarray, y_pred: np.ndarray) -> Dict[str, float]
         return binary_scores(y_true, y_pred)
     if task == "multiclass":
         return multiclass_scores(y_true, y_pred)
-    return {"auc": auc(y_true, y_pred)}
+    return multilabel_scores(y_true, y_pred)
+
+
+def multilabel_scores(y_true: np.ndarray, y_pred: np.ndarray) -> Dict:
+    """Macro AUC, LWLRAP and per-class average precision (``ap``: {class index: AP or None}).
+
+    Inputs [n, C]; NaN targets (unknown labels) count as negatives. A class without
+    a positive (or without a negative) has AP / AUC None / left out of the mean.
+    """
+    from sklearn.metrics import average_precision_score
+
+    y_true = np.nan_to_num(np.asarray(y_true, dtype=float), nan=0.0)
+    y_pred = np.asarray(y_pred, dtype=float)
+    ap = {}
+    for c in range(y_true.shape[1]):
+        t = y_true[:, c] > 0.5
+        ap[str(c)] = float(average_precision_score(t, y_pred[:, c])) if t.any() else None
+    return {"auc": auc(y_true, y_pred), "lwlrap": lwlrap(y_true, y_pred),
+            "lwlrap_random": random_lwlrap(y_true), "ap": ap}
+
+
+def random_lwlrap(y_true: np.ndarray, *, draws: int = 20, seed: int = 0) -> float:
+    """LWLRAP of random rankings of ``y_true`` [n, C] (mean over ``draws`` seeded uniform scores): the chance level."""
+    y_true = np.nan_to_num(np.asarray(y_true, dtype=float), nan=0.0)
+    gen = np.random.default_rng(seed)
+    return float(np.mean([lwlrap(y_true, gen.random(y_true.shape)) for _ in range(draws)]))
 
 
 def lwlrap(y_true: np.ndarray, y_pred: np.ndarray, *, block_rows: int = 4096) -> float:

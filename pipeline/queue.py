@@ -203,6 +203,8 @@ def _write_experiment_outputs(exp, dataset, oof: pd.DataFrame, test: Optional[pd
     }
     io.write_json(os.path.join(exp_dir, "scores.json"), scores)
     log.info("%s: OOF AUC %.4f (folds %.4f +- %.4f)", exp.name, overall["auc"], scores["fold_mean"], scores["fold_std"])
+    if "lwlrap" in overall:
+        log.info("%s: OOF LWLRAP %.4f (random ranking %.4f)", exp.name, overall["lwlrap"], overall["lwlrap_random"])
     if test is not None and len(test):
         io.write_csv(os.path.join(exp_dir, "test.csv"), test)
         sub = submission_frame(dataset, list(test["id"]), test[pred_cols].to_numpy())

@@ -606,7 +606,8 @@ def format_duration(seconds) -> str:
 
 
 def _scores_table(scores: dict) -> str:
-    oof = scores.get("oof") or {}
+    # Scalar scores only (per-class tables such as the rfcx per-species AP stay in scores.json).
+    oof = {k: v for k, v in (scores.get("oof") or {}).items() if not isinstance(v, (dict, list))}
     head = "".join(f"<th>{esc(k)}</th>" for k in oof)
     cells = "".join(f"<td>{_num(v)}</td>" for v in oof.values())
     rows = [f"<tr><td>OOF ({esc(scores.get('n_oof'))} clips)</td>{cells}</tr>"]

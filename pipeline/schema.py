@@ -60,10 +60,39 @@ class TableParams:
     test_audio_dir: Optional[str] = rule(None, path="dir", must_exist=True)
 
 
+# rfcx: how labels that neither a tp nor an fp box names are read.
+RFCX_UNKNOWN = ("mask", "negative")
+
+
+@dataclass(frozen=True)
+class KaggleRfcxParams:
+    """Kaggle Rainforest Connection layout: ROOT/train_tp.csv, ROOT/train_fp.csv, ROOT/train/*.flac, ROOT/test/*.flac."""
+
+    root: str = rule("input/rfcx", path="dir", must_exist=True)
+    # mask: a species without a tp or fp box in a recording is unknown (ignored by masked losses);
+    # negative: it counts as absent (0).
+    unknown: str = rule("mask", choices=RFCX_UNKNOWN)
+
+
+@dataclass(frozen=True)
+class SyntheticRfcxParams:
+    """Synthetic rfcx data (24 species, calls in distinct bands) written in the kaggle_rfcx layout on first use."""
+
+    root: Optional[str] = rule(None, path="dir")  # default: input/synthetic_rfcx
+    n_train: int = rule(200, min=4)
+    n_test: int = rule(50, min=0)
+    duration: float = rule(12.0, min=2.0, max=600.0)  # seconds per recording
+    sample_rate: int = rule(16000, min=8000, max=96000)  # Hz; the 24 species bands scale with it
+    seed: int = rule(0, min=0)
+    unknown: str = rule("mask", choices=RFCX_UNKNOWN)
+
+
 DATA_SOURCES = {
     "kaggle_whale": KaggleWhaleParams,
     "synthetic_whale": SyntheticWhaleParams,
     "table": TableParams,
+    "kaggle_rfcx": KaggleRfcxParams,
+    "synthetic_rfcx": SyntheticRfcxParams,
 }
 
 
@@ -370,7 +399,7 @@ class TrainSettings:
     batch_size: int = rule(64, min=1, max=65536)
     learning_rate: float = rule(1e-3, min_exclusive=0.0, max=10.0)
     patience: int = rule(5, min=1, max=10000)  # early-stopping patience, epochs
-    monitor: str = rule("val_auc", choices=("val_auc", "val_loss"))
+    monitor: str = rule("val_auc", choices=("val_auc", "val_loss", "val_lwlrap"))  # val_lwlrap: rfcx data only
     seed: int = rule(0, min=0)
     shuffle_buffer: int = rule(2048, min=1)
     optimizer: str = rule("adam", choices=("adam", "adamw", "sgd"))
@@ -396,6 +425,27 @@ class AugmentSettings:
     freq_mask: int = rule(0, min=0, max=4096)  # SpecAugment: max mask width, mel bands / channels
     freq_masks: int = rule(1, min=1, max=16)
     mixup_alpha: float = rule(0.0, min=0.0, max=10.0)  # Beta(alpha, alpha) mixing weight; labels mixed too
+
+
+@dataclass(frozen=True)
+class CropSettings:
+    """Long recordings with event boxes (rfcx data): training crops and sliding-window inference.
+
+    The feature cache holds each whole recording; a training example is a crop of
+    ``crop_seconds`` drawn per epoch, containing a tp box with probability
+    ``positive_probability`` (else placed uniformly). Validation crops are fixed
+    (seeded) crops that contain a tp box where the recording has one. OOF and test
+    predictions slide a window of ``window_seconds`` (default: ``crop_seconds``)
+    with hop ``window_hop_seconds`` (default: half a window) over the recording and
+    take the ``aggregate`` (max or mean) over windows. Ignored for clip-level data.
+    """
+
+    crop_seconds: Optional[float] = rule(None, min_exclusive=0.0)  # None: the whole recording, no cropping
+    positive_probability: float = rule(0.5, min=0.0, max=1.0)
+    per_recording: int = rule(1, min=1, max=1000)  # training crops drawn per recording per epoch
+    window_seconds: Optional[float] = rule(None, min_exclusive=0.0)
+    window_hop_seconds: Optional[float] = rule(None, min_exclusive=0.0)
+    aggregate: str = rule("max", choices=("max", "mean"))
 
 
 # ----------------------------------------------------------------------------- blending
@@ -460,6 +510,7 @@ PLAIN_SECTIONS = {
     "folds": FoldSettings,
     "train": TrainSettings,
     "augment": AugmentSettings,
+    "crops": CropSettings,
 }
 # Components that must be given (no default component).
 REQUIRED_COMPONENTS = ("data", "features", "model")

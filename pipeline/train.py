@@ -256,6 +256,13 @@ def run_folds(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str):
     Returns (oof DataFrame ``id, fold, <targets>, <pred columns>`` in manifest order,
     test DataFrame ``id, <pred columns>`` averaged over folds, or None without a test set).
     """
+    from pipeline.data.rfcx import has_boxes
+
+    if has_boxes(dataset):  # long recordings with event boxes: crops and sliding windows
+        from pipeline.rfcx_train import run_folds_rfcx
+
+        return run_folds_rfcx(exp, dataset, cache, folds, exp_dir)
+
     import tensorflow as tf
 
     from pipeline import augment as aug

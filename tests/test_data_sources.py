@@ -39,7 +39,7 @@ def test_every_schema_source_is_registered():
 
 
 def test_unknown_source_lists_the_choices():
-    with pytest.raises(UnknownNameError, match="'kaggle_wale' is not a data source; choose one of: kaggle_whale"):
+    with pytest.raises(UnknownNameError, match="'kaggle_wale' is not a data source; choose one of: kaggle_rfcx, kaggle_whale"):
         load_dataset("kaggle_wale", schema.KaggleWhaleParams())
 
 

@@ -16,7 +16,9 @@ import pandas as pd
 
 from pipeline import schema
 from pipeline.data.base import SUBMISSION_FORMATS, DataError, Dataset
+from pipeline.data.rfcx import read_kaggle_rfcx
 from pipeline.data.synthetic import read_synthetic_whale
+from pipeline.data.synthetic_rfcx import read_synthetic_rfcx
 from pipeline.data.table import read_table
 from pipeline.data.whale import read_kaggle_whale
 from pipeline.registry import Registry
@@ -61,6 +63,19 @@ def _table(params: schema.TableParams) -> Dataset:
         test_csv=params.test_csv,
         test_audio_dir=params.test_audio_dir,
     )
+
+
+@SOURCES.register("kaggle_rfcx")
+def _kaggle_rfcx(params: schema.KaggleRfcxParams) -> Dataset:
+    return read_kaggle_rfcx(params.root, unknown=params.unknown)
+
+
+@SOURCES.register("synthetic_rfcx")
+def _synthetic_rfcx(params: schema.SyntheticRfcxParams) -> Dataset:
+    if params.root is None:
+        raise ValueError("synthetic_rfcx needs a resolved root folder. Received: root=None")
+    return read_synthetic_rfcx(params.root, unknown=params.unknown, n_train=params.n_train, n_test=params.n_test,
+                               duration=params.duration, sample_rate=params.sample_rate, seed=params.seed)
 
 
 def load_dataset(name: str, params) -> Dataset:

@@ -1,0 +1,220 @@
+"""Kaggle Rainforest Connection (rfcx) layout: multi-label species detection on long recordings.
+
+::
+
+    ROOT/train_tp.csv   recording_id,species_id,songtype_id,t_min,f_min,t_max,f_max   (true positives)
+    ROOT/train_fp.csv   same columns                                                  (false positives)
+    ROOT/train/<recording_id>.flac
+    ROOT/test/<recording_id>.flac
+
+A tp row says species ``species_id`` calls in the box [t_min, t_max] s x
+[f_min, f_max] Hz; an fp row says a detector fired there but the species is not
+calling. Per training recording the manifest holds:
+
+* targets ``s0..s23``: 1 for every species with a tp box, else 0 (the
+  recording-level labels the competition metric ranks);
+* masks ``mask:s0..mask:s23``: 1 where the label is known. A tp species is a
+  known positive; an fp species (without a tp box) is a known negative; every
+  other species is unknown (``unknown: mask``, mask 0) or counted as absent
+  (``unknown: negative``, mask 1);
+* ``boxes``: the recording's boxes as JSON, a list of
+  ``[species, t_min, t_max, f_min, f_max, is_tp]`` (seconds, Hz, 1/0), from
+  which :mod:`pipeline.crops` cuts framewise targets;
+* ``group``: the recording id (folds never split a recording);
+* ``unknown``: the ``unknown`` setting, so later stages know how to read
+  frames outside the boxes.
+
+The reader only builds the manifest; it never decodes audio. A recording named
+in the CSVs but absent from ``train/`` stays in the manifest so that the
+decoder reports it with the other bad files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import numpy as np
+import pandas as pd
+
+from pipeline.data.base import DataError, Dataset
+
+logger = logging.getLogger(__name__)
+
+N_SPECIES = 24
+TARGETS = tuple(f"s{k}" for k in range(N_SPECIES))
+MASKS = tuple(f"mask:{t}" for t in TARGETS)
+BOX_COLUMNS = ("recording_id", "species_id", "songtype_id", "t_min", "f_min", "t_max", "f_max")
+AUDIO_SUFFIX = ".flac"
+UNKNOWN = ("mask", "negative")
+
+
+def read_kaggle_rfcx(root: str, *, unknown: str = "mask") -> Dataset:
+    """Build the manifest of an rfcx dataset (see the module docstring for the columns).
+
+    Parameters
+    ----------
+    root : str
+        Folder holding ``train_tp.csv``, ``train_fp.csv``, ``train/`` and (optionally) ``test/``.
+    unknown : {"mask", "negative"}
+        How species without a box in a recording are read.
+
+    Returns
+    -------
+    Dataset
+        ``task="multilabel"``, ``targets=("s0", ..., "s23")``, ``submission="rfcx"``.
+        Train rows are sorted by recording id, test rows by file name.
+
+    Raises
+    ------
+    DataError
+        When a CSV or ``train/`` is missing, a CSV lacks a column, holds a
+        non-numeric value, a species outside 0..23, a box with t_min > t_max or
+        f_min > f_max, or negative times, or when train and test share an id.
+    """
+    if unknown not in UNKNOWN:
+        raise ValueError(f"unknown must be one of {UNKNOWN}. Received: unknown={unknown!r}")
+    root = os.path.abspath(root)
+    train_dir = os.path.join(root, "train")
+    test_dir = os.path.join(root, "test")
+    tp = _read_boxes(os.path.join(root, "train_tp.csv"))
+    fp = _read_boxes(os.path.join(root, "train_fp.csv"))
+    if not os.path.isdir(train_dir):
+        raise DataError(f"{train_dir}: train/ folder not found (kaggle_rfcx expects the audio in ROOT/train/)")
+    tp["is_tp"], fp["is_tp"] = 1, 0
+    boxes = pd.concat([tp, fp], ignore_index=True)
+    if boxes.empty:
+        raise DataError(f"{root}: train_tp.csv and train_fp.csv hold no rows")
+
+    ids = sorted(set(boxes["recording_id"]))
+    y = np.zeros((len(ids), N_SPECIES), np.float64)
+    known = np.zeros((len(ids), N_SPECIES), bool) if unknown == "mask" else np.ones((len(ids), N_SPECIES), bool)
+    row_of = {r: i for i, r in enumerate(ids)}
+    box_lists = {r: [] for r in ids}
+    for rec in boxes.itertuples(index=False):
+        i, s = row_of[rec.recording_id], int(rec.species_id)
+        known[i, s] = True
+        if rec.is_tp:
+            y[i, s] = 1.0
+        box_lists[rec.recording_id].append(
+            [s, float(rec.t_min), float(rec.t_max), float(rec.f_min), float(rec.f_max), int(rec.is_tp)])
+    train = pd.DataFrame({
+        "id": pd.Series(ids, dtype=object),
+        "path": [os.path.join(train_dir, r + AUDIO_SUFFIX) for r in ids],
+        "split": "train",
+    })
+    n_missing = int(sum(not os.path.exists(p) for p in train["path"]))
+    if n_missing:
+        logger.warning("%s: %d of %d recordings named in the CSVs are not in train/", root, n_missing, len(train))
+    unlisted = _flac_names(train_dir) - set(ids)
+    if unlisted:
+        logger.warning("%s: %d recordings in train/ have no tp or fp row and are not used, e.g. %s",
+                       root, len(unlisted), sorted(unlisted)[:3])
+
+    if os.path.isdir(test_dir):
+        test_ids = sorted(_flac_names(test_dir))
+        if not test_ids:
+            logger.warning("%s: test/ holds no .flac files; no test set", root)
+    else:
+        logger.warning("%s: no test/ folder; no test set", root)
+        test_ids = []
+    clash = sorted(set(ids) & set(test_ids))
+    if clash:
+        raise DataError(f"{root}: recording ids appear in both the training CSVs and test/: {clash[:5]}")
+    test = pd.DataFrame({
+        "id": pd.Series(test_ids, dtype=object),
+        "path": pd.Series([os.path.join(test_dir, r + AUDIO_SUFFIX) for r in test_ids], dtype=object),
+        "split": "test",
+    })
+
+    train = pd.concat([train, pd.DataFrame(y, columns=list(TARGETS)),
+                       pd.DataFrame(known.astype(np.float64), columns=list(MASKS))], axis=1)
+    train["boxes"] = [json.dumps(box_lists[r]) for r in ids]
+    for col in (*TARGETS, *MASKS):
+        test[col] = np.nan
+    test["boxes"] = "[]"
+    manifest = pd.concat([train, test], ignore_index=True)
+    manifest["group"] = manifest["id"]
+    manifest["unknown"] = unknown
+    logger.info("%s: %d train recordings (%d tp, %d fp boxes; unknown labels: %s), %d test recordings",
+                root, len(train), len(tp), len(fp), unknown, len(test))
+    return Dataset(manifest=manifest, task="multilabel", targets=TARGETS, submission="rfcx")
+
+
+def has_boxes(dataset: Dataset) -> bool:
+    """Whether ``dataset`` carries rfcx event boxes (long recordings, crops and windows apply)."""
+    return "boxes" in dataset.manifest.columns
+
+
+def boxes_of(manifest: pd.DataFrame) -> list:
+    """Per row of ``manifest``: an array [n_boxes, 6] of (species, t_min, t_max, f_min, f_max, is_tp)."""
+    out = []
+    for text in manifest["boxes"]:
+        arr = np.asarray(json.loads(text) if isinstance(text, str) else [], np.float64)
+        out.append(arr.reshape(-1, 6))
+    return out
+
+
+def frame_defaults(manifest: pd.DataFrame) -> np.ndarray:
+    """Framewise target of each species outside every box of a recording: [n, 24], 0.0 or NaN.
+
+    A species known to be absent from the recording (mask 1, target 0: an fp box
+    without a tp box, or with ``unknown: negative`` any species without a tp box)
+    is 0 on every frame. A tp species is NaN (unknown) outside its boxes in both
+    modes: the recording holds it, and its unannotated calls may be anywhere. With
+    ``unknown: mask`` a species without any box is NaN too.
+    """
+    y = manifest[list(TARGETS)].to_numpy(np.float64)
+    known = manifest[list(MASKS)].to_numpy(np.float64) > 0.5
+    zero = known & (y < 0.5)
+    return np.where(zero, 0.0, np.nan).astype(np.float32)
+
+
+def _flac_names(folder: str) -> set:
+    return {e.name[: -len(AUDIO_SUFFIX)] for e in os.scandir(folder)
+            if e.is_file() and e.name.lower().endswith(AUDIO_SUFFIX)}
+
+
+def _read_boxes(path: str) -> pd.DataFrame:
+    name = os.path.basename(path)
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: {name} not found (kaggle_rfcx expects ROOT/{name} with {','.join(BOX_COLUMNS)})")
+    try:
+        table = pd.read_csv(path, dtype={"recording_id": str}, keep_default_na=False, na_values=[""])
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: file is empty; expected columns {','.join(BOX_COLUMNS)}") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot be parsed as CSV ({exc})") from None
+    missing = [c for c in BOX_COLUMNS if c not in table.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}; expected {','.join(BOX_COLUMNS)}, "
+                        f"found {list(map(str, table.columns))}")
+    table = table[list(BOX_COLUMNS)].copy()
+    if table["recording_id"].isna().any():
+        raise DataError(f"{path}: column 'recording_id' is empty on row(s) {_rows(table['recording_id'].isna())}")
+    table["recording_id"] = table["recording_id"].astype(str).str.strip()
+    for col in BOX_COLUMNS[1:]:
+        values = pd.to_numeric(table[col], errors="coerce")
+        bad = values.isna() | ~np.isfinite(values.astype(float))
+        if bad.any():
+            raise DataError(f"{path}: column {col!r} needs finite numbers; row(s) {_rows(bad)} hold "
+                            f"{table.loc[bad, col].head(3).tolist()}")
+        table[col] = values.astype(float)
+    species = table["species_id"]
+    bad = (species < 0) | (species >= N_SPECIES) | (species != species.round())
+    if bad.any():
+        raise DataError(f"{path}: species_id must be an integer in 0..{N_SPECIES - 1}; row(s) {_rows(bad)} hold "
+                        f"{species[bad].head(3).tolist()}")
+    bad = (table["t_min"] < 0) | (table["t_min"] > table["t_max"])
+    if bad.any():
+        raise DataError(f"{path}: boxes need 0 <= t_min <= t_max; row(s) {_rows(bad)} do not")
+    bad = (table["f_min"] < 0) | (table["f_min"] > table["f_max"])
+    if bad.any():
+        raise DataError(f"{path}: boxes need 0 <= f_min <= f_max; row(s) {_rows(bad)} do not")
+    return table
+
+
+def _rows(mask: pd.Series, limit: int = 5) -> list:
+    # CSV line numbers: the header is line 1.
+    return [int(i) + 2 for i in np.flatnonzero(mask.to_numpy())[:limit]]
