@@ -11,6 +11,7 @@ checkpoint intact; ``state.json`` is the commit point.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -82,6 +83,7 @@ def train_fold(
     monitor: str,
     seed: int,
     custom_objects: Optional[dict] = None,
+    strategy=None,
 ) -> FoldResult:
     """Train (or resume) one fold and return the model holding its best weights.
 
@@ -89,7 +91,9 @@ def train_fold(
     train_data : epoch -> tf.data.Dataset of (x, y) batches for that epoch.
     valid_data : tf.data.Dataset of (x, y) batches (deterministic).
     monitor : ``val_auc`` (maximised) or ``val_loss`` (minimised).
+    strategy : tf.distribute.Strategy the model, optimizer and metrics are created under (None: the current one).
     """
+    scope = strategy.scope if strategy is not None else contextlib.nullcontext
     state_dir = os.path.join(fold_dir, "state")
     os.makedirs(state_dir, exist_ok=True)
     state_path = os.path.join(state_dir, "state.json")
@@ -102,8 +106,9 @@ def train_fold(
     if os.path.isfile(state_path):
         try:
             state = io.read_json(state_path)
-            model = keras.models.load_model(os.path.join(state_dir, state["last"]), custom_objects=custom_objects,
-                                            compile=True)
+            with scope():
+                model = keras.models.load_model(os.path.join(state_dir, state["last"]), custom_objects=custom_objects,
+                                                compile=True)
             log.info("fold %d: resuming after epoch %d", fold, state["epoch"])
         except Exception as err:  # a corrupt checkpoint costs this fold, not the run
             log.warning("fold %d: checkpoint unusable (%s); starting the fold again", fold, err)
@@ -112,8 +117,9 @@ def train_fold(
         shutil.rmtree(state_dir)
         os.makedirs(state_dir)
         keras.utils.set_random_seed(epoch_seed(seed, fold, 0))
-        model = build()
-        compile_model(model)
+        with scope():
+            model = build()
+            compile_model(model)
 
     started = time.time() - state["seconds"]
     for epoch in range(state["epoch"], epochs):
@@ -244,10 +250,23 @@ def input_pipelines(train_examples, valid_examples, *, batch_size: int, shuffle_
 def run_folds(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str):
     """Train every fold of an experiment (skipping finished ones) and collect predictions.
 
+    Runs under the experiment's strategy, dtype policy and XLA setting
+    (:func:`pipeline.distribute.experiment_runtime`, which logs them and
+    restores the global dtype policy afterwards).
+
     Returns (oof DataFrame ``id, fold, <targets>, <pred columns>`` in manifest order,
     test DataFrame ``id, <pred columns>`` averaged over folds, or None without a test set).
     """
+    from pipeline import distribute
+
+    with distribute.experiment_runtime(exp.train, name=exp.name) as rt:
+        return _run_folds(exp, dataset, cache, folds, exp_dir, rt)
+
+
+def _run_folds(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str, rt):
     import tensorflow as tf
+
+    from pipeline.distribute import prediction_model, with_shard_policy
 
     from pipeline import augment as aug
     from pipeline.losses import make_loss
@@ -270,7 +289,7 @@ def run_folds(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str):
     y_all = train_table.loc[ids, targets].to_numpy(np.float32)
     fold_arr = np.array([fold_of[i] for i in ids])
     test_ids = cache.ids("test")
-    batch = exp.train.batch_size
+    batch = rt.global_batch(exp.train.batch_size)  # train.batch_size is per replica
     in_memory = fits_in_memory(len(ids), cache.shape)
     log.info("%s: %d training clips in %d folds; input %s", exp.name, len(ids), exp.folds.n_splits,
              "cached in memory" if in_memory else "streamed from shards (too large to cache in memory)")
@@ -301,8 +320,9 @@ def run_folds(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str):
         def xy(ds):
             return ds.map(lambda i, x, y: (x, y), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
-        base_train = xy(labelled(cache.dataset("train"), tr_ids, y_all[tr]))
-        base_valid = xy(labelled(cache.dataset("train"), va_ids, y_all[va]))
+        n_shards = len(cache.files("train"))
+        base_train = with_shard_policy(xy(labelled(cache.dataset("train"), tr_ids, y_all[tr])), n_shards, rt)
+        base_valid = with_shard_policy(xy(labelled(cache.dataset("train"), va_ids, y_all[va])), n_shards, rt)
         if in_memory:
             base_train, base_valid = base_train.cache(), base_valid.cache()
         train_steps = -(-len(tr_ids) // batch)
@@ -327,21 +347,24 @@ def run_folds(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str):
             schedule = make_schedule(exp.schedule.name, exp.schedule.params, learning_rate=exp.train.learning_rate,
                                      steps_per_epoch=train_steps, epochs=exp.train.epochs)
             model.compile(optimizer=make_optimizer(exp.train, schedule),
-                          loss=make_loss(exp.loss.name, exp.loss.params, task), metrics=metrics)
+                          loss=make_loss(exp.loss.name, exp.loss.params, task), metrics=metrics,
+                          jit_compile=rt.jit_compile)
 
         result = train_fold(build=build, compile_model=compile_model, train_data=train_data,
                             valid_data=valid_batches, train_steps=train_steps,
                             valid_steps=-(-len(va_ids) // batch), fold_dir=fold_dir, fold=k, epochs=exp.train.epochs,
-                            patience=exp.train.patience, monitor=exp.train.monitor, seed=exp.train.seed)
+                            patience=exp.train.patience, monitor=exp.train.monitor, seed=exp.train.seed,
+                            strategy=rt.strategy)
 
         val_ds = labelled(cache.dataset("train"), va_ids, y_all[va]).map(lambda i, x, y: (i, x))
-        got_ids, preds = predict_with_ids(result.model, val_ds.batch(batch))
+        predictor = prediction_model(result.model, rt)
+        got_ids, preds = predict_with_ids(predictor, val_ds.batch(batch))
         oof = pd.DataFrame({"id": got_ids, "fold": k})
         oof = oof.join(pd.DataFrame(train_table.loc[got_ids, targets].to_numpy(np.float32), columns=targets))
         oof[pred_cols] = preds
         io.write_csv(os.path.join(fold_dir, "oof.csv"), oof)
         if test_ids:
-            t_ids, t_preds = predict_with_ids(result.model, cache.dataset("test").batch(batch))
+            t_ids, t_preds = predict_with_ids(predictor, cache.dataset("test").batch(batch))
             test = pd.DataFrame({"id": t_ids})
             test[pred_cols] = t_preds
             io.write_csv(os.path.join(fold_dir, "test.csv"), test)
