@@ -48,6 +48,10 @@ def epoch_seed(seed: int, fold: int, epoch: int) -> int:
 
 
 def _save_model(model: keras.Model, path: str) -> None:
+    if io.is_remote(path):
+        with io.atomic_path(path) as tmp:  # a local .keras file, uploaded and renamed
+            model.save(tmp)
+        return
     # Keras insists on the .keras suffix, so the temporary name keeps it.
     tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path).replace(".keras", ".tmp.keras"))
     model.save(tmp)
@@ -55,6 +59,10 @@ def _save_model(model: keras.Model, path: str) -> None:
 
 
 def _save_weights(model: keras.Model, path: str) -> None:
+    if io.is_remote(path):  # h5py writes local files only
+        with io.atomic_path(path) as tmp:
+            model.save_weights(tmp)
+        return
     tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path).replace(".weights.h5", ".tmp.weights.h5"))
     model.save_weights(tmp)
     os.replace(tmp, path)
@@ -95,7 +103,7 @@ def train_fold(
     """
     scope = strategy.scope if strategy is not None else contextlib.nullcontext
     state_dir = os.path.join(fold_dir, "state")
-    os.makedirs(state_dir, exist_ok=True)
+    io.makedirs(state_dir)
     state_path = os.path.join(state_dir, "state.json")
     maximise = not monitor.endswith("loss")
 
@@ -103,7 +111,7 @@ def train_fold(
              "last": None, "best_weights": None}
     state = dict(fresh)
     model = None
-    if os.path.isfile(state_path):
+    if io.isfile(state_path):
         try:
             state = io.read_json(state_path)
             with scope():
@@ -114,8 +122,8 @@ def train_fold(
             log.warning("fold %d: checkpoint unusable (%s); starting the fold again", fold, err)
             state, model = dict(fresh), None
     if model is None:
-        shutil.rmtree(state_dir)
-        os.makedirs(state_dir)
+        io.rmtree(state_dir)
+        io.makedirs(state_dir)
         keras.utils.set_random_seed(epoch_seed(seed, fold, 0))
         with scope():
             model = build()
@@ -165,13 +173,14 @@ def train_fold(
         io.write_json(state_path, state)
         for old in previous:
             if old and old not in (state["last"], state["best_weights"]):
-                os.remove(os.path.join(state_dir, old))
+                io.remove(os.path.join(state_dir, old))
         log.debug("fold %d epoch %d: %s", fold, epoch + 1, " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
         if state["stopped"]:
             log.debug("fold %d: early stop after epoch %d (best %s=%.4f at epoch %d)", fold, epoch + 1, monitor,
                       state["best"], state["best_epoch"])
 
-    model.load_weights(os.path.join(state_dir, state["best_weights"]))
+    with io.local_copy(os.path.join(state_dir, state["best_weights"])) as best:
+        model.load_weights(best)
     history = pd.DataFrame(state["history"])
     return FoldResult(model=model, history=history, epochs=state["epoch"], best_epoch=state["best_epoch"],
                       best=state["best"], seconds=state["seconds"])
@@ -184,7 +193,7 @@ def finish_fold(result: FoldResult, fold_dir: str) -> None:
 
 
 def clear_state(fold_dir: str) -> None:
-    shutil.rmtree(os.path.join(fold_dir, "state"), ignore_errors=True)
+    io.rmtree(os.path.join(fold_dir, "state"))
 
 
 # ----------------------------------------------------------------------------- input pipelines
@@ -303,13 +312,13 @@ def _run_folds(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str, rt):
     for k in range(exp.folds.n_splits):
         fold_dir = os.path.join(exp_dir, f"fold{k}")
         done_path = os.path.join(fold_dir, "done.json")
-        if os.path.isfile(done_path):
-            oof_parts.append(pd.read_csv(os.path.join(fold_dir, "oof.csv"), dtype={"id": str}))
+        if io.isfile(done_path):
+            oof_parts.append(io.read_csv(os.path.join(fold_dir, "oof.csv"), dtype={"id": str}))
             if test_ids:
-                test_parts.append(pd.read_csv(os.path.join(fold_dir, "test.csv"), dtype={"id": str}))
+                test_parts.append(io.read_csv(os.path.join(fold_dir, "test.csv"), dtype={"id": str}))
             log.info("%s fold %d/%d: finished earlier; skipped", exp.name, k + 1, exp.folds.n_splits)
             continue
-        os.makedirs(fold_dir, exist_ok=True)
+        io.makedirs(fold_dir)
         tr = np.flatnonzero(fold_arr != k)
         va = np.flatnonzero(fold_arr == k)
         if len(tr) == 0 or len(va) == 0:
