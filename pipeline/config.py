@@ -35,7 +35,7 @@ from pipeline import schema
 
 NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 # Experiment names become folders under output/ and column names in output/oof.csv.
-RESERVED_NAMES = {"cache", "folds", "blend", "id", "fold", "report", "summary", "oof", "queue"}
+RESERVED_NAMES = {"cache", "folds", "blend", "id", "fold", "report", "summary", "oof", "queue", "workers"}
 TOP_LEVEL_KEYS = ("defaults", "experiments", "blend", "output")
 KIND_NAMES = {"data": "data source", "features": "feature", "model": "model", "loss": "loss", "schedule": "schedule",
               "method": "blend method"}

@@ -111,6 +111,20 @@ def is_chief() -> bool:
     return kind == "worker" and index == 0 and "chief" not in cfg.get("cluster", {})
 
 
+def worker_output(output: str) -> str:
+    """Where this process writes the queue's outputs: ``output`` on the chief, else ``output/workers/<task>``.
+
+    Under MultiWorkerMirroredStrategy every worker runs the same queue (the
+    collectives need all of them); only the chief's files are the results.
+    The other workers keep their own checkpoints and files apart, so that they
+    never overwrite the chief's and resume in step with it after a kill.
+    """
+    if is_chief():
+        return output
+    task = json.loads(os.environ["TF_CONFIG"])["task"]
+    return os.path.join(output, "workers", f"{task.get('type', 'worker')}-{int(task.get('index', 0))}")
+
+
 def _tpu_resolver(required: bool):
     """A connected TPUClusterResolver, or None when no TPU is reachable (raises when ``required``)."""
     import tensorflow as tf

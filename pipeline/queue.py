@@ -437,7 +437,9 @@ def plan(queue: Queue, paths: Paths, names: List[str], force: bool) -> str:
 def run(queue: Queue, *, only: Optional[List[str]] = None, force: bool = False, dry_run: bool = False,
         blend_only: bool = False) -> int:
     """Run the queue. Returns the process exit status: 0 all finished, 1 any failed, 130 interrupted."""
-    paths = Paths(queue.output_dir)
+    from pipeline.distribute import worker_output
+
+    paths = Paths(worker_output(queue.output_dir))  # non-chief workers of a TF_CONFIG cluster write apart
     names = [e.name for e in queue.experiments] if not only else list(only)
     if dry_run:
         print(plan(queue, paths, names, force))

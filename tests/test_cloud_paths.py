@@ -139,3 +139,60 @@ def test_queue_with_input_cache_and_output_on_ram(tmp_path, ram_root):
     assert main([str(queue_dir / "queue.yaml")]) == 0
     with io.open_file(io.join(out, "queue.log"), "r") as f:
         assert "cnn: finished earlier with the same config; skipped" in f.read()
+
+
+def test_table_source_and_config_accept_remote_paths(tmp_path, ram_root):
+    from pipeline.config import ConfigError, parse_queue
+    from pipeline.data import load_dataset
+
+    local = tmp_path / "whale"
+    ensure_synthetic_whale(str(local), n_train=10, n_test=0, positive_fraction=0.5, seed=1)
+    upload(str(local / "train"), io.join(ram_root, "audio"))
+    table = pd.read_csv(local / "train.csv").rename(columns={"clip_name": "file"})
+    io.write_csv(io.join(ram_root, "train.csv"), table)
+    raw = {
+        "defaults": {"features": "mel", "model": "cnn1d"},
+        "experiments": [{"name": "a", "data": {"name": "table", "csv": io.join(ram_root, "train.csv"),
+                                                "audio_dir": io.join(ram_root, "audio")}}],
+    }
+    exp = parse_queue(raw, source="q.yaml", base_dir=str(tmp_path)).experiments[0]
+    assert exp.data.params.csv == io.join(ram_root, "train.csv")  # not resolved against the queue folder
+    ds = load_dataset("table", exp.data.params)
+    assert len(ds.train) == 10 and ds.train["path"].iloc[0] == io.join(ram_root, "audio", table["file"][0])
+
+    raw["experiments"][0]["data"] = {"name": "synthetic_whale", "root": io.join(ram_root, "synth")}
+    exp = parse_queue(raw, source="q.yaml", base_dir=str(tmp_path)).experiments[0]
+    from pipeline.data.base import DataError
+
+    with pytest.raises(DataError, match=r"data.root: synthetic_whale generates its clips in a local folder"):
+        load_dataset("synthetic_whale", exp.data.params)
+
+
+def test_local_feature_cache_never_loads_tensorflow(tmp_path):
+    """Local paths keep the fast path: no tf.io.gfile, so forked workers and no TensorFlow import."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    (tmp_path / "queue.yaml").write_text(textwrap.dedent("""
+        defaults:
+          data: {name: synthetic_whale, n_train: 12, n_test: 0}
+          features: {name: mel, n_fft: 128, hop_length: 64, n_mels: 16}
+          cache: {workers: 2, chunk_size: 4}
+          model: cnn1d
+        experiments: [{name: a}]
+    """))
+    code = textwrap.dedent("""
+        import sys
+        from pipeline.config import load_queue
+        from pipeline.data import load_dataset
+        from pipeline.records import ensure_features, start_method
+        exp = load_queue("queue.yaml").experiments[0]
+        assert start_method() == "fork"
+        cache = ensure_features(load_dataset(exp.data.name, exp.data.params), exp, "out/cache", progress=False)
+        assert cache.count("train") == 12
+        assert "tensorflow" not in sys.modules, "the local feature stage imported TensorFlow"
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=dict(os.environ, PYTHONPATH=root),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]

@@ -328,3 +328,15 @@ def test_two_workers_train_in_sync_and_agree_on_weights(tmp_path):
     for index in range(2):
         state = json.loads((tmp_path / f"w{index}" / "state" / "state.json").read_text())
         assert state["epoch"] == 2 and all(np.isfinite(r["loss"]) for r in state["history"])
+
+
+def test_non_chief_workers_write_apart(monkeypatch):
+    from pipeline.distribute import worker_output
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert worker_output("gs://b/out") == "gs://b/out"
+    cluster = {"worker": ["a:1", "b:2"]}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}}))
+    assert worker_output("gs://b/out") == "gs://b/out"
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 1}}))
+    assert worker_output("gs://b/out") == "gs://b/out/workers/worker-1"
