@@ -340,3 +340,32 @@ def test_non_chief_workers_write_apart(monkeypatch):
     assert worker_output("gs://b/out") == "gs://b/out"
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 1}}))
     assert worker_output("gs://b/out") == "gs://b/out/workers/worker-1"
+
+
+def registry_cases():
+    from pipeline.models.registry import MODELS
+    from test_models import INPUTS
+
+    for name in MODELS.names():
+        yield name, INPUTS.get(name, [(32, 4)])[0]
+
+
+@pytest.mark.parametrize("name, shape", list(registry_cases()))
+def test_every_model_predicts_float32_under_mixed_precision(name, shape, rng):
+    """Every registered family keeps float32 outputs under a 16-bit policy (heads are float32 layers)."""
+    import keras
+
+    from pipeline import schema
+    from pipeline.distribute import experiment_runtime
+    from pipeline.models import sed
+    from pipeline.models.registry import build_model
+    from test_models import TINY
+
+    params = schema.MODELS[name](**TINY.get(name, {}))
+    with experiment_runtime(schema.TrainSettings(strategy="default", precision="mixed_bfloat16")):
+        model = build_model(name, params, input_shape=shape, n_outputs=2, task="multilabel")
+        if isinstance(model.output, dict):
+            model = sed.training_view(model)
+        pred = model.predict_on_batch(rng.normal(size=(2, *shape)).astype(np.float32))
+    assert np.asarray(pred).dtype == np.float32 and pred.shape == (2, 2)
+    assert np.isfinite(pred).all()
