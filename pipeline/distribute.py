@@ -280,12 +280,35 @@ def experiment_runtime(train, *, name: str = "experiment") -> Iterator[Runtime]:
     rt = Runtime(strategy=strategy, kind=kind, precision=precision, jit_compile=jit, devices=device_summary())
     log.info("%s: %s; global batch %d (train.batch_size %d per replica x %d)", name, rt.describe(),
              rt.global_batch(train.batch_size), train.batch_size, rt.replicas)
+    if jit:
+        log.info("%s: jit_compile: op determinism is off (XLA has no deterministic kernel for some gradients, "
+                 "e.g. max pooling), so reruns and resumed runs are not bit-for-bit identical", name)
     previous = keras.config.dtype_policy()
+    deterministic = _op_determinism()
     try:
         keras.config.set_dtype_policy(precision)
+        _set_op_determinism(not jit)
         yield rt
     finally:
         keras.config.set_dtype_policy(previous)
+        _set_op_determinism(deterministic)
+
+
+def _op_determinism() -> bool:
+    from tensorflow.python.framework import config  # the getter is not exported in TF 2.17
+
+    return bool(config.is_op_determinism_enabled())
+
+
+def _set_op_determinism(on: bool) -> None:
+    """Switch TensorFlow's op determinism on (reproducible CPU runs) or off (needed by XLA)."""
+    import tensorflow as tf
+    from tensorflow.python.framework import config  # disable_op_determinism is not exported in TF 2.17
+
+    if on:
+        tf.config.experimental.enable_op_determinism()
+    else:
+        config.disable_op_determinism()
 
 
 def shard_policy(n_files: int, n_workers: int):

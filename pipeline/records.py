@@ -24,7 +24,6 @@ import collections
 import concurrent.futures as cf
 import dataclasses
 import functools
-import glob
 import logging
 import multiprocessing
 import os
@@ -679,7 +678,7 @@ class FeatureCache:
 
 
 def list_shards(folder: str) -> List[str]:
-    return sorted(glob.glob(os.path.join(folder, "*.tfrecord")))
+    return io.glob(os.path.join(folder, "*.tfrecord"))
 
 
 # ----------------------------------------------------------------------------- input pipelines

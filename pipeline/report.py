@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import glob
 import html
 import json
 import logging

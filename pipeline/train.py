@@ -15,7 +15,6 @@ import contextlib
 import logging
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from typing import Callable, List, Optional
@@ -286,8 +285,8 @@ def _run_folds(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str, rt):
     from pipeline.queue import StageError, prediction_columns
     from pipeline.records import fits_in_memory, labelled
 
-    # Same seed, same result, also across a kill and resume (CPU kernels are deterministic under this flag).
-    tf.config.experimental.enable_op_determinism()
+    # Same seed, same result, also across a kill and resume: op determinism is switched on by
+    # distribute.experiment_runtime (CPU kernels are deterministic under it), except with XLA.
     task, targets = dataset.task, list(dataset.targets)
     pred_cols = prediction_columns(targets, task)
     train_table = dataset.train.set_index("id")

@@ -73,7 +73,8 @@ defaults:
   features: {{name: mel, n_fft: 128, hop_length: 64, n_mels: 16}}
   cache: {{workers: 2, chunk_size: 8}}
   folds: {{n_splits: 2, seed: 1}}
-  train: {{epochs: 2, batch_size: 16}}
+  # Mixed precision through the whole pipeline too (saved, reloaded, predicted).
+  train: {{epochs: 2, batch_size: 16, precision: mixed_bfloat16}}
 experiments:
   - name: cnn
     model: {{name: cnn1d, filters: 4, depth: 2}}
@@ -125,6 +126,7 @@ def test_queue_with_input_cache_and_output_on_ram(tmp_path, ram_root):
     with io.open_file(io.join(exp, "run.log"), "r") as f:
         log = f.read()
     assert "strategy default" in log and "devices: CPU" in log and "skipped train3.aiff" in log
+    assert "precision mixed_bfloat16; jit_compile False" in log
     for name in ("oof.csv", "summary.csv", "queue.log", "report.html"):
         assert io.isfile(io.join(out, name)), name
     assert io.isfile(io.join(out, "blend", "scores.json"))

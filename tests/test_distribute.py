@@ -165,11 +165,17 @@ def test_mixed_precision_and_xla_train_on_cpu_with_float32_outputs(precision, ji
     from pipeline.models.registry import build_model
     from pipeline.schema import CNN1DParams, InceptionTimeParams, TrainSettings
 
+    from tensorflow.python.framework import config as tf_config
+
     x, y = tiny_data(rng)
     before = keras.config.dtype_policy().name
+    # As in a queue run: op determinism on, which XLA cannot honour for max pooling's gradient.
+    tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(0)
     settings = TrainSettings(strategy="default", precision=precision, jit_compile=jit, batch_size=8)
     with experiment_runtime(settings) as rt:
         assert keras.config.dtype_policy().name == precision
+        assert tf_config.is_op_determinism_enabled() is (not jit)
         with rt.strategy.scope():
             model = build_model("inceptiontime", InceptionTimeParams(filters=4, depth=1, bottleneck=4),
                                 input_shape=x.shape[1:], n_outputs=1, task="binary")
@@ -178,6 +184,7 @@ def test_mixed_precision_and_xla_train_on_cpu_with_float32_outputs(precision, ji
         hist = model.fit(x, y, batch_size=8, epochs=1, verbose=0)
         pred = model.predict_on_batch(x[:5])
     assert keras.config.dtype_policy().name == before
+    assert tf_config.is_op_determinism_enabled()  # restored after the experiment
     assert np.isfinite(hist.history["loss"][0])
     assert np.asarray(pred).dtype == np.float32 and pred.shape == (5, 1)
     assert model.output.dtype == "float32"
