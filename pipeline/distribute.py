@@ -368,3 +368,26 @@ def prediction_model(model, rt: Optional[Runtime]):
     clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())
     return clone
+
+
+def average_non_trainable(model, strategy) -> None:
+    """Average the model's non-trainable variables (BatchNormalization statistics) over the workers.
+
+    Under MultiWorkerMirroredStrategy Keras 3.6 all-reduces the gradients, so
+    the trainable weights agree, but each worker updates the moving
+    statistics from its own share of the data. Called after every epoch on a
+    multi-worker strategy so that every worker saves and predicts with the
+    same model. A no-op elsewhere.
+    """
+    import tensorflow as tf
+
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return
+    variables = [v for v in model.non_trainable_variables if "float" in str(v.dtype)]
+    if not variables:
+        return
+    values = [tf.convert_to_tensor(v.value) for v in variables]
+    per_replica = strategy.experimental_distribute_values_from_function(lambda ctx: values)
+    reduced = strategy.reduce("MEAN", per_replica, axis=None)
+    for var, value in zip(variables, reduced):
+        var.assign(value)

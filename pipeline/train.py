@@ -142,6 +142,10 @@ def train_fold(
                        keras.callbacks.TensorBoard(log_dir=os.path.join(fold_dir, "tb"), write_graph=False,
                                                    profile_batch=0)],
         )
+        if strategy is not None:
+            from pipeline.distribute import average_non_trainable
+
+            average_non_trainable(model, strategy)
         logs = {k: float(v[-1]) for k, v in fit.history.items()}
         if not all(math.isfinite(v) for k, v in logs.items() if k.endswith("loss")) or not logs:
             raise TrainingError(

@@ -286,7 +286,9 @@ WORKER = """
 
     def build():
         inp = keras.Input((16, 4))
-        h = keras.layers.GlobalAveragePooling1D()(keras.layers.Conv1D(4, 3, activation="relu")(inp))
+        h = keras.layers.Conv1D(4, 3, activation="relu")(inp)
+        # Moving statistics come from each worker's own data: averaged after every epoch.
+        h = keras.layers.GlobalAveragePooling1D()(keras.layers.BatchNormalization()(h))
         return keras.Model(inp, keras.layers.Dense(1, activation="sigmoid", dtype="float32")(h))
 
     def compile_model(model):
