@@ -300,9 +300,9 @@ def _named(names, w) -> dict:
 def load_predictions(exp_dir: str) -> Dict[str, object]:
     """Read one experiment's ``scores.json``, ``oof.csv`` and (when present) ``test.csv``; nothing else."""
     scores = io.read_json(os.path.join(exp_dir, "scores.json"))
-    oof = pd.read_csv(os.path.join(exp_dir, "oof.csv"), dtype={"id": str})
+    oof = io.read_csv(os.path.join(exp_dir, "oof.csv"), dtype={"id": str})
     test_path = os.path.join(exp_dir, "test.csv")
-    test = pd.read_csv(test_path, dtype={"id": str}) if os.path.isfile(test_path) else None
+    test = io.read_csv(test_path, dtype={"id": str}) if io.isfile(test_path) else None
     return {"scores": scores, "oof": oof, "test": test}
 
 
@@ -497,8 +497,8 @@ def _clear(folder: str) -> None:
     """Remove an earlier blend's files so that no stale submission survives a refused or changed blend."""
     for name in BLEND_FILES + ("error.json",):
         path = os.path.join(folder, name)
-        if os.path.isfile(path):
-            os.remove(path)
+        if io.isfile(path):
+            io.remove(path)
 
 
 def run_blend(queue, paths) -> dict | None:
@@ -515,7 +515,7 @@ def run_blend(queue, paths) -> dict | None:
         names = select_experiments(queue, paths)
         if not names or method is None:
             log.info("blend: no finished experiments to blend")
-            if os.path.isdir(folder):
+            if io.isdir(folder):
                 _clear(folder)
             return None
         loaded = [load_predictions(paths.experiment(n)) for n in names]

@@ -35,7 +35,7 @@ from pipeline import schema
 
 NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 # Experiment names become folders under output/ and column names in output/oof.csv.
-RESERVED_NAMES = {"cache", "folds", "blend", "id", "fold", "report", "summary", "oof", "queue"}
+RESERVED_NAMES = {"cache", "folds", "blend", "id", "fold", "report", "summary", "oof", "queue", "workers"}
 TOP_LEVEL_KEYS = ("defaults", "experiments", "blend", "output")
 KIND_NAMES = {"data": "data source", "features": "feature", "model": "model", "loss": "loss", "schedule": "schedule",
               "method": "blend method"}
@@ -379,8 +379,10 @@ def _check_value(value, hint, meta, base_dir) -> Tuple[Optional[str], Any]:
             return f"expected a non-empty list of positive integers; got {_show(value)}", value
         value = tuple(value)
     choices = meta.get("choices")
-    if choices is not None and value not in choices:
-        return f"{_show(value)} is not allowed; choose one of: {', '.join(map(str, choices))}", value
+    # Compared with their types too, so that 1 is not taken for true.
+    if choices is not None and not any(value == c and type(value) is type(c) for c in choices):
+        shown = (str(c).lower() if isinstance(c, bool) else str(c) for c in choices)
+        return f"{_show(value)} is not allowed; choose one of: {', '.join(shown)}", value
     if "min" in meta and value < meta["min"]:
         return f"must be >= {meta['min']}; got {_show(value)}", value
     if "max" in meta and value > meta["max"]:
@@ -390,7 +392,8 @@ def _check_value(value, hint, meta, base_dir) -> Tuple[Optional[str], Any]:
     kind = meta.get("path")
     if kind and value not in meta.get("keywords", ()):
         value = _resolve(base_dir, value)
-        if meta.get("must_exist"):
+        # A cloud path (gs://...) is checked when the data is read: validation stays TensorFlow-free.
+        if meta.get("must_exist") and "://" not in value:
             exists = os.path.isdir(value) if kind == "dir" else os.path.isfile(value)
             if not exists:
                 what = "folder" if kind == "dir" else "file"

@@ -108,9 +108,9 @@ def ensure_folds(dataset: Dataset, exp: Experiment, folds_dir: str) -> pd.DataFr
     """Load the shared fold table, or make and save it. A table that does not match the data is rebuilt."""
     path = os.path.join(folds_dir, f"{fold_key(exp)}.csv")
     expected = set(dataset.train["id"])
-    if os.path.isfile(path):
+    if io.isfile(path):
         try:
-            table = pd.read_csv(path, dtype={"id": str, "fold": int})
+            table = io.read_csv(path, dtype={"id": str, "fold": int})
             if set(table["id"]) == expected and len(table) == len(expected) and table["fold"].between(0, exp.folds.n_splits - 1).all():
                 return table
             log.warning("fold table %s does not match the data; rebuilding it", path)

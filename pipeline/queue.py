@@ -15,7 +15,6 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 import signal
 import sys
 import time
@@ -96,14 +95,14 @@ def run_experiment(exp: Experiment, paths: Paths, *, force: bool = False) -> dic
     if status.get("state") == DONE and status.get("config_hash") == config_hash and not force:
         log.info("%s: finished earlier with the same config; skipped", exp.name)
         return status
-    if os.path.isdir(exp_dir) and (force or status.get("config_hash") != config_hash):
+    if io.isdir(exp_dir) and (force or status.get("config_hash") != config_hash):
         reason = "--force" if force else "its config changed"
         log.info("%s: starting afresh (%s)", exp.name, reason)
-        shutil.rmtree(exp_dir)
-    os.makedirs(exp_dir, exist_ok=True)
+        io.rmtree(exp_dir)
+    io.makedirs(exp_dir)
     io.write_text(os.path.join(exp_dir, "config.yaml"), dump_experiment(exp))
 
-    handler = logging.FileHandler(os.path.join(exp_dir, "run.log"))
+    handler = io.log_handler(os.path.join(exp_dir, "run.log"))
     handler.setLevel(logging.DEBUG)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
@@ -240,7 +239,7 @@ def write_queue_oof(queue: Queue, paths: Paths) -> Optional[pd.DataFrame]:
         if fold_key(exp) != key:
             log.warning("%s uses other data or folds than %s; left out of output/oof.csv", exp.name, done[0].name)
             continue
-        oof = pd.read_csv(os.path.join(paths.experiment(exp.name), "oof.csv"), dtype={"id": str})
+        oof = io.read_csv(os.path.join(paths.experiment(exp.name), "oof.csv"), dtype={"id": str})
         pred = [c for c in oof.columns if c == "pred" or c.startswith("pred:")]
         renamed = {c: exp.name if c == "pred" else f"{exp.name}:{c[5:]}" for c in pred}
         part = oof.rename(columns=renamed)
@@ -285,7 +284,7 @@ def write_summary(queue: Queue, paths: Paths) -> pd.DataFrame:
         if status.get("config_hash") not in (None, exp.config_hash()):
             row["status"] = "stale"
         scores_path = os.path.join(exp_dir, "scores.json")
-        if row["status"] == DONE and os.path.isfile(scores_path):
+        if row["status"] == DONE and io.isfile(scores_path):
             scores = io.read_json(scores_path)
             row.update(oof_auc=scores["oof"]["auc"], fold_mean=scores["fold_mean"], fold_std=scores["fold_std"])
             row[metric_col] = scores["oof"].get(metric, np.nan)
@@ -307,7 +306,7 @@ def _oof_metric(exp_dir: str, scores: dict, metric: str) -> float:
     from pipeline import metrics
     from pipeline import blend
 
-    oof = pd.read_csv(os.path.join(exp_dir, "oof.csv"), dtype={"id": str})
+    oof = io.read_csv(os.path.join(exp_dir, "oof.csv"), dtype={"id": str})
     pred = blend.prediction_columns(oof)
     try:
         return metrics.metric_value(metric, scores["task"], oof[list(scores["targets"])].to_numpy(),
@@ -318,9 +317,9 @@ def _oof_metric(exp_dir: str, scores: dict, metric: str) -> float:
 
 def _fold_done_files(exp_dir):
     out = []
-    for name in sorted(os.listdir(exp_dir)):
+    for name in io.listdir(exp_dir):
         path = os.path.join(exp_dir, name, "done.json")
-        if name.startswith("fold") and os.path.isfile(path):
+        if name.startswith("fold") and io.isfile(path):
             out.append(path)
     return out
 
@@ -367,7 +366,7 @@ def _fmt(fmt):
 def _blend_line(folder: str) -> str:
     scores_path, error_path = os.path.join(folder, "scores.json"), os.path.join(folder, "error.json")
     try:
-        if os.path.isfile(scores_path):
+        if io.isfile(scores_path):
             s = io.read_json(scores_path)
             best = s["best_single"]
             line = (f"blend ({s['method']} of {len(s['experiments'])}): OOF {s['metric']} {s['blend']:.4f} "
@@ -376,7 +375,7 @@ def _blend_line(folder: str) -> str:
             if "held_out" in s:
                 line += f"; weights chosen on other folds: {s['held_out']:.4f}"
             return line
-        if os.path.isfile(error_path):
+        if io.isfile(error_path):
             return f"blend: refused: {io.read_json(error_path).get('error')}"
     except (OSError, ValueError, KeyError, TypeError):
         return "blend: unreadable blend/scores.json"
@@ -387,7 +386,7 @@ def _blend_line(folder: str) -> str:
 
 
 def setup_logging(output_dir: str) -> None:
-    os.makedirs(output_dir, exist_ok=True)
+    io.makedirs(output_dir)
     root = logging.getLogger()
     root.setLevel(logging.DEBUG)
     for h in list(root.handlers):
@@ -397,7 +396,7 @@ def setup_logging(output_dir: str) -> None:
     console = logging.StreamHandler(sys.stdout)
     console.setLevel(logging.INFO)
     console.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-    file = logging.FileHandler(os.path.join(output_dir, "queue.log"))
+    file = io.log_handler(os.path.join(output_dir, "queue.log"))
     file.setLevel(logging.INFO)
     file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     for h in (console, file):
@@ -421,14 +420,14 @@ def plan(queue: Queue, paths: Paths, names: List[str], force: bool) -> str:
         same = status.get("config_hash") == exp.config_hash()
         if status.get("state") == DONE and same and not force:
             action = "skip (finished, same config)"
-        elif same and not force and os.path.isdir(exp_dir):
+        elif same and not force and io.isdir(exp_dir):
             n_done = len(_fold_done_files(exp_dir))
             action = f"resume ({n_done} of {exp.folds.n_splits} folds done)"
         else:
             action = "run" + (" (config changed: start afresh)" if status and not same else "")
         key = cache_key(exp)
-        cache = "hit" if os.path.isfile(os.path.join(paths.cache, key, MANIFEST)) else "build"
-        folds = "exists" if os.path.isfile(os.path.join(paths.folds, fold_key(exp) + ".csv")) else "build"
+        cache = "hit" if io.isfile(os.path.join(paths.cache, key, MANIFEST)) else "build"
+        folds = "exists" if io.isfile(os.path.join(paths.folds, fold_key(exp) + ".csv")) else "build"
         lines.append(
             f"  {exp.name}: {action}; data {exp.data.name}, features {exp.features.name} (cache {key}: {cache}), "
             f"model {exp.model.name}, {exp.folds.n_splits} folds (table: {folds}), {exp.train.epochs} epochs max"
@@ -439,7 +438,9 @@ def plan(queue: Queue, paths: Paths, names: List[str], force: bool) -> str:
 def run(queue: Queue, *, only: Optional[List[str]] = None, force: bool = False, dry_run: bool = False,
         blend_only: bool = False) -> int:
     """Run the queue. Returns the process exit status: 0 all finished, 1 any failed, 130 interrupted."""
-    paths = Paths(queue.output_dir)
+    from pipeline.distribute import worker_output
+
+    paths = Paths(worker_output(queue.output_dir))  # non-chief workers of a TF_CONFIG cluster write apart
     names = [e.name for e in queue.experiments] if not only else list(only)
     if dry_run:
         print(plan(queue, paths, names, force))
@@ -471,6 +472,9 @@ def run(queue: Queue, *, only: Optional[List[str]] = None, force: bool = False, 
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
+        for handler in logging.getLogger().handlers:  # a remote queue.log is uploaded now, not at exit
+            if hasattr(handler, "upload"):
+                handler.upload()
     if failed:
         log.error("%d experiment(s) failed: %s (see output/<name>/run.log)", len(failed), ", ".join(failed))
         return 1

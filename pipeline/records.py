@@ -24,7 +24,6 @@ import collections
 import concurrent.futures as cf
 import dataclasses
 import functools
-import glob
 import logging
 import multiprocessing
 import os
@@ -93,13 +92,20 @@ def _featurise_chunk(job) -> dict:
 
     rows, feature_name, feature_params, audio, min_samples = job
     ids, arrays, skipped, notes = [], [], [], []
-    for clip_id, path in rows:
+    for row in rows:
+        # (id, path) for a local file; (id, path, bytes or skip reason) for one fetched by the parent.
+        clip_id, path = row[0], row[1]
+        payload = row[2] if len(row) > 2 else None
+        if isinstance(payload, str):
+            skipped.append((clip_id, path, payload))
+            continue
         decoded = load_clip(
             path,
             sample_rate=audio.sample_rate,
             duration=audio.duration,
             min_samples=min_samples,
             max_nonfinite_fraction=audio.max_nonfinite_fraction,
+            data=payload,
         )
         if decoded.samples is None:
             skipped.append((clip_id, path, decoded.reason))
@@ -372,14 +378,17 @@ def ensure_features(dataset: Dataset, exp: Experiment, cache_root: str, *, progr
     key = cache_key(exp)
     folder = os.path.join(cache_root, key)
     manifest_path = os.path.join(folder, MANIFEST)
-    if os.path.isfile(manifest_path):
+    if io.isfile(manifest_path):
         cache = FeatureCache(folder)
         log.info("feature cache hit: %s (%d train, %d test clips)", folder, cache.count("train"), cache.count("test"))
     else:
-        if os.path.isdir(folder):
+        if io.isdir(folder):
             log.warning("feature cache %s has no manifest (an interrupted build); rebuilding it", folder)
-            shutil.rmtree(folder)
-        cache = _build(dataset, exp, folder, progress=progress)
+            io.rmtree(folder)
+        if io.is_remote(folder):
+            cache = _build_remote(dataset, exp, folder, progress=progress)
+        else:
+            cache = _build(dataset, exp, folder, progress=progress)
     _check_bad_fraction(cache, exp)
     return cache
 
@@ -393,6 +402,39 @@ def _check_bad_fraction(cache: "FeatureCache", exp: Experiment) -> None:
             f"audio.max_bad_fraction={exp.audio.max_bad_fraction}; refusing to train on the rest. "
             f"Reasons are listed in {os.path.join(cache.folder, MANIFEST)}"
         )
+
+
+def _build_remote(dataset: Dataset, exp: Experiment, folder: str, *, progress: bool = True) -> "FeatureCache":
+    """Build the cache in a local staging folder, then upload it to ``folder`` (gs://, ...), manifest last.
+
+    Shards are written at local-disk speed by the usual writer; the upload is
+    one sequential copy per shard. The staging folder needs the cache's size
+    on the local disk (checked like a local build).
+    """
+    import tempfile
+
+    staging = tempfile.mkdtemp(prefix="feature-cache-")
+    try:
+        local = _build(dataset, exp, os.path.join(staging, os.path.basename(folder)), progress=progress)
+        started = time.time()
+        io.copy_tree_up(local.folder, folder, last=MANIFEST)
+        log.info("feature cache uploaded to %s in %.1f s", folder, time.time() - started)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return FeatureCache(folder)
+
+
+def _fetched(job):
+    """A job whose rows carry each remote file's bytes (or skip reason), read here through tf.io.gfile.
+
+    Worker processes cannot see every filesystem the parent can (``ram://``
+    is per process; a gs:// read would make each worker import TensorFlow),
+    so the parent reads and the workers decode from memory.
+    """
+    from pipeline.data.audio import fetch
+
+    rows = tuple((clip_id, path, fetch(path)) for clip_id, path in job[0])
+    return (rows, *job[1:])
 
 
 def _build(dataset: Dataset, exp: Experiment, folder: str, *, progress: bool = True) -> "FeatureCache":
@@ -426,6 +468,8 @@ def _build(dataset: Dataset, exp: Experiment, folder: str, *, progress: bool = T
                 (rows[i : i + chunk], exp.features.name, exp.features.params, exp.audio, need)
                 for i in range(0, len(rows), chunk)
             ]
+            if any(io.is_remote(p) for _, p in rows):
+                jobs = map(_fetched, jobs)  # lazily: at most `window` chunks of bytes in memory
             writer = _ShardWriter(tmp_folder, split, shard_bytes)
             ids: List[str] = []
             for result in _run_jobs(jobs, pool, window=2 * workers):
@@ -634,7 +678,7 @@ class FeatureCache:
 
 
 def list_shards(folder: str) -> List[str]:
-    return sorted(glob.glob(os.path.join(folder, "*.tfrecord")))
+    return io.glob(os.path.join(folder, "*.tfrecord"))
 
 
 # ----------------------------------------------------------------------------- input pipelines

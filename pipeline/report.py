@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import glob
 import html
 import json
 import logging
@@ -90,7 +89,9 @@ def write_report(output_dir: str, *, title: Optional[str] = None, screenshot: bo
     io.write_text(path, page)
     log.info("report: %s (%d figures, %.0f KB, %.1f s)", path, builder.n_images, len(page) / 1024,
              time.time() - started)
-    if screenshot:
+    if screenshot and io.is_remote(path):
+        log.info("report: %s is not on a local disk; no browser check or screenshot", path)
+    elif screenshot:
         chromium = find_chromium()
         if chromium is None:
             log.info("report: no chromium found; no screenshot (apt-get install chromium)")
@@ -202,7 +203,7 @@ def _read_json(path: str) -> Optional[dict]:
 
 def _read_text(path: str) -> Optional[str]:
     try:
-        with open(path, encoding="utf-8") as f:
+        with io.open_file(path, "r") as f:
             return f.read()
     except OSError:
         return None
@@ -212,17 +213,17 @@ def _experiment_names(output_dir: str, summary: Optional[pd.DataFrame]) -> List[
     """Leaderboard order when summary.csv exists, else every folder with a status.json."""
     if summary is not None:
         return [str(n) for n in summary["experiment"]]
-    found = glob.glob(os.path.join(output_dir, "*", "status.json"))
+    found = io.glob(os.path.join(output_dir, "*", "status.json"))
     return sorted(os.path.basename(os.path.dirname(p)) for p in found)
 
 
 def _histories(exp_dir: str) -> Dict[int, pd.DataFrame]:
     out = {}
-    for path in glob.glob(os.path.join(exp_dir, "fold*", "history.csv")):
+    for path in io.glob(os.path.join(exp_dir, "fold*", "history.csv")):
         match = re.fullmatch(r"fold(\d+)", os.path.basename(os.path.dirname(path)))
         if match:
             try:
-                out[int(match.group(1))] = pd.read_csv(path)
+                out[int(match.group(1))] = io.read_csv(path)
             except (OSError, ValueError, pd.errors.EmptyDataError):
                 continue
     return out
@@ -230,7 +231,7 @@ def _histories(exp_dir: str) -> Dict[int, pd.DataFrame]:
 
 def _caches(output_dir: str) -> List[Tuple[str, dict]]:
     out = []
-    for path in sorted(glob.glob(os.path.join(output_dir, "cache", "features", "*", "manifest.json"))):
+    for path in sorted(io.glob(os.path.join(output_dir, "cache", "features", "*", "manifest.json"))):
         manifest = _read_json(path)
         if manifest is not None:
             out.append((os.path.dirname(path), manifest))
@@ -268,7 +269,7 @@ class _Builder:
         self.n_images = 0
         self._gallery_memo: Dict[str, bytes] = {}
         summary_path = os.path.join(output_dir, "summary.csv")
-        self.summary = pd.read_csv(summary_path) if os.path.isfile(summary_path) else None
+        self.summary = io.read_csv(summary_path) if io.isfile(summary_path) else None
         self.blend_scores = _read_json(os.path.join(output_dir, "blend", "scores.json"))
         self.blend_weights = _read_json(os.path.join(output_dir, "blend", "weights.json"))
         self.blend_error = _read_json(os.path.join(output_dir, "blend", "error.json"))
@@ -285,7 +286,7 @@ class _Builder:
             log.warning("report: figure %s failed: %s: %s", os.path.basename(path), type(err).__name__, err)
             return f'<p class="note">Figure {esc(caption)} could not be drawn: {esc(type(err).__name__)}: {esc(err)}</p>'
         try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
+            io.makedirs(os.path.dirname(path))
             with io.atomic_path(path) as tmp:
                 with open(tmp, "wb") as f:
                     f.write(png)
@@ -420,9 +421,9 @@ class _Builder:
 
     def _oof_correlation(self) -> Optional[pd.DataFrame]:
         path = os.path.join(self.output, "oof.csv")
-        if not os.path.isfile(path):
+        if not io.isfile(path):
             return None
-        oof = pd.read_csv(path, dtype={"id": str})
+        oof = io.read_csv(path, dtype={"id": str})
         groups: Dict[str, List[str]] = {}
         for col in oof.columns:
             exp = col.split(":", 1)[0]
@@ -485,8 +486,8 @@ class _Builder:
             parts.append(_scores_table(scores))
         figures = []
         oof_path = os.path.join(exp_dir, "oof.csv")
-        if scores and os.path.isfile(oof_path):
-            oof = pd.read_csv(oof_path, dtype={"id": str})
+        if scores and io.isfile(oof_path):
+            oof = io.read_csv(oof_path, dtype={"id": str})
             targets, task = list(scores["targets"]), scores["task"]
             y, p = oof[targets].to_numpy(float), oof[prediction_columns(oof)].to_numpy(float)
             if task == "binary":
@@ -526,7 +527,7 @@ class _Builder:
         folder, manifest = cache
         memo_key = folder + "|" + ",".join(scores["targets"])
         if memo_key not in self._gallery_memo:
-            oof = pd.read_csv(oof_path, dtype={"id": str})
+            oof = io.read_csv(oof_path, dtype={"id": str})
             examples = gallery_examples(folder, oof, scores["task"], list(scores["targets"]))
             if not examples:
                 raise ValueError("no labelled training clip found in the cache")

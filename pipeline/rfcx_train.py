@@ -73,9 +73,14 @@ def check_settings(exp, dataset, shape) -> None:
         raise ValueError("; ".join(problems))
 
 
-def run_folds_rfcx(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str):
-    """Train every fold on crops, predict by sliding windows. Same contract as :func:`pipeline.train.run_folds`."""
+def run_folds_rfcx(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str, rt=None):
+    """Train every fold on crops, predict by sliding windows. Same contract as :func:`pipeline.train.run_folds`.
+
+    rt : :class:`pipeline.distribute.Runtime` (strategy, XLA); None: the default strategy.
+    """
     import tensorflow as tf
+
+    from pipeline.distribute import prediction_model
 
     from pipeline import augment as aug
     from pipeline import crops
@@ -103,7 +108,7 @@ def run_folds_rfcx(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str):
     rows = train_table.loc[ids]
     fold_arr = np.array([fold_of[i] for i in ids])
     test_ids = cache.ids("test")
-    batch = exp.train.batch_size
+    batch = rt.global_batch(exp.train.batch_size) if rt is not None else exp.train.batch_size  # per replica
     n_frames = int(cache.shape[0])
 
     check_settings(exp, dataset, cache.shape)
@@ -132,13 +137,13 @@ def run_folds_rfcx(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str):
     for k in range(exp.folds.n_splits):
         fold_dir = os.path.join(exp_dir, f"fold{k}")
         done_path = os.path.join(fold_dir, "done.json")
-        if os.path.isfile(done_path):
-            oof_parts.append(pd.read_csv(os.path.join(fold_dir, "oof.csv"), dtype={"id": str}))
+        if io.isfile(done_path):
+            oof_parts.append(io.read_csv(os.path.join(fold_dir, "oof.csv"), dtype={"id": str}))
             if test_ids:
-                test_parts.append(pd.read_csv(os.path.join(fold_dir, "test.csv"), dtype={"id": str}))
+                test_parts.append(io.read_csv(os.path.join(fold_dir, "test.csv"), dtype={"id": str}))
             log.info("%s fold %d/%d: finished earlier; skipped", exp.name, k + 1, exp.folds.n_splits)
             continue
-        os.makedirs(fold_dir, exist_ok=True)
+        io.makedirs(fold_dir)
         tr, va = np.flatnonzero(fold_arr != k), np.flatnonzero(fold_arr == k)
         if len(tr) == 0 or len(va) == 0:
             raise StageError(f"fold {k} has no {'training' if len(tr) == 0 else 'validation'} recordings left "
@@ -185,23 +190,25 @@ def run_folds_rfcx(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str):
                                      steps_per_epoch=train_steps, epochs=exp.train.epochs)
             model.compile(optimizer=make_optimizer(exp.train, schedule),
                           loss=make_loss(exp.loss.name, exp.loss.params, task),
-                          metrics=[MaskedAUC(name="auc", multi_label=True), LWLRAP(name="lwlrap")])
+                          metrics=[MaskedAUC(name="auc", multi_label=True), LWLRAP(name="lwlrap")],
+                          jit_compile=rt.jit_compile if rt is not None else False)
 
         result = train_fold(build=build, compile_model=compile_model, train_data=train_data,
                             valid_data=valid_batches, train_steps=train_steps,
                             valid_steps=-(-len(va_ids) // batch), fold_dir=fold_dir, fold=k,
                             epochs=exp.train.epochs, patience=exp.train.patience, monitor=exp.train.monitor,
-                            seed=seed)
+                            seed=seed, strategy=rt.strategy if rt is not None else None)
+        predictor = prediction_model(result.model, rt)
 
         val_ds = labelled(cache.dataset("train"), va_ids, y_clip[va]).map(lambda i, x, y: (i, x))
-        got_ids, preds = crops.predict_windows(result.model, val_ds.batch(8), window=window, hop=hop,
+        got_ids, preds = crops.predict_windows(predictor, val_ds.batch(8), window=window, hop=hop,
                                                aggregate=exp.crops.aggregate, batch_size=batch)
         oof = pd.DataFrame({"id": got_ids, "fold": k})
         oof = oof.join(pd.DataFrame(train_table.loc[got_ids, targets].to_numpy(np.float32), columns=targets))
         oof[pred_cols] = preds
         io.write_csv(os.path.join(fold_dir, "oof.csv"), oof)
         if test_ids:
-            t_ids, t_preds = crops.predict_windows(result.model, cache.dataset("test").batch(8), window=window,
+            t_ids, t_preds = crops.predict_windows(predictor, cache.dataset("test").batch(8), window=window,
                                                    hop=hop, aggregate=exp.crops.aggregate, batch_size=batch)
             test = pd.DataFrame({"id": t_ids})
             test[pred_cols] = t_preds

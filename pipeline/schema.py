@@ -407,6 +407,13 @@ class TrainSettings:
     momentum: float = rule(0.9, min=0.0, max=0.999)  # sgd only (Nesterov)
     # balanced: per-example weights n / (2 n_class) (binary / multilabel per class) or n / (C n_c).
     class_weight: str = rule("none", choices=("none", "balanced"))
+    # tf.distribute strategy (pipeline/distribute.py): auto = TPU if reachable, else MirroredStrategy over
+    # the GPUs when there are several, else the default strategy. batch_size is per replica.
+    strategy: str = rule("auto", choices=("auto", "default", "mirrored", "multiworker", "tpu"))
+    # Keras dtype policy; auto = mixed_float16 with a GPU, mixed_bfloat16 on TPU, float32 on CPU.
+    precision: str = rule("auto", choices=("auto", "float32", "mixed_float16", "mixed_bfloat16"))
+    # XLA compilation of the train / predict steps; auto = on with a GPU or TPU, off on CPU.
+    jit_compile: object = rule("auto", choices=("auto", True, False))
 
 
 @dataclass(frozen=True)

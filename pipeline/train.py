@@ -11,10 +11,10 @@ checkpoint intact; ``state.json`` is the commit point.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from typing import Callable, List, Optional
@@ -47,6 +47,10 @@ def epoch_seed(seed: int, fold: int, epoch: int) -> int:
 
 
 def _save_model(model: keras.Model, path: str) -> None:
+    if io.is_remote(path):
+        with io.atomic_path(path) as tmp:  # a local .keras file, uploaded and renamed
+            model.save(tmp)
+        return
     # Keras insists on the .keras suffix, so the temporary name keeps it.
     tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path).replace(".keras", ".tmp.keras"))
     model.save(tmp)
@@ -54,6 +58,10 @@ def _save_model(model: keras.Model, path: str) -> None:
 
 
 def _save_weights(model: keras.Model, path: str) -> None:
+    if io.is_remote(path):  # h5py writes local files only
+        with io.atomic_path(path) as tmp:
+            model.save_weights(tmp)
+        return
     tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path).replace(".weights.h5", ".tmp.weights.h5"))
     model.save_weights(tmp)
     os.replace(tmp, path)
@@ -82,6 +90,7 @@ def train_fold(
     monitor: str,
     seed: int,
     custom_objects: Optional[dict] = None,
+    strategy=None,
 ) -> FoldResult:
     """Train (or resume) one fold and return the model holding its best weights.
 
@@ -89,9 +98,11 @@ def train_fold(
     train_data : epoch -> tf.data.Dataset of (x, y) batches for that epoch.
     valid_data : tf.data.Dataset of (x, y) batches (deterministic).
     monitor : ``val_auc`` (maximised) or ``val_loss`` (minimised).
+    strategy : tf.distribute.Strategy the model, optimizer and metrics are created under (None: the current one).
     """
+    scope = strategy.scope if strategy is not None else contextlib.nullcontext
     state_dir = os.path.join(fold_dir, "state")
-    os.makedirs(state_dir, exist_ok=True)
+    io.makedirs(state_dir)
     state_path = os.path.join(state_dir, "state.json")
     maximise = not monitor.endswith("loss")
 
@@ -99,21 +110,23 @@ def train_fold(
              "last": None, "best_weights": None}
     state = dict(fresh)
     model = None
-    if os.path.isfile(state_path):
+    if io.isfile(state_path):
         try:
             state = io.read_json(state_path)
-            model = keras.models.load_model(os.path.join(state_dir, state["last"]), custom_objects=custom_objects,
-                                            compile=True)
+            with scope():
+                model = keras.models.load_model(os.path.join(state_dir, state["last"]), custom_objects=custom_objects,
+                                                compile=True)
             log.info("fold %d: resuming after epoch %d", fold, state["epoch"])
         except Exception as err:  # a corrupt checkpoint costs this fold, not the run
             log.warning("fold %d: checkpoint unusable (%s); starting the fold again", fold, err)
             state, model = dict(fresh), None
     if model is None:
-        shutil.rmtree(state_dir)
-        os.makedirs(state_dir)
+        io.rmtree(state_dir)
+        io.makedirs(state_dir)
         keras.utils.set_random_seed(epoch_seed(seed, fold, 0))
-        model = build()
-        compile_model(model)
+        with scope():
+            model = build()
+            compile_model(model)
 
     started = time.time() - state["seconds"]
     for epoch in range(state["epoch"], epochs):
@@ -129,6 +142,10 @@ def train_fold(
                        keras.callbacks.TensorBoard(log_dir=os.path.join(fold_dir, "tb"), write_graph=False,
                                                    profile_batch=0)],
         )
+        if strategy is not None:
+            from pipeline.distribute import average_non_trainable
+
+            average_non_trainable(model, strategy)
         logs = {k: float(v[-1]) for k, v in fit.history.items()}
         if not all(math.isfinite(v) for k, v in logs.items() if k.endswith("loss")) or not logs:
             raise TrainingError(
@@ -159,13 +176,14 @@ def train_fold(
         io.write_json(state_path, state)
         for old in previous:
             if old and old not in (state["last"], state["best_weights"]):
-                os.remove(os.path.join(state_dir, old))
+                io.remove(os.path.join(state_dir, old))
         log.debug("fold %d epoch %d: %s", fold, epoch + 1, " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
         if state["stopped"]:
             log.debug("fold %d: early stop after epoch %d (best %s=%.4f at epoch %d)", fold, epoch + 1, monitor,
                       state["best"], state["best_epoch"])
 
-    model.load_weights(os.path.join(state_dir, state["best_weights"]))
+    with io.local_copy(os.path.join(state_dir, state["best_weights"])) as best:
+        model.load_weights(best)
     history = pd.DataFrame(state["history"])
     return FoldResult(model=model, history=history, epochs=state["epoch"], best_epoch=state["best_epoch"],
                       best=state["best"], seconds=state["seconds"])
@@ -178,7 +196,7 @@ def finish_fold(result: FoldResult, fold_dir: str) -> None:
 
 
 def clear_state(fold_dir: str) -> None:
-    shutil.rmtree(os.path.join(fold_dir, "state"), ignore_errors=True)
+    io.rmtree(os.path.join(fold_dir, "state"))
 
 
 # ----------------------------------------------------------------------------- input pipelines
@@ -253,17 +271,28 @@ def input_pipelines(train_examples, valid_examples, *, batch_size: int, shuffle_
 def run_folds(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str):
     """Train every fold of an experiment (skipping finished ones) and collect predictions.
 
+    Runs under the experiment's strategy, dtype policy and XLA setting
+    (:func:`pipeline.distribute.experiment_runtime`, which logs them and
+    restores the global dtype policy afterwards).
+
     Returns (oof DataFrame ``id, fold, <targets>, <pred columns>`` in manifest order,
     test DataFrame ``id, <pred columns>`` averaged over folds, or None without a test set).
     """
+    from pipeline import distribute
     from pipeline.data.rfcx import has_boxes
 
-    if has_boxes(dataset):  # long recordings with event boxes: crops and sliding windows
-        from pipeline.rfcx_train import run_folds_rfcx
+    with distribute.experiment_runtime(exp.train, name=exp.name) as rt:
+        if has_boxes(dataset):  # long recordings with event boxes: crops and sliding windows
+            from pipeline.rfcx_train import run_folds_rfcx
 
-        return run_folds_rfcx(exp, dataset, cache, folds, exp_dir)
+            return run_folds_rfcx(exp, dataset, cache, folds, exp_dir, rt)
+        return _run_folds(exp, dataset, cache, folds, exp_dir, rt)
 
+
+def _run_folds(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str, rt):
     import tensorflow as tf
+
+    from pipeline.distribute import prediction_model, with_shard_policy
 
     from pipeline import augment as aug
     from pipeline.losses import make_loss
@@ -274,8 +303,8 @@ def run_folds(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str):
     from pipeline.queue import StageError, prediction_columns
     from pipeline.records import fits_in_memory, labelled
 
-    # Same seed, same result, also across a kill and resume (CPU kernels are deterministic under this flag).
-    tf.config.experimental.enable_op_determinism()
+    # Same seed, same result, also across a kill and resume: op determinism is switched on by
+    # distribute.experiment_runtime (CPU kernels are deterministic under it), except with XLA.
     task, targets = dataset.task, list(dataset.targets)
     pred_cols = prediction_columns(targets, task)
     train_table = dataset.train.set_index("id")
@@ -286,7 +315,7 @@ def run_folds(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str):
     y_all = train_table.loc[ids, targets].to_numpy(np.float32)
     fold_arr = np.array([fold_of[i] for i in ids])
     test_ids = cache.ids("test")
-    batch = exp.train.batch_size
+    batch = rt.global_batch(exp.train.batch_size)  # train.batch_size is per replica
     in_memory = fits_in_memory(len(ids), cache.shape)
     log.info("%s: %d training clips in %d folds; input %s", exp.name, len(ids), exp.folds.n_splits,
              "cached in memory" if in_memory else "streamed from shards (too large to cache in memory)")
@@ -300,13 +329,13 @@ def run_folds(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str):
     for k in range(exp.folds.n_splits):
         fold_dir = os.path.join(exp_dir, f"fold{k}")
         done_path = os.path.join(fold_dir, "done.json")
-        if os.path.isfile(done_path):
-            oof_parts.append(pd.read_csv(os.path.join(fold_dir, "oof.csv"), dtype={"id": str}))
+        if io.isfile(done_path):
+            oof_parts.append(io.read_csv(os.path.join(fold_dir, "oof.csv"), dtype={"id": str}))
             if test_ids:
-                test_parts.append(pd.read_csv(os.path.join(fold_dir, "test.csv"), dtype={"id": str}))
+                test_parts.append(io.read_csv(os.path.join(fold_dir, "test.csv"), dtype={"id": str}))
             log.info("%s fold %d/%d: finished earlier; skipped", exp.name, k + 1, exp.folds.n_splits)
             continue
-        os.makedirs(fold_dir, exist_ok=True)
+        io.makedirs(fold_dir)
         tr = np.flatnonzero(fold_arr != k)
         va = np.flatnonzero(fold_arr == k)
         if len(tr) == 0 or len(va) == 0:
@@ -317,8 +346,9 @@ def run_folds(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str):
         def xy(ds):
             return ds.map(lambda i, x, y: (x, y), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
-        base_train = xy(labelled(cache.dataset("train"), tr_ids, y_all[tr]))
-        base_valid = xy(labelled(cache.dataset("train"), va_ids, y_all[va]))
+        n_shards = len(cache.files("train"))
+        base_train = with_shard_policy(xy(labelled(cache.dataset("train"), tr_ids, y_all[tr])), n_shards, rt)
+        base_valid = with_shard_policy(xy(labelled(cache.dataset("train"), va_ids, y_all[va])), n_shards, rt)
         if in_memory:
             base_train, base_valid = base_train.cache(), base_valid.cache()
         train_steps = -(-len(tr_ids) // batch)
@@ -343,21 +373,24 @@ def run_folds(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str):
             schedule = make_schedule(exp.schedule.name, exp.schedule.params, learning_rate=exp.train.learning_rate,
                                      steps_per_epoch=train_steps, epochs=exp.train.epochs)
             model.compile(optimizer=make_optimizer(exp.train, schedule),
-                          loss=make_loss(exp.loss.name, exp.loss.params, task), metrics=metrics)
+                          loss=make_loss(exp.loss.name, exp.loss.params, task), metrics=metrics,
+                          jit_compile=rt.jit_compile)
 
         result = train_fold(build=build, compile_model=compile_model, train_data=train_data,
                             valid_data=valid_batches, train_steps=train_steps,
                             valid_steps=-(-len(va_ids) // batch), fold_dir=fold_dir, fold=k, epochs=exp.train.epochs,
-                            patience=exp.train.patience, monitor=exp.train.monitor, seed=exp.train.seed)
+                            patience=exp.train.patience, monitor=exp.train.monitor, seed=exp.train.seed,
+                            strategy=rt.strategy)
 
         val_ds = labelled(cache.dataset("train"), va_ids, y_all[va]).map(lambda i, x, y: (i, x))
-        got_ids, preds = predict_with_ids(result.model, val_ds.batch(batch))
+        predictor = prediction_model(result.model, rt)
+        got_ids, preds = predict_with_ids(predictor, val_ds.batch(batch))
         oof = pd.DataFrame({"id": got_ids, "fold": k})
         oof = oof.join(pd.DataFrame(train_table.loc[got_ids, targets].to_numpy(np.float32), columns=targets))
         oof[pred_cols] = preds
         io.write_csv(os.path.join(fold_dir, "oof.csv"), oof)
         if test_ids:
-            t_ids, t_preds = predict_with_ids(result.model, cache.dataset("test").batch(batch))
+            t_ids, t_preds = predict_with_ids(predictor, cache.dataset("test").batch(batch))
             test = pd.DataFrame({"id": t_ids})
             test[pred_cols] = t_preds
             io.write_csv(os.path.join(fold_dir, "test.csv"), test)

@@ -43,6 +43,10 @@ def _synthetic_whale(params: schema.SyntheticWhaleParams) -> Dataset:
     if params.root is None:
         # The queue resolves the default (input/<dataset name>); a None here is a caller bug.
         raise ValueError("synthetic_whale needs a resolved root folder. Received: root=None")
+    if "://" in params.root:
+        raise DataError(f"data.root: synthetic_whale generates its clips in a local folder; got {params.root!r}. "
+                        f"Generate it locally, copy the folder to the bucket and read it with "
+                        f"data: {{name: kaggle_whale, root: {params.root}}}")
     return read_synthetic_whale(
         params.root,
         n_train=params.n_train,

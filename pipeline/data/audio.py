@@ -35,6 +35,7 @@ any header this module does not fully understand, goes through libsndfile.
 
 from __future__ import annotations
 
+import io as _io
 import logging
 import os
 import struct
@@ -114,8 +115,14 @@ def load_clip(
     min_samples: int = 1,
     max_nonfinite_fraction: float = 0.01,
     res_type: str = "soxr_hq",
+    data: Optional[bytes] = None,
 ) -> Decoded:
     """Decode ``path`` to a mono float32 clip of fixed length, or explain why not.
+
+    With ``data`` (the file's bytes, e.g. read through tf.io.gfile from
+    ``gs://`` by another process) the file is decoded from memory and ``path``
+    only names it. A remote ``path`` without ``data`` is read through
+    :func:`pipeline.io.read_bytes` (which imports TensorFlow).
 
     Steps: read every frame (any format libsndfile reads: AIFF, WAV, FLAC,
     ...); set non-finite samples to 0 when they are at most
@@ -170,8 +177,13 @@ def load_clip(
             f"max_nonfinite_fraction must be in [0, 1]. Received: max_nonfinite_fraction={max_nonfinite_fraction!r}"
         )
     try:
+        if data is None and "://" in os.fspath(path):
+            data = fetch(os.fspath(path))
+            if isinstance(data, str):
+                return _skip(data)
         return _load_clip(
             os.fspath(path),
+            data=data,
             sample_rate=int(sample_rate),
             duration=float(duration),
             min_samples=int(min_samples),
@@ -187,7 +199,25 @@ def _skip(reason: str) -> Decoded:
     return Decoded(samples=None, reason=reason, notes=())
 
 
-def _load_clip(path, *, sample_rate, duration, min_samples, max_nonfinite_fraction, res_type) -> Decoded:
+def fetch(path: str):
+    """A remote file's bytes through tf.io.gfile, or a skip reason (str) when it cannot be read."""
+    from pipeline import io
+
+    try:
+        if not io.exists(path):
+            return "missing file"
+        if io.isdir(path):
+            return "unreadable: is a directory"
+        return io.read_bytes(path)
+    except Exception as exc:  # noqa: BLE001 - any storage error makes this clip unreadable, not the run
+        return f"unreadable: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+def _load_clip(path, *, sample_rate, duration, min_samples, max_nonfinite_fraction, res_type,
+               data: Optional[bytes] = None) -> Decoded:
+    if data is not None:
+        return _decode(path, len(data), data, sample_rate=sample_rate, duration=duration,
+                       min_samples=min_samples, max_nonfinite_fraction=max_nonfinite_fraction, res_type=res_type)
     try:
         size = os.stat(path).st_size
     except FileNotFoundError:
@@ -196,13 +226,19 @@ def _load_clip(path, *, sample_rate, duration, min_samples, max_nonfinite_fracti
         return _skip(f"unreadable: {_os_message(exc)}")
     if os.path.isdir(path):
         return _skip("unreadable: is a directory")
+    return _decode(path, size, None, sample_rate=sample_rate, duration=duration,
+                   min_samples=min_samples, max_nonfinite_fraction=max_nonfinite_fraction, res_type=res_type)
+
+
+def _decode(path, size, data, *, sample_rate, duration, min_samples, max_nonfinite_fraction, res_type) -> Decoded:
+    """Decode a file of ``size`` bytes: the local file ``path``, or ``data`` (its bytes) when given."""
     if size == 0:
         return _skip("empty file (0 bytes)")
 
     # Opening it ourselves first turns permission problems into a clear reason
     # (libsndfile says only "System error.") and lets us read the header.
     try:
-        with open(path, "rb") as fh:
+        with (open(path, "rb") if data is None else _io.BytesIO(data)) as fh:
             header = _read_header(fh, size)
             if header.pcm is not None and header.frames is not None:
                 frames = _read_pcm(fh, header.pcm, header.frames)
@@ -213,7 +249,7 @@ def _load_clip(path, *, sample_rate, duration, min_samples, max_nonfinite_fracti
         return _skip(f"unreadable: {_os_message(exc)}")
 
     try:
-        sound = sf.SoundFile(path)
+        sound = sf.SoundFile(path) if data is None else sf.SoundFile(_io.BytesIO(data))
     except Exception as exc:
         message = _sf_message(exc)
         if header.declared_bytes is not None and header.declared_bytes > size:

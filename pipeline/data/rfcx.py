@@ -38,6 +38,7 @@ import os
 import numpy as np
 import pandas as pd
 
+from pipeline import io
 from pipeline.data.base import DataError, Dataset
 
 logger = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ def read_kaggle_rfcx(root: str, *, unknown: str = "mask") -> Dataset:
     test_dir = os.path.join(root, "test")
     tp = _read_boxes(os.path.join(root, "train_tp.csv"))
     fp = _read_boxes(os.path.join(root, "train_fp.csv"))
-    if not os.path.isdir(train_dir):
+    if not io.isdir(train_dir):
         raise DataError(f"{train_dir}: train/ folder not found (kaggle_rfcx expects the audio in ROOT/train/)")
     tp["is_tp"], fp["is_tp"] = 1, 0
     boxes = pd.concat([tp, fp], ignore_index=True)
@@ -104,7 +105,7 @@ def read_kaggle_rfcx(root: str, *, unknown: str = "mask") -> Dataset:
         "path": [os.path.join(train_dir, r + AUDIO_SUFFIX) for r in ids],
         "split": "train",
     })
-    n_missing = int(sum(not os.path.exists(p) for p in train["path"]))
+    n_missing = int(sum(not io.exists(p) for p in train["path"]))
     if n_missing:
         logger.warning("%s: %d of %d recordings named in the CSVs are not in train/", root, n_missing, len(train))
     unlisted = _flac_names(train_dir) - set(ids)
@@ -112,7 +113,7 @@ def read_kaggle_rfcx(root: str, *, unknown: str = "mask") -> Dataset:
         logger.warning("%s: %d recordings in train/ have no tp or fp row and are not used, e.g. %s",
                        root, len(unlisted), sorted(unlisted)[:3])
 
-    if os.path.isdir(test_dir):
+    if io.isdir(test_dir):
         test_ids = sorted(_flac_names(test_dir))
         if not test_ids:
             logger.warning("%s: test/ holds no .flac files; no test set", root)
@@ -172,16 +173,15 @@ def frame_defaults(manifest: pd.DataFrame) -> np.ndarray:
 
 
 def _flac_names(folder: str) -> set:
-    return {e.name[: -len(AUDIO_SUFFIX)] for e in os.scandir(folder)
-            if e.is_file() and e.name.lower().endswith(AUDIO_SUFFIX)}
+    return {n[: -len(AUDIO_SUFFIX)] for n in io.listdir(folder) if n.lower().endswith(AUDIO_SUFFIX)}
 
 
 def _read_boxes(path: str) -> pd.DataFrame:
     name = os.path.basename(path)
-    if not os.path.isfile(path):
+    if not io.isfile(path):
         raise DataError(f"{path}: {name} not found (kaggle_rfcx expects ROOT/{name} with {','.join(BOX_COLUMNS)})")
     try:
-        table = pd.read_csv(path, dtype={"recording_id": str}, keep_default_na=False, na_values=[""])
+        table = io.read_csv(path, dtype={"recording_id": str}, keep_default_na=False, na_values=[""])
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: file is empty; expected columns {','.join(BOX_COLUMNS)}") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:

@@ -23,6 +23,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
+from pipeline import io
 from pipeline.data.base import DataError, Dataset
 
 logger = logging.getLogger(__name__)
@@ -74,9 +75,9 @@ def read_table(
         than two classes, a target name that collides with a reserved column
         (``id, path, split, group, fold``) and duplicated ids.
     """
-    csv = os.path.abspath(csv)
-    audio_dir = os.path.abspath(audio_dir)
-    if not os.path.isdir(audio_dir):
+    csv = _absolute(csv)
+    audio_dir = _absolute(audio_dir)
+    if not io.isdir(audio_dir):
         raise DataError(f"{audio_dir}: audio_dir not found")
     table = _read_csv(csv, [file_column, label_column] + ([group_column] if group_column else []))
 
@@ -123,9 +124,9 @@ def read_table(
 
     parts = [train]
     if test_csv is not None:
-        test_csv = os.path.abspath(test_csv)
-        test_dir = os.path.abspath(test_audio_dir) if test_audio_dir is not None else audio_dir
-        if not os.path.isdir(test_dir):
+        test_csv = _absolute(test_csv)
+        test_dir = _absolute(test_audio_dir) if test_audio_dir is not None else audio_dir
+        if not io.isdir(test_dir):
             raise DataError(f"{test_dir}: test_audio_dir not found")
         test_table = _read_csv(test_csv, [file_column])
         test_ids = _clean_column(test_table, file_column, where=test_csv)
@@ -159,13 +160,18 @@ def read_table(
     return Dataset(manifest=manifest, task=task, targets=targets, submission="table")
 
 
+def _absolute(path: str) -> str:
+    """A local path made absolute; a gs:// (tf.io.gfile) path as it is."""
+    return path if io.is_remote(path) else os.path.abspath(path)
+
+
 def _read_csv(path: str, columns: list) -> pd.DataFrame:
     """Read ``path`` as strings (labels '1' and 1 must mean the same) and check ``columns``."""
-    if not os.path.isfile(path):
+    if not io.isfile(path):
         raise DataError(f"{path}: csv not found")
     try:
         # Everything as str: ids like "001.wav" and class names like "07" must survive unchanged.
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        table = io.read_csv(path, dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: csv is empty (no header, no rows)") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:

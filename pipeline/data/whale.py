@@ -19,6 +19,7 @@ import os
 import numpy as np
 import pandas as pd
 
+from pipeline import io
 from pipeline.data.base import DataError, Dataset
 
 logger = logging.getLogger(__name__)
@@ -53,17 +54,17 @@ def read_kaggle_whale(root: str) -> Dataset:
         the ``train/`` folder is missing. A missing ``test/`` folder only logs
         a warning (no test set).
     """
-    root = os.path.abspath(root)
+    root = root if io.is_remote(root) else os.path.abspath(root)  # gs://, ram://: through tf.io.gfile
     csv_path = os.path.join(root, TRAIN_CSV)
     train_dir = os.path.join(root, "train")
     test_dir = os.path.join(root, "test")
-    if not os.path.isfile(csv_path):
+    if not io.isfile(csv_path):
         raise DataError(f"{csv_path}: train.csv not found (kaggle_whale expects ROOT/train.csv with clip_name,label)")
-    if not os.path.isdir(train_dir):
+    if not io.isdir(train_dir):
         raise DataError(f"{train_dir}: train/ folder not found (kaggle_whale expects the audio in ROOT/train/)")
 
     try:
-        table = pd.read_csv(csv_path, dtype={"clip_name": str}, keep_default_na=False, na_values=[""])
+        table = io.read_csv(csv_path, dtype={"clip_name": str}, keep_default_na=False, na_values=[""])
     except pd.errors.EmptyDataError:
         raise DataError(f"{csv_path}: file is empty; expected columns {','.join(TRAIN_COLUMNS)}") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
@@ -96,11 +97,17 @@ def read_kaggle_whale(root: str) -> Dataset:
             "label": labels,
         }
     )
-    n_missing = int(sum(not os.path.exists(p) for p in train["path"]))
+    if io.is_remote(train_dir):  # one listing instead of a request per clip
+        listed = set(io.listdir(train_dir))
+        n_missing = int(sum(n not in listed for n in names))
+    else:
+        n_missing = int(sum(not os.path.exists(p) for p in train["path"]))
     if n_missing:
         logger.warning("%s: %d of %d clips named in train.csv are not in train/", root, n_missing, len(train))
 
-    if os.path.isdir(test_dir):
+    if io.is_remote(test_dir) and io.isdir(test_dir):
+        test_names = [n for n in io.listdir(test_dir) if n.lower().endswith(AUDIO_SUFFIXES)]
+    elif os.path.isdir(test_dir):
         test_names = sorted(
             e.name for e in os.scandir(test_dir) if e.is_file() and e.name.lower().endswith(AUDIO_SUFFIXES)
         )

@@ -96,7 +96,8 @@ def build_xception(params, *, input_shape, n_outputs, activation, output_bias=No
     # Standardise with batch statistics but no trainable scale/offset: a trainable input layer
     # would need gradients through the whole backbone even when only its top is fine-tuned.
     x = layers.BatchNormalization(momentum=BN_MOMENTUM, center=False, scale=False, name="input_bn")(x)
-    x = layers.Resizing(size, size, interpolation="bilinear", name="resize")(x)
+    # Resizing runs in float32 under any policy (it cannot compute in bfloat16); the backbone casts after it.
+    x = layers.Resizing(size, size, interpolation="bilinear", dtype="float32", name="resize")(x)
     x = layers.Concatenate(axis=-1, name="to_rgb")([x, x, x])
 
     base = keras.applications.Xception(include_top=False, weights=None, input_shape=(size, size, 3))
