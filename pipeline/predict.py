@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
+import pandas as pd
 
 
 def predict_with_ids(model, batches) -> Tuple[List[str], np.ndarray]:
@@ -25,3 +26,18 @@ def predict_with_ids(model, batches) -> Tuple[List[str], np.ndarray]:
 def mean_over_folds(per_fold: List[np.ndarray]) -> np.ndarray:
     """Test predictions averaged over fold models: list of [n, C] -> [n, C]."""
     return np.mean(np.stack(per_fold), axis=0)
+
+
+def collect_folds(oof_parts: List[pd.DataFrame], test_parts: List[pd.DataFrame], ids: Sequence[str],
+                  test_ids: Sequence[str], pred_cols: Sequence[str]) -> Tuple[pd.DataFrame, Optional[pd.DataFrame]]:
+    """The fold loop's result: OOF rows in the order of ``ids`` (clips without a prediction
+    left out) and the test predictions averaged over folds (None without a test set)."""
+    oof = pd.concat(oof_parts, ignore_index=True)
+    present = set(oof["id"])
+    oof = oof.set_index("id").loc[[i for i in ids if i in present]].reset_index()
+    test = None
+    if test_parts:
+        aligned = [p.set_index("id").loc[list(test_ids), list(pred_cols)].to_numpy() for p in test_parts]
+        test = pd.DataFrame({"id": list(test_ids)})
+        test[list(pred_cols)] = mean_over_folds(aligned)
+    return oof, test

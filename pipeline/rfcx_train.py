@@ -90,7 +90,7 @@ def run_folds_rfcx(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str, rt=No
     from pipeline.metrics import lwlrap
     from pipeline.models import sed
     from pipeline.models.registry import build_model, check_model, prior_bias
-    from pipeline.predict import mean_over_folds
+    from pipeline.predict import collect_folds
     from pipeline.queue import StageError, prediction_columns
     from pipeline.records import fits_in_memory, labelled
     from pipeline.schedules import make_optimizer, make_schedule
@@ -225,12 +225,4 @@ def run_folds_rfcx(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str, rt=No
                  fold_lwlrap, result.epochs, result.best_epoch, result.seconds)
         keras.backend.clear_session(free_memory=True)
 
-    oof = pd.concat(oof_parts, ignore_index=True)
-    present = set(oof["id"])
-    oof = oof.set_index("id").loc[[i for i in ids if i in present]].reset_index()
-    test = None
-    if test_parts:
-        aligned = [p.set_index("id").loc[test_ids, pred_cols].to_numpy() for p in test_parts]
-        test = pd.DataFrame({"id": test_ids})
-        test[pred_cols] = mean_over_folds(aligned)
-    return oof, test
+    return collect_folds(oof_parts, test_parts, ids, test_ids, pred_cols)

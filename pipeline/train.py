@@ -17,7 +17,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable, List, Optional
+from typing import Callable, Optional
 
 import keras
 import numpy as np
@@ -299,7 +299,7 @@ def _run_folds(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str, rt):
     from pipeline.models import sed
     from pipeline.models.registry import build_model, check_model, prior_bias
     from pipeline.schedules import make_optimizer, make_schedule
-    from pipeline.predict import mean_over_folds, predict_with_ids
+    from pipeline.predict import collect_folds, predict_with_ids
     from pipeline.queue import StageError, prediction_columns
     from pipeline.records import fits_in_memory, labelled
 
@@ -408,12 +408,4 @@ def _run_folds(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str, rt):
                  fold_auc, result.epochs, result.best_epoch, result.seconds)
         keras.backend.clear_session(free_memory=True)
 
-    oof = pd.concat(oof_parts, ignore_index=True)
-    present = set(oof["id"])
-    oof = oof.set_index("id").loc[[i for i in ids if i in present]].reset_index()
-    test = None
-    if test_parts:
-        aligned = [p.set_index("id").loc[test_ids, pred_cols].to_numpy() for p in test_parts]
-        test = pd.DataFrame({"id": test_ids})
-        test[pred_cols] = mean_over_folds(aligned)
-    return oof, test
+    return collect_folds(oof_parts, test_parts, ids, test_ids, pred_cols)

@@ -485,17 +485,23 @@ def _clip_rng(seed: int, split: str, index: int) -> np.random.Generator:
 
 
 def _write_clip(path: str, samples: np.ndarray) -> None:
+    write_pcm16(path, samples, SAMPLE_RATE, "AIFF")
+
+
+def write_pcm16(path: str, samples: np.ndarray, sample_rate: int, format: str) -> None:
+    """Write [-1, 1] float samples as 16-bit PCM (``format``: AIFF, FLAC, WAV) in one write."""
     # Quantise ourselves so the rounding rule (and thus the bytes) is ours, not a library default.
     pcm = np.clip(np.round(samples * 32767.0), -32768, 32767).astype(np.int16)
     # Encoding in memory and writing once is ~3x faster than libsndfile's many
     # small writes to the file, and gives the same bytes.
     buffer = io.BytesIO()
-    sf.write(buffer, pcm, SAMPLE_RATE, format="AIFF", subtype="PCM_16")
+    sf.write(buffer, pcm, sample_rate, format=format, subtype="PCM_16")
     with open(path, "wb") as fh:
         fh.write(buffer.getvalue())
 
 
-def _write_csv(path: str, header: list, rows: list) -> None:
+def write_csv(path: str, header: list, rows: list) -> None:
+    """A small CSV with ``\\n`` line ends (the synthetic datasets' label files)."""
     with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(header)
@@ -522,9 +528,9 @@ def _write_dataset(folder: str, *, params: dict, spec: dict) -> None:
             rows.append([clip, int(label)])
             truth_rows.append([clip, split, int(label)] + [_fmt(truth[k]) for k in _TRUTH_FIELDS[3:]])
         split_rows[split] = rows
-    _write_csv(os.path.join(folder, "train.csv"), ["clip_name", "label"], split_rows["train"])
-    _write_csv(os.path.join(folder, "test_labels.csv"), ["clip", "label"], split_rows["test"])
-    _write_csv(os.path.join(folder, "truth.csv"), _TRUTH_FIELDS, truth_rows)
+    write_csv(os.path.join(folder, "train.csv"), ["clip_name", "label"], split_rows["train"])
+    write_csv(os.path.join(folder, "test_labels.csv"), ["clip", "label"], split_rows["test"])
+    write_csv(os.path.join(folder, "truth.csv"), _TRUTH_FIELDS, truth_rows)
     with open(os.path.join(folder, "README.txt"), "w", encoding="utf-8") as fh:
         fh.write(_README.format(**params, version=FORMAT_VERSION))
     # synthetic.json last: its presence marks a complete dataset.

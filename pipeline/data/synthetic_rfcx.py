@@ -32,8 +32,6 @@ Every recording draws from its own generator seeded by
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import os
@@ -43,11 +41,10 @@ import time
 from typing import Optional
 
 import numpy as np
-import soundfile as sf
 
 from pipeline.data.base import DataError, Dataset
 from pipeline.data.rfcx import BOX_COLUMNS, N_SPECIES, read_kaggle_rfcx
-from pipeline.data.synthetic import _remove_stale_work_folders
+from pipeline.data.synthetic import _remove_stale_work_folders, write_csv, write_pcm16
 
 logger = logging.getLogger(__name__)
 
@@ -218,7 +215,7 @@ def _write_dataset(folder: str, params: dict, spec: dict) -> None:
             rid = f"{split}{i:05d}"
             rng = np.random.default_rng(np.random.SeedSequence(params["seed"], spawn_key=(_SPLIT_CODES[split], i)))
             samples, events = synthesize_recording(rng, duration=duration, sample_rate=sr)
-            _write_flac(os.path.join(folder, split, rid + ".flac"), samples, sr)
+            write_pcm16(os.path.join(folder, split, rid + ".flac"), samples, sr, "FLAC")
             for e in events:
                 row = [rid, e["species"], 1, e["t_min"], e["f_min"], e["t_max"], e["f_max"]]
                 if split == "train":
@@ -231,11 +228,11 @@ def _write_dataset(folder: str, params: dict, spec: dict) -> None:
             if split == "test":
                 present = {e["species"] for e in events if e["kind"] != "fp"}
                 label_rows.append([rid] + [int(k in present) for k in range(N_SPECIES)])
-    _write_csv(os.path.join(folder, "train_tp.csv"), list(BOX_COLUMNS), tp_rows)
-    _write_csv(os.path.join(folder, "train_fp.csv"), list(BOX_COLUMNS), fp_rows)
-    _write_csv(os.path.join(folder, "test_labels.csv"), ["recording_id"] + [f"s{k}" for k in range(N_SPECIES)],
+    write_csv(os.path.join(folder, "train_tp.csv"), list(BOX_COLUMNS), tp_rows)
+    write_csv(os.path.join(folder, "train_fp.csv"), list(BOX_COLUMNS), fp_rows)
+    write_csv(os.path.join(folder, "test_labels.csv"), ["recording_id"] + [f"s{k}" for k in range(N_SPECIES)],
                label_rows)
-    _write_csv(os.path.join(folder, "test_boxes.csv"), list(BOX_COLUMNS) + ["kind"], truth_rows)
+    write_csv(os.path.join(folder, "test_boxes.csv"), list(BOX_COLUMNS) + ["kind"], truth_rows)
     with open(os.path.join(folder, "README.txt"), "w", encoding="utf-8") as fh:
         fh.write(f"Synthetic rfcx data written by pipeline.data.synthetic_rfcx with {params}.\n"
                  "test_labels.csv and test_boxes.csv are ANSWER KEYS, never read by the pipeline.\n")
@@ -243,19 +240,6 @@ def _write_dataset(folder: str, params: dict, spec: dict) -> None:
         json.dump(spec, fh, indent=2, sort_keys=True)
 
 
-def _write_flac(path: str, samples: np.ndarray, sample_rate: int) -> None:
-    pcm = np.clip(np.round(samples * 32767.0), -32768, 32767).astype(np.int16)
-    buffer = io.BytesIO()
-    sf.write(buffer, pcm, sample_rate, format="FLAC", subtype="PCM_16")
-    with open(path, "wb") as fh:
-        fh.write(buffer.getvalue())
-
-
-def _write_csv(path: str, header: list, rows: list) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows(rows)
 
 
 def _read_spec(root: str) -> Optional[dict]:
