@@ -94,7 +94,7 @@ def run_folds_rfcx(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str, rt=No
     from pipeline.queue import StageError, prediction_columns
     from pipeline.records import fits_in_memory, labelled
     from pipeline.schedules import make_optimizer, make_schedule
-    from pipeline.train import clear_state, epoch_seed, finish_fold, train_fold
+    from pipeline.train import clear_state, epoch_seed, finish_fold, skip_finished_fold, train_fold
 
     tf.config.experimental.enable_op_determinism()
     task, targets = dataset.task, list(dataset.targets)
@@ -137,10 +137,7 @@ def run_folds_rfcx(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str, rt=No
     for k in range(exp.folds.n_splits):
         fold_dir = os.path.join(exp_dir, f"fold{k}")
         done_path = os.path.join(fold_dir, "done.json")
-        if io.isfile(done_path):
-            oof_parts.append(io.read_csv(os.path.join(fold_dir, "oof.csv"), dtype={"id": str}))
-            if test_ids:
-                test_parts.append(io.read_csv(os.path.join(fold_dir, "test.csv"), dtype={"id": str}))
+        if skip_finished_fold(fold_dir, oof_parts, test_parts if test_ids else None):
             log.info("%s fold %d/%d: finished earlier; skipped", exp.name, k + 1, exp.folds.n_splits)
             continue
         io.makedirs(fold_dir)

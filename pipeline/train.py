@@ -189,6 +189,17 @@ def train_fold(
                       best=state["best"], seconds=state["seconds"])
 
 
+def skip_finished_fold(fold_dir: str, oof_parts: list, test_parts: Optional[list]) -> bool:
+    """If the fold in ``fold_dir`` finished in an earlier run (``done.json``), append its OOF
+    (and, unless ``test_parts`` is None, its test) predictions and return True."""
+    if not io.isfile(os.path.join(fold_dir, "done.json")):
+        return False
+    oof_parts.append(io.read_csv(os.path.join(fold_dir, "oof.csv"), dtype={"id": str}))
+    if test_parts is not None:
+        test_parts.append(io.read_csv(os.path.join(fold_dir, "test.csv"), dtype={"id": str}))
+    return True
+
+
 def finish_fold(result: FoldResult, fold_dir: str) -> None:
     """Write model.keras and history.csv, then drop the resume state."""
     _save_model(result.model, os.path.join(fold_dir, "model.keras"))
@@ -329,10 +340,7 @@ def _run_folds(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str, rt):
     for k in range(exp.folds.n_splits):
         fold_dir = os.path.join(exp_dir, f"fold{k}")
         done_path = os.path.join(fold_dir, "done.json")
-        if io.isfile(done_path):
-            oof_parts.append(io.read_csv(os.path.join(fold_dir, "oof.csv"), dtype={"id": str}))
-            if test_ids:
-                test_parts.append(io.read_csv(os.path.join(fold_dir, "test.csv"), dtype={"id": str}))
+        if skip_finished_fold(fold_dir, oof_parts, test_parts if test_ids else None):
             log.info("%s fold %d/%d: finished earlier; skipped", exp.name, k + 1, exp.folds.n_splits)
             continue
         io.makedirs(fold_dir)
