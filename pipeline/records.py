@@ -34,6 +34,7 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import google_crc32c
 import numpy as np
 
 from pipeline import io
@@ -126,13 +127,11 @@ def _featurise_chunk(job) -> dict:
 #
 # A record is a tf.train.Example {"id": bytes, "x": raw float32 bytes}, framed
 # as TFRecord: uint64 length, masked CRC-32C of the length, data, masked
-# CRC-32C of the data. Encoded here with numpy so that workers need no
-# TensorFlow (importing it costs seconds and ~0.5 GB per process). The
-# protobuf wire format of such an Example is fixed and tiny; the checksum is
-# the expensive part and is computed for a whole chunk at once (below).
-
-_CRC_POLY = 0x82F63B78  # CRC-32C (Castagnoli), reflected
-_CRC_BLOCK = 256  # bytes per block of the table-driven checksum
+# CRC-32C of the data. Encoded here without TensorFlow so that workers need
+# none (importing it costs seconds and ~0.5 GB per process): the protobuf
+# wire format of such an Example is fixed and tiny, and the checksums come
+# from google-crc32c (the SSE4.2 / ARM CRC instructions, ~0.4 us for a whale
+# clip's 2 KB record; a numpy table-driven version took ~20 us).
 
 
 @functools.lru_cache(maxsize=4096)
@@ -165,121 +164,18 @@ def example_bytes(clip_id: str, x: np.ndarray) -> bytes:
     return b"\x0a" + _varint(len(features)) + features
 
 
-@functools.lru_cache(maxsize=1)
-def _crc_byte_table() -> np.ndarray:
-    """``t[b]``: CRC register after feeding byte ``b`` into a zero register (uint32 [256])."""
-    t = np.arange(256, dtype=np.uint32)
-    for _ in range(8):
-        t = np.where(t & 1, (t >> 1) ^ np.uint32(_CRC_POLY), t >> 1).astype(np.uint32)
-    return t
-
-
-def _zero_byte(v: np.ndarray) -> np.ndarray:
-    """Registers ``v`` after feeding one zero byte each (uint32, any shape)."""
-    return _crc_byte_table()[v & 0xFF] ^ (v >> 8)
-
-
-@functools.lru_cache(maxsize=1)
-def _crc_position_table() -> np.ndarray:
-    """``T[i, b]``: register after byte ``b`` at position ``i`` of a block, then the rest of the block (zeros).
-
-    The CRC register is linear (over GF(2)) in the message when it starts at
-    zero, so a block's register is the XOR of ``T[i, block[i]]`` over ``i``:
-    one vectorised gather instead of a Python loop over bytes.
-    """
-    table = np.empty((_CRC_BLOCK, 256), np.uint32)
-    v = _crc_byte_table().copy()
-    for i in range(_CRC_BLOCK - 1, -1, -1):
-        table[i] = v
-        v = _zero_byte(v)
-    return table
-
-
-def _byte_lanes() -> np.ndarray:
-    """``b << 8k`` for every byte value ``b`` and byte lane ``k`` of a register (uint32 [4, 256])."""
-    return np.arange(256, dtype=np.uint32)[None, :] << (8 * np.arange(4, dtype=np.uint32))[:, None]
-
-
-@functools.lru_cache(maxsize=64)
-def _crc_shift_table(n_bytes: int) -> np.ndarray:
-    """``S[k, b]``: register after ``n_bytes`` zero bytes fed into a register holding ``b << 8k`` (uint32 [4, 256]).
-
-    ``n_bytes`` is ``_CRC_BLOCK * 2**j``; a longer shift is two shifts by half.
-    """
-    if n_bytes == _CRC_BLOCK:
-        v = _byte_lanes()
-        for _ in range(n_bytes):
-            v = _zero_byte(v)
-        return v
-    half = _crc_shift_table(n_bytes // 2)
-    return _crc_shift(_crc_shift(_byte_lanes(), half), half)
-
-
-def _crc_shift(v: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """Registers ``v`` (uint32) after the zero bytes ``table`` stands for: one lookup per byte lane."""
-    return table[0, v & 0xFF] ^ table[1, (v >> 8) & 0xFF] ^ table[2, (v >> 16) & 0xFF] ^ table[3, v >> 24]
-
-
-def _crc_rows(rows: np.ndarray) -> np.ndarray:
-    """Zero-initialised CRC-32C register of each row of ``rows`` (uint8 [R, L], L a multiple of the block).
-
-    Leading zero bytes leave a zero register unchanged, so rows of different
-    lengths are zero-padded at the front to a common length.
-    """
-    n_rows, length = rows.shape
-    blocks = rows.reshape(n_rows, length // _CRC_BLOCK, _CRC_BLOCK)
-    # Gather each byte's contribution and XOR them per block: [R, blocks]; a few MB of blocks
-    # at a time, so that the 12-bytes-per-byte temporaries stay small for long clips.
-    table = _crc_position_table().ravel()
-    offsets = (np.arange(_CRC_BLOCK, dtype=np.intp) * 256)[None, None, :]
-    regs = np.empty(blocks.shape[:2], np.uint32)
-    step = max(1, (1 << 20) // (n_rows * _CRC_BLOCK))
-    for b0 in range(0, blocks.shape[1], step):
-        part = np.take(table, offsets + blocks[:, b0 : b0 + step])
-        np.bitwise_xor.reduce(part, axis=-1, out=regs[:, b0 : b0 + step])
-    # Combine neighbouring blocks pairwise: reg(A || B) = shift_len(B)(reg(A)) ^ reg(B).
-    span = _CRC_BLOCK
-    while regs.shape[1] > 1:
-        if regs.shape[1] % 2:  # an all-zero block in front changes nothing
-            regs = np.concatenate([np.zeros((n_rows, 1), np.uint32), regs], axis=1)
-        regs = _crc_shift(regs[:, 0::2], _crc_shift_table(span)) ^ regs[:, 1::2]
-        span *= 2
-    return regs[:, 0]
-
-
-def _crc32c_many(messages: Sequence[bytes], tails: Optional[np.ndarray] = None) -> np.ndarray:
-    """CRC-32C of each message followed by its row of ``tails`` (uint8 [R, n], optional), uint32 [R].
-
-    Every message must hold at least 4 bytes.
-    """
-    extra = 0 if tails is None else tails.shape[1]
-    width = -(-(max(len(m) for m in messages) + extra) // _CRC_BLOCK) * _CRC_BLOCK
-    head = width - extra
-    # Each message zero-padded in front to `head` bytes, its first 4 bytes flipped: CRC-32C starts
-    # from an all-ones register, which is the same as flipping them and starting from zero.
-    padded = b"".join(bytes(head - len(m)) + _flip4(m) for m in messages)
-    rows = np.empty((len(messages), width), np.uint8)
-    rows[:, :head] = np.frombuffer(padded, np.uint8).reshape(len(messages), head)
-    if extra:
-        rows[:, head:] = tails
-    return _crc_rows(rows) ^ np.uint32(0xFFFFFFFF)
-
-
-def _flip4(message: bytes) -> bytes:
-    return (int.from_bytes(message[:4], "little") ^ 0xFFFFFFFF).to_bytes(4, "little") + message[4:]
+if google_crc32c.implementation != "c":  # pragma: no cover - the wheels ship the C extension
+    log.warning("google-crc32c has no C extension here: writing the feature cache will be slow")
 
 
 def crc32c(data: bytes) -> int:
-    """CRC-32C (Castagnoli) of ``data``, at least 4 bytes long (``crc32c(b"123456789") == 0xE3069283``)."""
-    if len(data) < 4:
-        raise ValueError(f"data must hold at least 4 bytes. Received: len(data)={len(data)}")
-    return int(_crc32c_many([bytes(data)])[0])
+    """CRC-32C (Castagnoli) of ``data`` (``crc32c(b"123456789") == 0xE3069283``)."""
+    return google_crc32c.value(bytes(data))
 
 
-def _masked(crc: np.ndarray) -> np.ndarray:
-    """TFRecord's checksum masking of uint32 CRCs, as little-endian bytes [R, 4]."""
-    masked = ((crc >> 15) | (crc << 17)) + np.uint32(0xA282EAD8)
-    return masked.astype("<u4").view(np.uint8).reshape(-1, 4)
+def _masked(crc: int) -> bytes:
+    """TFRecord's checksum masking of a CRC-32C, as 4 little-endian bytes."""
+    return ((((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF).to_bytes(4, "little")
 
 
 def frame_examples(ids: Sequence[str], features: np.ndarray) -> Tuple[bytes, List[int]]:
@@ -296,20 +192,18 @@ def frame_examples(ids: Sequence[str], features: np.ndarray) -> Tuple[bytes, Lis
         The bytes ``tf.io.TFRecordWriter`` writes for :func:`example_bytes`
         of each clip, in order, and the size of each framed record.
     """
-    payload = np.ascontiguousarray(features, dtype="<f4").reshape(len(ids), -1).view(np.uint8)
-    n = payload.shape[1]
+    payload = np.ascontiguousarray(features, dtype="<f4").reshape(len(ids), -1)
+    n = payload.shape[1] * 4
     x_head = _bytes_entry_head(b"x", n)
-    heads = []
-    for clip_id in ids:
+    parts, sizes = [], []
+    for clip_id, row in zip(ids, payload):
         key = clip_id.encode()
         id_entry = _bytes_entry_head(b"id", len(key)) + key
-        heads.append(b"\x0a" + _varint(len(id_entry) + len(x_head) + n) + id_entry + x_head)
-    lengths = [struct.pack("<Q", len(h) + n) for h in heads]
-    length_crc = _masked(_crc32c_many(lengths))
-    data_crc = _masked(_crc32c_many(heads, payload))
-    parts, sizes = [], []
-    for i, head in enumerate(heads):
-        parts += [lengths[i], length_crc[i], head, payload[i], data_crc[i]]
+        head = b"\x0a" + _varint(len(id_entry) + len(x_head) + n) + id_entry + x_head
+        x = row.tobytes()
+        length = struct.pack("<Q", len(head) + n)
+        data_crc = google_crc32c.extend(google_crc32c.value(head), x)
+        parts += [length, _masked(google_crc32c.value(length)), head, x, _masked(data_crc)]
         sizes.append(16 + len(head) + n)
     return b"".join(parts), sizes
 
@@ -534,17 +428,58 @@ def start_method() -> str:
     return "fork"
 
 
+# glibc mallopt parameters (malloc.h) and the values feature workers use.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD = 32 << 20  # glibc's largest allowed value on 64-bit
+_TRIM_THRESHOLD = 256 << 20
+
+
+def tune_allocator() -> bool:
+    """Let this process's C allocator reuse freed memory instead of returning it to the kernel.
+
+    The arithmetic allocates arrays of 0.25-4 MB per block (FFT output,
+    power, mel, work arrays: scipy's FFT has no ``out=``). With glibc's
+    defaults, arrays above 128 KB are fresh ``mmap``s and a freed heap top is
+    trimmed, so nearly every block starts with page faults on memory the
+    kernel must zero: measured 27 faults and ~75 us of system time per 2 s
+    whale clip, a third of the arithmetic. With allocations up to 32 MB kept
+    in the heap and the heap trimmed only above 256 MB, a worker reuses the
+    same pages chunk after chunk (1 fault per clip; 1,810 -> 3,400 clips/s
+    in one process, benchmarks/features.py). The cost is that a worker keeps
+    up to ~256 MB of freed memory for reuse. Used in feature workers (and the
+    benchmark's floor), not in the queue's main process. Returns False where
+    the C library is not glibc (nothing changed).
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+
+
 def _init_worker() -> None:
     # A forked worker inherits the queue's SIGTERM handler (which raises in the
     # main loop); a worker should just end, as a spawned one does.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    tune_allocator()
     # One BLAS / OpenMP thread per worker: the pool already uses every core, and a
     # forked worker inherits the parent's thread pools (one thread per core each), so
     # K workers would run K x cores spinning threads. Measured on 2 cores: 1,716 ->
     # 2,824 clips/s (benchmarks/features.py).
-    from threadpoolctl import threadpool_limits
+    _thread_pools().limit(limits=1)
 
-    threadpool_limits(1)
+
+@functools.lru_cache(maxsize=1)
+def _thread_pools():
+    """This process's BLAS / OpenMP libraries (threadpoolctl), found once: finding them resolves the path of
+    every loaded shared library (~40 ms); forked workers inherit the result."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
 
 
 def _pool(workers: int) -> cf.ProcessPoolExecutor:
@@ -554,9 +489,7 @@ def _pool(workers: int) -> cf.ProcessPoolExecutor:
     if method == "fork":
         # Fork every worker now, before this process starts threads (tqdm's monitor, TensorFlow),
         # with this process's BLAS / OpenMP pools at one thread so the workers start that way.
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(1):
+        with _thread_pools().limit(limits=1):
             for f in [pool.submit(int) for _ in range(workers)]:
                 f.result()
     log.debug("feature pool: %d workers (%s)", workers, method)
@@ -602,13 +535,15 @@ def _check_disk(folder: str, needed: int) -> None:
 
 
 def _versions() -> dict:
-    # From the installed metadata: importing TensorFlow here would cost seconds per build.
+    # An imported module's own __version__; otherwise the installed metadata (parsing it costs
+    # ~10 ms per package; importing TensorFlow here would cost seconds per build).
     from importlib import metadata
 
     out = {"python": sys.version.split()[0]}
     for name in ("numpy", "scipy", "librosa", "soundfile", "tensorflow"):
+        version = getattr(sys.modules.get(name), "__version__", None)
         try:
-            out[name] = metadata.version(name)
+            out[name] = version if isinstance(version, str) else metadata.version(name)
         except metadata.PackageNotFoundError:  # pragma: no cover - all are requirements
             pass
     return out

@@ -252,7 +252,8 @@ def test_permission_error_gives_unreadable_even_as_root(tmp_path, monkeypatch):
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("pipeline.data.audio.open", denied, raising=False)
+    monkeypatch.setattr("pipeline.data.audio.open", denied, raising=False)  # files read through a file object
+    monkeypatch.setattr("pipeline.data.audio.os.open", denied)  # small files read in one os.read
     assert load(path).reason == "unreadable: permission denied"
 
 

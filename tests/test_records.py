@@ -125,7 +125,7 @@ def test_frames_are_what_tensorflow_writes_and_reads(tmp_path, rng):
         list(tf.data.TFRecordDataset(str(ours)))
 
 
-def test_long_records_are_checksummed_in_pieces(tmp_path, rng):
+def test_long_records_are_what_tensorflow_reads(tmp_path, rng):
     import tensorflow as tf
 
     x = rng.standard_normal((2, 300_000)).astype(np.float32)  # 1.2 MB a record: several pieces of blocks

@@ -189,8 +189,7 @@ def _power_blocks(y: np.ndarray, n_fft: int, hop_length: int, *, bins_major: boo
             span = slice(f0, min(f0 + frames_per_block, frames))
             shape = (clips.stop - clips.start, span.stop - span.start)
             x = scratch[: shape[0], : shape[1]]
-            np.copyto(x, framed[clips, span])
-            np.multiply(x, windows[: shape[0], : shape[1]], out=x)
+            np.multiply(framed[clips, span], windows[: shape[0], : shape[1]], out=x)  # gathers the frames too
             x = x.reshape(-1, n_fft)
             # Single-precision FFT (complex64). Transforming x.T along axis 0
             # reads the same contiguous frames but writes the spectrum
