@@ -249,7 +249,8 @@ def _decode(path, size, data, *, sample_rate, duration, min_samples, max_nonfini
                 frames = _read_pcm(fh, header.pcm, header.frames)
                 return _finish(frames, header.pcm.sample_rate, header.frames, None, sample_rate=sample_rate,
                                duration=duration, min_samples=min_samples,
-                               max_nonfinite_fraction=max_nonfinite_fraction, res_type=res_type)
+                               max_nonfinite_fraction=max_nonfinite_fraction, res_type=res_type,
+                               maybe_nonfinite="f" in header.pcm.dtype)  # integer PCM is always finite
     except OSError as exc:
         return _skip(f"unreadable: {_os_message(exc)}")
 
@@ -287,7 +288,7 @@ def _decode(path, size, data, *, sample_rate, duration, min_samples, max_nonfini
 
 
 def _finish(frames, file_rate, declared, read_error, *, sample_rate, duration, min_samples, max_nonfinite_fraction,
-            res_type) -> Decoded:
+            res_type, maybe_nonfinite: bool = True) -> Decoded:
     """Checks and repairs shared by both decoders: frames [n_read, channels] float32 at file_rate."""
     n_read = len(frames)
     if declared >= _UNKNOWN_FRAMES:
@@ -305,8 +306,8 @@ def _finish(frames, file_rate, declared, read_error, *, sample_rate, duration, m
 
     notes = []
 
-    finite = np.isfinite(frames)
-    n_bad = int(frames.size - np.count_nonzero(finite))
+    finite = np.isfinite(frames) if maybe_nonfinite else None
+    n_bad = int(frames.size - np.count_nonzero(finite)) if maybe_nonfinite else 0
     if n_bad:
         fraction = n_bad / frames.size
         if fraction > max_nonfinite_fraction:
