@@ -28,6 +28,9 @@ Feeds:
 Both feeds go through ``model.fit`` with ``steps_per_epoch`` as in training;
 each model is traced with a few warm-up steps on its own feed first, and the two feeds
 alternate epoch by epoch so that load from other processes affects both alike.
+The target is checked on the ratio of each feed's fastest epoch (the CPU
+speed of a shared virtual machine drifts within seconds); the ratio of mean
+throughputs and every epoch's time are printed too.
 The caches are built (or reused) under ``<tmp>/pipeline-bench/`` with the
 pipeline's own ``ensure_features``.
 """
@@ -155,6 +158,11 @@ def compare(name, builder, dataset, cache, *, epochs: int, batch: int) -> dict:
         if epochs > 1:
             out[f"{feed}_later_epochs_examples_per_s"] = examples * (epochs - 1) / sum(times[1:])
     out["ratio"] = out["tfrecord_examples_per_s"] / out["memory_examples_per_s"]
+    # Each feed's fastest epoch (as timeit takes the fastest run): on a shared virtual machine the
+    # CPU speed drifts by tens of percent within seconds, which moves the mean ratio more than the
+    # input pipeline does. Every epoch's time is kept in the output as well.
+    out["ratio_best_epoch"] = min(seconds["memory"]) / min(seconds["tfrecord"])
+    out["epoch_seconds"] = seconds
     # CPU time is what the input pipeline takes away from training on a busy CPU-only machine,
     # and it depends much less than wall time on other processes' load.
     out["cpu_ratio"] = cpu["memory"] / cpu["tfrecord"]
@@ -190,13 +198,16 @@ def main(argv=None) -> int:
         results.append(r)
         line = (f"{name} {tuple(r['shape'])}: tfrecord {r['tfrecord_examples_per_s']:.0f} ex/s, memory "
                 f"{r['memory_examples_per_s']:.0f} ex/s over {r['epochs']} x {r['steps_per_epoch']} steps: ratio "
-                f"{r['ratio']:.3f} (target >= 0.95: {'PASS' if r['ratio'] >= 0.95 else 'FAIL'}); first epoch "
+                f"{r['ratio']:.3f}; fastest epoch of each feed: ratio {r['ratio_best_epoch']:.3f} (target >= 0.95: "
+                f"{'PASS' if r['ratio_best_epoch'] >= 0.95 else 'FAIL'}); first epoch "
                 f"(reads shards) {r['ratio_first_epoch']:.3f}")
         if "ratio_later_epochs" in r:
             line += f", later epochs {r['ratio_later_epochs']:.3f}"
         line += (f"; CPU-time ratio (memory CPU / tfrecord CPU for the same steps) {r['cpu_ratio']:.3f}"
                  f"; cache() in memory: {r['cached_in_memory']}")
         print(line, flush=True)
+        print("  seconds per epoch: " + "; ".join(
+            f"{feed} " + " ".join(f"{t:.2f}" for t in times) for feed, times in r["epoch_seconds"].items()), flush=True)
     print(f"load average after: {' '.join(open('/proc/loadavg').read().split()[:3])}")
     return 0
 

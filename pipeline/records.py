@@ -359,8 +359,8 @@ def _build(dataset: Dataset, exp: Experiment, folder: str, *, progress: bool = T
             rows = dataset.manifest.loc[dataset.manifest["split"] == split, ["id", "path"]]
             rows = list(rows.itertuples(index=False, name=None))
             jobs = [
-                (rows[i : i + chunk], exp.features.name, exp.features.params, exp.audio, need)
-                for i in range(0, len(rows), chunk)
+                (rows[start:stop], exp.features.name, exp.features.params, exp.audio, need)
+                for start, stop in task_bounds(len(rows), chunk, workers)
             ]
             if any(io.is_remote(p) for _, p in rows):
                 jobs = map(_fetched, jobs)  # lazily: at most `window` chunks of bytes in memory
@@ -407,6 +407,32 @@ def _build(dataset: Dataset, exp: Experiment, folder: str, *, progress: bool = T
         n_clips, seconds, n_clips / max(seconds, 1e-9), workers, chunk, len(skipped), folder,
     )
     return FeatureCache(folder)
+
+
+# Smallest task of the guided schedule (task_bounds), in clips.
+_MIN_TASK = 16
+
+
+def task_bounds(n_clips: int, largest: int, workers: int) -> List[Tuple[int, int]]:
+    """``(start, stop)`` of each worker task over ``n_clips`` clips: guided scheduling.
+
+    Tasks hold ``largest`` clips while plenty are left, then shrink (each at
+    most ``1 / (2 x workers)`` of what is left, down to 16 clips or
+    ``largest``) so that the workers finish together. Large tasks matter: a
+    task costs ~1-2 ms of pickling, messaging and set-up beyond its clips,
+    and with 2 s whale clips 64-clip tasks ran at ~6,100 clips/s, 256-clip
+    tasks at ~6,700-7,150 (20,000 clips, 2 workers). Shrinking at the end
+    keeps one worker from finishing a large task alone.
+    """
+    if workers <= 1:
+        return [(i, min(n_clips, i + largest)) for i in range(0, n_clips, largest)]
+    bounds, start = [], 0
+    while start < n_clips:
+        left = n_clips - start
+        size = min(largest, max(_MIN_TASK, -(-left // (2 * workers))))
+        bounds.append((start, min(n_clips, start + size)))
+        start += size
+    return bounds
 
 
 def chunk_clips(chunk_size: int, n_samples: int) -> int:

@@ -151,7 +151,7 @@ class CacheSettings:
 
     workers: int = rule(0, min=0, max=256)  # 0: os.cpu_count()
     shard_mb: float = rule(100.0, min_exclusive=0.0)
-    chunk_size: int = rule(64, min=1, max=100000)  # clips per worker task
+    chunk_size: int = rule(256, min=1, max=100000)  # clips per worker task (the largest; smaller at the end)
 
 
 # ----------------------------------------------------------------------------- folds

@@ -350,3 +350,14 @@ def test_tuned_allocator_reuses_memory_between_chunks():
     # Measured: 3 page faults over 10 chunks when tuned, ~17,000 with glibc's defaults.
     assert faults["tuned"] < 200, faults
     assert faults["default"] > 10 * faults["tuned"], faults
+
+
+@pytest.mark.parametrize("n,largest,workers", [(5000, 256, 2), (10, 4, 2), (1, 256, 4), (0, 8, 2), (777, 5, 1), (100000, 256, 8)])
+def test_task_bounds_cover_every_clip_once_and_shrink_at_the_end(n, largest, workers):
+    bounds = records.task_bounds(n, largest, workers)
+    assert [i for a, b in bounds for i in range(a, b)] == list(range(n))  # in order, no gaps, no overlap
+    sizes = [b - a for a, b in bounds]
+    assert all(0 < s <= largest for s in sizes)
+    assert sizes == sorted(sizes, reverse=True)  # large tasks first
+    if workers > 1 and n >= 4 * workers * largest:
+        assert sizes[0] == largest and sizes[-1] <= 16  # the workers finish together on small tasks
