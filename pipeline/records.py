@@ -353,7 +353,7 @@ def _build(dataset: Dataset, exp: Experiment, folder: str, *, progress: bool = T
     chunk = chunk_clips(exp.cache.chunk_size, n_samples)
     # The pool starts before the progress bar's monitor thread, so forked workers inherit no threads.
     pool = _pool(workers) if workers > 1 else None
-    bar = _progress_bar(n_clips, exp.name, disable=not progress)
+    bar = None  # made at the first result: importing tqdm (~25 ms) then overlaps the workers' first tasks
     try:
         for split in ("train", "test"):
             rows = dataset.manifest.loc[dataset.manifest["split"] == split, ["id", "path"]]
@@ -371,10 +371,13 @@ def _build(dataset: Dataset, exp: Experiment, folder: str, *, progress: bool = T
                 ids.extend(result["ids"])
                 skipped.extend({"id": i, "split": split, "path": p, "reason": r} for i, p, r in result["skipped"])
                 repaired.extend({"id": i, "note": n} for i, n in result["notes"])
+                if bar is None:
+                    bar = _progress_bar(n_clips, exp.name, disable=not progress)
                 bar.update(len(result["ids"]) + len(result["skipped"]))
             splits[split] = {"count": writer.count, "shards": writer.finish(), "ids": ids}
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
         if pool is not None:
             pool.shutdown(cancel_futures=True)
     for item in skipped:
