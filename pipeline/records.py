@@ -495,20 +495,11 @@ def _init_worker() -> None:
     # main loop); a worker should just end, as a spawned one does.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     tune_allocator()
-    # One BLAS / OpenMP thread per worker: the pool already uses every core, and a
-    # forked worker inherits the parent's thread pools (one thread per core each), so
-    # K workers would run K x cores spinning threads. Measured on 2 cores: 1,716 ->
-    # 2,824 clips/s (benchmarks/features.py).
-    _thread_pools().limit(limits=1)
-
-
-@functools.lru_cache(maxsize=1)
-def _thread_pools():
-    """This process's BLAS / OpenMP libraries (threadpoolctl), found once: finding them resolves the path of
-    every loaded shared library (~40 ms); forked workers inherit the result."""
-    from threadpoolctl import ThreadpoolController
-
-    return ThreadpoolController()
+    # No BLAS / OpenMP thread limits here: the feature arithmetic calls no BLAS (pocketfft,
+    # a sparse mel product, elementwise numpy), so a worker never starts such threads
+    # (tests/test_records.py checks it stays at one thread). Setting a limit in a forked
+    # worker with threadpoolctl made OpenBLAS start its thread pool there: 2 more threads and
+    # ~50 ms more system time in the first task (measured), plus ~30 ms to find the libraries.
 
 
 def _pool(workers: int) -> cf.ProcessPoolExecutor:
@@ -516,11 +507,9 @@ def _pool(workers: int) -> cf.ProcessPoolExecutor:
     pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method),
                                   initializer=_init_worker)
     if method == "fork":
-        # Fork every worker now, before this process starts threads (tqdm's monitor, TensorFlow),
-        # with this process's BLAS / OpenMP pools at one thread so the workers start that way.
-        with _thread_pools().limit(limits=1):
-            for f in [pool.submit(int) for _ in range(workers)]:
-                f.result()
+        # Fork every worker now, before this process starts threads (tqdm's monitor, TensorFlow).
+        for f in [pool.submit(int) for _ in range(workers)]:
+            f.result()
     log.debug("feature pool: %d workers (%s)", workers, method)
     return pool
 

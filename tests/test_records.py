@@ -361,3 +361,40 @@ def test_task_bounds_cover_every_clip_once_and_shrink_at_the_end(n, largest, wor
     assert sizes == sorted(sizes, reverse=True)  # large tasks first
     if workers > 1 and n >= 4 * workers * largest:
         assert sizes[0] == largest and sizes[-1] <= 16  # the workers finish together on small tasks
+
+
+_THREADS_IN_A_WORKER = """
+import os
+import numpy as np
+from pipeline import records, schema
+from pipeline.features import compute_features
+
+
+def probe(_):
+    before = len(os.listdir("/proc/self/task"))
+    y = np.random.default_rng(0).standard_normal((32, 4000)).astype(np.float32)
+    for name, params in [("mel", schema.MelParams(n_fft=256, hop_length=32, n_mels=64)),
+                         ("complexity", schema.ComplexityParams(n_fft=256, hop_length=32, n_mels=64)),
+                         ("complexity", schema.ComplexityParams(n_fft=256, hop_length=32, spectrum="linear")),
+                         ("waveform", schema.WaveformParams())]:
+        compute_features(name, params, y, sample_rate=2000)
+    return before, len(os.listdir("/proc/self/task"))
+
+
+a = np.random.default_rng(0).standard_normal((300, 300))
+a @ a  # this process has started OpenBLAS' threads, as a queue's earlier steps may have
+pool = records._pool(2)
+print(records.start_method(), *pool.map(probe, range(4)))
+pool.shutdown()
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+def test_feature_workers_start_no_threads():
+    # The arithmetic calls no BLAS / OpenMP, so a forked worker stays single-threaded without any
+    # thread limits (a limit set with threadpoolctl made OpenBLAS start two threads in each worker).
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", _THREADS_IN_A_WORKER], cwd=root, env={**os.environ, "PYTHONPATH": root},
+                         capture_output=True, text=True, check=True).stdout.split(maxsplit=1)
+    assert out[0] == "fork"
+    assert out[1].split() == ["(1,", "1)"] * 4
