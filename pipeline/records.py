@@ -88,11 +88,13 @@ def _featurise_chunk(job) -> dict:
     appends bytes to shard files: building protos and checksums per clip in
     the parent would make it the bottleneck of the whole stage.
     """
-    from pipeline.data.audio import load_clip
+    from pipeline.data.audio import clip_length, load_clip
     from pipeline.features import compute_features
 
     rows, feature_name, feature_params, audio, min_samples = job
-    ids, arrays, skipped, notes = [], [], [], []
+    ids, skipped, notes = [], [], []
+    # Each clip goes straight into its row (no list of clips to stack: half the memory).
+    batch = np.empty((len(rows), clip_length(sample_rate=audio.sample_rate, duration=audio.duration)), np.float32)
     for row in rows:
         # (id, path) for a local file; (id, path, bytes or skip reason) for one fetched by the parent.
         clip_id, path = row[0], row[1]
@@ -111,14 +113,12 @@ def _featurise_chunk(job) -> dict:
         if decoded.samples is None:
             skipped.append((clip_id, path, decoded.reason))
             continue
+        batch[len(ids)] = decoded.samples
         ids.append(clip_id)
-        arrays.append(decoded.samples)
         notes.extend((clip_id, n) for n in decoded.notes)
     records, sizes = b"", []
-    if arrays:
-        batch = np.stack(arrays)
-        del arrays
-        features = compute_features(feature_name, feature_params, batch, sample_rate=audio.sample_rate)
+    if ids:
+        features = compute_features(feature_name, feature_params, batch[: len(ids)], sample_rate=audio.sample_rate)
         records, sizes = frame_examples(ids, features)
     return {"ids": ids, "records": records, "sizes": sizes, "skipped": skipped, "notes": notes}
 

@@ -169,27 +169,28 @@ def _power_blocks(y: np.ndarray, n_fft: int, hop_length: int, *, bins_major: boo
     n_clips, n_samples = y.shape
     pad = n_fft // 2
     frames = n_frames(n_samples, n_fft=n_fft, hop_length=hop_length)
-    # Zero padding by hand: one allocation and copy, cheaper than np.pad.
-    padded = np.zeros((n_clips, n_samples + 2 * pad), dtype=np.float32)
-    padded[:, pad : pad + n_samples] = y
-    framed = np.lib.stride_tricks.sliding_window_view(padded, n_fft, axis=-1)[:, ::hop_length]
 
     rows = max(_MIN_ROWS, _BLOCK_BYTES // (4 * n_fft))
     if frames <= rows:
         clips_per_block, frames_per_block = rows // frames, frames
     else:  # long clips: split each clip's frames
         clips_per_block, frames_per_block = 1, rows
+    # Zero padding by hand, a block of clips at a time: the edges of `padded`
+    # are never written, so they stay zero; only the block's clips are copied.
+    padded = np.zeros((min(clips_per_block, n_clips), n_samples + 2 * pad), dtype=np.float32)
     scratch = np.empty((clips_per_block, frames_per_block, n_fft), dtype=np.float32)
     # The window repeated for every frame of a block: numpy multiplies two
     # equally shaped arrays ~2x faster than it broadcasts a vector.
     windows = np.broadcast_to(_hann(n_fft), scratch.shape).copy()
     for c0 in range(0, n_clips, clips_per_block):
         clips = slice(c0, min(c0 + clips_per_block, n_clips))
+        n = clips.stop - clips.start
+        padded[:n, pad : pad + n_samples] = y[clips]
+        framed = np.lib.stride_tricks.sliding_window_view(padded[:n], n_fft, axis=-1)[:, ::hop_length]
         for f0 in range(0, frames, frames_per_block):
             span = slice(f0, min(f0 + frames_per_block, frames))
-            shape = (clips.stop - clips.start, span.stop - span.start)
-            x = scratch[: shape[0], : shape[1]]
-            np.multiply(framed[clips, span], windows[: shape[0], : shape[1]], out=x)  # gathers the frames too
+            x = scratch[:n, : span.stop - span.start]
+            np.multiply(framed[:, span], windows[:n, : x.shape[1]], out=x)  # gathers the frames too
             x = x.reshape(-1, n_fft)
             # Single-precision FFT (complex64). Transforming x.T along axis 0
             # reads the same contiguous frames but writes the spectrum
