@@ -467,13 +467,12 @@ def _read_small(path: str, size: int) -> bytes:
     adds a stat, an ioctl and a seek and read per header chunk, a quarter of decoding a 2 s clip."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        parts = []
-        while True:
-            part = os.read(fd, size + 1)  # + 1: a file that grew since the stat is read whole
-            if not part:
-                break
+        data = os.read(fd, size + 1)  # + 1: a file that grew since the stat is read whole (below)
+        if len(data) <= size:
+            return data
+        parts = [data]
+        while part := os.read(fd, 1 << 16):
             parts.append(part)
-            size = 1 << 16
         return b"".join(parts)
     finally:
         os.close(fd)
@@ -486,9 +485,10 @@ def _read_pcm(fh, pcm: _PCM, frames: int) -> np.ndarray:
     raw = fh.read(frames * pcm.channels * itemsize)
     n = len(raw) // (pcm.channels * itemsize)
     samples = np.frombuffer(raw, dtype=pcm.dtype, count=n * pcm.channels).reshape(n, pcm.channels)
-    if pcm.scale == 1.0:
-        return samples.astype(np.float32)
-    return samples.astype(np.float32) * np.float32(pcm.scale)
+    out = samples.astype(np.float32)
+    if pcm.scale != 1.0:
+        out *= np.float32(pcm.scale)
+    return out
 
 
 def _sf_message(exc: Exception) -> str:
