@@ -44,7 +44,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import soundfile as sf
@@ -153,18 +153,9 @@ def ensure_synthetic_whale(
             f"{root}: exists and is not a synthetic dataset (no {SPEC_FILE}, not empty); "
             "refusing to overwrite it - choose another data.params.root"
         )
-    parent, name = os.path.split(root)
-    os.makedirs(parent, exist_ok=True)
-    _remove_stale_work_folders(parent, name)
     started = time.perf_counter()
-    tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
-    try:
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the dataset is ordinary shared input
-        _write_dataset(tmp, params=params, spec=spec)
-        _move_into_place(tmp, root, spec)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    write_into_place(root, lambda tmp: _write_dataset(tmp, params=params, spec=spec),
+                     is_current=lambda: _is_current(root, spec))
     logger.info(
         "%s: wrote %d train + %d test synthetic clips in %.1f s",
         root, params["n_train"], params["n_test"], time.perf_counter() - started,
@@ -567,24 +558,38 @@ def _remove_stale_work_folders(parent: str, name: str, *, max_age_s: float = 360
                     shutil.rmtree(entry.path, ignore_errors=True)
 
 
-def _move_into_place(tmp: str, root: str, spec: dict) -> None:
-    """Rename the finished ``tmp`` to ``root``, replacing an older synthetic dataset."""
+def write_into_place(root: str, write: Callable[[str], None], *, is_current: Callable[[], bool]) -> None:
+    """``write(tmp)`` a dataset into a hidden temporary sibling of ``root``, then rename it to ``root``.
+
+    An interrupted run never leaves a half-written ``root``; siblings that
+    killed runs left behind are removed first (:func:`_remove_stale_work_folders`).
+    An older dataset at ``root`` is replaced. When another process finished
+    the same dataset first, theirs is kept if ``is_current()`` says it is the
+    one wanted.
+    """
     parent, name = os.path.split(root)
-    old = None
-    if os.path.exists(root):
-        old = tempfile.mkdtemp(prefix=f".{name}.old-", dir=parent)
-        os.rename(root, os.path.join(old, name))
+    os.makedirs(parent, exist_ok=True)
+    _remove_stale_work_folders(parent, name)
+    tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
     try:
-        os.rename(tmp, root)
-    except OSError:
-        # Another process finished the same dataset first: keep theirs if it matches.
-        if _is_current(root, spec):
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the dataset is ordinary shared input
+        write(tmp)
+        old = None
+        if os.path.exists(root):
+            old = tempfile.mkdtemp(prefix=f".{name}.old-", dir=parent)
+            os.rename(root, os.path.join(old, name))
+        try:
+            os.rename(tmp, root)
+        except OSError:
+            if not is_current():
+                raise
             shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        finally:
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 _README = """\

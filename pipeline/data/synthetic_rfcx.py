@@ -35,8 +35,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from typing import Optional
 
@@ -44,7 +42,7 @@ import numpy as np
 
 from pipeline.data.base import DataError, Dataset
 from pipeline.data.rfcx import BOX_COLUMNS, N_SPECIES, read_kaggle_rfcx
-from pipeline.data.synthetic import _remove_stale_work_folders, write_csv, write_pcm16
+from pipeline.data.synthetic import write_csv, write_into_place, write_pcm16
 
 logger = logging.getLogger(__name__)
 
@@ -93,27 +91,13 @@ def ensure_synthetic_rfcx(root: str, *, n_train: int = 200, n_test: int = 50, du
               "sample_rate": int(sample_rate), "seed": int(seed)}
     spec = {"format_version": FORMAT_VERSION, "generator": "pipeline.data.synthetic_rfcx", "params": params}
     root = os.path.abspath(root)
-    if _read_spec(root) == spec and _count(root, "train") == n_train and _count(root, "test") == n_test:
+    if _is_current(root, spec):
         return
     if os.path.exists(root) and os.listdir(root) and _read_spec(root) is None:
         raise DataError(f"{root}: exists and is not a synthetic dataset (no {SPEC_FILE}, not empty); "
                         "refusing to overwrite it - choose another data.root")
-    parent, name = os.path.split(root)
-    os.makedirs(parent, exist_ok=True)
-    _remove_stale_work_folders(parent, name)
     started = time.perf_counter()
-    tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
-    try:
-        os.chmod(tmp, 0o755)
-        _write_dataset(tmp, params, spec)
-        if os.path.exists(root):
-            old = tempfile.mkdtemp(prefix=f".{name}.old-", dir=parent)
-            os.rename(root, os.path.join(old, name))
-            shutil.rmtree(old, ignore_errors=True)
-        os.rename(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    write_into_place(root, lambda tmp: _write_dataset(tmp, params, spec), is_current=lambda: _is_current(root, spec))
     logger.info("%s: wrote %d train + %d test synthetic rfcx recordings (%.0f s at %d Hz) in %.1f s", root,
                 n_train, n_test, duration, sample_rate, time.perf_counter() - started)
 
@@ -248,6 +232,12 @@ def _read_spec(root: str) -> Optional[dict]:
             return json.load(fh)
     except (OSError, ValueError):
         return None
+
+
+def _is_current(root: str, spec: dict) -> bool:
+    """``root`` holds the finished dataset ``spec`` describes."""
+    counts = {split: spec["params"][f"n_{split}"] for split in ("train", "test")}
+    return _read_spec(root) == spec and all(_count(root, split) == n for split, n in counts.items())
 
 
 def _count(root: str, split: str) -> int:
