@@ -481,11 +481,11 @@ def tune_allocator() -> bool:
     the C library is not glibc (nothing changed).
     """
     import ctypes
-    import ctypes.util
 
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        # The C library is already loaded: look mallopt up in the process's own symbols
+        # (ctypes.util.find_library would run `ldconfig -p`, ~3 ms per worker).
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
@@ -554,17 +554,20 @@ def _check_disk(folder: str, needed: int) -> None:
 
 
 def _versions() -> dict:
-    # An imported module's own __version__; otherwise the installed metadata (parsing it costs
-    # ~10 ms per package; importing TensorFlow here would cost seconds per build).
-    from importlib import metadata
-
+    # The libraries whose code decides the feature values (TensorFlow only reads them):
+    # an imported module's own __version__, else the installed metadata (importing
+    # importlib.metadata and parsing costs ~10-20 ms).
     out = {"python": sys.version.split()[0]}
-    for name in ("numpy", "scipy", "librosa", "soundfile", "tensorflow"):
+    for name in ("numpy", "scipy", "librosa", "soundfile"):
         version = getattr(sys.modules.get(name), "__version__", None)
-        try:
-            out[name] = version if isinstance(version, str) else metadata.version(name)
-        except metadata.PackageNotFoundError:  # pragma: no cover - all are requirements
-            pass
+        if not isinstance(version, str):
+            from importlib import metadata
+
+            try:
+                version = metadata.version(name)
+            except metadata.PackageNotFoundError:  # pragma: no cover - all are requirements
+                continue
+        out[name] = version
     return out
 
 

@@ -84,13 +84,13 @@ def test_complete_files_are_never_called_truncated(tmp_path, format, subtype, su
 )
 def test_numpy_pcm_reader_equals_libsndfile(tmp_path, rng, format, subtype, channels, fast):
     # Plain PCM is read with numpy from the parsed header; it must give libsndfile's floats bit for bit.
-    from pipeline.data.audio import _read_header
+    from pipeline.data.audio import _file_reader, _read_header
 
     x = (0.4 * rng.standard_normal((N, channels))).clip(-1, 1).astype(np.float32)
     x[:3] = [[-1.0] * channels, [1.0 - 2 ** -15] * channels, [0.0] * channels]  # full scale and zero
     path = write(tmp_path / f"x.{format.lower()}", x, format=format, subtype=subtype)
     with open(path, "rb") as fh:
-        header = _read_header(fh, os.path.getsize(path))
+        header = _read_header(_file_reader(fh), os.path.getsize(path))
     assert (header.pcm is not None) == fast
     expected = sf.read(path, dtype="float32", always_2d=True)[0]
     expected = expected[:, 0] if channels == 1 else expected.mean(axis=1, dtype=np.float32)
@@ -116,6 +116,33 @@ def test_large_files_are_read_through_a_file_object_with_the_same_result(tmp_pat
         if a.ok:
             np.testing.assert_array_equal(a.samples, b.samples)
     assert small[0].ok and small[2].reason.startswith("truncated")
+
+
+def test_a_remembered_header_is_used_only_for_files_whose_header_bytes_match(tmp_path):
+    # Decoding reuses the last parsed header for a file of the same size when the bytes the
+    # parser read are equal; same-size files whose headers differ must get their own.
+    from pipeline.data import audio
+
+    x = tone()
+    paths = {
+        "mono 2 kHz": write(tmp_path / "a.aiff", x),
+        "mono 2 kHz, other samples": write(tmp_path / "b.aiff", tone(freq=300.0)),
+        "mono 4 kHz": write(tmp_path / "c.aiff", x, sr=4000),
+        "stereo, half the frames": write(tmp_path / "d.aiff", np.stack([x[: N // 2]] * 2, axis=1)),
+    }
+    assert len({os.path.getsize(p) for p in paths.values()}) == 1  # only the header bytes tell them apart
+    expected = {name: sf.read(path, dtype="float32", always_2d=True)[0].mean(axis=1) for name, path in paths.items()}
+    audio._recent_headers.clear()
+    for _ in range(2):  # in both orders: first parse, then remembered
+        for name, path in list(paths.items())[::-1] + list(paths.items()):
+            out = load(path, duration=2.0 if name.startswith("mono 2") else 1.0)
+            assert out.ok, (name, out.reason)
+            if "4 kHz" in name:
+                assert out.notes == ("resampled 4000->2000 Hz",)
+            else:
+                assert out.notes == (("stereo mixed down",) if "stereo" in name else ())
+                np.testing.assert_array_equal(out.samples, expected[name], err_msg=name)
+    assert len(audio._recent_headers) == 1
 
 
 def test_numpy_pcm_reader_reads_the_header_sample_rate(tmp_path):
