@@ -91,22 +91,18 @@ def run_folds_rfcx(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str, rt=No
     from pipeline.models import sed
     from pipeline.models.registry import build_model, check_model, prior_bias
     from pipeline.predict import collect_folds
-    from pipeline.queue import StageError, prediction_columns
+    from pipeline.queue import prediction_columns
     from pipeline.records import fits_in_memory, labelled
     from pipeline.schedules import make_optimizer, make_schedule
-    from pipeline.train import clear_state, epoch_seed, finish_fold, skip_finished_fold, train_fold
+    from pipeline.train import (clear_state, epoch_seed, features_and_targets, finish_fold, fold_members, pending_folds,
+                                train_fold)
 
     tf.config.experimental.enable_op_determinism()
     task, targets = dataset.task, list(dataset.targets)
     n_classes = len(targets)
     pred_cols = prediction_columns(targets, task)
-    train_table = dataset.train.set_index("id")
-    fold_of = dict(zip(folds["id"], folds["fold"]))
-    ids = [i for i in cache.ids("train") if i in fold_of]
-    order = {i: n for n, i in enumerate(dataset.train["id"])}
-    ids.sort(key=order.__getitem__)
+    ids, fold_arr, train_table = fold_members(dataset, cache, folds)
     rows = train_table.loc[ids]
-    fold_arr = np.array([fold_of[i] for i in ids])
     test_ids = cache.ids("test")
     batch = rt.global_batch(exp.train.batch_size) if rt is not None else exp.train.batch_size  # per replica
     n_frames = int(cache.shape[0])
@@ -134,22 +130,9 @@ def run_folds_rfcx(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str, rt=No
              exp.crops.aggregate, "clipwise + framewise" if framewise else "clipwise")
 
     oof_parts, test_parts = [], []
-    for k in range(exp.folds.n_splits):
-        fold_dir = os.path.join(exp_dir, f"fold{k}")
-        done_path = os.path.join(fold_dir, "done.json")
-        if skip_finished_fold(fold_dir, oof_parts, test_parts if test_ids else None):
-            log.info("%s fold %d/%d: finished earlier; skipped", exp.name, k + 1, exp.folds.n_splits)
-            continue
-        io.makedirs(fold_dir)
-        tr, va = np.flatnonzero(fold_arr != k), np.flatnonzero(fold_arr == k)
-        if len(tr) == 0 or len(va) == 0:
-            raise StageError(f"fold {k} has no {'training' if len(tr) == 0 else 'validation'} recordings left "
-                             f"after skipping bad audio")
-        tr_ids, va_ids = [ids[i] for i in tr], [ids[i] for i in va]
-
-        def xy(ds):
-            return ds.map(lambda i, x, y: (x, y), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-
+    xy = features_and_targets
+    for k, fold_dir, tr, va, tr_ids, va_ids in pending_folds(exp, exp_dir, ids, fold_arr, oof_parts,
+                                                             test_parts if test_ids else None, "recordings"):
         base_train = xy(labelled(cache.dataset("train"), tr_ids, packed[tr]))
         base_valid = xy(labelled(cache.dataset("train"), va_ids, packed[va]))
         if in_memory:
@@ -213,9 +196,10 @@ def run_folds_rfcx(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str, rt=No
             test_parts.append(test)
         finish_fold(result, fold_dir)
         fold_lwlrap = lwlrap(oof[targets].to_numpy(), preds)
-        io.write_json(done_path, {"fold": k, "lwlrap": fold_lwlrap, "epochs": result.epochs,
-                                  "best_epoch": result.best_epoch, "best": result.best,
-                                  "seconds": round(result.seconds, 2), "n_train": len(tr_ids), "n_valid": len(va_ids)})
+        io.write_json(os.path.join(fold_dir, "done.json"),
+                      {"fold": k, "lwlrap": fold_lwlrap, "epochs": result.epochs, "best_epoch": result.best_epoch,
+                       "best": result.best, "seconds": round(result.seconds, 2), "n_train": len(tr_ids),
+                       "n_valid": len(va_ids)})
         clear_state(fold_dir)
         oof_parts.append(oof)
         log.info("%s fold %d/%d: LWLRAP %.4f, %d epochs (best %d), %.0f s", exp.name, k + 1, exp.folds.n_splits,

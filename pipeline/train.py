@@ -279,6 +279,46 @@ def input_pipelines(train_examples, valid_examples, *, batch_size: int, shuffle_
 # ----------------------------------------------------------------------------- the fold loop
 
 
+def fold_members(dataset, cache, folds: pd.DataFrame):
+    """``(ids, fold_arr, train_table)``: the cached training ids that have a fold, in dataset order,
+    each one's fold number, and the dataset's training table indexed by id (shared by both fold loops)."""
+    fold_of = dict(zip(folds["id"], folds["fold"]))
+    ids = [i for i in cache.ids("train") if i in fold_of]
+    order = {i: n for n, i in enumerate(dataset.train["id"])}
+    ids.sort(key=order.__getitem__)
+    return ids, np.array([fold_of[i] for i in ids]), dataset.train.set_index("id")
+
+
+def pending_folds(exp, exp_dir: str, ids: list, fold_arr: np.ndarray, oof_parts: list, test_parts: Optional[list],
+                  unit: str):
+    """Yield ``(k, fold_dir, tr, va, tr_ids, va_ids)`` for each fold still to train (shared by both fold loops).
+
+    A fold finished earlier (its ``done.json`` written) is skipped and its
+    saved predictions are appended to ``oof_parts`` / ``test_parts``; an
+    empty training or validation side raises StageError (``unit``: clips, ...).
+    """
+    from pipeline.queue import StageError
+
+    for k in range(exp.folds.n_splits):
+        fold_dir = os.path.join(exp_dir, f"fold{k}")
+        if skip_finished_fold(fold_dir, oof_parts, test_parts):
+            log.info("%s fold %d/%d: finished earlier; skipped", exp.name, k + 1, exp.folds.n_splits)
+            continue
+        io.makedirs(fold_dir)
+        tr, va = np.flatnonzero(fold_arr != k), np.flatnonzero(fold_arr == k)
+        if len(tr) == 0 or len(va) == 0:
+            raise StageError(f"fold {k} has no {'training' if len(tr) == 0 else 'validation'} {unit} left "
+                             f"after skipping bad audio")
+        yield k, fold_dir, tr, va, [ids[i] for i in tr], [ids[i] for i in va]
+
+
+def features_and_targets(ds):
+    """``(id, x, y)`` examples as Keras' ``(x, y)``."""
+    import tensorflow as tf
+
+    return ds.map(lambda i, x, y: (x, y), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
 def run_folds(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str):
     """Train every fold of an experiment (skipping finished ones) and collect predictions.
 
@@ -311,20 +351,15 @@ def _run_folds(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str, rt):
     from pipeline.models.registry import build_model, check_model, prior_bias
     from pipeline.schedules import make_optimizer, make_schedule
     from pipeline.predict import collect_folds, predict_with_ids
-    from pipeline.queue import StageError, prediction_columns
+    from pipeline.queue import prediction_columns
     from pipeline.records import fits_in_memory, labelled
 
     # Same seed, same result, also across a kill and resume: op determinism is switched on by
     # distribute.experiment_runtime (CPU kernels are deterministic under it), except with XLA.
     task, targets = dataset.task, list(dataset.targets)
     pred_cols = prediction_columns(targets, task)
-    train_table = dataset.train.set_index("id")
-    fold_of = dict(zip(folds["id"], folds["fold"]))
-    ids = [i for i in cache.ids("train") if i in fold_of]
-    order = {i: n for n, i in enumerate(dataset.train["id"])}
-    ids.sort(key=order.__getitem__)
+    ids, fold_arr, train_table = fold_members(dataset, cache, folds)
     y_all = train_table.loc[ids, targets].to_numpy(np.float32)
-    fold_arr = np.array([fold_of[i] for i in ids])
     test_ids = cache.ids("test")
     batch = rt.global_batch(exp.train.batch_size)  # train.batch_size is per replica
     in_memory = fits_in_memory(len(ids), cache.shape)
@@ -337,23 +372,9 @@ def _run_folds(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str, rt):
     make_loss(exp.loss.name, exp.loss.params, task)
 
     oof_parts, test_parts = [], []
-    for k in range(exp.folds.n_splits):
-        fold_dir = os.path.join(exp_dir, f"fold{k}")
-        done_path = os.path.join(fold_dir, "done.json")
-        if skip_finished_fold(fold_dir, oof_parts, test_parts if test_ids else None):
-            log.info("%s fold %d/%d: finished earlier; skipped", exp.name, k + 1, exp.folds.n_splits)
-            continue
-        io.makedirs(fold_dir)
-        tr = np.flatnonzero(fold_arr != k)
-        va = np.flatnonzero(fold_arr == k)
-        if len(tr) == 0 or len(va) == 0:
-            raise StageError(f"fold {k} has no {'training' if len(tr) == 0 else 'validation'} clips left "
-                             f"after skipping bad audio")
-        tr_ids, va_ids = [ids[i] for i in tr], [ids[i] for i in va]
-
-        def xy(ds):
-            return ds.map(lambda i, x, y: (x, y), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-
+    xy = features_and_targets
+    for k, fold_dir, tr, va, tr_ids, va_ids in pending_folds(exp, exp_dir, ids, fold_arr, oof_parts,
+                                                             test_parts if test_ids else None, "clips"):
         n_shards = len(cache.files("train"))
         base_train = with_shard_policy(xy(labelled(cache.dataset("train"), tr_ids, y_all[tr])), n_shards, rt)
         base_valid = with_shard_policy(xy(labelled(cache.dataset("train"), va_ids, y_all[va])), n_shards, rt)
@@ -407,9 +428,10 @@ def _run_folds(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str, rt):
         from pipeline.metrics import auc
 
         fold_auc = auc(oof[targets].to_numpy(), preds)
-        io.write_json(done_path, {"fold": k, "auc": fold_auc, "epochs": result.epochs, "best_epoch": result.best_epoch,
-                                  "best": result.best, "seconds": round(result.seconds, 2),
-                                  "n_train": len(tr_ids), "n_valid": len(va_ids)})
+        io.write_json(os.path.join(fold_dir, "done.json"),
+                      {"fold": k, "auc": fold_auc, "epochs": result.epochs, "best_epoch": result.best_epoch,
+                       "best": result.best, "seconds": round(result.seconds, 2), "n_train": len(tr_ids),
+                       "n_valid": len(va_ids)})
         clear_state(fold_dir)
         oof_parts.append(oof)
         log.info("%s fold %d/%d: AUC %.4f, %d epochs (best %d), %.0f s", exp.name, k + 1, exp.folds.n_splits,

@@ -82,3 +82,29 @@ def test_shared_table_reused_and_rebuilt_when_stale(tmp_path, rng):
     assert path.stat().st_mtime_ns == stamp
     path.write_text("id,fold\nnot-a-clip,0\n")  # stale/corrupt table: rebuilt
     assert ensure_folds(ds, a, str(tmp_path)).equals(first)
+
+
+def test_pending_folds_skips_finished_folds_and_refuses_an_empty_side(tmp_path):
+    # The fold loop shared by the whale and rfcx trainers (pipeline.train.pending_folds).
+    from types import SimpleNamespace
+
+    from pipeline.queue import StageError
+    from pipeline.train import pending_folds
+
+    exp = SimpleNamespace(name="e", folds=SimpleNamespace(n_splits=3))
+    ids = [f"c{i}" for i in range(6)]
+    fold_arr = np.array([0, 1, 2, 0, 1, 2])
+    done = tmp_path / "fold1"
+    done.mkdir()
+    pd.DataFrame({"id": ["c1", "c4"], "fold": 1, "p": [0.1, 0.9]}).to_csv(done / "oof.csv", index=False)
+    (done / "done.json").write_text("{}")
+    oof_parts = []
+    got = list(pending_folds(exp, str(tmp_path), ids, fold_arr, oof_parts, None, "clips"))
+    assert [g[0] for g in got] == [0, 2]  # fold 1 finished earlier
+    assert oof_parts[0]["id"].tolist() == ["c1", "c4"]
+    k, fold_dir, tr, va, tr_ids, va_ids = got[1]
+    assert fold_dir == str(tmp_path / "fold2") and (tmp_path / "fold2").is_dir()
+    assert va_ids == ["c2", "c5"] and tr_ids == ["c0", "c1", "c3", "c4"]
+    assert tr.tolist() == [0, 1, 3, 4] and va.tolist() == [2, 5]
+    with pytest.raises(StageError, match="fold 2 has no validation recordings left"):
+        list(pending_folds(exp, str(tmp_path / "b"), ids, np.array([0, 1, 0, 1, 0, 1]), [], None, "recordings"))
