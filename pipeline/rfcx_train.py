@@ -130,11 +130,10 @@ def run_folds_rfcx(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str, rt=No
              exp.crops.aggregate, "clipwise + framewise" if framewise else "clipwise")
 
     oof_parts, test_parts = [], []
-    xy = features_and_targets
     for k, fold_dir, tr, va, tr_ids, va_ids in pending_folds(exp, exp_dir, ids, fold_arr, oof_parts,
                                                              test_parts if test_ids else None, "recordings"):
-        base_train = xy(labelled(cache.dataset("train"), tr_ids, packed[tr]))
-        base_valid = xy(labelled(cache.dataset("train"), va_ids, packed[va]))
+        base_train = features_and_targets(labelled(cache.dataset("train"), tr_ids, packed[tr]))
+        base_valid = features_and_targets(labelled(cache.dataset("train"), va_ids, packed[va]))
         if in_memory:
             base_train, base_valid = base_train.cache(), base_valid.cache()
         valid_crops = crops.crop_examples(base_valid, n_frames=n_frames, length=crop, positive_probability=1.0,

@@ -372,12 +372,13 @@ def _run_folds(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str, rt):
     make_loss(exp.loss.name, exp.loss.params, task)
 
     oof_parts, test_parts = [], []
-    xy = features_and_targets
     for k, fold_dir, tr, va, tr_ids, va_ids in pending_folds(exp, exp_dir, ids, fold_arr, oof_parts,
                                                              test_parts if test_ids else None, "clips"):
         n_shards = len(cache.files("train"))
-        base_train = with_shard_policy(xy(labelled(cache.dataset("train"), tr_ids, y_all[tr])), n_shards, rt)
-        base_valid = with_shard_policy(xy(labelled(cache.dataset("train"), va_ids, y_all[va])), n_shards, rt)
+        train_examples = features_and_targets(labelled(cache.dataset("train"), tr_ids, y_all[tr]))
+        valid_examples = features_and_targets(labelled(cache.dataset("train"), va_ids, y_all[va]))
+        base_train = with_shard_policy(train_examples, n_shards, rt)
+        base_valid = with_shard_policy(valid_examples, n_shards, rt)
         if in_memory:
             base_train, base_valid = base_train.cache(), base_valid.cache()
         train_steps = -(-len(tr_ids) // batch)
