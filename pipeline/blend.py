@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
-from pipeline import io, metrics
+from pipeline import io, layout, metrics, ownership
 from pipeline import schema
 from pipeline.registry import Registry
 
@@ -493,8 +493,18 @@ def write_blend(folder: str, result: dict) -> None:
     io.write_json(os.path.join(folder, "scores.json"), result["scores"])
 
 
+def _only_blend_files(folder: str) -> bool:
+    """A blend folder written before the ownership marker existed: nothing in it but the blend's own files."""
+    return ownership.only_names(folder, lambda name: name in BLEND_FILES + ("error.json",))
+
+
 def _clear(folder: str) -> None:
-    """Remove an earlier blend's files so that no stale submission survives a refused or changed blend."""
+    """Remove an earlier blend's files so that no stale submission survives a refused or changed blend.
+
+    The folder is made (or confirmed) the pipeline's first: files are removed
+    only from a folder the pipeline created (:class:`pipeline.ownership.OwnershipError` otherwise).
+    """
+    ownership.make_owned_dir(folder, recognise=_only_blend_files)
     for name in BLEND_FILES + ("error.json",):
         path = os.path.join(folder, name)
         if io.isfile(path):
@@ -508,9 +518,13 @@ def run_blend(queue, paths) -> dict | None:
     ``blend/error.json``; earlier blend files are removed so that the folder
     never holds a stale submission. Returns the :func:`blend` result or None.
     """
-    folder = os.path.join(paths.output, "blend")
+    folder = os.path.join(paths.output, layout.BLEND)
     method = queue.blend.method
     names: List[str] = []
+    if io.isdir(folder) and not ownership.is_owned(folder) and ownership.entries(folder) and not _only_blend_files(folder):
+        log.error("blend: %s holds files the pipeline did not write (%s); not blending into it. Move them away",
+                  folder, ", ".join(ownership.entries(folder)[:3]))
+        return None
     try:
         names = select_experiments(queue, paths)
         if not names or method is None:

@@ -40,6 +40,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"error: --only: {', '.join(map(repr, unknown))} not in {args.queue}; experiments are: {names}",
                   file=sys.stderr)
             return EXIT_CONFIG
+    from pipeline.ownership import check_output
+
+    # The output folder against the filesystem (ownership, overlap with the data): read-only, also for --dry-run.
+    problems = check_output(queue)
+    if problems:
+        print(f"error: {ConfigError(args.queue, problems)}", file=sys.stderr)
+        return EXIT_CONFIG
     from pipeline.queue import run  # imports TensorFlow lazily: config errors stay fast
 
     return run(queue, only=only, force=args.force, dry_run=args.dry_run, blend_only=args.blend_only)

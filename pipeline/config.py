@@ -31,11 +31,12 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
-from pipeline import schema
+from pipeline import layout, schema
 
-NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
-# Experiment names become folders under output/ and column names in output/oof.csv.
-RESERVED_NAMES = {"cache", "folds", "blend", "id", "fold", "report", "summary", "oof", "queue", "workers"}
+# Experiment names become folders under output/ and column names in output/oof.csv. Matched with
+# fullmatch: with `$`, re.match accepts a trailing newline ("cache\n").
+NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+RESERVED_NAMES = layout.RESERVED_NAMES
 TOP_LEVEL_KEYS = ("defaults", "experiments", "blend", "output")
 KIND_NAMES = {"data": "data source", "features": "feature", "model": "model", "loss": "loss", "schedule": "schedule",
               "method": "blend method"}
@@ -219,14 +220,22 @@ def _parse_experiment(i, raw_exp, defaults, base_dir, problems, seen) -> Optiona
     if not isinstance(name, str) or not name:
         problems.append(f"{where}.name: required; a string of letters, digits, '.', '_' or '-'")
         name = None
-    elif not NAME_RE.match(name) or set(name) == {"."}:
-        problems.append(f"{where}.name: {name!r} is not a safe name; use only letters, digits, '.', '_' and '-'")
-    elif name in RESERVED_NAMES:
-        problems.append(f"{where}.name: {name!r} is reserved; choose another name")
-    elif name in seen:
-        problems.append(f"{where}.name: duplicate name {name!r} (also experiments[{seen[name]}].name)")
+    elif len(name) > layout.MAX_NAME_LENGTH:
+        problems.append(f"{where}.name: {len(name)} characters; at most {layout.MAX_NAME_LENGTH} (it becomes a "
+                        f"folder name)")
+    elif not NAME_RE.fullmatch(name):
+        problems.append(f"{where}.name: {name!r} is not a safe name; use only letters, digits, '.', '_' and '-', "
+                        f"starting with a letter, digit or '_'")
+    elif layout.is_reserved(name):
+        problems.append(f"{where}.name: {name!r} is reserved: the queue's own outputs and oof.csv columns use "
+                        f"{', '.join(sorted(n for n in layout.RESERVED_NAMES if not n.startswith('.')))} "
+                        f"(compared without case); choose another name")
+    elif name.lower() in seen:
+        # Without case: on a case-insensitive filesystem the two experiments would share one folder.
+        problems.append(f"{where}.name: duplicate name {name!r} (also experiments[{seen[name.lower()]}].name; "
+                        f"names are compared without case)")
     else:
-        seen[name] = i
+        seen[name.lower()] = i
 
     for key in raw_exp:
         if key not in _section_names():

@@ -122,7 +122,9 @@ def worker_output(output: str) -> str:
     if is_chief():
         return output
     task = json.loads(os.environ["TF_CONFIG"])["task"]
-    return os.path.join(output, "workers", f"{task.get('type', 'worker')}-{int(task.get('index', 0))}")
+    from pipeline.layout import WORKERS
+
+    return os.path.join(output, WORKERS, f"{task.get('type', 'worker')}-{int(task.get('index', 0))}")
 
 
 def _tpu_resolver(required: bool):

@@ -24,12 +24,13 @@ from typing import Dict, List, Optional
 import numpy as np
 import pandas as pd
 
-from pipeline import io
-from pipeline.config import Experiment, Queue, dump_experiment
+from pipeline import io, layout, ownership
+from pipeline.config import ConfigError, Experiment, Queue, dump_experiment
 
 log = logging.getLogger("pipeline")
 
 DONE, FAILED, RUNNING, INTERRUPTED = "done", "failed", "running", "interrupted"
+EXIT_CONFIG = 2  # as pipeline.cli: a queue whose output cannot be used is refused like an invalid file
 
 
 class StageError(RuntimeError):
@@ -45,11 +46,11 @@ class Paths:
 
     @property
     def cache(self):
-        return os.path.join(self.output, "cache", "features")
+        return os.path.join(self.output, layout.CACHE, "features")
 
     @property
     def folds(self):
-        return os.path.join(self.output, "folds")
+        return os.path.join(self.output, layout.FOLDS)
 
     def experiment(self, name):
         return os.path.join(self.output, name)
@@ -95,11 +96,16 @@ def run_experiment(exp: Experiment, paths: Paths, *, force: bool = False) -> dic
     if status.get("state") == DONE and status.get("config_hash") == config_hash and not force:
         log.info("%s: finished earlier with the same config; skipped", exp.name)
         return status
-    if io.isdir(exp_dir) and (force or status.get("config_hash") != config_hash):
-        reason = "--force" if force else "its config changed"
-        log.info("%s: starting afresh (%s)", exp.name, reason)
-        io.rmtree(exp_dir)
-    io.makedirs(exp_dir)
+    try:
+        # Only a folder the pipeline made (or an older version's experiment folder) is ever deleted or reused.
+        if io.isdir(exp_dir) and (force or status.get("config_hash") != config_hash):
+            reason = "--force" if force else "its config changed"
+            log.info("%s: starting afresh (%s)", exp.name, reason)
+            ownership.remove_owned(exp_dir, recognise=ownership.is_legacy_experiment)
+        ownership.make_owned_dir(exp_dir, recognise=ownership.is_legacy_experiment)
+    except ownership.OwnershipError as err:
+        log.error("%s: FAILED: %s", exp.name, err)  # nothing of the folder's was touched, so no status is written
+        return {"state": FAILED, "error": str(err)}
     io.write_text(os.path.join(exp_dir, "config.yaml"), dump_experiment(exp))
 
     handler = io.log_handler(os.path.join(exp_dir, "run.log"))
@@ -247,7 +253,7 @@ def write_queue_oof(queue: Queue, paths: Paths) -> Optional[pd.DataFrame]:
             table = part
         else:
             table = table.merge(part[["id", *renamed.values()]], on="id", how="outer")
-    io.write_csv(os.path.join(paths.output, "oof.csv"), table)
+    io.write_csv(os.path.join(paths.output, layout.QUEUE_OOF), table)
     return table
 
 
@@ -296,7 +302,7 @@ def write_summary(queue: Queue, paths: Paths) -> pd.DataFrame:
     summary = pd.DataFrame(rows)
     summary = summary.sort_values(metric_col, ascending=not metrics.GREATER_IS_BETTER[metric], na_position="last",
                                   kind="stable").reset_index(drop=True)
-    io.write_csv(os.path.join(paths.output, "summary.csv"), summary)
+    io.write_csv(os.path.join(paths.output, layout.SUMMARY), summary)
     summary.attrs.update(output=paths.output, metric=metric)
     return summary
 
@@ -352,7 +358,7 @@ def format_summary(summary: pd.DataFrame) -> str:
     lines = [shown.to_string(index=False)] if len(shown) else ["(no experiments)"]
     output = summary.attrs.get("output")
     if output:
-        lines.append(_blend_line(os.path.join(output, "blend")))
+        lines.append(_blend_line(os.path.join(output, layout.BLEND)))
     for _, row in summary.iterrows():
         if row["status"] == FAILED:
             lines.append(f"FAILED {row['experiment']}: {row['error']}")
@@ -396,7 +402,7 @@ def setup_logging(output_dir: str) -> None:
     console = logging.StreamHandler(sys.stdout)
     console.setLevel(logging.INFO)
     console.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-    file = io.log_handler(os.path.join(output_dir, "queue.log"))
+    file = io.log_handler(os.path.join(output_dir, layout.QUEUE_LOG))
     file.setLevel(logging.INFO)
     file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     for h in (console, file):
@@ -437,15 +443,47 @@ def plan(queue: Queue, paths: Paths, names: List[str], force: bool) -> str:
 
 def run(queue: Queue, *, only: Optional[List[str]] = None, force: bool = False, dry_run: bool = False,
         blend_only: bool = False) -> int:
-    """Run the queue. Returns the process exit status: 0 all finished, 1 any failed, 130 interrupted."""
+    """Run the queue. Returns the process exit status: 0 all finished, 1 any failed, 130 interrupted.
+
+    Before anything is written, an output folder the pipeline may not use
+    (:func:`pipeline.ownership.check_output`) returns 2; another runner
+    holding the output folder's lock (:mod:`pipeline.lock`) returns 3.
+    ``dry_run`` writes nothing and takes no lock.
+    """
     from pipeline.distribute import worker_output
 
     paths = Paths(worker_output(queue.output_dir))  # non-chief workers of a TF_CONFIG cluster write apart
     names = [e.name for e in queue.experiments] if not only else list(only)
+    problems = ownership.check_output(queue)
+    if problems:  # also checked by run_queue.py before this; here for callers of run() itself
+        print(f"error: {ConfigError(queue.source, problems)}", file=sys.stderr)
+        return EXIT_CONFIG
     if dry_run:
         print(plan(queue, paths, names, force))
         return 0
-    setup_logging(paths.output)
+    from pipeline import lock
+
+    try:
+        adopted = ownership.adopt_output(paths.output)
+        runner = lock.acquire(paths.output)
+    except ownership.OwnershipError as err:  # appeared since the check: still nothing of it was touched
+        print(f"error: output: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    except lock.LockBusy as err:
+        print(f"error: {err}", file=sys.stderr)
+        return lock.EXIT_BUSY
+    with runner:
+        setup_logging(paths.output)
+        if runner.previous:
+            log.warning("%s", lock.takeover_message(runner.previous))
+        for folder in adopted:
+            log.info("%s: written by an earlier version of the pipeline; marked as the pipeline's (%s)", folder,
+                     ownership.MARKER)
+        return _run_locked(queue, paths, names, force=force, blend_only=blend_only)
+
+
+def _run_locked(queue: Queue, paths: Paths, names: List[str], *, force: bool, blend_only: bool) -> int:
+    """The queue's work, while this process holds the output folder's lock."""
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     failed = []
     try:

@@ -37,7 +37,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import google_crc32c
 import numpy as np
 
-from pipeline import io
+from pipeline import io, ownership
 from pipeline.config import Experiment, stable_hash
 from pipeline.data.base import Dataset
 
@@ -278,13 +278,22 @@ def ensure_features(dataset: Dataset, exp: Experiment, cache_root: str, *, progr
     else:
         if io.isdir(folder):
             log.warning("feature cache %s has no manifest (an interrupted build); rebuilding it", folder)
-            io.rmtree(folder)
+            ownership.remove_owned(folder, recognise=_only_cache_files)
         if io.is_remote(folder):
             cache = _build_remote(dataset, exp, folder, progress=progress)
         else:
             cache = _build(dataset, exp, folder, progress=progress)
     _check_bad_fraction(cache, exp)
     return cache
+
+
+def _only_cache_files(folder: str) -> bool:
+    """A cache folder is recognised as the pipeline's by its content: nothing in it but shards and the manifest.
+
+    (Cache folders carry no marker file, so that a cache's listing stays its
+    shards and manifest; a folder with anything else in it is never deleted.)
+    """
+    return ownership.only_names(folder, lambda name: name == MANIFEST or name.endswith((".tfrecord", ".partial")))
 
 
 def _check_bad_fraction(cache: "FeatureCache", exp: Experiment) -> None:
@@ -341,8 +350,7 @@ def _build(dataset: Dataset, exp: Experiment, folder: str, *, progress: bool = T
     n_clips = len(dataset.manifest)
     _check_disk(os.path.dirname(folder), n_clips * (clip_bytes + 64))
     tmp_folder = folder + ".building"
-    if os.path.isdir(tmp_folder):
-        shutil.rmtree(tmp_folder)
+    ownership.remove_owned(tmp_folder, recognise=_only_cache_files)
     os.makedirs(tmp_folder)
 
     workers = exp.cache.workers or os.cpu_count() or 1
@@ -402,7 +410,7 @@ def _build(dataset: Dataset, exp: Experiment, folder: str, *, progress: bool = T
     }
     io.write_json(os.path.join(tmp_folder, MANIFEST), manifest)
     if os.path.isdir(folder):  # a concurrent builder finished first: keep theirs
-        shutil.rmtree(tmp_folder)
+        ownership.remove_owned(tmp_folder, recognise=_only_cache_files)
     else:
         os.replace(tmp_folder, folder)
     log.info(

@@ -38,14 +38,14 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from pipeline import io, metrics, plots
+from pipeline import io, layout, metrics, plots
 from pipeline.blend import prediction_columns
 
 log = logging.getLogger(__name__)
 
-REPORT = "report.html"
-SCREENSHOT = "report.png"
-QUEUE_PLOTS = "report"  # output/report/*.png ("report" is a reserved experiment name)
+REPORT = layout.REPORT
+SCREENSHOT = layout.SCREENSHOT
+QUEUE_PLOTS = layout.QUEUE_PLOTS  # output/report/*.png ("report" is a reserved experiment name)
 EXPERIMENT_PLOTS = "plots"  # output/<experiment>/plots/*.png
 MAX_SKIPPED_ROWS = 500
 GALLERY_PER_GROUP = 4
@@ -231,7 +231,7 @@ def _histories(exp_dir: str) -> Dict[int, pd.DataFrame]:
 
 def _caches(output_dir: str) -> List[Tuple[str, dict]]:
     out = []
-    for path in sorted(io.glob(os.path.join(output_dir, "cache", "features", "*", "manifest.json"))):
+    for path in sorted(io.glob(os.path.join(output_dir, layout.CACHE, "features", "*", "manifest.json"))):
         manifest = _read_json(path)
         if manifest is not None:
             out.append((os.path.dirname(path), manifest))
@@ -268,11 +268,11 @@ class _Builder:
         self.output = output_dir
         self.n_images = 0
         self._gallery_memo: Dict[str, bytes] = {}
-        summary_path = os.path.join(output_dir, "summary.csv")
+        summary_path = os.path.join(output_dir, layout.SUMMARY)
         self.summary = io.read_csv(summary_path) if io.isfile(summary_path) else None
-        self.blend_scores = _read_json(os.path.join(output_dir, "blend", "scores.json"))
-        self.blend_weights = _read_json(os.path.join(output_dir, "blend", "weights.json"))
-        self.blend_error = _read_json(os.path.join(output_dir, "blend", "error.json"))
+        self.blend_scores = _read_json(os.path.join(output_dir, layout.BLEND, "scores.json"))
+        self.blend_weights = _read_json(os.path.join(output_dir, layout.BLEND, "weights.json"))
+        self.blend_error = _read_json(os.path.join(output_dir, layout.BLEND, "error.json"))
         self.names = _experiment_names(output_dir, self.summary)
         self.caches = _caches(output_dir)
 
@@ -420,7 +420,7 @@ class _Builder:
         return ""
 
     def _oof_correlation(self) -> Optional[pd.DataFrame]:
-        path = os.path.join(self.output, "oof.csv")
+        path = os.path.join(self.output, layout.QUEUE_OOF)
         if not io.isfile(path):
             return None
         oof = io.read_csv(path, dtype={"id": str})

@@ -40,6 +40,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -49,6 +50,7 @@ from typing import Callable, Optional
 import numpy as np
 import soundfile as sf
 
+from pipeline import ownership
 from pipeline.data.base import DataError, Dataset
 from pipeline.data.whale import read_kaggle_whale
 
@@ -148,14 +150,12 @@ def ensure_synthetic_whale(
     if _is_current(root, spec):
         logger.debug("%s: synthetic whale data is up to date", root)
         return
-    if os.path.exists(root) and not _is_ours(root):
-        raise DataError(
-            f"{root}: exists and is not a synthetic dataset (no {SPEC_FILE}, not empty); "
-            "refusing to overwrite it - choose another data.params.root"
-        )
+    problem = root_problem(root)
+    if problem:
+        raise DataError(problem)
     started = time.perf_counter()
     write_into_place(root, lambda tmp: _write_dataset(tmp, params=params, spec=spec),
-                     is_current=lambda: _is_current(root, spec))
+                     is_current=lambda: _is_current(root, spec), root_problem=root_problem)
     logger.info(
         "%s: wrote %d train + %d test synthetic clips in %.1f s",
         root, params["n_train"], params["n_test"], time.perf_counter() - started,
@@ -426,11 +426,64 @@ def _read_spec(root: str) -> Optional[dict]:
         return None
 
 
-def _is_ours(root: str) -> bool:
-    """``root`` may be replaced: an empty folder or an earlier synthetic dataset."""
+# Everything _write_dataset writes at the top of the dataset folder, and its clip names.
+_GENERATED_NAMES = frozenset({"train.csv", "test_labels.csv", "truth.csv", "README.txt", SPEC_FILE, "train", "test"})
+_CLIP_NAME = re.compile(r"(train|test)[0-9]+\.aiff")
+
+
+def root_problem(root: str) -> Optional[str]:
+    """Why the generator may not write (or replace) its dataset at ``root``; None when it may.
+
+    Only a missing or empty folder, or a dataset this generator wrote itself,
+    may be replaced - never a folder of the user's (see :func:`generated_root_problem`).
+    """
+    return generated_root_problem(root, generator=__name__, names=_GENERATED_NAMES, clip_name=_CLIP_NAME)
+
+
+def generated_root_problem(root: str, *, generator: str, names: frozenset, clip_name: "re.Pattern") -> Optional[str]:
+    """Why ``root`` may not be replaced by a generated dataset; None when it may.
+
+    ``root`` may be replaced when it does not exist, is empty, or is a
+    dataset written by ``generator`` - recognised by the pipeline's ownership
+    marker or (datasets written before the marker existed) by its
+    ``synthetic.json`` naming the generator - that holds nothing but what the
+    generator writes: the top-level ``names`` and, in ``train/`` and
+    ``test/``, regular files called like ``clip_name``. A file the user added
+    to a generated dataset therefore also stops the replacement.
+    """
+    if not os.path.lexists(root):
+        return None
     if not os.path.isdir(root):
-        return False
-    return not os.listdir(root) or os.path.isfile(os.path.join(root, SPEC_FILE))
+        return f"{root}: exists and is not a folder; choose another data.root (a new or empty folder)"
+    try:
+        present = [n for n in os.listdir(root) if n != ownership.MARKER]
+    except OSError as err:
+        return f"{root}: cannot be listed ({err}); choose another data.root"
+    if not present:
+        return None
+    spec = _read_spec(root)
+    ours = ownership.is_owned(root) or (isinstance(spec, dict) and spec.get("generator") == generator)
+    if not ours:
+        return (f"{root}: exists, is not empty and is not a dataset written by {generator} (no "
+                f"{ownership.MARKER} or {SPEC_FILE} naming it; it holds {_some(present)}); refusing to replace it - "
+                f"choose another data.root (a new or empty folder)")
+    foreign = [n for n in present if n not in names and not ownership.is_atomic_leftover(n)]
+    for split in ("train", "test"):
+        folder = os.path.join(root, split)
+        if os.path.isdir(folder) and not os.path.islink(folder):
+            foreign += [f"{split}/{e.name}" for e in os.scandir(folder)
+                        if not (e.is_file(follow_symlinks=False) and clip_name.fullmatch(e.name))]
+        elif os.path.lexists(folder):
+            foreign.append(split)
+    if foreign:
+        return (f"{root}: holds files the generator did not write ({_some(foreign)}); refusing to replace the "
+                f"dataset and lose them - move them away or choose another data.root")
+    return None
+
+
+def _some(names, n: int = 3) -> str:
+    names = sorted(names)
+    return ", ".join(repr(x) for x in names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
 def _count_aiff(folder: str) -> int:
@@ -506,6 +559,7 @@ _TRUTH_FIELDS = [
 
 
 def _write_dataset(folder: str, *, params: dict, spec: dict) -> None:
+    ownership.mark(folder)  # the dataset may be replaced later (new parameters); a user's folder never is
     truth_rows = []
     split_rows = {}
     for split, n in (("train", params["n_train"]), ("test", params["n_test"])):
@@ -553,17 +607,22 @@ def _remove_stale_work_folders(parent: str, name: str, *, max_age_s: float = 360
                     stale = now - entry.stat(follow_symlinks=False).st_mtime > max_age_s
                 except OSError:
                     continue
-                if stale:
+                # write_into_place marks its work folders as soon as it makes them: an unmarked one is not ours.
+                if stale and (ownership.is_owned(entry.path) or not os.listdir(entry.path)):
                     logger.info("removing %s left by an interrupted run", entry.path)
                     shutil.rmtree(entry.path, ignore_errors=True)
 
 
-def write_into_place(root: str, write: Callable[[str], None], *, is_current: Callable[[], bool]) -> None:
+def write_into_place(root: str, write: Callable[[str], None], *, is_current: Callable[[], bool],
+                     root_problem: Callable[[str], Optional[str]]) -> None:
     """``write(tmp)`` a dataset into a hidden temporary sibling of ``root``, then rename it to ``root``.
 
     An interrupted run never leaves a half-written ``root``; siblings that
     killed runs left behind are removed first (:func:`_remove_stale_work_folders`).
-    An older dataset at ``root`` is replaced. When another process finished
+    An older dataset at ``root`` is replaced only when ``root_problem(root)``
+    finds nothing against it (checked again just before, since the dataset is
+    written in between): a folder the generator did not write raises
+    :class:`DataError` and is left as it was. When another process finished
     the same dataset first, theirs is kept if ``is_current()`` says it is the
     one wanted.
     """
@@ -572,11 +631,16 @@ def write_into_place(root: str, write: Callable[[str], None], *, is_current: Cal
     _remove_stale_work_folders(parent, name)
     tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
     try:
+        ownership.mark(tmp)
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the dataset is ordinary shared input
         write(tmp)
         old = None
-        if os.path.exists(root):
+        if os.path.lexists(root):
+            problem = root_problem(root)
+            if problem:
+                raise DataError(problem)
             old = tempfile.mkdtemp(prefix=f".{name}.old-", dir=parent)
+            ownership.mark(old)
             os.rename(root, os.path.join(old, name))
         try:
             os.rename(tmp, root)

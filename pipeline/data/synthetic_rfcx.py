@@ -35,14 +35,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from typing import Optional
 
 import numpy as np
 
+from pipeline import ownership
 from pipeline.data.base import DataError, Dataset
 from pipeline.data.rfcx import BOX_COLUMNS, N_SPECIES, read_kaggle_rfcx
-from pipeline.data.synthetic import write_csv, write_into_place, write_pcm16
+from pipeline.data.synthetic import generated_root_problem, write_csv, write_into_place, write_pcm16
 
 logger = logging.getLogger(__name__)
 
@@ -93,11 +95,12 @@ def ensure_synthetic_rfcx(root: str, *, n_train: int = 200, n_test: int = 50, du
     root = os.path.abspath(root)
     if _is_current(root, spec):
         return
-    if os.path.exists(root) and os.listdir(root) and _read_spec(root) is None:
-        raise DataError(f"{root}: exists and is not a synthetic dataset (no {SPEC_FILE}, not empty); "
-                        "refusing to overwrite it - choose another data.root")
+    problem = root_problem(root)
+    if problem:
+        raise DataError(problem)
     started = time.perf_counter()
-    write_into_place(root, lambda tmp: _write_dataset(tmp, params, spec), is_current=lambda: _is_current(root, spec))
+    write_into_place(root, lambda tmp: _write_dataset(tmp, params, spec), is_current=lambda: _is_current(root, spec),
+                     root_problem=root_problem)
     logger.info("%s: wrote %d train + %d test synthetic rfcx recordings (%.0f s at %d Hz) in %.1f s", root,
                 n_train, n_test, duration, sample_rate, time.perf_counter() - started)
 
@@ -190,7 +193,20 @@ def _plant(rng, x, k: int, shape: str, band, duration: float, sample_rate: int, 
             "f_min": round(float(freq.min()), 1), "f_max": round(float(freq.max()), 1)}
 
 
+# Everything _write_dataset writes at the top of the dataset folder, and its recording names.
+_GENERATED_NAMES = frozenset({"train_tp.csv", "train_fp.csv", "test_labels.csv", "test_boxes.csv", "README.txt",
+                              SPEC_FILE, "train", "test"})
+_RECORDING_NAME = re.compile(r"(train|test)[0-9]+\.flac")
+
+
+def root_problem(root: str) -> Optional[str]:
+    """Why the generator may not write (or replace) its dataset at ``root``; None when it may (see
+    :func:`pipeline.data.synthetic.generated_root_problem`: never a folder of the user's)."""
+    return generated_root_problem(root, generator=__name__, names=_GENERATED_NAMES, clip_name=_RECORDING_NAME)
+
+
 def _write_dataset(folder: str, params: dict, spec: dict) -> None:
+    ownership.mark(folder)  # the dataset may be replaced later (new parameters); a user's folder never is
     sr, duration = params["sample_rate"], params["duration"]
     tp_rows, fp_rows, truth_rows, label_rows = [], [], [], []
     for split, count in (("train", params["n_train"]), ("test", params["n_test"])):

@@ -1,0 +1,294 @@
+"""The pipeline deletes or replaces only folders it created.
+
+Every folder the pipeline makes and may later delete or replace (the output
+folder, each experiment's folder, feature-cache folders, ``blend/``, a
+synthetic dataset) gets a marker file, :data:`MARKER`, when it is made.
+:func:`remove_owned` deletes a folder only when it carries the marker (or,
+for folders written by versions of the pipeline older than the marker, when
+every entry in it is a name that pipeline writes: see ``recognise``), and
+refuses otherwise with an :class:`OwnershipError` naming the folder. An
+existing folder that is empty is taken over (nothing can be lost); one that
+holds anything else is never adopted.
+
+Local paths use ``os``; paths with a scheme (``gs://``, ``ram://``) go
+through :mod:`pipeline.io`, so the same rules hold in a bucket.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from typing import Callable, Iterable, Iterator, List, Optional, Tuple
+
+from pipeline import io, layout
+
+MARKER = layout.MARKER
+_MARKER_TEXT = ("This folder was created by the audio pipeline (pipeline/ownership.py).\n"
+                "The pipeline may delete or replace it; it never deletes a folder without this file.\n")
+
+# Temporary names of the atomic writes in pipeline.io (`.<name>.<random>.tmp`) that a kill can leave behind.
+_ATOMIC_TMP = re.compile(r"\..+\.tmp")
+
+
+class OwnershipError(RuntimeError):
+    """A folder the pipeline was about to delete, replace or adopt is not the pipeline's."""
+
+
+def is_owned(path: str) -> bool:
+    """Whether ``path`` is a folder that carries the pipeline's marker."""
+    return io.isdir(path) and io.isfile(io.join(path, MARKER))
+
+
+def mark(path: str) -> None:
+    """Write the marker into the existing folder ``path`` (the pipeline made it, or recognised it as its own)."""
+    if not io.isfile(io.join(path, MARKER)):
+        io.write_text(io.join(path, MARKER), _MARKER_TEXT)
+
+
+def entries(path: str) -> List[str]:
+    """Names in the folder ``path`` other than the marker ([] when it does not exist)."""
+    if not io.isdir(path):
+        return []
+    return [n for n in io.listdir(path) if n != MARKER]
+
+
+def is_atomic_leftover(name: str) -> bool:
+    """A temporary file of an interrupted atomic write (:func:`pipeline.io.atomic_path`)."""
+    return bool(_ATOMIC_TMP.fullmatch(name))
+
+
+def make_owned_dir(path: str, *, recognise: Optional[Callable[[str], bool]] = None) -> None:
+    """Create the folder ``path`` (and its parents) and mark it as the pipeline's.
+
+    An existing folder is accepted when it carries the marker, is empty, or
+    ``recognise(path)`` recognises it by its entries as the pipeline's (e.g.
+    written by a version older than the marker); the last two are marked
+    now. Anything else raises :class:`OwnershipError` and nothing is written.
+    """
+    if io.exists(path) and not io.isdir(path):
+        raise OwnershipError(f"{path}: exists and is a file; expected a folder the pipeline can create")
+    if is_owned(path):
+        return
+    if io.isdir(path) and entries(path) and not (recognise is not None and recognise(path)):
+        raise OwnershipError(f"{path}: exists, is not empty and was not created by the pipeline (no {MARKER} "
+                             f"file); refusing to write into it or delete it. Move it away or choose another name")
+    io.makedirs(path)
+    mark(path)
+
+
+def remove_owned(path: str, *, recognise: Optional[Callable[[str], bool]] = None) -> None:
+    """Delete the folder ``path`` and everything in it, only if the pipeline created it.
+
+    A missing folder is fine. The folder must carry the marker, be empty, or
+    be recognised by ``recognise(path)`` (judged by its entries: a folder of
+    an older pipeline version, or a feature cache's shards); otherwise
+    :class:`OwnershipError` is raised and nothing is deleted.
+    """
+    if not io.exists(path):
+        return
+    if not io.isdir(path):
+        raise OwnershipError(f"{path}: is a file, not a folder the pipeline made; refusing to delete it")
+    if not is_owned(path) and entries(path) and not (recognise is not None and recognise(path)):
+        raise OwnershipError(f"{path}: was not created by the pipeline (no {MARKER} file) and holds "
+                             f"{_some(entries(path))}; refusing to delete it. Move it away or choose another name")
+    io.rmtree(path)
+
+
+def only_names(path: str, allowed: Callable[[str], bool]) -> bool:
+    """Whether every entry of the folder ``path`` passes ``allowed(name)`` (atomic-write leftovers always do)."""
+    return all(allowed(n) or is_atomic_leftover(n) for n in entries(path))
+
+
+def _some(names: Iterable[str], n: int = 3) -> str:
+    names = sorted(names)
+    shown = ", ".join(repr(x) for x in names[:n])
+    return shown + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+# ----------------------------------------------------------------------------- experiment and output folders
+
+# What run_experiment and the fold loop write into output/<experiment>/.
+_EXPERIMENT_FILES = {"config.yaml", "status.json", "run.log", "oof.csv", "test.csv", "scores.json", "submission.csv",
+                     "plots"}
+_FOLD = re.compile(r"fold\d+")
+
+
+def is_legacy_experiment(path: str) -> bool:
+    """An experiment folder written before the marker existed: a pipeline ``status.json`` and only pipeline names.
+
+    Users upgrading keep their finished and half-finished experiments; a
+    folder of the user's (any other file in it, or no status.json with the
+    pipeline's fields) is not taken for one.
+    """
+    try:
+        status = io.read_json(io.join(path, "status.json"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(status, dict) or "state" not in status or "config_hash" not in status:
+        return False
+    return only_names(path, lambda n: n in _EXPERIMENT_FILES or bool(_FOLD.fullmatch(n)))
+
+
+def is_legacy_output(path: str) -> bool:
+    """An output folder written before the marker existed: queue-level names and legacy experiment folders only."""
+    for name in entries(path):
+        if name in layout.QUEUE_LEVEL_NAMES or is_atomic_leftover(name):
+            continue
+        if not is_legacy_experiment(io.join(path, name)):
+            return False
+    return True
+
+
+def adopt_output(path: str) -> List[str]:
+    """Create (or take over) the output folder ``path`` and mark what an older pipeline version wrote in it.
+
+    Marks the output folder, every legacy experiment folder and the legacy
+    ``blend/`` folder, so that later deletions find their marker. Returns the
+    folders that were adopted (for the log). Raises :class:`OwnershipError`
+    when ``path`` is not the pipeline's (see :func:`check_output`, which
+    reports the same problems without writing).
+    """
+    adopted = []
+    legacy = not is_owned(path) and bool(entries(path))
+    make_owned_dir(path, recognise=is_legacy_output)
+    if legacy:
+        adopted.append(path)
+        for name in entries(path):
+            sub = io.join(path, name)
+            if io.isdir(sub) and (name == layout.BLEND or name not in layout.QUEUE_LEVEL_NAMES):
+                mark(sub)
+                adopted.append(sub)
+    return adopted
+
+
+# ----------------------------------------------------------------------------- checks before a run
+
+
+def check_output(queue) -> List[str]:
+    """Problems with the queue's output folder, one ``key.path: message`` line each ([] when it is safe).
+
+    Read-only (run by ``run_queue.py`` before anything is written, also for
+    ``--dry-run``). Refused:
+
+    * ``output`` naming an existing file, or under one;
+    * an existing output folder that is not empty and not the pipeline's
+      (no marker and not recognisably an older pipeline version's output);
+    * an experiment's folder ``output/<name>/`` that exists and is not the
+      pipeline's (named by ``experiments[i].name``);
+    * an output folder that overlaps a data path in either direction (equal,
+      output inside a data folder, a data folder or file inside output),
+      naming ``output`` and the data key;
+    * a synthetic data root that holds anything the generator did not write.
+    """
+    problems: List[str] = []
+    output = queue.output_dir
+    problems += _output_folder_problems(output)
+    for i, exp in enumerate(queue.experiments):
+        folder = io.join(output, exp.name)
+        if io.exists(folder) and not io.isdir(folder):
+            problems.append(f"experiments[{i}].name: {folder} exists and is a file; the experiment's outputs go "
+                            f"into a folder of that name. Rename the experiment or move the file")
+        elif io.isdir(folder) and not is_owned(folder) and entries(folder) and not is_legacy_experiment(folder):
+            problems.append(f"experiments[{i}].name: {folder} exists and was not created by the pipeline (no "
+                            f"{MARKER} file; it holds {_some(entries(folder))}); the experiment would write into "
+                            f"it and delete it when its config changes. Rename the experiment or move the folder")
+        for key, path, kind in _data_paths(i, exp):
+            problem = _overlap(output, path, kind)
+            if problem:
+                problems.append(f"output: {output} {problem} {key} ({path}); the pipeline writes and deletes in "
+                                f"its output folder, so it must be apart from the data. Choose another output")
+        problem = _synthetic_root_problem(exp)
+        if problem:
+            problems.append(f"experiments[{i}].data.root: {problem}")
+    return list(dict.fromkeys(problems))
+
+
+def _output_folder_problems(output: str) -> List[str]:
+    if io.is_remote(output):
+        if io.exists(output) and not io.isdir(output):
+            return [f"output: {output} is an existing file; expected a folder"]
+    else:
+        # The first existing folder on the way up must be a folder, else makedirs fails later.
+        probe = output
+        while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+            probe = os.path.dirname(probe)
+        if not os.path.isdir(probe):
+            what = "is an existing file" if probe == output else f"lies under {probe}, which is a file"
+            return [f"output: {output} {what}; expected a folder"]
+    if io.isdir(output) and not is_owned(output) and entries(output) and not is_legacy_output(output):
+        foreign = [n for n in entries(output)
+                   if n not in layout.QUEUE_LEVEL_NAMES and not is_atomic_leftover(n)
+                   and not is_legacy_experiment(io.join(output, n))]
+        return [f"output: {output} exists, is not empty and was not created by the pipeline (no {MARKER} file; "
+                f"it holds {_some(foreign)}); choose a new or empty folder"]
+    return []
+
+
+def _data_paths(i: int, exp) -> Iterator[Tuple[str, str, str]]:
+    """``(key path, path, 'dir' | 'file')`` of every path-valued parameter of the experiment's data source."""
+    params = exp.data.params
+    for f in dataclasses.fields(params):
+        kind = f.metadata.get("path")
+        value = getattr(params, f.name)
+        if kind and isinstance(value, str) and value not in f.metadata.get("keywords", ()):
+            yield f"experiments[{i}].data.{f.name}", value, kind
+
+
+def _overlap(output: str, path: str, kind: str) -> Optional[str]:
+    """How the output folder overlaps a data path, as words for the message (None: apart).
+
+    A data file matters only when it lies inside the output; a data folder
+    also when the output lies inside it (the pipeline would write into the
+    data, and a synthetic root is replaced as a whole).
+    """
+    if _within(output, path) and _within(path, output):
+        return "is the same folder as"
+    if _within(path, output):
+        return "contains"
+    if kind == "dir" and _within(output, path):
+        return "lies inside"
+    return None
+
+
+def _within(child: str, parent: str) -> bool:
+    """Whether ``child`` is ``parent`` or lies inside it.
+
+    Local paths are compared after resolving symbolic links and also by
+    file identity (device and inode) of the existing ancestors, so a
+    case-insensitive filesystem or a bind mount is not fooled by spelling.
+    """
+    if io.is_remote(child) or io.is_remote(parent):
+        c, p = child.rstrip("/"), parent.rstrip("/")
+        return c == p or c.startswith(p + "/")
+    c, p = os.path.realpath(child), os.path.realpath(parent)
+    if c == p or c.startswith(p.rstrip(os.sep) + os.sep):
+        return True
+    try:
+        target = os.stat(p)
+    except OSError:
+        return False
+    while True:
+        try:
+            if os.path.samestat(os.stat(c), target):
+                return True
+        except OSError:
+            pass
+        up = os.path.dirname(c)
+        if up == c:
+            return False
+        c = up
+
+
+def _synthetic_root_problem(exp) -> Optional[str]:
+    """Why a synthetic generator could not write its dataset to ``data.root`` (None: it can)."""
+    if exp.data.name not in ("synthetic_whale", "synthetic_rfcx") or exp.data.params.root is None:
+        return None
+    root = exp.data.params.root
+    if io.is_remote(root):
+        return None  # refused with its own message by the data source
+    if exp.data.name == "synthetic_whale":
+        from pipeline.data.synthetic import root_problem
+    else:
+        from pipeline.data.synthetic_rfcx import root_problem
+    return root_problem(root)

@@ -1,0 +1,404 @@
+"""The pipeline never deletes, replaces or writes into what it did not create (issue 14, class 1).
+
+Every data-loss test hashes the user's files before and after and checks
+they are byte-identical; the refusals happen before anything is written, so
+these tests need no training.
+"""
+
+import hashlib
+import json
+import os
+import textwrap
+
+import pytest
+
+from pipeline import layout, ownership
+from pipeline.cli import main
+from pipeline.config import load_queue
+
+
+
+def snapshot(root):
+    """Every file (sha256 of its bytes) and folder under ``root``, by relative path."""
+    out = {}
+    for folder, dirs, files in os.walk(root):
+        rel = os.path.relpath(folder, root)
+        out[rel + "/"] = "dir"
+        for name in files:
+            with open(os.path.join(folder, name), "rb") as f:
+                out[os.path.join(rel, name)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+def user_folder(path, files=("a.txt", "sub/b.wav")):
+    """A folder of the user's with a few files of distinct content."""
+    for i, name in enumerate(files):
+        p = path / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(f"user file {i} {name}\n".encode() * (i + 1))
+    return path
+
+
+def write(folder, text, name="queue.yaml"):
+    path = folder / name
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+def refused(capsys, argv, *expected):
+    """Run the CLI; it must exit 2 naming every expected fragment on stderr."""
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    for fragment in expected:
+        assert fragment in err, err
+    assert "Traceback" not in err
+    return err
+
+
+# ----------------------------------------------------------------------------- the issue's cases
+
+
+def test_output_equal_to_data_root_with_an_experiment_named_train_is_refused(tmp_path, capsys):
+    whale = tmp_path / "whale"
+    user_folder(whale, ("train.csv", "train/train1.aiff", "train/train2.aiff", "test/test1.aiff"))
+    path = write(tmp_path, f"""
+        defaults:
+          data: {{name: kaggle_whale, root: whale}}
+          features: mel
+          model: inceptiontime
+        experiments: [{{name: train}}]
+        output: whale
+    """)
+    before = snapshot(tmp_path)
+    refused(capsys, [path], "output: ", "is the same folder as experiments[0].data.root",
+            "experiments[0].name: ", "whale/train exists and was not created by the pipeline")
+    assert snapshot(tmp_path) == before
+
+
+def test_output_dot_with_a_user_folder_named_like_an_experiment_is_refused(tmp_path, capsys):
+    user_folder(tmp_path / "notes")
+    path = write(tmp_path, f"""
+        defaults:
+          data: {{name: synthetic_whale, root: {tmp_path.parent / (tmp_path.name + "_data")}}}
+          features: mel
+          model: inceptiontime
+        experiments: [{{name: notes}}]
+        output: .
+    """)
+    before = snapshot(tmp_path)
+    err = refused(capsys, [path], "output: ", "is not empty and was not created by the pipeline", "'notes'",
+                  "experiments[0].name: ")
+    assert "queue.yaml" in err  # the listing shows what is in the folder
+    assert snapshot(tmp_path) == before
+    assert not os.path.exists(str(tmp_path) + "_data")
+
+
+def test_an_output_folder_of_the_users_is_refused(tmp_path, capsys):
+    user_folder(tmp_path / "results")
+    path = write(tmp_path, f"""
+        defaults:
+          data: {{name: synthetic_whale}}
+          features: mel
+          model: inceptiontime
+        experiments: [{{name: a}}]
+        output: results
+    """)
+    before = snapshot(tmp_path)
+    refused(capsys, [path], "output: ", "results exists, is not empty and was not created by the pipeline",
+            "'a.txt'")
+    refused(capsys, [path, "--dry-run"], "output: ")  # the plan is refused too, still writing nothing
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("source, ext", [("synthetic_whale", "aiff"), ("synthetic_rfcx", "flac")])
+def test_a_synthetic_data_root_pointed_at_a_user_folder_is_refused(tmp_path, capsys, source, ext):
+    user_folder(tmp_path / "mine", ("train.csv", f"train/train1.{ext}", "notes.txt"))
+    path = write(tmp_path, f"""
+        defaults:
+          data: {{name: {source}, root: mine}}
+          features: mel
+          model: inceptiontime
+        experiments: [{{name: a}}]
+    """)
+    before = snapshot(tmp_path)
+    refused(capsys, [path], "experiments[0].data.root: ", "is not a dataset written by pipeline.data." + source[:9])
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("output, data_root, words", [
+    ("data/out", "data", "lies inside experiments[0].data.root"),  # output inside the data
+    (".", "data", "contains experiments[0].data.root"),  # data inside the output
+    ("data", "data", "is the same folder as experiments[0].data.root"),
+    ("link", "data", "is the same folder as"),  # the same folder under another name
+])
+def test_an_output_overlapping_a_data_folder_is_refused(tmp_path, capsys, output, data_root, words):
+    (tmp_path / "data" / "train").mkdir(parents=True)
+    (tmp_path / "data" / "train.csv").write_text("clip_name,label\n")
+    os.symlink(tmp_path / "data", tmp_path / "link")
+    path = write(tmp_path / "data", f"""
+        defaults:
+          data: {{name: kaggle_whale, root: ../{data_root}}}
+          features: mel
+          model: inceptiontime
+        experiments: [{{name: a}}]
+        output: ../{output}
+    """, name="q.yaml")
+    before = snapshot(tmp_path)
+    refused(capsys, [path], "output: ", words)
+    assert snapshot(tmp_path) == before
+
+
+def test_table_paths_are_checked_against_the_output(tmp_path, capsys):
+    (tmp_path / "out" / "audio").mkdir(parents=True)
+    (tmp_path / "labels.csv").write_text("file,label\n")
+    (tmp_path / "out" / "test.csv").write_text("file\n")
+    path = write(tmp_path, f"""
+        defaults:
+          data: {{name: table, csv: labels.csv, audio_dir: out/audio, test_csv: out/test.csv, test_audio_dir: out/audio}}
+          features: mel
+          model: inceptiontime
+        experiments: [{{name: a}}]
+        output: out
+    """)
+    before = snapshot(tmp_path)
+    err = refused(capsys, [path], "contains experiments[0].data.audio_dir", "contains experiments[0].data.test_csv",
+                  "contains experiments[0].data.test_audio_dir")
+    assert "data.csv" not in err  # labels.csv beside the output folder is fine
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("output", ["afile", "afile/sub"])
+def test_an_output_naming_a_file_is_refused(tmp_path, capsys, output):
+    (tmp_path / "afile").write_text("mine\n")
+    path = write(tmp_path, f"""
+        defaults:
+          data: {{name: synthetic_whale}}
+          features: mel
+          model: inceptiontime
+        experiments: [{{name: a}}]
+        output: {output}
+    """)
+    before = snapshot(tmp_path)
+    refused(capsys, [path], "output: ", "afile", "expected a folder")
+    assert snapshot(tmp_path) == before
+
+
+def test_a_user_folder_inside_the_pipelines_output_is_refused_by_experiment_name(tmp_path, capsys):
+    out = tmp_path / "output"
+    out.mkdir()
+    ownership.mark(str(out))
+    user_folder(out / "mine")
+    path = write(tmp_path, f"""
+        defaults:
+          data: {{name: synthetic_whale}}
+          features: mel
+          model: inceptiontime
+        experiments: [{{name: ok}}, {{name: mine}}]
+    """)
+    before = snapshot(tmp_path)
+    err = refused(capsys, [path], "experiments[1].name: ", "mine exists and was not created by the pipeline")
+    assert "output: " not in err
+    assert snapshot(tmp_path) == before
+
+
+def test_run_experiment_never_deletes_a_folder_it_did_not_create(tmp_path):
+    """Below the CLI checks too: the folder of an experiment whose config changed is deleted only if it is ours."""
+    from pipeline.queue import Paths, run_experiment
+
+    path = write(tmp_path, f"""
+        defaults:
+          data: {{name: synthetic_whale}}
+          features: mel
+          model: inceptiontime
+        experiments: [{{name: train}}]
+    """)
+    exp = load_queue(path).experiments[0]
+    user_folder(tmp_path / "output" / "train")
+    (tmp_path / "output" / "train" / "status.json").write_text('{"state": "done", "config_hash": "old"}')
+    before = snapshot(tmp_path)
+    status = run_experiment(exp, Paths(str(tmp_path / "output")))
+    assert status["state"] == "failed" and "not created by the pipeline" in status["error"]
+    assert snapshot(tmp_path) == before
+
+
+# ----------------------------------------------------------------------------- outputs of earlier versions
+
+
+def legacy_output(out, names=("a",)):
+    """An output folder as the pipeline wrote it before the marker existed."""
+    for name in names:
+        d = out / name
+        (d / "fold0").mkdir(parents=True)
+        (d / "fold0" / "history.csv").write_text("epoch\n1\n")
+        (d / "status.json").write_text(json.dumps({"state": "done", "config_hash": "abc"}))
+        (d / "oof.csv").write_text("id,fold,label,pred\n")
+        (d / "config.yaml").write_text("name: x\n")
+    (out / "cache" / "features" / "0123").mkdir(parents=True)
+    (out / "blend").mkdir()
+    (out / "blend" / "scores.json").write_text("{}")
+    (out / "summary.csv").write_text("experiment\n")
+    (out / "queue.log").write_text("log\n")
+
+
+def test_an_output_of_an_earlier_version_is_adopted_and_kept(tmp_path):
+    out = tmp_path / "output"
+    legacy_output(out, ("a", "b"))
+    path = write(tmp_path, f"""
+        defaults:
+          data: {{name: synthetic_whale}}
+          features: mel
+          model: inceptiontime
+        experiments: [{{name: a}}, {{name: b}}]
+    """)
+    before = snapshot(tmp_path)
+    assert ownership.check_output(load_queue(path)) == []
+    adopted = ownership.adopt_output(str(out))
+    assert sorted(adopted) == sorted([str(out)] + [str(out / n) for n in ("a", "b", "blend")])
+    for folder in (out, out / "a", out / "b", out / "blend"):
+        assert ownership.is_owned(str(folder))
+    after = snapshot(tmp_path)
+    assert {k: v for k, v in after.items() if not k.endswith(layout.MARKER)} == before  # nothing else changed
+
+
+def test_an_earlier_versions_folder_with_a_user_file_is_not_adopted(tmp_path, capsys):
+    out = tmp_path / "output"
+    legacy_output(out)
+    (out / "a" / "my_notes.txt").write_text("mine\n")
+    (out / "thesis").mkdir()
+    (out / "thesis" / "draft.tex").write_text("mine\n")
+    path = write(tmp_path, f"""
+        defaults:
+          data: {{name: synthetic_whale}}
+          features: mel
+          model: inceptiontime
+        experiments: [{{name: a}}]
+    """)
+    before = snapshot(tmp_path)
+    refused(capsys, [path], "output: ", "'thesis'", "experiments[0].name: ", "output/a exists")
+    with pytest.raises(ownership.OwnershipError):
+        ownership.adopt_output(str(out))
+    assert snapshot(tmp_path) == before
+
+
+# ----------------------------------------------------------------------------- the primitives
+
+
+def test_remove_owned_deletes_only_marked_or_empty_folders(tmp_path):
+    mine = user_folder(tmp_path / "mine")
+    before = snapshot(mine)
+    with pytest.raises(ownership.OwnershipError, match="not created by the pipeline"):
+        ownership.remove_owned(str(mine))
+    assert snapshot(mine) == before
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ownership.OwnershipError):
+        ownership.remove_owned(str(tmp_path / "afile"))
+    with pytest.raises(ownership.OwnershipError):
+        ownership.make_owned_dir(str(mine))
+    assert snapshot(mine) == before
+
+    ours = tmp_path / "ours"
+    ownership.make_owned_dir(str(ours))
+    (ours / "x.txt").write_text("x")
+    ownership.remove_owned(str(ours))
+    assert not ours.exists()
+    (tmp_path / "empty").mkdir()
+    ownership.make_owned_dir(str(tmp_path / "empty"))  # an empty folder holds nothing to lose
+    assert ownership.is_owned(str(tmp_path / "empty"))
+    ownership.remove_owned(str(tmp_path / "missing"))  # nothing there: fine
+
+
+def test_ownership_on_a_remote_filesystem(tmp_path):
+    tf = pytest.importorskip("tensorflow")
+    from pipeline import io
+
+    root = "ram://ownership_test"
+    try:
+        ownership.make_owned_dir(io.join(root, "ours"))
+        io.write_text(io.join(root, "ours", "x.txt"), "x")
+        io.write_text(io.join(root, "theirs", "y.txt"), "y")
+        with pytest.raises(ownership.OwnershipError):
+            ownership.remove_owned(io.join(root, "theirs"))
+        assert io.read_bytes(io.join(root, "theirs", "y.txt")) == b"y"
+        ownership.remove_owned(io.join(root, "ours"))
+        assert not io.exists(io.join(root, "ours", "x.txt"))
+    finally:
+        if tf.io.gfile.exists(root):
+            tf.io.gfile.rmtree(root)
+
+
+def test_cache_folders_are_recognised_by_their_content(tmp_path):
+    from pipeline.records import _only_cache_files
+
+    cache = tmp_path / "abc.building"
+    cache.mkdir()
+    (cache / "train-00000.partial").write_bytes(b"x")
+    (cache / "manifest.json").write_text("{}")
+    assert _only_cache_files(str(cache))
+    (cache / "thesis.tex").write_text("mine")
+    with pytest.raises(ownership.OwnershipError):
+        ownership.remove_owned(str(cache), recognise=_only_cache_files)
+    assert (cache / "thesis.tex").read_text() == "mine"
+
+
+def test_blend_never_clears_a_folder_it_did_not_write(tmp_path):
+    from pipeline.blend import _clear
+
+    blend = user_folder(tmp_path / "blend", ("scores.json", "my_weights.json"))
+    before = snapshot(tmp_path)
+    with pytest.raises(ownership.OwnershipError):
+        _clear(str(blend))
+    assert snapshot(tmp_path) == before
+    old = tmp_path / "old_blend"  # an earlier version's blend folder: its own files only
+    user_folder(old, ("scores.json", "submission.csv"))
+    _clear(str(old))
+    assert sorted(os.listdir(old)) == [layout.MARKER]
+
+
+# ----------------------------------------------------------------------------- synthetic generators
+
+
+def test_synthetic_generator_never_replaces_a_user_folder(tmp_path):
+    from pipeline.data.base import DataError
+    from pipeline.data.synthetic import ensure_synthetic_whale
+    from pipeline.data.synthetic_rfcx import ensure_synthetic_rfcx
+
+    mine = user_folder(tmp_path / "mine")
+    # Even a synthetic.json does not make a folder the generator's unless it names the generator.
+    (mine / "synthetic.json").write_text('{"params": {}}')
+    before = snapshot(tmp_path)
+    with pytest.raises(DataError, match="not a dataset written by"):
+        ensure_synthetic_whale(str(mine), n_train=2, n_test=0, positive_fraction=0.5, seed=0)
+    with pytest.raises(DataError, match="not a dataset written by"):
+        ensure_synthetic_rfcx(str(mine), n_train=4, n_test=0, duration=2.0, sample_rate=8000)
+    (tmp_path / "afile").write_text("mine\n")
+    before = snapshot(tmp_path)
+    with pytest.raises(DataError, match="not a folder"):
+        ensure_synthetic_rfcx(str(tmp_path / "afile"), n_train=4, n_test=0, duration=2.0, sample_rate=8000)
+    assert snapshot(tmp_path) == before
+
+
+def test_a_generated_dataset_with_a_user_file_added_is_not_replaced(tmp_path):
+    from pipeline.data.base import DataError
+    from pipeline.data.synthetic import ensure_synthetic_whale
+
+    root = tmp_path / "syn"
+    ensure_synthetic_whale(str(root), n_train=2, n_test=1, positive_fraction=0.5, seed=0)
+    assert ownership.is_owned(str(root))
+    ensure_synthetic_whale(str(root), n_train=3, n_test=1, positive_fraction=0.5, seed=0)  # ours: replaced
+    assert len(os.listdir(root / "train")) == 3
+    (root / "train" / "my_recording.aiff").write_bytes(b"mine")
+    before = snapshot(tmp_path)
+    with pytest.raises(DataError, match="train/my_recording.aiff"):
+        ensure_synthetic_whale(str(root), n_train=2, n_test=1, positive_fraction=0.5, seed=0)
+    assert snapshot(tmp_path) == before
+
+
+def test_a_dataset_of_an_earlier_version_without_marker_is_still_replaced(tmp_path):
+    from pipeline.data.synthetic import ensure_synthetic_whale
+
+    root = tmp_path / "syn"
+    ensure_synthetic_whale(str(root), n_train=2, n_test=1, positive_fraction=0.5, seed=0)
+    os.remove(root / layout.MARKER)  # as written before the marker existed
+    ensure_synthetic_whale(str(root), n_train=3, n_test=1, positive_fraction=0.5, seed=0)
+    assert len(os.listdir(root / "train")) == 3
