@@ -43,7 +43,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from pipeline.ownership import check_output
 
     # The output folder against the filesystem (ownership, overlap with the data): read-only, also for --dry-run.
-    problems = check_output(queue)
+    problems = check_output(queue, names=only, blend_only=args.blend_only)
     if problems:
         print(f"error: {ConfigError(args.queue, problems)}", file=sys.stderr)
         return EXIT_CONFIG

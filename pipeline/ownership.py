@@ -165,7 +165,7 @@ def adopt_output(path: str) -> List[str]:
 # ----------------------------------------------------------------------------- checks before a run
 
 
-def check_output(queue) -> List[str]:
+def check_output(queue, *, names: Optional[Iterable[str]] = None, blend_only: bool = False) -> List[str]:
     """Problems with the queue's output folder, one ``key.path: message`` line each ([] when it is safe).
 
     Read-only (run by ``run_queue.py`` before anything is written, also for
@@ -179,10 +179,13 @@ def check_output(queue) -> List[str]:
     * an output folder that overlaps a data path in either direction (equal,
       output inside a data folder, a data folder or file inside output),
       naming ``output`` and the data key;
-    * a synthetic data root that holds anything the generator did not write.
+    * a synthetic data root that holds anything the generator did not write
+      (only for the experiments that will run, ``names`` or all, and not
+      with ``blend_only``: otherwise no data is generated).
     """
     problems: List[str] = []
     output = queue.output_dir
+    names = None if names is None else set(names)
     problems += _output_folder_problems(output)
     for i, exp in enumerate(queue.experiments):
         folder = io.join(output, exp.name)
@@ -198,7 +201,8 @@ def check_output(queue) -> List[str]:
             if problem:
                 problems.append(f"output: {output} {problem} {key} ({path}); the pipeline writes and deletes in "
                                 f"its output folder, so it must be apart from the data. Choose another output")
-        problem = _synthetic_root_problem(exp)
+        will_run = not blend_only and (names is None or exp.name in names)
+        problem = _synthetic_root_problem(exp) if will_run else None
         if problem:
             problems.append(f"experiments[{i}].data.root: {problem}")
     return list(dict.fromkeys(problems))

@@ -122,7 +122,7 @@ def test_a_synthetic_data_root_pointed_at_a_user_folder_is_refused(tmp_path, cap
         experiments: [{{name: a}}]
     """)
     before = snapshot(tmp_path)
-    refused(capsys, [path], "experiments[0].data.root: ", "is not a dataset written by pipeline.data." + source[:9])
+    refused(capsys, [path], "experiments[0].data.root: ", "is not a synthetic dataset written by pipeline.data." + source[:9])
     assert snapshot(tmp_path) == before
 
 
@@ -367,9 +367,9 @@ def test_synthetic_generator_never_replaces_a_user_folder(tmp_path):
     # Even a synthetic.json does not make a folder the generator's unless it names the generator.
     (mine / "synthetic.json").write_text('{"params": {}}')
     before = snapshot(tmp_path)
-    with pytest.raises(DataError, match="not a dataset written by"):
+    with pytest.raises(DataError, match="not a synthetic dataset written by"):
         ensure_synthetic_whale(str(mine), n_train=2, n_test=0, positive_fraction=0.5, seed=0)
-    with pytest.raises(DataError, match="not a dataset written by"):
+    with pytest.raises(DataError, match="not a synthetic dataset written by"):
         ensure_synthetic_rfcx(str(mine), n_train=4, n_test=0, duration=2.0, sample_rate=8000)
     (tmp_path / "afile").write_text("mine\n")
     before = snapshot(tmp_path)

@@ -48,7 +48,8 @@ def test_layout(small):
     files = set(digest(small))
     assert {"train.csv", "test_labels.csv", "truth.csv", "synthetic.json", "README.txt"} <= files
     assert {f"train/train{i}.aiff" for i in range(1, 21)} | {f"test/test{i}.aiff" for i in range(1, 9)} <= files
-    assert len(files) == 5 + 20 + 8
+    assert len(files) == 5 + 20 + 8 + 1  # + the ownership marker: the generator may replace its own dataset only
+    assert ".pipeline-owned" in files
     train = pd.read_csv(os.path.join(small, "train.csv"))
     assert list(train.columns) == ["clip_name", "label"]
     answers = pd.read_csv(os.path.join(small, "test_labels.csv"))
@@ -157,7 +158,7 @@ def test_interrupted_generation_leaves_no_dataset(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []  # neither the dataset nor a temporary folder
     monkeypatch.undo()
     ensure_synthetic_whale(root, **SMALL)
-    assert len(digest(root)) == 5 + 20 + 8
+    assert len(digest(root)) == 5 + 20 + 8 + 1  # + the ownership marker
 
 
 def test_interrupted_regeneration_keeps_the_old_dataset(small, monkeypatch):

@@ -26,6 +26,7 @@ Files (see the README.txt written next to them)::
     ROOT/truth.csv            per-clip generator truth (kind, SNR, call shape) -- also an answer key
     ROOT/synthetic.json       generator parameters and format version
     ROOT/README.txt
+    ROOT/.pipeline-owned      the pipeline's ownership marker: only such a folder is ever replaced
 
 Every clip draws from its own generator, seeded by
 ``SeedSequence(seed, spawn_key=(split, index))``, so a clip does not depend
@@ -155,7 +156,7 @@ def ensure_synthetic_whale(
         raise DataError(problem)
     started = time.perf_counter()
     write_into_place(root, lambda tmp: _write_dataset(tmp, params=params, spec=spec),
-                     is_current=lambda: _is_current(root, spec), root_problem=root_problem)
+                     is_current=lambda: _is_current(root, spec), layout=LAYOUT)
     logger.info(
         "%s: wrote %d train + %d test synthetic clips in %.1f s",
         root, params["n_train"], params["n_test"], time.perf_counter() - started,
@@ -426,22 +427,9 @@ def _read_spec(root: str) -> Optional[dict]:
         return None
 
 
-# Everything _write_dataset writes at the top of the dataset folder, and its clip names.
-_GENERATED_NAMES = frozenset({"train.csv", "test_labels.csv", "truth.csv", "README.txt", SPEC_FILE, "train", "test"})
-_CLIP_NAME = re.compile(r"(train|test)[0-9]+\.aiff")
-
-
-def root_problem(root: str) -> Optional[str]:
-    """Why the generator may not write (or replace) its dataset at ``root``; None when it may.
-
-    Only a missing or empty folder, or a dataset this generator wrote itself,
-    may be replaced - never a folder of the user's (see :func:`generated_root_problem`).
-    """
-    return generated_root_problem(root, generator=__name__, names=_GENERATED_NAMES, clip_name=_CLIP_NAME)
-
-
-def generated_root_problem(root: str, *, generator: str, names: frozenset, clip_name: "re.Pattern") -> Optional[str]:
-    """Why ``root`` may not be replaced by a generated dataset; None when it may.
+@dataclass(frozen=True)
+class GeneratedLayout:
+    """What a generator writes into its dataset folder: how a folder is recognised as replaceable.
 
     ``root`` may be replaced when it does not exist, is empty, or is a
     dataset written by ``generator`` - recognised by the pipeline's ownership
@@ -451,34 +439,69 @@ def generated_root_problem(root: str, *, generator: str, names: frozenset, clip_
     ``test/``, regular files called like ``clip_name``. A file the user added
     to a generated dataset therefore also stops the replacement.
     """
-    if not os.path.lexists(root):
+
+    generator: str
+    names: frozenset
+    clip_name: "re.Pattern"
+
+    def foreign(self, folder: str) -> list:
+        """Entries of ``folder`` (relative names) that the generator does not write."""
+        present = [n for n in os.listdir(folder) if n != ownership.MARKER]
+        out = [n for n in present if n not in self.names and not ownership.is_atomic_leftover(n)]
+        for split in ("train", "test"):
+            sub = os.path.join(folder, split)
+            if os.path.isdir(sub) and not os.path.islink(sub):
+                out += [f"{split}/{e.name}" for e in os.scandir(sub)
+                        if not (e.is_file(follow_symlinks=False) and self.clip_name.fullmatch(e.name))]
+            elif os.path.lexists(sub):
+                out.append(split)
+        return out
+
+    def root_problem(self, root: str) -> Optional[str]:
+        """Why the generator may not write (or replace) its dataset at ``root``; None when it may."""
+        if not os.path.lexists(root):
+            return None
+        if not os.path.isdir(root):
+            return f"{root}: exists and is not a folder; choose another data.root (a new or empty folder)"
+        try:
+            present = [n for n in os.listdir(root) if n != ownership.MARKER]
+            if not present:
+                return None
+            spec = _read_spec(root)
+            if not (ownership.is_owned(root) or (isinstance(spec, dict) and spec.get("generator") == self.generator)):
+                return (f"{root}: exists, is not empty and is not a synthetic dataset written by {self.generator} "
+                        f"(no {ownership.MARKER} or {SPEC_FILE} naming it; it holds {_some(present)}); refusing to "
+                        f"replace it - choose another data.root (a new or empty folder)")
+            foreign = self.foreign(root)
+        except OSError as err:
+            return f"{root}: cannot be listed ({err}); choose another data.root"
+        if foreign:
+            return (f"{root}: holds files the generator did not write ({_some(foreign)}); refusing to replace the "
+                    f"dataset and lose them - move them away or choose another data.root")
         return None
-    if not os.path.isdir(root):
-        return f"{root}: exists and is not a folder; choose another data.root (a new or empty folder)"
-    try:
-        present = [n for n in os.listdir(root) if n != ownership.MARKER]
-    except OSError as err:
-        return f"{root}: cannot be listed ({err}); choose another data.root"
-    if not present:
-        return None
-    spec = _read_spec(root)
-    ours = ownership.is_owned(root) or (isinstance(spec, dict) and spec.get("generator") == generator)
-    if not ours:
-        return (f"{root}: exists, is not empty and is not a dataset written by {generator} (no "
-                f"{ownership.MARKER} or {SPEC_FILE} naming it; it holds {_some(present)}); refusing to replace it - "
-                f"choose another data.root (a new or empty folder)")
-    foreign = [n for n in present if n not in names and not ownership.is_atomic_leftover(n)]
-    for split in ("train", "test"):
-        folder = os.path.join(root, split)
-        if os.path.isdir(folder) and not os.path.islink(folder):
-            foreign += [f"{split}/{e.name}" for e in os.scandir(folder)
-                        if not (e.is_file(follow_symlinks=False) and clip_name.fullmatch(e.name))]
-        elif os.path.lexists(folder):
-            foreign.append(split)
-    if foreign:
-        return (f"{root}: holds files the generator did not write ({_some(foreign)}); refusing to replace the "
-                f"dataset and lose them - move them away or choose another data.root")
-    return None
+
+    def is_work_folder(self, folder: str) -> bool:
+        """A temporary folder of :func:`write_into_place`: marked, or holding only what the generator writes."""
+        try:
+            return ownership.is_owned(folder) or not self.foreign(folder)
+        except OSError:
+            return False
+
+
+# Everything _write_dataset writes at the top of the dataset folder, and its clip names.
+LAYOUT = GeneratedLayout(generator=__name__,
+                         names=frozenset({"train.csv", "test_labels.csv", "truth.csv", "README.txt", SPEC_FILE,
+                                          "train", "test"}),
+                         clip_name=re.compile(r"(train|test)[0-9]+\.aiff"))
+
+
+def root_problem(root: str) -> Optional[str]:
+    """Why the generator may not write (or replace) its dataset at ``root``; None when it may.
+
+    Only a missing or empty folder, or a dataset this generator wrote itself,
+    may be replaced - never a folder of the user's (see :class:`GeneratedLayout`).
+    """
+    return LAYOUT.root_problem(root)
 
 
 def _some(names, n: int = 3) -> str:
@@ -592,7 +615,7 @@ def _fmt(value):
     return value
 
 
-def _remove_stale_work_folders(parent: str, name: str, *, max_age_s: float = 3600.0) -> None:
+def _remove_stale_work_folders(parent: str, name: str, layout: GeneratedLayout, *, max_age_s: float = 3600.0) -> None:
     """Delete temporary siblings that killed runs left behind.
 
     Only folders untouched for ``max_age_s`` go: a younger one may belong to
@@ -607,19 +630,23 @@ def _remove_stale_work_folders(parent: str, name: str, *, max_age_s: float = 360
                     stale = now - entry.stat(follow_symlinks=False).st_mtime > max_age_s
                 except OSError:
                     continue
-                # write_into_place marks its work folders as soon as it makes them: an unmarked one is not ours.
-                if stale and (ownership.is_owned(entry.path) or not os.listdir(entry.path)):
+                # Only what write_into_place made: a marked folder or one holding nothing but generated files
+                # (an .old- folder holds the replaced dataset under `name`).
+                ours = layout.is_work_folder(entry.path) if prefix.endswith(".tmp-") else (
+                    ownership.is_owned(entry.path)
+                    or set(os.listdir(entry.path)) <= {name} and layout.root_problem(os.path.join(entry.path, name)) is None)
+                if stale and ours:
                     logger.info("removing %s left by an interrupted run", entry.path)
                     shutil.rmtree(entry.path, ignore_errors=True)
 
 
 def write_into_place(root: str, write: Callable[[str], None], *, is_current: Callable[[], bool],
-                     root_problem: Callable[[str], Optional[str]]) -> None:
+                     layout: GeneratedLayout) -> None:
     """``write(tmp)`` a dataset into a hidden temporary sibling of ``root``, then rename it to ``root``.
 
     An interrupted run never leaves a half-written ``root``; siblings that
     killed runs left behind are removed first (:func:`_remove_stale_work_folders`).
-    An older dataset at ``root`` is replaced only when ``root_problem(root)``
+    An older dataset at ``root`` is replaced only when ``layout.root_problem(root)``
     finds nothing against it (checked again just before, since the dataset is
     written in between): a folder the generator did not write raises
     :class:`DataError` and is left as it was. When another process finished
@@ -628,7 +655,7 @@ def write_into_place(root: str, write: Callable[[str], None], *, is_current: Cal
     """
     parent, name = os.path.split(root)
     os.makedirs(parent, exist_ok=True)
-    _remove_stale_work_folders(parent, name)
+    _remove_stale_work_folders(parent, name, layout)
     tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
     try:
         ownership.mark(tmp)
@@ -636,7 +663,7 @@ def write_into_place(root: str, write: Callable[[str], None], *, is_current: Cal
         write(tmp)
         old = None
         if os.path.lexists(root):
-            problem = root_problem(root)
+            problem = layout.root_problem(root)
             if problem:
                 raise DataError(problem)
             old = tempfile.mkdtemp(prefix=f".{name}.old-", dir=parent)

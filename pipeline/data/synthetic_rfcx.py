@@ -44,7 +44,7 @@ import numpy as np
 from pipeline import ownership
 from pipeline.data.base import DataError, Dataset
 from pipeline.data.rfcx import BOX_COLUMNS, N_SPECIES, read_kaggle_rfcx
-from pipeline.data.synthetic import generated_root_problem, write_csv, write_into_place, write_pcm16
+from pipeline.data.synthetic import GeneratedLayout, write_csv, write_into_place, write_pcm16
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def ensure_synthetic_rfcx(root: str, *, n_train: int = 200, n_test: int = 50, du
         raise DataError(problem)
     started = time.perf_counter()
     write_into_place(root, lambda tmp: _write_dataset(tmp, params, spec), is_current=lambda: _is_current(root, spec),
-                     root_problem=root_problem)
+                     layout=LAYOUT)
     logger.info("%s: wrote %d train + %d test synthetic rfcx recordings (%.0f s at %d Hz) in %.1f s", root,
                 n_train, n_test, duration, sample_rate, time.perf_counter() - started)
 
@@ -194,15 +194,16 @@ def _plant(rng, x, k: int, shape: str, band, duration: float, sample_rate: int, 
 
 
 # Everything _write_dataset writes at the top of the dataset folder, and its recording names.
-_GENERATED_NAMES = frozenset({"train_tp.csv", "train_fp.csv", "test_labels.csv", "test_boxes.csv", "README.txt",
-                              SPEC_FILE, "train", "test"})
-_RECORDING_NAME = re.compile(r"(train|test)[0-9]+\.flac")
+LAYOUT = GeneratedLayout(generator=__name__,
+                         names=frozenset({"train_tp.csv", "train_fp.csv", "test_labels.csv", "test_boxes.csv",
+                                          "README.txt", SPEC_FILE, "train", "test"}),
+                         clip_name=re.compile(r"(train|test)[0-9]+\.flac"))
 
 
 def root_problem(root: str) -> Optional[str]:
     """Why the generator may not write (or replace) its dataset at ``root``; None when it may (see
-    :func:`pipeline.data.synthetic.generated_root_problem`: never a folder of the user's)."""
-    return generated_root_problem(root, generator=__name__, names=_GENERATED_NAMES, clip_name=_RECORDING_NAME)
+    :class:`pipeline.data.synthetic.GeneratedLayout`: never a folder of the user's)."""
+    return LAYOUT.root_problem(root)
 
 
 def _write_dataset(folder: str, params: dict, spec: dict) -> None:
