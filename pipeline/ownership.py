@@ -209,6 +209,8 @@ def check_output(queue, *, names: Optional[Iterable[str]] = None, blend_only: bo
 
 
 def _output_folder_problems(output: str) -> List[str]:
+    if any(ord(c) < 32 for c in output):
+        return [f"output: {output!r} contains a control character (a newline?); expected a folder path"]
     if io.is_remote(output):
         if io.exists(output) and not io.isdir(output):
             return [f"output: {output} is an existing file; expected a folder"]

@@ -469,6 +469,9 @@ def run(queue: Queue, *, only: Optional[List[str]] = None, force: bool = False, 
     except ownership.OwnershipError as err:  # appeared since the check: still nothing of it was touched
         print(f"error: output: {err}", file=sys.stderr)
         return EXIT_CONFIG
+    except OSError as err:  # e.g. no permission to create it, a name too long for the filesystem
+        print(f"error: output: cannot create or lock {paths.output}: {err}", file=sys.stderr)
+        return EXIT_CONFIG
     except lock.LockBusy as err:
         print(f"error: {err}", file=sys.stderr)
         return lock.EXIT_BUSY

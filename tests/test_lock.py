@@ -75,9 +75,10 @@ def test_a_remote_output_is_locked_by_a_local_file_keyed_by_its_url():
             lock.acquire(url)
 
 
+# The data fails at once should a run ever start (a header-only train.csv): the refusal must come first.
 QUEUE = """
 defaults:
-  data: {name: synthetic_whale, n_train: 10, n_test: 2}
+  data: {name: kaggle_whale, root: data}
   features: mel
   model: inceptiontime
 experiments: [{name: a}]
@@ -86,6 +87,8 @@ experiments: [{name: a}]
 
 def test_the_runner_exits_3_while_another_holds_the_output(tmp_path, holder, capsys):
     (tmp_path / "queue.yaml").write_text(QUEUE)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.csv").write_text("clip_name,label\n")
     out = tmp_path / "output"
     ownership.make_owned_dir(str(out))
     first = holder(out)
@@ -94,7 +97,6 @@ def test_the_runner_exits_3_while_another_holds_the_output(tmp_path, holder, cap
     err = capsys.readouterr().err
     assert f"pid {first.pid}" in err and "in use by another runner" in err and "Traceback" not in err
     assert sorted(os.listdir(out)) == before  # no queue.log, no experiment folder
-    assert not (tmp_path / "input").exists()  # no synthetic data either
     # The plan takes no lock and writes nothing.
     assert main([str(tmp_path / "queue.yaml"), "--dry-run"]) == 0
     assert sorted(os.listdir(out)) == before

@@ -39,6 +39,18 @@ def user_folder(path, files=("a.txt", "sub/b.wav")):
     return path
 
 
+def quick_data(tmp_path):
+    """A data block that fails at once if a run ever starts (a header-only train.csv), kept outside ``tmp_path``.
+
+    The refusals must come before any work; should one regress, the test
+    fails in seconds instead of generating data and training.
+    """
+    root = tmp_path.parent / (tmp_path.name + "_kw")
+    root.mkdir(exist_ok=True)
+    (root / "train.csv").write_text("clip_name,label\n")
+    return f"{{name: kaggle_whale, root: {root}}}"
+
+
 def write(folder, text, name="queue.yaml"):
     path = folder / name
     path.write_text(textwrap.dedent(text))
@@ -80,7 +92,7 @@ def test_output_dot_with_a_user_folder_named_like_an_experiment_is_refused(tmp_p
     user_folder(tmp_path / "notes")
     path = write(tmp_path, f"""
         defaults:
-          data: {{name: synthetic_whale, root: {tmp_path.parent / (tmp_path.name + "_data")}}}
+          data: {quick_data(tmp_path)}
           features: mel
           model: inceptiontime
         experiments: [{{name: notes}}]
@@ -91,14 +103,13 @@ def test_output_dot_with_a_user_folder_named_like_an_experiment_is_refused(tmp_p
                   "experiments[0].name: ")
     assert "queue.yaml" in err  # the listing shows what is in the folder
     assert snapshot(tmp_path) == before
-    assert not os.path.exists(str(tmp_path) + "_data")
 
 
 def test_an_output_folder_of_the_users_is_refused(tmp_path, capsys):
     user_folder(tmp_path / "results")
     path = write(tmp_path, f"""
         defaults:
-          data: {{name: synthetic_whale}}
+          data: {quick_data(tmp_path)}
           features: mel
           model: inceptiontime
         experiments: [{{name: a}}]
@@ -173,7 +184,7 @@ def test_an_output_naming_a_file_is_refused(tmp_path, capsys, output):
     (tmp_path / "afile").write_text("mine\n")
     path = write(tmp_path, f"""
         defaults:
-          data: {{name: synthetic_whale}}
+          data: {quick_data(tmp_path)}
           features: mel
           model: inceptiontime
         experiments: [{{name: a}}]
@@ -191,7 +202,7 @@ def test_a_user_folder_inside_the_pipelines_output_is_refused_by_experiment_name
     user_folder(out / "mine")
     path = write(tmp_path, f"""
         defaults:
-          data: {{name: synthetic_whale}}
+          data: {quick_data(tmp_path)}
           features: mel
           model: inceptiontime
         experiments: [{{name: ok}}, {{name: mine}}]
@@ -208,7 +219,7 @@ def test_run_experiment_never_deletes_a_folder_it_did_not_create(tmp_path):
 
     path = write(tmp_path, f"""
         defaults:
-          data: {{name: synthetic_whale}}
+          data: {quick_data(tmp_path)}
           features: mel
           model: inceptiontime
         experiments: [{{name: train}}]
@@ -246,7 +257,7 @@ def test_an_output_of_an_earlier_version_is_adopted_and_kept(tmp_path):
     legacy_output(out, ("a", "b"))
     path = write(tmp_path, f"""
         defaults:
-          data: {{name: synthetic_whale}}
+          data: {quick_data(tmp_path)}
           features: mel
           model: inceptiontime
         experiments: [{{name: a}}, {{name: b}}]
@@ -269,7 +280,7 @@ def test_an_earlier_versions_folder_with_a_user_file_is_not_adopted(tmp_path, ca
     (out / "thesis" / "draft.tex").write_text("mine\n")
     path = write(tmp_path, f"""
         defaults:
-          data: {{name: synthetic_whale}}
+          data: {quick_data(tmp_path)}
           features: mel
           model: inceptiontime
         experiments: [{{name: a}}]
@@ -402,3 +413,18 @@ def test_a_dataset_of_an_earlier_version_without_marker_is_still_replaced(tmp_pa
     os.remove(root / layout.MARKER)  # as written before the marker existed
     ensure_synthetic_whale(str(root), n_train=3, n_test=1, positive_fraction=0.5, seed=0)
     assert len(os.listdir(root / "train")) == 3
+
+
+@pytest.mark.parametrize("output", ['"out\\n"', '"out\\tx"'])
+def test_an_output_path_with_a_control_character_is_refused(tmp_path, capsys, output):
+    path = write(tmp_path, f"""
+        defaults:
+          data: {quick_data(tmp_path)}
+          features: mel
+          model: inceptiontime
+        experiments: [{{name: a}}]
+        output: {output}
+    """)
+    before = snapshot(tmp_path)
+    refused(capsys, [path], "output: ", "control character")
+    assert snapshot(tmp_path) == before
