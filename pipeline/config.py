@@ -25,13 +25,14 @@ import hashlib
 import json
 import os
 import re
+import reprlib
 import typing
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
-from pipeline import schema
+from pipeline import queue_yaml, schema
 
 NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 # Experiment names become folders under output/ and column names in output/oof.csv.
@@ -138,8 +139,16 @@ def load_queue(path: str) -> Queue:
     if not os.path.isfile(source):
         raise ConfigError(path, [f"queue file not found: {path!r} (expected a YAML file)"])
     try:
+        size = os.path.getsize(source)
+        if size > queue_yaml.MAX_BYTES:
+            raise ConfigError(path, [f"queue file is {size:,} bytes; a queue file may be at most "
+                                     f"{queue_yaml.MAX_BYTES:,} bytes (is this the right file?)"])
         with open(source, encoding="utf-8") as f:
-            raw = yaml.safe_load(f)
+            raw = queue_yaml.load_text(f.read())
+    except queue_yaml.QueueYAMLError as err:
+        mark = err.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        raise ConfigError(path, [f"{where}: {err.problem}"]) from None
     except yaml.constructor.ConstructorError as err:
         mark = err.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
@@ -153,7 +162,10 @@ def load_queue(path: str) -> Queue:
         raise ConfigError(path, [f"{where}: not valid YAML: {problem}"]) from None
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(path, [f"cannot read queue file: {err}"]) from None
-    return parse_queue(raw, source=source, base_dir=os.path.dirname(source))
+    try:
+        return parse_queue(raw, source=source, base_dir=os.path.dirname(source))
+    except RecursionError:  # the loader bounds nesting; this is the last line of defence
+        raise ConfigError(path, ["<root>: nested too deeply to validate"]) from None
 
 
 def parse_queue(raw: Any, *, source: str, base_dir: str) -> Queue:
@@ -456,8 +468,21 @@ def _typename(value) -> str:
     )
 
 
+def _short_repr():
+    short = reprlib.Repr()
+    short.maxstring = short.maxother = 80
+    short.maxlist = short.maxdict = 6
+    short.maxlevel = 3
+    return short
+
+
+# Values are quoted in messages shortened: a 900 kB string or a deeply nested list stays one short line.
+_SHORT = _short_repr()
+
+
 def _show(value) -> str:
-    return f"{value!r} ({_typename(value)})" if not isinstance(value, (int, float)) or isinstance(value, bool) else repr(value)
+    text = _SHORT.repr(value)
+    return f"{text} ({_typename(value)})" if not isinstance(value, (int, float)) or isinstance(value, bool) else text
 
 
 def dump_experiment(exp: Experiment) -> str:
