@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
-from pipeline import queue_yaml, schema
+from pipeline import config_checks, queue_yaml, schema
 
 NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 # Experiment names become folders under output/ and column names in output/oof.csv.
@@ -275,7 +275,10 @@ def _parse_experiment(i, raw_exp, defaults, base_dir, problems, seen) -> Optiona
 
     if len(problems) > n_before or name is None:
         return None
-    return Experiment(name=name, **values)
+    exp = Experiment(name=name, **values)
+    # Rules across sections (fmin < fmax <= Nyquist, n_fft within the clip, rfcx losses, ...): see config_checks.
+    config_checks.check_experiment(exp, origin, problems)
+    return None if len(problems) > n_before else exp
 
 
 def _merge_component(section, default, own, origin, problems) -> Optional[dict]:
@@ -389,6 +392,10 @@ def _check_value(value, hint, meta, base_dir) -> Tuple[Optional[str], Any]:
             isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value
         ):
             return f"expected a non-empty list of positive integers; got {_show(value)}", value
+        if "max_len" in meta and len(value) > meta["max_len"]:
+            return f"expected at most {meta['max_len']} integers; got {len(value)}", value
+        if "item_max" in meta and max(value) > meta["item_max"]:
+            return f"every integer must be <= {meta['item_max']}; got {max(value)}", value
         value = tuple(value)
     choices = meta.get("choices")
     # Compared with their types too, so that 1 is not taken for true.

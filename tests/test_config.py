@@ -64,7 +64,7 @@ BAD = [
     (GOOD.replace("  - name: b\n", "  - name: 'a b'\n"), "experiments[1].name", "not a safe name"),
     (GOOD.replace("  - name: b\n", "  - name: ..\n"), "experiments[1].name", "not a safe name"),
     (GOOD.replace("  - name: b\n", "  - name: blend\n"), "experiments[1].name", "reserved"),
-    (GOOD.replace("  - name: b\n", "  - model: inceptiontime\n"), "experiments[1].name", "required"),
+    (GOOD.replace("  - name: b\n", "  - features: mel\n"), "experiments[1].name", "required"),
     (GOOD.replace("model: {name: inceptiontime, residual: true}", "model: {name: inceptiontime, residual: 'yes'}"),
      "experiments[1].model.residual", "true or false"),
     (GOOD.replace("model: {name: inceptiontime, residual: true}", "model: {name: inceptiontime, kernel_sizes: [0, 2]}"),
