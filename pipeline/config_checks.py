@@ -43,6 +43,7 @@ def check_experiment(exp, origin: Callable[..., str], problems: List[str]) -> No
         problems.append(f"{origin('audio', 'duration')}: {clip} is less than one sample")
         return
 
+    _check_folds(exp, origin, problems)
     shape = None  # one clip's feature shape
     if feat.name in ("mel", "complexity"):
         shape = _check_spectral(feat.name, params, audio.sample_rate, n_samples, clip, origin, problems)
@@ -60,6 +61,22 @@ def check_experiment(exp, origin: Callable[..., str], problems: List[str]) -> No
     _check_model(exp, shape, origin, problems)
     if shape is not None:
         _check_augment(exp, shape, origin, problems)
+
+
+def _check_folds(exp, origin, problems) -> None:
+    """Synthetic data's class counts are known from the config (see pipeline.folds.assign_folds)."""
+    data, n_splits = exp.data, exp.folds.n_splits
+    if data.name == "synthetic_whale":
+        n, fraction = data.params.n_train, data.params.positive_fraction
+        positives = min(max(int(round(n * fraction)), 1), n - 1)  # as pipeline.data.synthetic._labels
+        smallest = min(positives, n - positives)
+        if smallest < n_splits:
+            problems.append(f"{origin('folds', 'n_splits')}: must be <= {smallest}, the training clips of the "
+                            f"smaller class (data.n_train {n} x data.positive_fraction {fraction:g}); every fold "
+                            f"needs both classes; got {n_splits}")
+    elif data.name == "synthetic_rfcx" and data.params.n_train < n_splits:
+        problems.append(f"{origin('folds', 'n_splits')}: must be <= data.n_train ({data.params.n_train} "
+                        f"recordings; a recording is never split between folds); got {n_splits}")
 
 
 def _check_spectral(name, params, sample_rate, n_samples, clip, origin, problems) -> Optional[tuple]:

@@ -304,6 +304,11 @@ LATE = [
      "defaults.crops.crop_seconds", "<= audio.duration (4 s"),
     ("rfcx-hop>window", queue_with(RFCX_AUDIO + "\ncrops: {crop_seconds: 2.0, window_hop_seconds: 3.0}", data=RFCX,
                                    experiment=RFCX_OK), "defaults.crops.window_hop_seconds", "never predicted"),
+    ("folds>positives", queue_with("folds: {n_splits: 5}", data="{name: synthetic_whale, n_train: 20, "
+                                                                "positive_fraction: 0.1}"),
+     "defaults.folds.n_splits", "must be <= 2"),
+    ("folds>recordings", queue_with(RFCX_AUDIO + "\nfolds: {n_splits: 9}", data=RFCX, experiment=RFCX_OK),
+     "defaults.folds.n_splits", "must be <= data.n_train (8"),
     ("rfcx-sed-loss-model", queue_with(RFCX_AUDIO, data=RFCX, experiment="model: cnn1d\nloss: sed\n"
                                        "features: {name: mel, n_fft: 1024, hop_length: 512, n_mels: 32}"),
      "experiments[0].loss.name", "needs model.name sed"),
