@@ -12,6 +12,11 @@ string (``model: inceptiontime``) or a mapping ``{name: ..., <params>}``. An
 experiment's component is merged over the default one when both have the same
 name (or the experiment's omits the name); a different name replaces it.
 
+The YAML is read by :mod:`pipeline.queue_yaml`: at most 1 MB, no key written twice
+in one mapping, anchors / aliases / ``<<`` merge keys allowed up to 20,000 nodes
+once expanded and 32 levels of nesting. Rules across sections (``fmin < fmax``,
+``n_fft`` within the clip, rfcx losses, ...) are in :mod:`pipeline.config_checks`.
+
 Relative paths are resolved against the queue file's folder, never the working
 directory. All problems are collected and raised together as one
 :class:`ConfigError` whose lines each start with the key path, e.g.

@@ -23,6 +23,8 @@ MAX_CLIP_SAMPLES = 100_000_000
 MAX_FEATURE_VALUES = 250_000_000
 RFCX_SOURCES = ("kaggle_rfcx", "synthetic_rfcx")
 SPECTROGRAM_MODELS = ("sed", "vit", "xception")  # they need [frames, bins], not a waveform
+# Every keras.applications family in schema.SED_BACKBONES refuses inputs under 32 x 32 (min_size).
+MIN_APPLICATION_INPUT = 32
 
 
 def check_experiment(exp, origin: Callable[..., str], problems: List[str]) -> None:
@@ -167,6 +169,12 @@ def _check_model(exp, shape, origin, problems) -> None:
     if model.name == "sed" and model.params.weights is not None and model.params.backbone == "cnn":
         problems.append(f"{origin('model', 'weights')}: weights apply to a keras.applications backbone; the "
                         f"built-in cnn starts from random weights (set weights: null or choose a backbone)")
+    if (model.name == "sed" and model.params.backbone != "cnn" and len(shape) == 2
+            and min(shape) < MIN_APPLICATION_INPUT):
+        problems.append(f"{origin('model', 'backbone')}: keras.applications backbones need at least "
+                        f"{MIN_APPLICATION_INPUT} x {MIN_APPLICATION_INPUT} inputs; the model sees "
+                        f"{shape[0]} frames x {shape[1]} {'mel bands' if exp.features.name == 'mel' else 'values'} "
+                        f"(use backbone: cnn, more mels or longer examples)")
     if exp.loss.name == "sed" and model.name != "sed" and exp.data.name in RFCX_SOURCES:
         problems.append(f"{origin('loss', 'name')}: sed needs model.name sed (framewise output); "
                         f"got model {model.name}")

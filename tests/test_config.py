@@ -309,6 +309,9 @@ LATE = [
      "defaults.folds.n_splits", "must be <= 2"),
     ("folds>recordings", queue_with(RFCX_AUDIO + "\nfolds: {n_splits: 9}", data=RFCX, experiment=RFCX_OK),
      "defaults.folds.n_splits", "must be <= data.n_train (8"),
+    ("sed-backbone-small-input", queue_with(features="{name: mel, n_mels: 16}",
+                                            experiment="model: {name: sed, backbone: EfficientNetB0}"),
+     "experiments[0].model.backbone", "at least 32 x 32"),
     ("rfcx-sed-loss-model", queue_with(RFCX_AUDIO, data=RFCX, experiment="model: cnn1d\nloss: sed\n"
                                        "features: {name: mel, n_fft: 1024, hop_length: 512, n_mels: 32}"),
      "experiments[0].loss.name", "needs model.name sed"),
