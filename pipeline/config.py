@@ -157,6 +157,8 @@ def load_queue(path: str) -> Queue:
     except yaml.constructor.ConstructorError as err:
         mark = err.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        if "tag" not in str(err.problem):  # e.g. a list used as a key
+            raise ConfigError(path, [f"{where}: not valid in a queue file: {err.problem}"]) from None
         raise ConfigError(
             path, [f"{where}: YAML tag not allowed ({err.problem}); only plain YAML values are accepted"]
         ) from None

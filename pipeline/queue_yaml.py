@@ -101,6 +101,10 @@ class QueueLoader(_SafeBase):
             self._count(size, event.start_mark)
             return node
         event = self.peek_event()
+        if event.anchor is not None and event.anchor in self.anchors:
+            first = self.anchors[event.anchor].start_mark
+            raise QueueYAMLError(None, None, f"anchor &{event.anchor} is defined twice (first at line "
+                                             f"{first.line + 1}); give each anchor its own name", event.start_mark)
         self._depth += 1
         if self._depth > MAX_DEPTH:
             raise QueueYAMLError(

@@ -209,6 +209,8 @@ HOSTILE = [
     ("100000-brackets", nested(100_000, "brackets"), "nested more than"),
     ("deep-valid-mappings", nested(5_000, "mappings"), "nested more than"),
     ("recursive-alias", "experiments: &e [{name: a, model: *e}]\n", "recursive structure"),
+    ("duplicate-anchor", "a: &x 1\nb: &x 2\nexperiments: []\n", "anchor &x is defined twice (first at line 1)"),
+    ("list-as-key", "? [a, b]\n: 1\nexperiments: []\n", "not valid in a queue file"),
     ("5000-digit-integer", GOOD.replace("epochs: 1", "epochs: " + "9" * 5000), "cannot read this value"),
     ("impossible-date", GOOD.replace("epochs: 1", "epochs: 2026-02-30"), "cannot read this value"),
 ]
