@@ -46,10 +46,6 @@ class QueueYAMLError(yaml.MarkedYAMLError):
     """A document that is valid YAML but not acceptable as a queue file (message has the line)."""
 
 
-def _where(mark) -> str:
-    return f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "unknown position"
-
-
 if getattr(yaml, "__with_libyaml__", False):
     from yaml.cyaml import CParser
 
