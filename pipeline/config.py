@@ -12,6 +12,11 @@ string (``model: inceptiontime``) or a mapping ``{name: ..., <params>}``. An
 experiment's component is merged over the default one when both have the same
 name (or the experiment's omits the name); a different name replaces it.
 
+The YAML is read by :mod:`pipeline.queue_yaml`: at most 1 MB, no key written twice
+in one mapping, anchors / aliases / ``<<`` merge keys allowed up to 20,000 nodes
+once expanded and 32 levels of nesting. Rules across sections (``fmin < fmax``,
+``n_fft`` within the clip, rfcx losses, ...) are in :mod:`pipeline.config_checks`.
+
 Relative paths are resolved against the queue file's folder, never the working
 directory. All problems are collected and raised together as one
 :class:`ConfigError` whose lines each start with the key path, e.g.
@@ -25,13 +30,14 @@ import hashlib
 import json
 import os
 import re
+import reprlib
 import typing
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
-from pipeline import layout, schema
+from pipeline import config_checks, layout, queue_yaml, schema
 
 # Experiment names become folders under output/ and column names in output/oof.csv. Matched with
 # fullmatch: with `$`, re.match accepts a trailing newline ("cache\n").
@@ -139,11 +145,21 @@ def load_queue(path: str) -> Queue:
     if not os.path.isfile(source):
         raise ConfigError(path, [f"queue file not found: {path!r} (expected a YAML file)"])
     try:
+        size = os.path.getsize(source)
+        if size > queue_yaml.MAX_BYTES:
+            raise ConfigError(path, [f"queue file is {size:,} bytes; a queue file may be at most "
+                                     f"{queue_yaml.MAX_BYTES:,} bytes (is this the right file?)"])
         with open(source, encoding="utf-8") as f:
-            raw = yaml.safe_load(f)
+            raw = queue_yaml.load_text(f.read())
+    except queue_yaml.QueueYAMLError as err:
+        mark = err.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        raise ConfigError(path, [f"{where}: {err.problem}"]) from None
     except yaml.constructor.ConstructorError as err:
         mark = err.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        if "tag" not in str(err.problem):  # e.g. a list used as a key
+            raise ConfigError(path, [f"{where}: not valid in a queue file: {err.problem}"]) from None
         raise ConfigError(
             path, [f"{where}: YAML tag not allowed ({err.problem}); only plain YAML values are accepted"]
         ) from None
@@ -154,7 +170,10 @@ def load_queue(path: str) -> Queue:
         raise ConfigError(path, [f"{where}: not valid YAML: {problem}"]) from None
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(path, [f"cannot read queue file: {err}"]) from None
-    return parse_queue(raw, source=source, base_dir=os.path.dirname(source))
+    try:
+        return parse_queue(raw, source=source, base_dir=os.path.dirname(source))
+    except RecursionError:  # the loader bounds nesting; this is the last line of defence
+        raise ConfigError(path, ["<root>: nested too deeply to validate"]) from None
 
 
 def parse_queue(raw: Any, *, source: str, base_dir: str) -> Queue:
@@ -272,7 +291,10 @@ def _parse_experiment(i, raw_exp, defaults, base_dir, problems, seen) -> Optiona
 
     if len(problems) > n_before or name is None:
         return None
-    return Experiment(name=name, **values)
+    exp = Experiment(name=name, **values)
+    # Rules across sections (fmin < fmax <= Nyquist, n_fft within the clip, rfcx losses, ...): see config_checks.
+    config_checks.check_experiment(exp, origin, problems)
+    return None if len(problems) > n_before else exp
 
 
 def _merge_component(section, default, own, origin, problems) -> Optional[dict]:
@@ -386,6 +408,10 @@ def _check_value(value, hint, meta, base_dir) -> Tuple[Optional[str], Any]:
             isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value
         ):
             return f"expected a non-empty list of positive integers; got {_show(value)}", value
+        if "max_len" in meta and len(value) > meta["max_len"]:
+            return f"expected at most {meta['max_len']} integers; got {len(value)}", value
+        if "item_max" in meta and max(value) > meta["item_max"]:
+            return f"every integer must be <= {meta['item_max']}; got {max(value)}", value
         value = tuple(value)
     choices = meta.get("choices")
     # Compared with their types too, so that 1 is not taken for true.
@@ -465,8 +491,21 @@ def _typename(value) -> str:
     )
 
 
+def _short_repr():
+    short = reprlib.Repr()
+    short.maxstring = short.maxother = 80
+    short.maxlist = short.maxdict = 6
+    short.maxlevel = 3
+    return short
+
+
+# Values are quoted in messages shortened: a 900 kB string or a deeply nested list stays one short line.
+_SHORT = _short_repr()
+
+
 def _show(value) -> str:
-    return f"{value!r} ({_typename(value)})" if not isinstance(value, (int, float)) or isinstance(value, bool) else repr(value)
+    text = _SHORT.repr(value)
+    return f"{text} ({_typename(value)})" if not isinstance(value, (int, float)) or isinstance(value, bool) else text
 
 
 def dump_experiment(exp: Experiment) -> str:

@@ -7,16 +7,31 @@ frozen dataclass of parameters; the stage that implements the component
 registers its implementation under the same name (a test checks both agree).
 
 Field metadata carries the validation rules read by :mod:`pipeline.config`:
-``min`` / ``max`` (inclusive), ``min_exclusive``, ``choices`` and ``path``
+``min`` / ``max`` (inclusive), ``min_exclusive``, ``choices``, ``max_len`` and
+``item_max`` (list fields: length and largest item) and ``path``
 (``"dir"`` or ``"file"``: resolved relative to the queue file and, with
 ``must_exist``, checked; values listed in ``keywords``, such as ``imagenet``, are
 taken as they are).
+
+Every number has an upper bound (a test enforces it): far above anything a real
+experiment uses, low enough that an absurd value (a seed of 2**32, 10**20
+examples, a billion synthetic clips) is refused before any work instead of
+failing hours later without naming the key. Rules that involve several
+sections (``fmin < fmax <= sample_rate / 2``, ``n_fft`` within the clip, ...)
+are in :mod:`pipeline.config_checks`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Optional
+
+
+# numpy's and TensorFlow's seeds are unsigned 32-bit integers.
+MAX_SEED = 2**32 - 1
+# Highest Nyquist frequency of any allowed audio.sample_rate (384 kHz).
+MAX_HZ = 192000.0
+MAX_EPOCHS = 10000.0  # schedule durations, in epochs
 
 
 def rule(default, **metadata):
@@ -41,10 +56,10 @@ class SyntheticWhaleParams:
     """Synthetic right-whale data written in the kaggle_whale layout on first use."""
 
     root: Optional[str] = rule(None, path="dir")  # default: input/<dataset name>
-    n_train: int = rule(2000, min=10)
-    n_test: int = rule(500, min=0)
+    n_train: int = rule(2000, min=10, max=1_000_000)  # 8 kB per clip: at most 8 GB
+    n_test: int = rule(500, min=0, max=1_000_000)
     positive_fraction: float = rule(0.3, min_exclusive=0.0, max=0.9)
-    seed: int = rule(0, min=0)
+    seed: int = rule(0, min=0, max=MAX_SEED)
 
 
 @dataclass(frozen=True)
@@ -79,11 +94,11 @@ class SyntheticRfcxParams:
     """Synthetic rfcx data (24 species, calls in distinct bands) written in the kaggle_rfcx layout on first use."""
 
     root: Optional[str] = rule(None, path="dir")  # default: input/synthetic_rfcx
-    n_train: int = rule(200, min=4)
-    n_test: int = rule(50, min=0)
+    n_train: int = rule(200, min=4, max=100_000)  # the free disk space is checked before writing
+    n_test: int = rule(50, min=0, max=100_000)
     duration: float = rule(12.0, min=2.0, max=600.0)  # seconds per recording
     sample_rate: int = rule(16000, min=8000, max=96000)  # Hz; the 24 species bands scale with it
-    seed: int = rule(0, min=0)
+    seed: int = rule(0, min=0, max=MAX_SEED)
     unknown: str = rule("mask", choices=RFCX_UNKNOWN)
 
 
@@ -118,9 +133,9 @@ class MelParams:
     n_fft: int = rule(256, min=8, max=65536)
     hop_length: int = rule(64, min=1, max=65536)
     n_mels: int = rule(64, min=1, max=512)
-    fmin: float = rule(0.0, min=0.0)
-    fmax: Optional[float] = rule(None, min_exclusive=0.0)  # None: sample_rate / 2
-    top_db: Optional[float] = rule(80.0, min_exclusive=0.0)
+    fmin: float = rule(0.0, min=0.0, max=MAX_HZ)
+    fmax: Optional[float] = rule(None, min_exclusive=0.0, max=MAX_HZ)  # None: sample_rate / 2
+    top_db: Optional[float] = rule(80.0, min_exclusive=0.0, max=1000.0)  # float32 spans about 760 dB
 
 
 @dataclass(frozen=True)
@@ -131,8 +146,8 @@ class ComplexityParams:
     hop_length: int = rule(32, min=1, max=65536)
     spectrum: str = rule("mel", choices=("mel", "linear"))
     n_mels: int = rule(64, min=2, max=512)
-    fmin: float = rule(0.0, min=0.0)
-    fmax: Optional[float] = rule(None, min_exclusive=0.0)
+    fmin: float = rule(0.0, min=0.0, max=MAX_HZ)
+    fmax: Optional[float] = rule(None, min_exclusive=0.0, max=MAX_HZ)
 
 
 @dataclass(frozen=True)
@@ -150,7 +165,9 @@ class CacheSettings:
     """Feature-cache writing: process pool and shard size."""
 
     workers: int = rule(0, min=0, max=256)  # 0: os.cpu_count()
-    shard_mb: float = rule(100.0, min_exclusive=0.0)
+    # At least 1 kB, so that every shard holds at least one clip (below 1 byte the writer would open
+    # empty shards without end); at most 100 GB.
+    shard_mb: float = rule(100.0, min=0.001, max=100_000.0)
     chunk_size: int = rule(256, min=1, max=100000)  # clips per worker task (the largest; smaller at the end)
 
 
@@ -162,7 +179,7 @@ class FoldSettings:
     """Stratified K-fold (grouped when the data has a group column); shared by every experiment."""
 
     n_splits: int = rule(5, min=2, max=100)
-    seed: int = rule(42, min=0)
+    seed: int = rule(42, min=0, max=MAX_SEED)
 
 
 # ----------------------------------------------------------------------------- models
@@ -174,7 +191,7 @@ class InceptionTimeParams:
 
     filters: int = rule(32, min=1, max=1024)
     depth: int = rule(6, min=1, max=60)
-    kernel_sizes: tuple = rule((1, 2, 4))
+    kernel_sizes: tuple = rule((1, 2, 4), max_len=16, item_max=1025)
     bottleneck: int = rule(32, min=0, max=1024)  # 0: no bottleneck
     residual: bool = rule(False)
     dropout: float = rule(0.0, min=0.0, max=0.95)
@@ -205,9 +222,10 @@ class SEDParams:
     """
 
     backbone: str = rule("cnn", choices=SED_BACKBONES)
-    widths: tuple = rule((16, 32, 64))  # built-in CNN: channels per block (each block halves time and frequency)
-    # null: random init; else an absolute path to backbone weights (.h5 / .weights.h5). No downloads.
-    weights: Optional[str] = rule(None)
+    widths: tuple = rule((16, 32, 64), max_len=16, item_max=4096)  # built-in CNN: channels per block (each block halves time and frequency)
+    # null: random init; else a path (relative to the queue file) to backbone weights (.h5 / .weights.h5).
+    # No downloads.
+    weights: Optional[str] = rule(None, path="file", must_exist=True)
     base_trainable: bool = rule(True)
     smoothing: int = rule(3, min=1, max=63)  # max/avg pool window over time, frames of the backbone output
     dense_units: int = rule(0, min=0, max=4096)  # 0: no dense block before the heads
@@ -250,7 +268,7 @@ class AttentionLSTMParams:
     lstm_units: int = rule(32, min=1, max=2048)
     num_heads: int = rule(2, min=1, max=64)
     key_dim: int = rule(16, min=1, max=1024)
-    dense_units: tuple = rule((32,))  # TimeDistributed dense layers after the layer norm
+    dense_units: tuple = rule((32,), max_len=16, item_max=16384)  # TimeDistributed dense layers after the layer norm
     dropout: float = rule(0.2, min=0.0, max=0.95)
 
 
@@ -258,7 +276,7 @@ class AttentionLSTMParams:
 class ViTParams:
     """Vision transformer over log-mel patches [frames, mels]."""
 
-    patch_size: tuple = rule((8, 8))  # (frames, mels); the input is zero-padded to whole patches
+    patch_size: tuple = rule((8, 8), max_len=2, item_max=1024)  # (frames, mels); the input is zero-padded to whole patches
     dim: int = rule(64, min=1, max=4096)
     depth: int = rule(4, min=1, max=48)
     num_heads: int = rule(4, min=1, max=64)
@@ -313,16 +331,16 @@ class SEDLossParams:
     On clip-only labels (the whale data) only the clipwise term applies.
     """
 
-    clipwise_weight: float = rule(1.0, min=0.0)
-    framewise_weight: float = rule(0.5, min=0.0)
+    clipwise_weight: float = rule(1.0, min=0.0, max=1000.0)
+    framewise_weight: float = rule(0.5, min=0.0, max=1000.0)
 
 
 @dataclass(frozen=True)
 class SymmetricCEParams:
     """Symmetric cross-entropy (Wang et al. 2019): alpha * CE + beta * reverse CE, robust to label noise."""
 
-    alpha: float = rule(0.1, min=0.0)
-    beta: float = rule(1.0, min=0.0)
+    alpha: float = rule(0.1, min=0.0, max=1000.0)
+    beta: float = rule(1.0, min=0.0, max=1000.0)
     log_floor: float = rule(1e-4, min_exclusive=0.0, max=0.5)  # log(0) of the reverse term is log(log_floor)
 
 
@@ -330,8 +348,8 @@ class SymmetricCEParams:
 class DiceBCEParams:
     """BCE + dice_weight * (1 - soft Dice over the batch, per class)."""
 
-    dice_weight: float = rule(1.0, min=0.0)
-    smooth: float = rule(1.0, min_exclusive=0.0)
+    dice_weight: float = rule(1.0, min=0.0, max=1000.0)
+    smooth: float = rule(1.0, min_exclusive=0.0, max=1e6)
 
 
 LOSSES = {
@@ -357,7 +375,7 @@ class ConstantScheduleParams:
 class CosineScheduleParams:
     """Linear warm-up to train.learning_rate, then cosine decay to min_fraction of it at the last epoch."""
 
-    warmup_epochs: float = rule(1.0, min=0.0)
+    warmup_epochs: float = rule(1.0, min=0.0, max=MAX_EPOCHS)
     min_fraction: float = rule(0.01, min=0.0, max=1.0)
 
 
@@ -367,8 +385,8 @@ class RampSustainDecayParams:
 
     start_fraction: float = rule(0.1, min=0.0, max=1.0)
     min_fraction: float = rule(0.01, min=0.0, max=1.0)
-    ramp_epochs: float = rule(2.0, min=0.0)
-    sustain_epochs: float = rule(0.0, min=0.0)
+    ramp_epochs: float = rule(2.0, min=0.0, max=MAX_EPOCHS)
+    sustain_epochs: float = rule(0.0, min=0.0, max=MAX_EPOCHS)
     decay: float = rule(0.8, min_exclusive=0.0, max=1.0)  # per epoch
 
 
@@ -377,7 +395,7 @@ class CyclicScheduleParams:
     """Triangular cyclic LR (Smith 2017) between min_fraction * peak and the peak."""
 
     min_fraction: float = rule(0.1, min=0.0, max=1.0)
-    half_cycle_epochs: float = rule(2.0, min_exclusive=0.0)
+    half_cycle_epochs: float = rule(2.0, min_exclusive=0.0, max=MAX_EPOCHS)
 
 
 SCHEDULES = {
@@ -400,8 +418,8 @@ class TrainSettings:
     learning_rate: float = rule(1e-3, min_exclusive=0.0, max=10.0)
     patience: int = rule(5, min=1, max=10000)  # early-stopping patience, epochs
     monitor: str = rule("val_auc", choices=("val_auc", "val_loss", "val_lwlrap"))  # val_lwlrap: rfcx data only
-    seed: int = rule(0, min=0)
-    shuffle_buffer: int = rule(2048, min=1)
+    seed: int = rule(0, min=0, max=MAX_SEED)
+    shuffle_buffer: int = rule(2048, min=1, max=10_000_000)  # examples held in memory
     optimizer: str = rule("adam", choices=("adam", "adamw", "sgd"))
     weight_decay: float = rule(1e-4, min=0.0, max=1.0)  # AdamW's decoupled weight decay (adamw only)
     momentum: float = rule(0.9, min=0.0, max=0.999)  # sgd only (Nesterov)
@@ -447,11 +465,11 @@ class CropSettings:
     take the ``aggregate`` (max or mean) over windows. Ignored for clip-level data.
     """
 
-    crop_seconds: Optional[float] = rule(None, min_exclusive=0.0)  # None: the whole recording, no cropping
+    crop_seconds: Optional[float] = rule(None, min_exclusive=0.0, max=3600.0)  # None: the whole recording, no cropping
     positive_probability: float = rule(0.5, min=0.0, max=1.0)
     per_recording: int = rule(1, min=1, max=1000)  # training crops drawn per recording per epoch
-    window_seconds: Optional[float] = rule(None, min_exclusive=0.0)
-    window_hop_seconds: Optional[float] = rule(None, min_exclusive=0.0)
+    window_seconds: Optional[float] = rule(None, min_exclusive=0.0, max=3600.0)
+    window_hop_seconds: Optional[float] = rule(None, min_exclusive=0.0, max=3600.0)
     aggregate: str = rule("max", choices=("max", "mean"))
 
 

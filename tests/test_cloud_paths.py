@@ -181,6 +181,7 @@ def test_local_feature_cache_never_loads_tensorflow(tmp_path):
           data: {name: synthetic_whale, n_train: 12, n_test: 0}
           features: {name: mel, n_fft: 128, hop_length: 64, n_mels: 16}
           cache: {workers: 2, chunk_size: 4}
+          folds: {n_splits: 4}  # 12 clips x 0.3 = 4 positives: the config is validated before the cache is built
           model: cnn1d
         experiments: [{name: a}]
     """))

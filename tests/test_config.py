@@ -64,7 +64,7 @@ BAD = [
     (GOOD.replace("  - name: b\n", "  - name: 'a b'\n"), "experiments[1].name", "not a safe name"),
     (GOOD.replace("  - name: b\n", "  - name: ..\n"), "experiments[1].name", "not a safe name"),
     (GOOD.replace("  - name: b\n", "  - name: blend\n"), "experiments[1].name", "reserved"),
-    (GOOD.replace("  - name: b\n", "  - model: inceptiontime\n"), "experiments[1].name", "required"),
+    (GOOD.replace("  - name: b\n", "  - features: mel\n"), "experiments[1].name", "required"),
     (GOOD.replace("model: {name: inceptiontime, residual: true}", "model: {name: inceptiontime, residual: 'yes'}"),
      "experiments[1].model.residual", "true or false"),
     (GOOD.replace("model: {name: inceptiontime, residual: true}", "model: {name: inceptiontime, kernel_sizes: [0, 2]}"),
@@ -133,3 +133,253 @@ def test_schema_defaults_are_valid():
             cls()
     for cls in schema.PLAIN_SECTIONS.values():
         cls()
+
+
+# ----------------------------------------------------------------------------- hostile YAML (issue 14, class 5)
+
+
+def run_main(tmp_path, capsys, text, name="queue.yaml"):
+    """main() on a queue file; returns (exit code, stderr, seconds). Asserts nothing else was written."""
+    import time
+
+    path = tmp_path / name
+    path.write_text(text)
+    before = sorted(os.listdir(tmp_path))
+    started = time.perf_counter()
+    code = main([str(path)])
+    seconds = time.perf_counter() - started
+    err = capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == before, "something was written"
+    assert "Traceback" not in err
+    return code, err, seconds
+
+
+DUPLICATES = [
+    # (text, a snippet on the line of the second key, one on the line of the first, the key)
+    (GOOD + "experiments: [{name: c, model: inceptiontime}]\n", "experiments:", "experiments:", "experiments"),
+    (GOOD.replace("train: {epochs: 1}", "train:\n    epochs: 1\n    batch_size: 8\n    epochs: 50"), "epochs: 50",
+     "epochs: 1", "epochs"),
+    (GOOD.replace("model: {name: inceptiontime, residual: true}", "model: {name: inceptiontime, depth: 2, depth: 3}"),
+     "depth: 3", "depth: 2", "depth"),
+    (GOOD.replace("  - name: b\n", "  - name: b\n    name: c\n"), "name: c", "name: b", "name"),
+    ("defaults: {data: synthetic_whale}\ndefaults: {data: table}\nexperiments: []\n", "data: table",
+     "data: synthetic_whale", "defaults"),
+    (GOOD.replace("blend: {method: mean}", "blend:\n  method: mean\n  metric: auc\n  metric: log_loss"),
+     "log_loss", "metric: auc", "metric"),
+]
+
+
+def line_of(text, snippet, last=False):
+    numbers = [i + 1 for i, line in enumerate(text.splitlines()) if snippet in line]
+    return numbers[-1] if last else numbers[0]
+
+
+@pytest.mark.parametrize("text,second,first,key", DUPLICATES, ids=[c[3] for c in DUPLICATES])
+def test_duplicate_yaml_keys_are_refused_with_line_numbers(tmp_path, capsys, text, second, first, key):
+    text = textwrap.dedent(text)
+    code, err, _ = run_main(tmp_path, capsys, text)
+    assert code == 2
+    expected = f"line {line_of(text, second, last=True)}, column"
+    assert expected in err and f"duplicate key {key!r} (first at line {line_of(text, first)})" in err, err
+
+
+def billion_laughs(where: str) -> str:
+    """Nine anchors, each nine aliases of the one before: 9**9 leaves once expanded."""
+    lines = ["  a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"  a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]
+    bomb = "\n".join(lines)
+    if where == "model":  # expanded by the error message quoting the value (86 s, then MemoryError)
+        return ("defaults:\n  data: synthetic_whale\n  features: mel\n  model: {name: cnn1d, filters: &x 1}\n"
+                "lols:\n" + bomb + "\nexperiments:\n  - name: a\n    model: {name: cnn1d, filters: *a8}\n")
+    return "experiments:\n  - name: a\n    model:\n" + bomb.replace("  a", "      a") + "\n"
+
+
+def nested(depth: int, kind: str) -> str:
+    if kind == "brackets":
+        return "experiments: " + "[" * depth + "]" * depth + "\n"
+    return "experiments: [{name: a, model: " + "{a: " * depth + "1" + "}" * depth + "}]\n"
+
+
+HOSTILE = [
+    ("billion-laughs-in-a-value", billion_laughs("model"), "expands to more than"),
+    ("billion-laughs-under-a-key", billion_laughs("key"), "expands to more than"),
+    ("merge-key-bomb", "b0: &b0 {k: [x, x, x, x, x, x, x, x, x, x]}\n" + "".join(
+        f"b{i}: &b{i} {{<<: [" + ", ".join([f"*b{i - 1}"] * 9) + f"], x{i}: [*b{i - 1}, *b{i - 1}, *b{i - 1}]}}\n"
+        for i in range(1, 9)) + "experiments: []\n", "expands to more than"),
+    ("100000-brackets", nested(100_000, "brackets"), "nested more than"),
+    ("deep-valid-mappings", nested(5_000, "mappings"), "nested more than"),
+    ("recursive-alias", "experiments: &e [{name: a, model: *e}]\n", "recursive structure"),
+    ("duplicate-anchor", "a: &x 1\nb: &x 2\nexperiments: []\n", "anchor &x is defined twice (first at line 1)"),
+    ("list-as-key", "? [a, b]\n: 1\nexperiments: []\n", "not valid in a queue file"),
+    ("5000-digit-integer", GOOD.replace("epochs: 1", "epochs: " + "9" * 5000), "cannot read this value"),
+    ("impossible-date", GOOD.replace("epochs: 1", "epochs: 2026-02-30"), "cannot read this value"),
+]
+
+
+@pytest.mark.parametrize("text,words", [c[1:] for c in HOSTILE], ids=[c[0] for c in HOSTILE])
+def test_hostile_yaml_exits_2_within_seconds(tmp_path, capsys, text, words):
+    code, err, seconds = run_main(tmp_path, capsys, textwrap.dedent(text))
+    assert code == 2 and words in err and "line " in err, err
+    assert seconds < 5, f"took {seconds:.1f} s"  # was 86 s then MemoryError, or a RecursionError traceback
+
+
+def test_huge_queue_file_is_refused_by_size(tmp_path, capsys):
+    text = GOOD + "# " + "x" * 1_100_000 + "\n"
+    code, err, seconds = run_main(tmp_path, capsys, text)
+    assert code == 2 and "at most 1,000,000 bytes" in err and seconds < 5, err
+
+
+def test_anchors_aliases_and_merge_keys_still_work(tmp_path):
+    text = """
+    defaults:
+      data: {name: synthetic_whale, n_train: 40, n_test: 10}
+      features: &feat {name: mel, n_fft: 128, hop_length: 32, n_mels: 32}
+    experiments:
+      - name: a
+        model: &model {name: inceptiontime, filters: 8, depth: 2}
+        train: &train {epochs: 1, batch_size: 8}
+      - name: b
+        model: {<<: *model, depth: 3}
+        train: *train
+        features: {<<: *feat, n_mels: 16}
+    """
+    a, b = load_queue(write(tmp_path, text)).experiments
+    assert (b.model.params.filters, b.model.params.depth, a.model.params.depth) == (8, 3, 2)
+    assert b.train == a.train and b.train.batch_size == 8
+    assert (a.features.params.n_mels, b.features.params.n_mels, b.features.params.n_fft) == (32, 16, 128)
+
+
+# ----------------------------------------------------------------------------- values that failed late
+
+
+def queue_with(extra="", data="{name: synthetic_whale, n_train: 40, n_test: 10}", features="complexity",
+               experiment="model: inceptiontime"):
+    """A one-experiment queue; ``extra`` (defaults sections) and ``experiment`` are YAML lines without indent."""
+    return (f"defaults:\n  data: {data}\n  features: {features}\n  train: {{epochs: 1}}\n"
+            + textwrap.indent(extra + "\n", "  ") + "experiments:\n  - name: a\n" + textwrap.indent(experiment + "\n", "    "))
+
+
+RFCX = "{name: synthetic_rfcx, n_train: 8, n_test: 2, duration: 4.0}"
+RFCX_AUDIO = "audio: {sample_rate: 16000, duration: 4.0}"
+RFCX_OK = "model: sed\nloss: sed\nfeatures: {name: mel, n_fft: 1024, hop_length: 512, n_mels: 32}"
+
+LATE = [
+    ("seed-2**32", queue_with("folds: {seed: 4294967296}"), "defaults.folds.seed", "<= 4294967295"),
+    ("train-seed", queue_with("train: {seed: 4294967296}").replace("  train: {epochs: 1}\n", ""),
+     "defaults.train.seed", "<= 4294967295"),
+    ("shuffle-1e20", queue_with("train: {shuffle_buffer: 100000000000000000000}").replace("  train: {epochs: 1}\n", ""),
+     "defaults.train.shuffle_buffer", "<="),
+    ("shard-tiny", queue_with("cache: {shard_mb: 0.0000001}"), "defaults.cache.shard_mb", ">= 0.001"),
+    ("n_train-1e8", queue_with(data="{name: synthetic_whale, n_train: 100000000}"), "defaults.data.n_train", "<="),
+    ("rfcx-n_train", queue_with(data="{name: synthetic_rfcx, n_train: 100000000}"), "defaults.data.n_train", "<="),
+    ("fmin>fmax", queue_with(experiment="model: inceptiontime\nfeatures: {name: mel, fmin: 900, fmax: 400}"),
+     "experiments[0].features.fmin", "must be < fmax (400)"),
+    ("fmin-default-fmax", queue_with(features="{name: complexity, fmin: 1000}"), "defaults.features.fmin",
+     "audio.sample_rate / 2 (1000 Hz)"),
+    ("fmax>nyquist", queue_with(features="{name: mel, fmax: 4000}"), "defaults.features.fmax", "Nyquist"),
+    ("n_fft>clip", queue_with("audio: {duration: 0.05}"), "defaults.features.n_fft", "clip length"),
+    ("n_mels>bins", queue_with(features="{name: mel, n_fft: 16, n_mels: 64}"), "defaults.features.n_mels",
+     "no FFT bin"),
+    ("clip-too-long", queue_with("audio: {duration: 3600, sample_rate: 384000}"), "defaults.audio.duration",
+     "too long"),
+    ("features-too-big", queue_with("audio: {duration: 3600, sample_rate: 16000}", features="{name: mel, hop_length: 1}"),
+     "defaults.features.hop_length", "values per clip"),
+    ("kernel-size-list", queue_with(experiment="model: {name: inceptiontime, kernel_sizes: [4, 100000]}"),
+     "experiments[0].model.kernel_sizes", "<= 1025"),
+    ("vit-waveform", queue_with(features="waveform", experiment="model: vit"), "experiments[0].model.name",
+     "needs a spectrogram"),
+    ("vit-patch-3d", queue_with(features="mel", experiment="model: {name: vit, patch_size: [8, 8, 8]}"),
+     "experiments[0].model.patch_size", "at most 2"),
+    ("time_mask>=frames", queue_with("augment: {time_mask: 500}"), "defaults.augment.time_mask", "frames"),
+    ("freq_mask-waveform", queue_with("augment: {freq_mask: 2}", features="waveform", experiment="model: cnn1d"),
+     "defaults.augment.freq_mask", "frequency axis"),
+    ("freq_mask>=mels", queue_with("augment: {freq_mask: 64}", features="mel"), "defaults.augment.freq_mask",
+     "64 feature channels"),
+    ("gain-complexity", queue_with("augment: {gain_db: 6}"), "defaults.augment.gain_db", "scale"),
+    ("lwlrap-whale", queue_with("train: {monitor: val_lwlrap}").replace("  train: {epochs: 1}\n", ""),
+     "defaults.train.monitor", "rfcx data only"),
+    ("rfcx-bce", queue_with(RFCX_AUDIO, data=RFCX, experiment="model: sed\nfeatures: mel"),
+     "defaults.loss.name", "masked_bce or sed"),
+    ("rfcx-mixup", queue_with(RFCX_AUDIO + "\naugment: {mixup_alpha: 0.4}", data=RFCX, experiment=RFCX_OK),
+     "defaults.augment.mixup_alpha", "NaN"),
+    ("rfcx-crop>duration", queue_with(RFCX_AUDIO + "\ncrops: {crop_seconds: 10.0}", data=RFCX, experiment=RFCX_OK),
+     "defaults.crops.crop_seconds", "<= audio.duration (4 s"),
+    ("rfcx-hop>window", queue_with(RFCX_AUDIO + "\ncrops: {crop_seconds: 2.0, window_hop_seconds: 3.0}", data=RFCX,
+                                   experiment=RFCX_OK), "defaults.crops.window_hop_seconds", "never predicted"),
+    ("folds>positives", queue_with("folds: {n_splits: 5}", data="{name: synthetic_whale, n_train: 20, "
+                                                                "positive_fraction: 0.1}"),
+     "defaults.folds.n_splits", "must be <= 2"),
+    ("folds>recordings", queue_with(RFCX_AUDIO + "\nfolds: {n_splits: 9}", data=RFCX, experiment=RFCX_OK),
+     "defaults.folds.n_splits", "must be <= data.n_train (8"),
+    ("sed-backbone-small-input", queue_with(features="{name: mel, n_mels: 16}",
+                                            experiment="model: {name: sed, backbone: EfficientNetB0}"),
+     "experiments[0].model.backbone", "at least 32 x 32"),
+    ("rfcx-sed-loss-model", queue_with(RFCX_AUDIO, data=RFCX, experiment="model: cnn1d\nloss: sed\n"
+                                       "features: {name: mel, n_fft: 1024, hop_length: 512, n_mels: 32}"),
+     "experiments[0].loss.name", "needs model.name sed"),
+]
+
+
+@pytest.mark.parametrize("text,key_path,words", [c[1:] for c in LATE], ids=[c[0] for c in LATE])
+def test_values_that_failed_late_exit_2_naming_the_key(tmp_path, capsys, text, key_path, words):
+    code, err, _ = run_main(tmp_path, capsys, text)
+    assert code == 2, err
+    lines = [line.strip() for line in err.splitlines()]
+    assert any(line.startswith(key_path + ":") and words in line for line in lines), err
+
+
+def test_cross_section_problems_are_reported_together_with_the_rest(tmp_path):
+    text = queue_with(experiment="model: nope") + (
+        "  - name: b\n    model: inceptiontime\n    features: {name: complexity, fmin: 1000}\nblend: {metric: f1}\n")
+    with pytest.raises(ConfigError) as info:
+        load_queue(write(tmp_path, text))
+    starts = [p.split(":")[0] for p in info.value.problems]
+    assert starts == ["experiments[0].model.name", "experiments[1].features.fmin", "blend.metric"]
+
+
+def test_cross_section_problems_of_a_valid_experiment_are_all_listed(tmp_path):
+    text = queue_with("augment: {gain_db: 6, time_mask: 500}", features="{name: complexity, n_fft: 256}")
+    with pytest.raises(ConfigError) as info:
+        load_queue(write(tmp_path, text))
+    starts = [p.split(":")[0] for p in info.value.problems]
+    assert starts == ["defaults.augment.time_mask", "defaults.augment.gain_db"]
+
+
+def test_empty_mel_bands_match_the_filter_bank():
+    """config_checks finds librosa's empty bands without numpy (validation stays light)."""
+    import itertools
+
+    from pipeline.config_checks import empty_mel_bands
+    from pipeline.features import empty_mel_bands as reference
+
+    for rate, n_fft, n_mels, band in itertools.product((2000, 16000, 22050), (16, 255, 256, 1024), (8, 40, 128),
+                                                        ((0.0, None), (30.0, 400.0), (300.0, 900.0))):
+        fmin, fmax = band[0], band[1] or rate / 2
+        assert empty_mel_bands(sample_rate=rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax) == reference(
+            sample_rate=rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax), (rate, n_fft, n_mels, band)
+
+
+def _numeric_fields():
+    import dataclasses
+    import typing
+
+    classes = [c for kinds in (*schema.COMPONENT_SECTIONS.values(), schema.BLEND_METHODS) for c in kinds.values()]
+    classes += list(schema.PLAIN_SECTIONS.values())
+    for cls in classes:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            hint = hints[f.name]
+            args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+            if args[0] in (int, float, tuple):
+                yield pytest.param(cls, f, args[0], id=f"{cls.__name__}.{f.name}")
+
+
+@pytest.mark.parametrize("cls,field,kind", list(_numeric_fields()))
+def test_every_number_has_an_upper_bound(cls, field, kind):
+    """A new numeric field cannot be added without a documented maximum (absurd values fail before any work)."""
+    meta = field.metadata
+    if kind is tuple:
+        assert "max_len" in meta and "item_max" in meta, f"{cls.__name__}.{field.name}: add max_len and item_max"
+    else:
+        assert "max" in meta or "choices" in meta, f"{cls.__name__}.{field.name}: add max="
+        assert "min" in meta or "min_exclusive" in meta, f"{cls.__name__}.{field.name}: add min="

@@ -139,17 +139,20 @@ def test_resume_at_first_unfinished_fold_and_rebuild_incomplete_cache(tmp_path, 
 
 
 def test_failing_experiment_does_not_stop_the_queue(tmp_path, capsys):
+    # A data problem only the data stage can see (folds.n_splits beyond the classes is now a queue error).
+    (tmp_path / "broken_whale").mkdir()
+    (tmp_path / "broken_whale" / "train.csv").write_text("clip_name,label\n")
     text = QUEUE.replace(
         "  - name: inceptiontime_a\n",
         "  - name: broken\n    model: {name: inceptiontime, filters: 4, depth: 2}\n"
-        "    folds: {n_splits: 50}\n  - name: inceptiontime_a\n",
+        "    data: {name: kaggle_whale, root: broken_whale}\n  - name: inceptiontime_a\n",
     )
     text = text.replace("  - name: inceptiontime_b\n    model: {name: inceptiontime, filters: 4, depth: 3, bottleneck: 4, residual: true}\n", "")
     path = write_queue(tmp_path, text)
     assert main([path]) == 1
     out = capsys.readouterr().out
     status = json.loads((tmp_path / "output" / "broken" / "status.json").read_text())
-    assert status["state"] == "failed" and "n_splits=50" in status["error"]
+    assert status["state"] == "failed" and "broken_whale" in status["error"], status
     assert "Traceback" in (tmp_path / "output" / "broken" / "run.log").read_text()
     assert json.loads((tmp_path / "output" / "inceptiontime_a" / "status.json").read_text())["state"] == "done"
     summary = pd.read_csv(tmp_path / "output" / "summary.csv")

@@ -315,3 +315,22 @@ def test_faint_calls_are_harder(learnable):
     loud = auc_of((truth["label"] == 1) & (truth["snr_db"] > 2))
     faint = auc_of((truth["label"] == 1) & (truth["snr_db"] < -6))
     assert loud > 0.95 and faint < loud - 0.15, (loud, faint)
+
+
+@pytest.mark.parametrize("source", ["whale", "rfcx"])
+def test_synthetic_data_larger_than_the_free_disk_is_refused_before_writing(tmp_path, monkeypatch, source):
+    """A data.n_train that cannot fit fails at once, naming the keys, with nothing written (not after filling the disk)."""
+    import collections
+    import shutil
+
+    from pipeline.data.synthetic_rfcx import ensure_synthetic_rfcx
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 50_000, 50_000))
+    root = tmp_path / "data" / source
+    with pytest.raises(DataError, match=r"data\.n_train, data\.n_test.*needs about 0\.\d+ GB but only 0\.00 GB"):
+        if source == "whale":
+            ensure_synthetic_whale(str(root), n_train=10, n_test=0, positive_fraction=0.3, seed=0)
+        else:
+            ensure_synthetic_rfcx(str(root), n_train=4, n_test=0, duration=2.0, sample_rate=8000, seed=0)
+    assert os.listdir(tmp_path) == []

@@ -154,6 +154,9 @@ def ensure_synthetic_whale(
     problem = root_problem(root)
     if problem:
         raise DataError(problem)
+    # 16-bit AIFF clips plus their CSV rows (~40 bytes each, truth.csv is the widest).
+    check_free_space(root, (params["n_train"] + params["n_test"]) * (2 * N_SAMPLES + 54 + 200),
+                     keys="data.n_train, data.n_test")
     started = time.perf_counter()
     write_into_place(root, lambda tmp: _write_dataset(tmp, params=params, spec=spec),
                      is_current=lambda: _is_current(root, spec), layout=LAYOUT)
@@ -638,6 +641,24 @@ def _remove_stale_work_folders(parent: str, name: str, layout: GeneratedLayout, 
                 if stale and ours:
                     logger.info("removing %s left by an interrupted run", entry.path)
                     shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def check_free_space(root: str, needed: int, *, keys: str) -> None:
+    """Refuse to start writing a synthetic dataset of about ``needed`` bytes that the disk cannot hold.
+
+    A large ``data.n_train`` would otherwise fill the disk clip by clip (100 M clips: 800 GB)
+    and fail hours later with ``OSError: No space left on device``. ``keys`` names the
+    settings that size the dataset, for the message. 10 % headroom, as for the feature cache.
+    """
+    folder = os.path.dirname(os.path.abspath(root))
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)  # the nearest existing ancestor: where the space will be taken
+    free = shutil.disk_usage(folder).free
+    if needed * 1.1 > free:
+        raise DataError(
+            f"{keys}: the synthetic dataset needs about {needed / 1e9:.2f} GB but only {free / 1e9:.2f} GB are "
+            f"free under {folder}; lower them, free some space or choose another data.root"
+        )
 
 
 def write_into_place(root: str, write: Callable[[str], None], *, is_current: Callable[[], bool],

@@ -44,7 +44,7 @@ import numpy as np
 from pipeline import ownership
 from pipeline.data.base import DataError, Dataset
 from pipeline.data.rfcx import BOX_COLUMNS, N_SPECIES, read_kaggle_rfcx
-from pipeline.data.synthetic import GeneratedLayout, write_csv, write_into_place, write_pcm16
+from pipeline.data.synthetic import GeneratedLayout, check_free_space, write_csv, write_into_place, write_pcm16
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +98,9 @@ def ensure_synthetic_rfcx(root: str, *, n_train: int = 200, n_test: int = 50, du
     problem = root_problem(root)
     if problem:
         raise DataError(problem)
+    # FLAC of coloured noise compresses little: count 16-bit PCM per recording.
+    check_free_space(root, (n_train + n_test) * int(2 * duration * sample_rate + 4096),
+                     keys="data.n_train, data.n_test, data.duration, data.sample_rate")
     started = time.perf_counter()
     write_into_place(root, lambda tmp: _write_dataset(tmp, params, spec), is_current=lambda: _is_current(root, spec),
                      layout=LAYOUT)
