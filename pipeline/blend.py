@@ -371,15 +371,15 @@ def check_compatible(names: List[str], loaded: List[dict]) -> None:
         oof = item["oof"]
         for col in ("id", "fold"):
             if col not in oof.columns:
-                raise BlendError(f"cannot blend {name}: its oof.csv has no {col!r} column")
+                raise BlendError(f"cannot blend {name}: {name}/oof.csv has no {col!r} column")
         if not prediction_columns(oof):
-            raise BlendError(f"cannot blend {name}: its oof.csv has no prediction column (pred or pred:<class>)")
+            raise BlendError(f"cannot blend {name}: {name}/oof.csv has no prediction column (pred or pred:<class>)")
         if oof["id"].duplicated().any():
             dup = oof.loc[oof["id"].duplicated(), "id"].iloc[:3].tolist()
-            raise BlendError(f"cannot blend {name}: its oof.csv repeats ids (e.g. {dup})")
+            raise BlendError(f"cannot blend {name}: {name}/oof.csv repeats ids (e.g. {dup})")
         _check_values(name, item)
         if item["test"] is not None and item["test"]["id"].duplicated().any():
-            raise BlendError(f"cannot blend {name}: its test.csv repeats ids")
+            raise BlendError(f"cannot blend {name}: {name}/test.csv repeats ids")
     ref_oof = ref["oof"].set_index("id")["fold"]
     for name, item in zip(names[1:], loaded[1:]):
         if prediction_columns(item["oof"]) != prediction_columns(ref["oof"]):
