@@ -76,8 +76,12 @@ def queue_column_clash(name: str, targets, task) -> List[str]:
     ``<experiment>:<class>``: an experiment named like a target (``label``), or
     whose ``name:class`` spells a class (a class named ``a:b`` and an experiment
     ``a`` with a class ``b``), would overwrite the labels with its predictions.
+    A multiclass experiment named like a class (``dog``) is refused too: readers
+    of that table (the report) take ``dog`` and ``dog:<class>`` for one
+    experiment's columns.
     """
-    return sorted(set(prediction_columns(targets, task, prefix=name)) & ({"id", "fold"} | set(map(str, targets))))
+    columns = set(prediction_columns(targets, task, prefix=name)) | {name}
+    return sorted(columns & ({"id", "fold"} | set(map(str, targets))))
 
 
 # ----------------------------------------------------------------------------- status
@@ -308,7 +312,7 @@ def _queue_oof_part(name: str, exp_dir: str) -> Optional[pd.DataFrame]:
                     oof.loc[oof["id"].duplicated(), "id"].iloc[:3].tolist())
         return None
     name_of = {c: name if c == "pred" else f"{name}:{c[5:]}" for c in pred}
-    clash = sorted(set(name_of.values()) & (set(oof.columns) - set(pred)))
+    clash = sorted((set(name_of.values()) | {name}) & (set(oof.columns) - set(pred)))
     if clash:
         log.warning("%s: the experiment's column(s) %s in output/oof.csv would replace its label column(s) of the "
                     "same name; left out of output/oof.csv - rename the experiment", path, clash)

@@ -67,7 +67,30 @@ def test_experiment_named_like_a_target_is_refused_before_training():
 
     assert queue_column_clash("label", ("label",), "binary") == ["label"]
     assert queue_column_clash("a", ("b", "a:b"), "multiclass") == ["a:b"]
+    assert queue_column_clash("dog", ("cat", "dog"), "multiclass") == ["dog"]
     assert queue_column_clash("good", ("label",), "binary") == []
+    assert queue_column_clash("good", ("cat", "dog"), "multiclass") == []
+
+
+def test_experiment_named_like_a_target_fails_at_its_data_stage(tmp_path, rng):
+    from pipeline.cli import main
+
+    (tmp_path / "audio").mkdir()
+    for i in range(6):
+        sf.write(str(tmp_path / "audio" / f"c{i}.wav"), rng.standard_normal(400).astype(np.float32) * 0.1, 2000)
+    write(tmp_path / "train.csv", "file,dog\n" + "".join(f"c{i}.wav,{i % 2}\n" for i in range(6)))
+    (tmp_path / "q.yaml").write_text(textwrap.dedent("""
+        defaults:
+          data: {name: table, csv: train.csv, audio_dir: audio, label_column: dog}
+          features: complexity
+          model: inceptiontime
+        experiments:
+          - name: dog
+    """))
+    assert main([str(tmp_path / "q.yaml")]) == 1
+    status = json.loads((tmp_path / "output" / "dog" / "status.json").read_text())
+    assert status["stage"] == "data" and "rename the experiment" in status["error"]
+    assert not (tmp_path / "output" / "cache").exists()  # refused before any feature was computed
 
 
 def test_queue_oof_keeps_the_labels_when_an_experiment_is_named_like_a_target(tmp_path, rng, caplog):
