@@ -132,6 +132,14 @@ def test_table_refuses_labels_that_would_change_the_task(tmp_path, labels, match
     assert "train.csv" in str(info.value)
 
 
+def test_table_warns_about_likely_class_typos(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        ds = read(tmp_path, "file,label\na.wav,dog\nb.wav,cat\nc.wav,Dog\nd.wav,dog\ne.wav,cat\nf.wav,dgo\n")
+    assert ds.targets == ("Dog", "cat", "dgo", "dog")
+    assert "differ only in case are separate classes: [['Dog', 'dog']]" in caplog.text
+    assert "class(es) ['Dog', 'dgo'] have a single row (row(s) [4, 7])" in caplog.text
+
+
 def test_table_binary_spellings_and_spaces(tmp_path):
     ds = read(tmp_path, "file,label\na.wav, 1\nb.wav,0.0\nc.wav,1.0 \n")
     assert ds.task == "binary" and list(ds.train["label"]) == [1.0, 0.0, 1.0]
@@ -194,7 +202,7 @@ def test_whale_labels_are_exactly_0_or_1(tmp_path, rng, label, match):
 # ----------------------------------------------------------------------------- paths
 
 
-@pytest.mark.parametrize("name", ["../secret.wav", "sub/../../secret.wav", "/etc/passwd"])
+@pytest.mark.parametrize("name", ["../secret.wav", "sub/../../secret.wav", "/etc/passwd", "gs://bucket/x.wav", "."])
 def test_table_refuses_files_outside_the_audio_folder(tmp_path, name):
     (tmp_path / "secret.wav").write_bytes(b"RIFF")
     with pytest.raises(DataError, match=r"train\.csv: column 'file': row\(s\) \[3\] name files outside"):
@@ -245,17 +253,19 @@ def table_params(tmp_path, rows):
     return schema.TableParams(csv=csv, audio_dir=str(tmp_path / "audio"), file_column="file", label_column="label")
 
 
-def test_identical_files_with_different_labels_are_refused(tmp_path, rng):
+def test_identical_files_with_different_labels_are_named(tmp_path, rng, caplog):
     audio = tmp_path / "audio"
-    audio.mkdir()
+    (audio / "sub").mkdir(parents=True)
     for name in ("a.wav", "b.wav", "c.wav", "d.wav"):
         sf.write(str(audio / name), rng.standard_normal(200).astype(np.float32) * 0.1, 2000)
     (audio / "copy.wav").write_bytes((audio / "a.wav").read_bytes())
-    with pytest.raises(DataError, match=r"a\.wav under ids \['a\.wav', 'copy\.wav'\]"):
+    with caplog.at_level(logging.WARNING):
         load_dataset("table", table_params(tmp_path, "a.wav,0\nb.wav,1\nc.wav,0\nd.wav,1\ncopy.wav,1\n"))
-    with pytest.raises(DataError, match=r"under ids \['b\.wav', 'sub/\.\./b\.wav'\]"):  # the same path twice
-        (audio / "sub").mkdir()
+    assert "DIFFERENT labels" in caplog.text and "a.wav under ids ['a.wav', 'copy.wav']" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # the same path twice
         load_dataset("table", table_params(tmp_path, "a.wav,0\nb.wav,1\nc.wav,0\nsub/../b.wav,0\n"))
+    assert "DIFFERENT labels" in caplog.text and "under ids ['b.wav', 'sub/../b.wav']" in caplog.text
 
 
 def test_identical_files_with_the_same_label_are_a_warning(tmp_path, rng, caplog):
@@ -270,6 +280,7 @@ def test_identical_files_with_the_same_label_are_a_warning(tmp_path, rng, caplog
         ds = load_dataset("table", table_params(tmp_path, "a.wav,0\nb.wav,1\ncopy.wav,0\nempty1.wav,0\nempty2.wav,1\n"))
     assert len(ds.train) == 5
     assert "['a.wav', 'copy.wav']" in caplog.text and "empty1" not in caplog.text
+    assert "DIFFERENT" not in caplog.text
 
 
 # ----------------------------------------------------------------------------- rfcx boxes

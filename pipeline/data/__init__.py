@@ -106,10 +106,9 @@ def load_dataset(name: str, params) -> Dataset:
     TypeError
         When ``params`` is not the source's parameter class.
     DataError
-        When the data on disk does not match the source's layout, or one
-        audio file is listed under several training ids with different
-        labels (:func:`pipeline.data.checks.check_duplicate_files`; the same
-        labels only log a warning).
+        When the data on disk does not match the source's layout. One audio
+        file under several ids is a warning naming them
+        (:func:`pipeline.data.checks.check_duplicate_files`).
     """
     build = SOURCES.get(name)
     expected = schema.DATA_SOURCES[name]

@@ -12,12 +12,13 @@
 * :func:`check_duplicate_files` finds one audio file listed under several
   ids: the same path, or the same content (sizes compared first; only files
   whose size collides are hashed, so the cost is one ``stat`` per file plus
-  reading the rare same-size files). Training rows with different labels on
-  one file are refused (the model would learn both answers and the folds
-  would score it against itself); identical files with the same labels are
-  a warning naming the ids (they count twice and may sit in two folds, which
-  makes the OOF score slightly optimistic). Remote (``gs://``) files are
-  compared by path only.
+  reading the rare same-size files), and logs a warning naming the ids:
+  separately, and first, the files whose training rows disagree on the label
+  (the model is taught both answers and the folds score it against itself),
+  then those that only count twice (copies may sit in two folds, which makes
+  the OOF score slightly optimistic). A warning, not an error: a few such
+  rows in a large dataset should not cost a night's run, and the user can
+  fix the rows named. Remote (``gs://``) files are compared by path only.
 """
 
 from __future__ import annotations
@@ -49,7 +50,12 @@ def _split_scheme(path: str) -> Tuple[str, str]:
 
 
 def inside(folder: str, name: str) -> bool:
-    """Whether ``folder/name`` (after resolving ``..`` lexically) stays inside ``folder``."""
+    """Whether ``folder/name`` (after resolving ``..`` lexically) stays inside ``folder``.
+
+    A name with a scheme (``gs://...``) points at another filesystem: outside.
+    """
+    if "://" in name:
+        return False
     scheme, base = _split_scheme(folder)
     joined = posixpath.join(base, name) if scheme else os.path.join(base, name)
     norm = posixpath.normpath(joined) if scheme else os.path.normpath(joined)
@@ -114,7 +120,7 @@ def _digest(path: str) -> str:
 
 
 def check_duplicate_files(manifest: pd.DataFrame, targets) -> None:
-    """Refuse one file under several training ids with different labels; warn about other repeats.
+    """Warn (naming the ids) about one audio file listed under several ids, conflicting labels first.
 
     Parameters
     ----------
@@ -162,9 +168,11 @@ def check_duplicate_files(manifest: pd.DataFrame, targets) -> None:
         if len(values) > 1:
             conflicts[-1] = f"{paths[rows[0]]} under ids {conflicts[-1]}"
     if conflicts:
-        raise DataError(f"{len(conflicts)} audio file(s) are listed under several training ids with different "
-                        f"labels (same file or identical content): {'; '.join(conflicts[:_SHOWN])}; keep one row "
-                        f"per file (or give the rows the same label)")
+        logger.warning("%d audio file(s) are listed under several training ids with DIFFERENT labels (same file or "
+                       "identical content): %s; the model is trained on both answers - keep one row per file",
+                       len(conflicts), "; ".join(conflicts[:_SHOWN]))
+    if not repeats:
+        return
     logger.warning("%d audio file(s) are listed under several ids (same file or identical content), e.g. %s; each "
                    "counts as a separate clip and copies may fall into different folds (OOF slightly optimistic)",
                    len(repeats), repeats[:_SHOWN])

@@ -19,6 +19,9 @@ column and the rows (as an editor numbers them: the header is line 1):
   declares them (``data.classes: [0, 1, 2]``).
 * With a declared class list (``classes``), every label must be one of them
   (compared as text after stripping); ``[0, 1]`` declares a binary task.
+* Inferred multiclass labels that differ only in case (``Dog``, ``dog``) or
+  occur on a single row are logged as likely typos (not refused: both can be
+  real).
 """
 
 from __future__ import annotations
@@ -137,7 +140,25 @@ def read_labels(column: pd.Series, *, where: str, name: str,
                         f"{_values_and_rows(raw, ~is_binary)}; fix those rows, or declare the classes of a "
                         f"multiclass task (data.classes: [...])")
     _refuse_numbers_spelled_twice(text, raw, where)
+    _warn_about_likely_typos(text, where)
     return "multiclass", tuple(found), {c: (text == c).to_numpy(dtype=np.float64) for c in found}
+
+
+def _warn_about_likely_typos(text: pd.Series, where: str) -> None:
+    """Classes that differ only in case, and classes of a single row, are often typos: say so (not refused)."""
+    by_case: Dict[str, set] = {}
+    for value in set(text):
+        by_case.setdefault(value.casefold(), set()).add(value)
+    twins = [sorted(v) for v in by_case.values() if len(v) > 1]
+    if twins:
+        logger.warning("%s: classes that differ only in case are separate classes: %s; if they are one class, "
+                       "write them one way", where, twins[:_SHOWN])
+    counts = text.value_counts()
+    single = sorted(counts.index[counts == 1])
+    if single and len(single) < len(counts):
+        rows = csv_rows(text.isin(single).to_numpy())
+        logger.warning("%s: class(es) %s have a single row (row(s) %s); a typo, or a class too rare to be in "
+                       "every fold", where, single[:_SHOWN], rows)
 
 
 def _refuse_numbers_spelled_twice(text: pd.Series, raw: pd.Series, where: str) -> None:
