@@ -19,7 +19,7 @@ import signal
 import sys
 import time
 import traceback
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import pandas as pd
@@ -267,13 +267,13 @@ def write_queue_oof(queue: Queue, paths: Paths) -> Optional[pd.DataFrame]:
         if key is not None and fold_key(exp) != key:
             log.warning("%s uses other data or folds than %s; left out of output/oof.csv", exp.name, first)
             continue
-        part = _queue_oof_part(exp.name, paths.experiment(exp.name))
-        if part is None:
+        got = _queue_oof_part(exp.name, paths.experiment(exp.name))
+        if got is None:
             continue
+        part, new = got
         if table is None:
             key, first, table = fold_key(exp), exp.name, part
             continue
-        new = [c for c in part.columns if c not in ("id", "fold")]
         taken = sorted(set(new) & set(table.columns))
         if taken:
             log.warning("%s: its column(s) %s are already columns of output/oof.csv (labels or another "
@@ -286,10 +286,10 @@ def write_queue_oof(queue: Queue, paths: Paths) -> Optional[pd.DataFrame]:
     return table
 
 
-def _queue_oof_part(name: str, exp_dir: str) -> Optional[pd.DataFrame]:
+def _queue_oof_part(name: str, exp_dir: str) -> Optional[Tuple[pd.DataFrame, List[str]]]:
     """An experiment's oof.csv with its prediction columns renamed for output/oof.csv (``pred`` -> ``<name>``,
-    ``pred:<class>`` -> ``<name>:<class>``); None, with a warning naming the file, when it is missing,
-    unreadable or lacks the columns a finished experiment writes."""
+    ``pred:<class>`` -> ``<name>:<class>``), and those new names; None, with a warning naming the file, when
+    it is missing, unreadable or lacks the columns a finished experiment writes."""
     from pipeline.blend import prediction_columns as pred_columns
 
     path = os.path.join(exp_dir, "oof.csv")
@@ -317,7 +317,7 @@ def _queue_oof_part(name: str, exp_dir: str) -> Optional[pd.DataFrame]:
         log.warning("%s: the experiment's column(s) %s in output/oof.csv would replace its label column(s) of the "
                     "same name; left out of output/oof.csv - rename the experiment", path, clash)
         return None
-    return oof.rename(columns=name_of)
+    return oof.rename(columns=name_of), list(name_of.values())
 
 
 def write_summary(queue: Queue, paths: Paths) -> pd.DataFrame:

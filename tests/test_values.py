@@ -97,6 +97,9 @@ def test_queue_oof_keeps_the_labels_when_an_experiment_is_named_like_a_target(tm
     from pipeline.queue import Paths, write_queue_oof
 
     path = write_finished_queue(tmp_path, rng, method="mean")
+    queue = load_queue(path)
+    write_queue_oof(queue, Paths(queue.output_dir))
+    assert list(pd.read_csv(tmp_path / "output" / "oof.csv").columns) == ["id", "fold", "label", "good", "weak"]
     text = (tmp_path / "queue.yaml").read_text().replace("- name: weak", "- name: label")
     (tmp_path / "queue.yaml").write_text(text)
     os.rename(tmp_path / "output" / "weak", tmp_path / "output" / "label")
