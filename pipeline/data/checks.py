@@ -145,15 +145,17 @@ def check_duplicate_files(manifest: pd.DataFrame, targets) -> None:
         if st.st_size > 0 and os.path.isfile(real):  # 0-byte files are bad audio, reported as such
             same_size[st.st_size].append((pos, real))
     for members in same_size.values():
-        distinct = {real: pos for pos, real in members}
-        if len(distinct) < 2:
+        rows_of = defaultdict(list)  # one read per distinct file, however many rows name it
+        for pos, real in members:
+            rows_of[real].append(pos)
+        if len(rows_of) < 2:
             continue
-        for real, pos in distinct.items():
+        for real, rows in rows_of.items():
             try:
                 digest = _digest(real)
             except OSError:
                 continue
-            by_key[("content", digest)].extend(p for p, r in members if r == real)
+            by_key[("content", digest)].extend(rows)
     groups = {tuple(sorted(set(rows))) for rows in by_key.values() if len(set(rows)) > 1}
     if not groups:
         return
