@@ -298,12 +298,48 @@ def _named(names, w) -> dict:
 
 
 def load_predictions(exp_dir: str) -> Dict[str, object]:
-    """Read one experiment's ``scores.json``, ``oof.csv`` and (when present) ``test.csv``; nothing else."""
-    scores = io.read_json(os.path.join(exp_dir, "scores.json"))
-    oof = io.read_csv(os.path.join(exp_dir, "oof.csv"), dtype={"id": str})
+    """Read one experiment's ``scores.json``, ``oof.csv`` and (when present) ``test.csv``; nothing else.
+
+    Raises
+    ------
+    BlendError
+        Naming the file, when one is missing, truncated or unparsable, or when
+        scores.json lacks what the blend needs (task, targets, submission).
+        The values themselves are checked by :func:`check_compatible`.
+    """
+    scores_path = os.path.join(exp_dir, "scores.json")
+    scores = _read(scores_path, io.read_json)
+    if not isinstance(scores, dict):
+        raise BlendError(f"{scores_path}: expected a JSON object; found {type(scores).__name__}")
+    lacking = [k for k in ("task", "targets", "submission") if k not in scores]
+    if lacking:
+        raise BlendError(f"{scores_path}: lacks {lacking}; rerun the experiment (--force --only "
+                         f"{os.path.basename(exp_dir)})")
+    if scores["task"] not in ("binary", "multiclass", "multilabel") or not isinstance(scores["targets"], list) \
+            or not scores["targets"] or not all(isinstance(t, str) for t in scores["targets"]):
+        raise BlendError(f"{scores_path}: 'task' must be binary, multiclass or multilabel and 'targets' a list of "
+                         f"names; found task={scores['task']!r}, targets={scores['targets']!r}")
+    oof = _read(os.path.join(exp_dir, "oof.csv"), lambda p: io.read_csv(p, dtype={"id": str}))
     test_path = os.path.join(exp_dir, "test.csv")
-    test = io.read_csv(test_path, dtype={"id": str}) if io.isfile(test_path) else None
+    test = _read(test_path, lambda p: io.read_csv(p, dtype={"id": str})) if io.isfile(test_path) else None
+    if test is None and scores.get("all_test_ids") and io.isfile(os.path.join(exp_dir, "submission.csv")):
+        # The experiment predicted a test set (it wrote a submission), so its test.csv was deleted.
+        raise BlendError(f"{test_path}: missing, but the experiment has test predictions (submission.csv); "
+                         f"rerun it (--force --only {os.path.basename(exp_dir)})")
     return {"scores": scores, "oof": oof, "test": test}
+
+
+def _read(path: str, reader):
+    """``reader(path)``, with a BlendError naming the file for a missing, empty or unparsable one."""
+    try:
+        return reader(path)
+    except FileNotFoundError:
+        raise BlendError(f"{path}: missing; rerun the experiment (--force --only "
+                         f"{os.path.basename(os.path.dirname(path))})") from None
+    except pd.errors.EmptyDataError:
+        raise BlendError(f"{path}: empty") from None
+    except (OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise BlendError(f"{path}: unreadable ({type(err).__name__}: {err})") from None
 
 
 def prediction_columns(frame: pd.DataFrame) -> List[str]:
@@ -312,30 +348,40 @@ def prediction_columns(frame: pd.DataFrame) -> List[str]:
 
 
 def check_compatible(names: List[str], loaded: List[dict]) -> None:
-    """Raise BlendError unless all experiments share task, targets, OOF ids and folds, and test ids."""
+    """Raise BlendError unless every experiment's files are valid and all share task, targets, OOF ids and
+    folds, and test ids.
+
+    Valid: oof.csv has ``id``, ``fold``, the targets of scores.json (0/1 or
+    empty) and the prediction columns; test.csv has ``id`` and the same
+    prediction columns; every prediction is a finite probability in [0, 1]
+    (every blend metric - auc, log_loss, lwlrap - and every method reads
+    probabilities; a 1.5 or a NaN would be averaged or ranked without a
+    word). Messages name the file (``<experiment>/oof.csv`` inside the
+    output folder), the column and the CSV line.
+    """
     if not names:
         raise BlendError("nothing to blend: no experiments given")
     ref_name, ref = names[0], loaded[0]
-    for name, item in zip(names, loaded):
-        oof = item["oof"]
-        for col in ("id", "fold"):
-            if col not in oof.columns:
-                raise BlendError(f"cannot blend {name}: its oof.csv has no {col!r} column")
-        if not prediction_columns(oof):
-            raise BlendError(f"cannot blend {name}: its oof.csv has no prediction column (pred or pred:<class>)")
-        if oof["id"].duplicated().any():
-            dup = oof.loc[oof["id"].duplicated(), "id"].iloc[:3].tolist()
-            raise BlendError(f"cannot blend {name}: its oof.csv repeats ids (e.g. {dup})")
-        if item["test"] is not None and item["test"]["id"].duplicated().any():
-            raise BlendError(f"cannot blend {name}: its test.csv repeats ids")
-        if oof[prediction_columns(oof)].isna().any().any():
-            raise BlendError(f"cannot blend {name}: its oof.csv has missing predictions")
-    ref_oof = ref["oof"].set_index("id")["fold"]
-    for name, item in zip(names[1:], loaded[1:]):
+    for name, item in zip(names[1:], loaded[1:]):  # first: a mismatch explains more than a column it lacks
         for key in ("task", "targets"):
             if item["scores"].get(key) != ref["scores"].get(key):
                 raise BlendError(f"cannot blend {ref_name} and {name}: their {key} differ "
                                  f"({ref['scores'].get(key)!r} vs {item['scores'].get(key)!r})")
+    for name, item in zip(names, loaded):
+        oof = item["oof"]
+        for col in ("id", "fold"):
+            if col not in oof.columns:
+                raise BlendError(f"cannot blend {name}: {name}/oof.csv has no {col!r} column")
+        if not prediction_columns(oof):
+            raise BlendError(f"cannot blend {name}: {name}/oof.csv has no prediction column (pred or pred:<class>)")
+        if oof["id"].duplicated().any():
+            dup = oof.loc[oof["id"].duplicated(), "id"].iloc[:3].tolist()
+            raise BlendError(f"cannot blend {name}: {name}/oof.csv repeats ids (e.g. {dup})")
+        _check_values(name, item)
+        if item["test"] is not None and item["test"]["id"].duplicated().any():
+            raise BlendError(f"cannot blend {name}: {name}/test.csv repeats ids")
+    ref_oof = ref["oof"].set_index("id")["fold"]
+    for name, item in zip(names[1:], loaded[1:]):
         if prediction_columns(item["oof"]) != prediction_columns(ref["oof"]):
             raise BlendError(f"cannot blend {ref_name} and {name}: their prediction columns differ")
         oof = item["oof"].set_index("id")["fold"]
@@ -353,6 +399,46 @@ def check_compatible(names: List[str], loaded: List[dict]) -> None:
             item["test"] is not None and set(item["test"]["id"]) != set(ref["test"]["id"])
         ):
             raise BlendError(f"cannot blend {ref_name} and {name}: their test ids differ")
+
+
+def _check_values(name: str, item: dict) -> None:
+    """BlendError naming file, column and CSV line for a label or prediction a blend must not read."""
+    oof, test = item["oof"], item["test"]
+    pred = prediction_columns(oof)
+    targets = [str(t) for t in item["scores"].get("targets", [])]
+    missing = [t for t in targets if t not in oof.columns]
+    if missing:
+        raise BlendError(f"cannot blend {name}: {name}/oof.csv has no label column(s) {missing[:5]} "
+                         f"(scores.json lists the targets {targets[:5]})")
+    if not pd.to_numeric(oof["fold"], errors="coerce").notna().all():
+        bad = pd.to_numeric(oof["fold"], errors="coerce").isna().to_numpy()
+        raise BlendError(f"cannot blend {name}: {name}/oof.csv column 'fold' line {_line(bad)} holds "
+                         f"{oof['fold'][bad].iloc[0]!r}; expected a fold number")
+    for col in targets:
+        values = pd.to_numeric(oof[col], errors="coerce")
+        bad = (values.notna() & ~values.isin([0, 1])) | (values.isna() & oof[col].notna())
+        if bad.any():
+            raise BlendError(f"cannot blend {name}: {name}/oof.csv label column {col!r} line {_line(bad)} holds "
+                             f"{oof[col][bad].iloc[0]!r}; labels are 0 or 1")
+    frames = [("oof.csv", oof)]
+    if test is not None:
+        if "id" not in test.columns or prediction_columns(test) != pred:
+            raise BlendError(f"cannot blend {name}: {name}/test.csv needs the columns id, {', '.join(pred)}; "
+                             f"found {list(map(str, test.columns))[:8]}")
+        frames.append(("test.csv", test))
+    for file, frame in frames:
+        for col in pred:
+            values = pd.to_numeric(frame[col], errors="coerce").to_numpy(dtype=float)
+            bad = ~((values >= 0.0) & (values <= 1.0))  # NaN, inf, text and out-of-range values alike
+            if bad.any():
+                raise BlendError(f"cannot blend {name}: {name}/{file} column {col!r} line {_line(bad)} holds "
+                                 f"{frame[col].iloc[int(np.flatnonzero(bad)[0])]!r} ({int(bad.sum())} such "
+                                 f"row(s)); predictions must be finite probabilities in [0, 1]")
+
+
+def _line(mask) -> int:
+    """The CSV line (header = line 1) of the first True entry of ``mask``."""
+    return int(np.flatnonzero(np.asarray(mask, bool))[0]) + 2
 
 
 # ----------------------------------------------------------------------------- blending
@@ -466,14 +552,38 @@ def select_experiments(queue, paths) -> List[str]:
 
 
 def write_blend(folder: str, result: dict) -> None:
-    """Write a :func:`blend` result to ``folder`` (oof.csv, test.csv, weights.json, scores.json, submission.csv)."""
-    from pipeline.data import format_submission
+    """Write a :func:`blend` result to ``folder`` (oof.csv, test.csv, weights.json, scores.json, submission.csv).
 
+    Every file's content (the submission included, which checks its values)
+    is built before the folder is touched, so a failure leaves the earlier
+    blend as it was instead of half of a new one; scores.json is written last,
+    so a complete scores.json means a complete folder.
+
+    Raises
+    ------
+    BlendError
+        When the submission cannot be built (e.g. a prediction outside [0, 1]).
+    """
+    try:
+        submission = _blend_submission(result)
+    except ValueError as err:
+        raise BlendError(f"the blend's submission cannot be written: {err}") from None
     _clear(folder)
     io.write_csv(os.path.join(folder, "oof.csv"), result["oof"])
     io.write_json(os.path.join(folder, "weights.json"), result["weights"])
     if result["test"] is not None:
         io.write_csv(os.path.join(folder, "test.csv"), result["test"])
+    if submission is not None:
+        io.write_csv(os.path.join(folder, "submission.csv"), submission)
+    # Last, so a complete scores.json means a complete blend folder.
+    io.write_json(os.path.join(folder, "scores.json"), result["scores"])
+
+
+def _blend_submission(result: dict) -> Optional[pd.DataFrame]:
+    """The blend's submission table (None without test predictions); ValueError for invalid values."""
+    from pipeline.data import format_submission
+
+    if result["test"] is not None:
         meta = result["meta"]
         pred_cols = [c for c in result["test"].columns if c != "id"]
         ids = [str(i) for i in result["test"]["id"]]
@@ -487,10 +597,8 @@ def write_blend(folder: str, result: dict) -> None:
                         "prediction, e.g. %s", len(absent), absent[:3])
             preds = np.concatenate([preds, np.broadcast_to(preds.mean(axis=0), (len(absent), preds.shape[1]))])
             ids = ids + absent
-        sub = format_submission(meta["submission"], meta["targets"], ids, preds)
-        io.write_csv(os.path.join(folder, "submission.csv"), sub)
-    # Last, so a complete scores.json means a complete blend folder.
-    io.write_json(os.path.join(folder, "scores.json"), result["scores"])
+        return format_submission(meta["submission"], meta["targets"], ids, preds)
+    return None
 
 
 def _only_blend_files(folder: str) -> bool:
@@ -514,9 +622,12 @@ def _clear(folder: str) -> None:
 def run_blend(queue, paths) -> dict | None:
     """Blend the queue's finished experiments (``blend.include`` or all on the main data) and write blend/.
 
-    A refused blend (:class:`BlendError`) is logged and recorded in
+    A refused blend (:class:`BlendError`: experiments that do not match, or a
+    selected experiment's prediction file missing, unreadable or holding a
+    value that is not a probability) is logged and recorded in
     ``blend/error.json``; earlier blend files are removed so that the folder
-    never holds a stale submission. Returns the :func:`blend` result or None.
+    never holds a stale submission, and nothing of a new blend is written
+    before all of it is known to be valid. Returns the :func:`blend` result or None.
     """
     folder = os.path.join(paths.output, layout.BLEND)
     method = queue.blend.method
@@ -534,13 +645,13 @@ def run_blend(queue, paths) -> dict | None:
             return None
         loaded = [load_predictions(paths.experiment(n)) for n in names]
         result = blend(names, loaded, method.name, method.params, queue.blend.metric)
+        write_blend(folder, result)
     except BlendError as err:
         log.error("blend: %s", err)
         _clear(folder)
         io.write_json(os.path.join(folder, "error.json"), {"method": method.name, "experiments": names,
                                                              "error": str(err)})
         return None
-    write_blend(folder, result)
     s = result["scores"]
     log.info("blend (%s of %d: %s): OOF %s %.4f [%s]; best single %s %.4f (%+.4f)", method.name, len(names),
              ", ".join(names), s["metric"], s["blend"], s["score_kind"], s["best_single"]["experiment"],

@@ -403,6 +403,15 @@ def _check_value(value, hint, meta, base_dir) -> Tuple[Optional[str], Any]:
     elif hint is str:
         if not isinstance(value, str) or not value:
             return f"expected a non-empty string; got {_show(value)}", value
+    elif hint is tuple and meta.get("items") == "label":
+        # Class labels: text or integers (YAML reads 0 as an int), compared as the CSV's stripped text.
+        if not isinstance(value, (list, tuple)) or not all(
+            isinstance(v, (str, int)) and not isinstance(v, bool) and str(v).strip() for v in value
+        ):
+            return f"expected a list of class labels (strings or integers); got {_show(value)}", value
+        value = tuple(str(v).strip() for v in value)
+        if len(set(value)) != len(value) or len(value) < 2:
+            return f"expected at least two distinct class labels; got {_show(list(value))}", value
     elif hint is tuple:
         if not isinstance(value, (list, tuple)) or not value or not all(
             isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value

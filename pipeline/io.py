@@ -224,13 +224,22 @@ def read_json(path: str) -> Any:
 
 
 def read_csv(path: str, **kwargs) -> pd.DataFrame:
-    """``pd.read_csv`` of a local or remote (tf.io.gfile) path."""
+    """``pd.read_csv`` of a local or remote (tf.io.gfile) path.
+
+    Floats are parsed with ``float_precision="round_trip"``: pandas' default
+    parser is off by one unit in the last place for about a fifth of the
+    17-digit values :func:`write_csv` writes, and predictions re-read on
+    resume must equal the ones kept in memory by an uninterrupted run.
+    """
+    kwargs.setdefault("float_precision", "round_trip")
     if is_remote(path):
         return pd.read_csv(_io.BytesIO(read_bytes(path)), **kwargs)
     return pd.read_csv(path, **kwargs)
 
 
-def write_csv(path: str, frame: pd.DataFrame, float_format: str = "%.6g") -> None:
+def write_csv(path: str, frame: pd.DataFrame, float_format: Optional[str] = None) -> None:
+    """Write ``frame`` atomically. Floats are written exactly by default (shortest repr that
+    round-trips through :func:`read_csv`), so a file re-read on resume gives the same bits."""
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False, float_format=float_format)
 

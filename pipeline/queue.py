@@ -19,7 +19,7 @@ import signal
 import sys
 import time
 import traceback
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import pandas as pd
@@ -57,21 +57,45 @@ class Paths:
 
 
 def prediction_columns(targets, task, prefix="pred") -> List[str]:
-    """Prediction column names: ``pred`` for binary tasks, ``pred:<class>`` otherwise."""
+    """Prediction column names: ``pred`` for binary tasks, ``pred:<class>`` otherwise.
+
+    With ``prefix`` an experiment's name these are its columns in ``output/oof.csv``
+    (``<experiment>`` or ``<experiment>:<class>``). Targets never take the names
+    ``pred`` or ``pred:...`` (:func:`pipeline.data.base.reserved_targets`), so an
+    experiment's own files cannot mix labels and predictions; see
+    :func:`queue_column_clash` for the queue-level table.
+    """
     if task == "binary":
         return [prefix]
     return [f"{prefix}:{t}" for t in targets]
+
+
+def queue_column_clash(name: str, targets, task) -> List[str]:
+    """The columns experiment ``name`` would write into ``output/oof.csv`` that its labels already use.
+
+    ``output/oof.csv`` holds ``id, fold, <targets>`` beside ``<experiment>`` or
+    ``<experiment>:<class>``: an experiment named like a target (``label``), or
+    whose ``name:class`` spells a class (a class named ``a:b`` and an experiment
+    ``a`` with a class ``b``), would overwrite the labels with its predictions.
+    A multiclass experiment named like a class (``dog``) is refused too: readers
+    of that table (the report) take ``dog`` and ``dog:<class>`` for one
+    experiment's columns.
+    """
+    columns = set(prediction_columns(targets, task, prefix=name)) | {name}
+    return sorted(columns & ({"id", "fold"} | set(map(str, targets))))
 
 
 # ----------------------------------------------------------------------------- status
 
 
 def read_status(exp_dir: str) -> dict:
+    """The experiment's status.json; {} when it is missing, truncated or edited into something not a dict."""
     path = os.path.join(exp_dir, "status.json")
     try:
-        return io.read_json(path)
+        status = io.read_json(path)
     except (OSError, ValueError):
         return {}
+    return status if isinstance(status, dict) else {}
 
 
 def write_status(exp_dir: str, **fields) -> dict:
@@ -158,6 +182,10 @@ def _stages(exp: Experiment, paths: Paths, exp_dir: str, timings: dict) -> None:
     train = dataset.train
     log.info("%s: %s data: %d train, %d test clips, task %s, targets %s", exp.name, exp.data.name, len(train),
              len(dataset.test), dataset.task, ",".join(dataset.targets))
+    clash = queue_column_clash(exp.name, dataset.targets, dataset.task)
+    if clash:  # refused before training, not after hours of it
+        raise StageError(f"experiments: the name {exp.name!r} would give output/oof.csv the column(s) {clash}, "
+                         f"which hold the labels of the data ({exp.data.name}); rename the experiment")
     for warning in check_settings(exp.features.name, exp.features.params, sample_rate=exp.audio.sample_rate):
         log.warning("%s: features: %s", exp.name, warning)
     done()
@@ -239,22 +267,63 @@ def write_queue_oof(queue: Queue, paths: Paths) -> Optional[pd.DataFrame]:
     done = finished(queue, paths)
     if not done:
         return None
-    key = fold_key(done[0])
+    key = None
     table = None
     for exp in done:
-        if fold_key(exp) != key:
-            log.warning("%s uses other data or folds than %s; left out of output/oof.csv", exp.name, done[0].name)
+        if key is not None and fold_key(exp) != key:
+            log.warning("%s uses other data or folds than %s; left out of output/oof.csv", exp.name, first)
             continue
-        oof = io.read_csv(os.path.join(paths.experiment(exp.name), "oof.csv"), dtype={"id": str})
-        pred = [c for c in oof.columns if c == "pred" or c.startswith("pred:")]
-        renamed = {c: exp.name if c == "pred" else f"{exp.name}:{c[5:]}" for c in pred}
-        part = oof.rename(columns=renamed)
+        got = _queue_oof_part(exp.name, paths.experiment(exp.name))
+        if got is None:
+            continue
+        part, new = got
         if table is None:
-            table = part
-        else:
-            table = table.merge(part[["id", *renamed.values()]], on="id", how="outer")
+            key, first, table = fold_key(exp), exp.name, part
+            continue
+        taken = sorted(set(new) & set(table.columns))
+        if taken:
+            log.warning("%s: its column(s) %s are already columns of output/oof.csv (labels or another "
+                        "experiment); left out of output/oof.csv - rename the experiment", exp.name, taken)
+            continue
+        table = table.merge(part[["id", *new]], on="id", how="outer")
+    if table is None:
+        return None
     io.write_csv(os.path.join(paths.output, layout.QUEUE_OOF), table)
     return table
+
+
+def _queue_oof_part(name: str, exp_dir: str) -> Optional[Tuple[pd.DataFrame, List[str]]]:
+    """An experiment's oof.csv with its prediction columns renamed for output/oof.csv (``pred`` -> ``<name>``,
+    ``pred:<class>`` -> ``<name>:<class>``), and those new names; None, with a warning naming the file, when
+    it is missing, unreadable or lacks the columns a finished experiment writes."""
+    from pipeline.blend import prediction_columns as pred_columns
+
+    path = os.path.join(exp_dir, "oof.csv")
+    try:
+        oof = io.read_csv(path, dtype={"id": str})
+    except FileNotFoundError:
+        log.warning("%s: missing; %s is left out of output/oof.csv (rerun it with --force --only %s)", path,
+                    os.path.basename(exp_dir), os.path.basename(exp_dir))
+        return None
+    except (OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as err:
+        log.warning("%s: unreadable (%s); left out of output/oof.csv", path, err)
+        return None
+    pred = pred_columns(oof)
+    lacking = [c for c in ("id", "fold") if c not in oof.columns] + ([] if pred else ["pred or pred:<class>"])
+    if lacking:
+        log.warning("%s: no column(s) %s; left out of output/oof.csv", path, lacking)
+        return None
+    if oof["id"].duplicated().any():
+        log.warning("%s: repeats ids (e.g. %s); left out of output/oof.csv", path,
+                    oof.loc[oof["id"].duplicated(), "id"].iloc[:3].tolist())
+        return None
+    name_of = {c: name if c == "pred" else f"{name}:{c[5:]}" for c in pred}
+    clash = sorted((set(name_of.values()) | {name}) & (set(oof.columns) - set(pred)))
+    if clash:
+        log.warning("%s: the experiment's column(s) %s in output/oof.csv would replace its label column(s) of the "
+                    "same name; left out of output/oof.csv - rename the experiment", path, clash)
+        return None
+    return oof.rename(columns=name_of), list(name_of.values())
 
 
 def write_summary(queue: Queue, paths: Paths) -> pd.DataFrame:
@@ -289,15 +358,8 @@ def write_summary(queue: Queue, paths: Paths) -> pd.DataFrame:
         }
         if status.get("config_hash") not in (None, exp.config_hash()):
             row["status"] = "stale"
-        scores_path = os.path.join(exp_dir, "scores.json")
-        if row["status"] == DONE and io.isfile(scores_path):
-            scores = io.read_json(scores_path)
-            row.update(oof_auc=scores["oof"]["auc"], fold_mean=scores["fold_mean"], fold_std=scores["fold_std"])
-            row[metric_col] = scores["oof"].get(metric, np.nan)
-            if metric not in scores["oof"]:
-                row[metric_col] = _oof_metric(exp_dir, scores, metric)
-            epochs = [io.read_json(p).get("epochs") for p in _fold_done_files(exp_dir)]
-            row["epochs"] = float(np.mean(epochs)) if epochs else np.nan
+        if row["status"] == DONE:
+            row.update(_summary_scores(exp_dir, metric, metric_col))
         rows.append(row)
     summary = pd.DataFrame(rows)
     summary = summary.sort_values(metric_col, ascending=not metrics.GREATER_IS_BETTER[metric], na_position="last",
@@ -307,17 +369,61 @@ def write_summary(queue: Queue, paths: Paths) -> pd.DataFrame:
     return summary
 
 
+def _summary_scores(exp_dir: str, metric: str, metric_col: str) -> dict:
+    """A finished experiment's scores for its summary row, from scores.json (and oof.csv, done.json).
+
+    A missing, truncated or edited file costs only its numbers: they stay empty,
+    the ``error`` column names the file and a warning is logged.
+    """
+    path = os.path.join(exp_dir, "scores.json")
+    out = {}
+    try:
+        scores = io.read_json(path)
+        oof = scores["oof"]
+        out.update(oof_auc=_number(oof["auc"]), fold_mean=_number(scores["fold_mean"]),
+                   fold_std=_number(scores["fold_std"]))
+        out[metric_col] = _number(oof[metric]) if metric in oof else _oof_metric(exp_dir, scores, metric)
+    except FileNotFoundError:
+        return _unreadable(path, "missing")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return _unreadable(path, f"unreadable or incomplete ({type(err).__name__}: {err})")
+    epochs = []
+    for done_path in _fold_done_files(exp_dir):
+        try:
+            epochs.append(float(io.read_json(done_path)["epochs"]))
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            log.warning("%s: unreadable (%s); left out of the mean epochs", done_path, err)
+    out["epochs"] = float(np.mean(epochs)) if epochs else np.nan
+    return out
+
+
+def _number(value) -> float:
+    """A score from a JSON file as a float (None, null -> NaN); ValueError/TypeError for anything else."""
+    return np.nan if value is None else float(value)
+
+
+def _unreadable(path: str, why: str) -> dict:
+    log.warning("%s: %s; the summary shows no scores for this experiment", path, why)
+    return {"error": f"{path}: {why}"}
+
+
 def _oof_metric(exp_dir: str, scores: dict, metric: str) -> float:
-    """A metric that scores.json lacks (e.g. lwlrap), computed from the experiment's oof.csv; NaN if it does not apply."""
+    """A metric that scores.json lacks (e.g. lwlrap), computed from the experiment's oof.csv; NaN if it does not
+    apply or the file cannot be read (with a warning naming it)."""
     from pipeline import metrics
     from pipeline import blend
 
-    oof = io.read_csv(os.path.join(exp_dir, "oof.csv"), dtype={"id": str})
+    path = os.path.join(exp_dir, "oof.csv")
+    try:
+        oof = io.read_csv(path, dtype={"id": str})
+    except (OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as err:
+        log.warning("%s: unreadable (%s); no OOF %s in the summary", path, err, metric)
+        return float("nan")
     pred = blend.prediction_columns(oof)
     try:
         return metrics.metric_value(metric, scores["task"], oof[list(scores["targets"])].to_numpy(),
                                     oof[pred].to_numpy())
-    except (ValueError, KeyError):
+    except (ValueError, KeyError, TypeError):
         return float("nan")
 
 

@@ -417,12 +417,14 @@ def _run_folds(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str, rt):
         got_ids, preds = predict_with_ids(predictor, val_ds.batch(batch))
         oof = pd.DataFrame({"id": got_ids, "fold": k})
         oof = oof.join(pd.DataFrame(train_table.loc[got_ids, targets].to_numpy(np.float32), columns=targets))
-        oof[pred_cols] = preds
+        # float64 from here on: the fold files then round-trip exactly (io.write_csv), so a resumed run
+        # re-reads the very values an uninterrupted run keeps in memory and averages them the same way.
+        oof[pred_cols] = preds.astype(np.float64)
         io.write_csv(os.path.join(fold_dir, "oof.csv"), oof)
         if test_ids:
             t_ids, t_preds = predict_with_ids(predictor, cache.dataset("test").batch(batch))
             test = pd.DataFrame({"id": t_ids})
-            test[pred_cols] = t_preds
+            test[pred_cols] = t_preds.astype(np.float64)
             io.write_csv(os.path.join(fold_dir, "test.csv"), test)
             test_parts.append(test)
         finish_fold(result, fold_dir)

@@ -307,7 +307,7 @@ def test_raw_audio_tfrecords_are_decoded_in_the_graph(tmp_path):
 
     from pipeline.data.rfcx_records import export_layout, read_raw_audio_records
 
-    pcm = (np.sin(np.arange(4000) / 5.0) * 20000).astype("<i2")
+    pcm = (np.sin(np.arange(32000) / 5.0) * 20000).astype("<i2")  # 4 s at 8 kHz: every box lies inside
     wav = pyio.BytesIO()
     sf.write(wav, pcm, 8000, format="WAV", subtype="PCM_16")
     path = str(tmp_path / "train.tfrec")

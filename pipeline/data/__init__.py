@@ -16,6 +16,7 @@ import pandas as pd
 
 from pipeline import schema
 from pipeline.data.base import SUBMISSION_FORMATS, DataError, Dataset
+from pipeline.data.checks import check_duplicate_files
 from pipeline.data.rfcx import read_kaggle_rfcx
 from pipeline.data.synthetic import read_synthetic_whale
 from pipeline.data.synthetic_rfcx import read_synthetic_rfcx
@@ -66,6 +67,7 @@ def _table(params: schema.TableParams) -> Dataset:
         group_column=params.group_column,
         test_csv=params.test_csv,
         test_audio_dir=params.test_audio_dir,
+        classes=params.classes,
     )
 
 
@@ -104,7 +106,9 @@ def load_dataset(name: str, params) -> Dataset:
     TypeError
         When ``params`` is not the source's parameter class.
     DataError
-        When the data on disk does not match the source's layout.
+        When the data on disk does not match the source's layout. One audio
+        file under several ids is a warning naming them
+        (:func:`pipeline.data.checks.check_duplicate_files`).
     """
     build = SOURCES.get(name)
     expected = schema.DATA_SOURCES[name]
@@ -112,7 +116,10 @@ def load_dataset(name: str, params) -> Dataset:
         raise TypeError(
             f"data source {name!r} takes {expected.__name__}. Received: params={type(params).__name__}"
         )
-    return build(params)
+    dataset = build(params)
+    # Every source: one audio file under several ids (opposite labels would train against each other).
+    check_duplicate_files(dataset.manifest, dataset.targets)
+    return dataset
 
 
 def submission_frame(dataset: Dataset, ids: list, predictions: np.ndarray) -> pd.DataFrame:

@@ -14,6 +14,18 @@ from dataclasses import dataclass
 import pandas as pd
 
 TASKS = ("binary", "multiclass", "multilabel")
+# Column names the manifest, the fold tables and the prediction files own. A target (a label column or a
+# class name) spelled like one of them would shadow it: a target named ``pred`` would be read back as the
+# prediction and output/oof.csv would lose the labels. ``RESERVED_PREFIXES`` covers the per-class
+# prediction columns (``pred:<class>``) and the rfcx masks (``mask:<species>``).
+RESERVED_COLUMNS = ("id", "path", "split", "group", "fold", "pred", "boxes", "unknown")
+RESERVED_PREFIXES = ("pred:", "mask:")
+
+
+def reserved_targets(targets) -> list:
+    """The target names among ``targets`` that collide with a reserved column (see RESERVED_COLUMNS)."""
+    return sorted(str(t) for t in targets
+                  if str(t) in RESERVED_COLUMNS or str(t).startswith(RESERVED_PREFIXES))
 SUBMISSION_FORMATS = ("whale", "rfcx", "table")
 
 
@@ -49,6 +61,10 @@ class Dataset:
             raise ValueError(
                 f"submission must be one of {SUBMISSION_FORMATS}. Received: submission={self.submission!r}"
             )
+        clash = reserved_targets(self.targets)
+        if clash:
+            raise DataError(f"target name(s) {clash} collide with the columns the pipeline owns "
+                            f"({', '.join(RESERVED_COLUMNS)}, {', '.join(p + '...' for p in RESERVED_PREFIXES)})")
         missing = {"id", "path", "split", *self.targets} - set(self.manifest.columns)
         if missing:
             raise ValueError(f"manifest lacks columns {sorted(missing)}")

@@ -40,6 +40,7 @@ import pandas as pd
 
 from pipeline import io
 from pipeline.data.base import DataError, Dataset
+from pipeline.data.checks import refuse_outside
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,9 @@ def read_kaggle_rfcx(root: str, *, unknown: str = "mask") -> Dataset:
     DataError
         When a CSV or ``train/`` is missing, a CSV lacks a column, holds a
         non-numeric value, a species outside 0..23, a box with t_min > t_max or
-        f_min > f_max, or negative times, or when train and test share an id.
+        f_min > f_max, negative times, a box ending after its recording or
+        above its Nyquist frequency, or a recording id leading outside
+        ``train/`` (rows named), or when train and test share an id.
     """
     if unknown not in UNKNOWN:
         raise ValueError(f"unknown must be one of {UNKNOWN}. Received: unknown={unknown!r}")
@@ -83,6 +86,9 @@ def read_kaggle_rfcx(root: str, *, unknown: str = "mask") -> Dataset:
     fp = _read_boxes(os.path.join(root, "train_fp.csv"))
     if not io.isdir(train_dir):
         raise DataError(f"{train_dir}: train/ folder not found (kaggle_rfcx expects the audio in ROOT/train/)")
+    for table, path in ((tp, os.path.join(root, "train_tp.csv")), (fp, os.path.join(root, "train_fp.csv"))):
+        refuse_outside(table["recording_id"], train_dir, where=f"{path}: column 'recording_id'", suffix=AUDIO_SUFFIX)
+    _check_boxes_inside_recordings({"train_tp.csv": tp, "train_fp.csv": fp}, root, train_dir)
     tp["is_tp"], fp["is_tp"] = 1, 0
     boxes = pd.concat([tp, fp], ignore_index=True)
     if boxes.empty:
@@ -170,6 +176,41 @@ def frame_defaults(manifest: pd.DataFrame) -> np.ndarray:
     known = manifest[list(MASKS)].to_numpy(np.float64) > 0.5
     zero = known & (y < 0.5)
     return np.where(zero, 0.0, np.nan).astype(np.float32)
+
+
+def _check_boxes_inside_recordings(tables: dict, root: str, train_dir: str) -> None:
+    """DataError naming the CSV rows whose box ends after its recording or above its Nyquist frequency.
+
+    Only the audio headers are read (``soundfile.info``); recordings that are
+    missing, remote or unreadable are left to the decoder, which reports them.
+    """
+    if io.is_remote(train_dir):
+        return
+    import soundfile as sf
+
+    info = {}
+    for rec in sorted(set().union(*(set(t["recording_id"]) for t in tables.values()))):
+        try:
+            meta = sf.info(os.path.join(train_dir, rec + AUDIO_SUFFIX))
+        except Exception:  # noqa: BLE001 - missing or bad audio: the decoder says which and why
+            continue
+        if meta.samplerate > 0 and meta.frames > 0:
+            info[rec] = (meta.frames / meta.samplerate, meta.samplerate)
+    for name, table in tables.items():
+        seconds = table["recording_id"].map(lambda r: info.get(r, (np.inf, np.inf))[0])
+        rate = table["recording_id"].map(lambda r: info.get(r, (np.inf, np.inf))[1])
+        late = (table["t_max"] > seconds + 1.0 / rate).to_numpy()  # one sample of rounding allowed
+        if late.any():
+            rows = _rows(pd.Series(late))
+            raise DataError(f"{os.path.join(root, name)}: row(s) {rows} hold boxes ending after their recording "
+                            f"(t_max {table['t_max'][late].head(3).tolist()} s, recordings of "
+                            f"{seconds[late].head(3).round(3).tolist()} s)")
+        high = (table["f_max"] > rate / 2).to_numpy()
+        if high.any():
+            rows = _rows(pd.Series(high))
+            raise DataError(f"{os.path.join(root, name)}: row(s) {rows} hold boxes above their recording's highest "
+                            f"frequency (f_max {table['f_max'][high].head(3).tolist()} Hz, sample rate / 2 = "
+                            f"{(rate[high] / 2).head(3).tolist()} Hz)")
 
 
 def _flac_names(folder: str) -> set:

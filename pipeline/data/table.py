@@ -7,11 +7,15 @@
     test.csv (optional)       <file_column>  (labels, if present, are ignored)
     test_audio_dir/<file>     defaults to audio_dir
 
-The task is inferred from the labels: all in {0, 1} (as numbers or strings)
-is ``binary`` with one target named after the label column; anything else is
-``multiclass`` with one one-hot float column per class, named by the class
-label as a string and sorted. Ids are the file-column values, so they must be
-unique over train and test together.
+The task is inferred from the labels (rules in :mod:`pipeline.data.labels`):
+all in {0, 1} (``0``, ``1``, ``0.0``, ``1.0``) is ``binary`` with one target
+named after the label column; anything else is ``multiclass`` with one one-hot
+float column per class, named by the class label as a string and sorted. Or
+the classes are declared (``classes``) and any other label is refused. Missing
+labels, a mostly-0/1 column with a few other values and a number spelled two
+ways are refused with their rows. Ids are the file-column values, kept
+verbatim, so they must be unique over train and test together; a file must
+lie inside its audio folder (:mod:`pipeline.data.checks`).
 """
 
 from __future__ import annotations
@@ -24,13 +28,11 @@ import numpy as np
 import pandas as pd
 
 from pipeline import io
-from pipeline.data.base import DataError, Dataset
+from pipeline.data.base import RESERVED_COLUMNS, RESERVED_PREFIXES, DataError, Dataset, reserved_targets
+from pipeline.data.checks import resolve_names
+from pipeline.data.labels import read_labels
 
 logger = logging.getLogger(__name__)
-
-# Manifest and fold-table columns a target name must not shadow.
-RESERVED_COLUMNS = ("id", "path", "split", "group", "fold")
-_BINARY_VALUES = {"0", "1", "0.0", "1.0"}
 
 
 def read_table(
@@ -41,6 +43,7 @@ def read_table(
     group_column: Optional[str] = None,
     test_csv: Optional[str] = None,
     test_audio_dir: Optional[str] = None,
+    classes: Optional[tuple] = None,
 ) -> Dataset:
     """Build the manifest of a CSV + audio-folder dataset.
 
@@ -59,6 +62,9 @@ def read_table(
         Test table; only ``file_column`` is read. None: no test set.
     test_audio_dir : str, optional
         Folder for the test files; defaults to ``audio_dir``.
+    classes : tuple of str, optional
+        The declared class list (``data.classes``): any other label is
+        refused; ``("0", "1")`` is a binary task. None: inferred.
 
     Returns
     -------
@@ -72,8 +78,10 @@ def read_table(
     DataError
         Naming the file and column, for a missing file or folder, an empty or
         unparsable CSV, a missing column, an empty cell in a used column, fewer
-        than two classes, a target name that collides with a reserved column
-        (``id, path, split, group, fold``) and duplicated ids.
+        than two classes, a missing or unexpected label (with its rows), a
+        target name that collides with a column the pipeline owns
+        (:data:`pipeline.data.base.RESERVED_COLUMNS`, ``pred:...``,
+        ``mask:...``), a file outside its audio folder and duplicated ids.
     """
     csv = _absolute(csv)
     audio_dir = _absolute(audio_dir)
@@ -81,26 +89,15 @@ def read_table(
         raise DataError(f"{audio_dir}: audio_dir not found")
     table = _read_csv(csv, [file_column, label_column] + ([group_column] if group_column else []))
 
-    ids = _clean_column(table, file_column, where=csv)
+    _clean_column(table, file_column, where=csv)  # refuses empty cells
+    ids, paths = resolve_names(table[file_column], audio_dir, where=f"{csv}: column {file_column!r}")
     _check_unique(ids, where=f"{csv}: column {file_column!r}")
-    labels = _clean_column(table, label_column, where=csv)
 
-    classes = sorted(set(labels))
-    if len(classes) < 2:
-        raise DataError(
-            f"{csv}: column {label_column!r} has a single class {classes}; at least two classes are needed"
-        )
-    if set(classes) <= _BINARY_VALUES:
-        task = "binary"
-        targets = (label_column,)
-        values = {label_column: labels.astype(float).to_numpy(dtype=np.float64)}
-    else:
-        task = "multiclass"
-        targets = tuple(classes)
-        values = {c: (labels == c).to_numpy(dtype=np.float64) for c in classes}
-    clash = sorted(set(targets) & set(RESERVED_COLUMNS))
+    task, targets, values = read_labels(table[label_column], where=f"{csv}: column {label_column!r}",
+                                        name=label_column, classes=classes)
+    clash = reserved_targets(targets)
     if clash:
-        reserved = ", ".join(RESERVED_COLUMNS)
+        reserved = ", ".join(RESERVED_COLUMNS) + ", " + ", ".join(p + "<...>" for p in RESERVED_PREFIXES)
         if task == "binary":
             raise DataError(
                 f"{csv}: label column {label_column!r} would become a target column that collides with "
@@ -114,7 +111,7 @@ def read_table(
     train = pd.DataFrame(
         {
             "id": ids.to_numpy(dtype=object),
-            "path": [os.path.join(audio_dir, f) for f in ids],
+            "path": paths,
             "split": "train",
             **values,
         }
@@ -129,7 +126,9 @@ def read_table(
         if not io.isdir(test_dir):
             raise DataError(f"{test_dir}: test_audio_dir not found")
         test_table = _read_csv(test_csv, [file_column])
-        test_ids = _clean_column(test_table, file_column, where=test_csv)
+        _clean_column(test_table, file_column, where=test_csv)
+        test_ids, test_paths = resolve_names(test_table[file_column], test_dir,
+                                             where=f"{test_csv}: column {file_column!r}")
         _check_unique(test_ids, where=f"{test_csv}: column {file_column!r}")
         both = sorted(set(ids) & set(test_ids))
         if both:
@@ -140,7 +139,7 @@ def read_table(
         test = pd.DataFrame(
             {
                 "id": test_ids.to_numpy(dtype=object),
-                "path": [os.path.join(test_dir, f) for f in test_ids],
+                "path": test_paths,
                 "split": "test",
                 **{t: np.nan for t in targets},
             }
@@ -155,7 +154,7 @@ def read_table(
         manifest[t] = manifest[t].astype(np.float64)
     logger.info(
         "%s: %s task, %d classes, %d train rows, %d test rows",
-        csv, task, len(classes), len(train), len(manifest) - len(train),
+        csv, task, len(targets) if task == "multiclass" else 2, len(train), len(manifest) - len(train),
     )
     return Dataset(manifest=manifest, task=task, targets=targets, submission="table")
 

@@ -21,6 +21,8 @@ import pandas as pd
 
 from pipeline import io
 from pipeline.data.base import DataError, Dataset
+from pipeline.data.checks import resolve_names
+from pipeline.data.labels import binary_labels
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +52,10 @@ def read_kaggle_whale(root: str) -> Dataset:
     ------
     DataError
         When ``train.csv`` is missing, unparsable, lacks ``clip_name`` or
-        ``label``, has labels other than 0/1 or duplicated clip names, or when
-        the ``train/`` folder is missing. A missing ``test/`` folder only logs
+        ``label``, has a missing label or one other than ``0``, ``1``,
+        ``0.0``, ``1.0`` (:func:`pipeline.data.labels.binary_labels`),
+        duplicated clip names or a clip name leading outside ``train/``
+        (rows named), or when the ``train/`` folder is missing. A missing ``test/`` folder only logs
         a warning (no test set).
     """
     root = root if io.is_remote(root) else os.path.abspath(root)  # gs://, ram://: through tf.io.gfile
@@ -64,7 +68,9 @@ def read_kaggle_whale(root: str) -> Dataset:
         raise DataError(f"{train_dir}: train/ folder not found (kaggle_whale expects the audio in ROOT/train/)")
 
     try:
-        table = io.read_csv(csv_path, dtype={"clip_name": str}, keep_default_na=False, na_values=[""])
+        # Labels as text too: "01" or "1e0" must be refused, not parsed into 1.
+        table = io.read_csv(csv_path, dtype={"clip_name": str, "label": str}, keep_default_na=False,
+                            na_values=[""])
     except pd.errors.EmptyDataError:
         raise DataError(f"{csv_path}: file is empty; expected columns {','.join(TRAIN_COLUMNS)}") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
@@ -82,17 +88,18 @@ def read_kaggle_whale(root: str) -> Dataset:
     if names.isna().any():
         rows = _csv_rows(names.isna())
         raise DataError(f"{csv_path}: column 'clip_name' is empty on row(s) {rows}")
-    names = names.astype(str).str.strip()
+    # Verbatim: a clip whose name has surrounding spaces is found under that name (checks.resolve_names).
+    names, paths = resolve_names(names, train_dir, where=f"{csv_path}: column 'clip_name'")
     dup = names[names.duplicated()]
     if len(dup):
         raise DataError(f"{csv_path}: column 'clip_name' has duplicates: {sorted(set(dup))[:5]}")
 
-    labels = _binary_labels(table["label"], where=f"{csv_path}: column 'label'")
+    labels = binary_labels(table["label"], where=f"{csv_path}: column 'label'")
 
     train = pd.DataFrame(
         {
             "id": names.to_numpy(dtype=object),
-            "path": [os.path.join(train_dir, n) for n in names],
+            "path": paths,
             "split": "train",
             "label": labels,
         }
@@ -132,16 +139,6 @@ def read_kaggle_whale(root: str) -> Dataset:
     manifest["label"] = manifest["label"].astype(np.float64)
     logger.info("%s: %d train clips (%d positive), %d test clips", root, len(train), int(labels.sum()), len(test))
     return Dataset(manifest=manifest, task="binary", targets=("label",), submission="whale")
-
-
-def _binary_labels(column: pd.Series, *, where: str) -> np.ndarray:
-    """0/1 labels (ints, floats or their strings) as float64 [n]; DataError otherwise."""
-    values = pd.to_numeric(column, errors="coerce")
-    bad = values.isna() | ~values.isin([0, 1])
-    if bad.any():
-        shown = sorted({str(v) for v in column[bad]})[:5]
-        raise DataError(f"{where} must be 0 or 1; found {shown} on row(s) {_csv_rows(bad)}")
-    return values.to_numpy(dtype=np.float64)
 
 
 def _csv_rows(mask: pd.Series, limit: int = 5) -> list:
