@@ -134,7 +134,9 @@ def compute_identity(manifest: pd.DataFrame, targets) -> DataIdentity:
     parts = {
         "audio": _digest(clips[["id", "split", "path", "size", "mtime_ns"]]),
         "labels": _digest(train[["id", "labels"]], header),
-        "groups": _digest(train[["id", "group"]], "groups" if "group" in manifest.columns else "no groups"),
+        # Without a group column there is nothing to change (added clips show in the other parts).
+        "groups": (_digest(train[["id", "group"]], "groups") if "group" in manifest.columns
+                   else _digest(train[[]], "no groups")),
     }
     parts["folds"] = _digest(train[["id", "labels", "group"]], header)
     return DataIdentity(clips=clips, parts=parts)
