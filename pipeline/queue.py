@@ -556,7 +556,9 @@ def plan(queue: Queue, paths: Paths, names: List[str], force: bool) -> str:
         data = current[_data_key(exp)]
         readable = data is not None and not isinstance(data, str)
         changed = data_changes(exp_dir, status, data) if same and readable else ""
-        if status.get("state") == DONE and same and not force and not changed and not isinstance(data, str):
+        if isinstance(data, str):
+            action = f"fail: the data cannot be read ({data})"
+        elif status.get("state") == DONE and same and not force and not changed:
             action = "skip (finished, same config and data)"
         elif same and not force and not changed and io.isdir(exp_dir):
             n_done = len(_fold_done_files(exp_dir))
@@ -569,7 +571,7 @@ def plan(queue: Queue, paths: Paths, names: List[str], force: bool) -> str:
             cache = folds = "build (synthetic data not generated yet)"
             key = "?"
         elif isinstance(data, str):
-            cache = folds = f"unknown: the data cannot be read: {data}"
+            cache = folds = "unknown"
             key = "?"
         else:
             key = cache_key(exp, data.identity.audio)

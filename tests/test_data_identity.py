@@ -197,6 +197,8 @@ def _fake_stages(calls):
     """Stands in for the stages: records the call and writes the outputs a finished experiment has."""
 
     def stages(exp, paths, exp_dir, timings, data=None):
+        if data and data[1] is not None:  # the data stage raises the loading error
+            raise data[1]
         dataset = data[0] if data else load_dataset(exp.data.name, exp.data.params)
         calls.append(exp.name)
         train = dataset.train
@@ -272,6 +274,25 @@ def test_an_unfinished_run_on_other_data_is_not_resumed(tmp_path, monkeypatch, c
     with caplog.at_level("INFO", logger="pipeline"):
         q.run_experiment(exp, paths)
     assert "starting afresh (data changed since the last run: 1 clip added (train/train999.aiff))" in caplog.text
+
+
+def test_results_whose_data_cannot_be_read_are_not_presented_as_current(tmp_path, monkeypatch):
+    import pipeline.queue as q
+
+    root = whale(tmp_path)
+    queue = _queue(tmp_path, root)
+    exp = queue.experiments[0]
+    paths = q.Paths(queue.output_dir)
+    monkeypatch.setattr(q, "_stages", _fake_stages([]))
+    q.run_experiment(exp, paths)
+    (root / "train.csv").unlink()
+    assert q.finished(queue, paths) == []
+    row = q.write_summary(queue, paths).loc[0]
+    assert row["status"] == "stale" and "train.csv not found" in row["error"]
+    assert "small: fail: the data cannot be read (DataError: " in q.plan(queue, paths, ["small"], force=False)
+    status = q.run_experiment(exp, paths)
+    assert status["state"] == "failed" and "train.csv not found" in status["error"]
+    assert (tmp_path / "output" / "small" / "oof.csv").is_file()  # earlier results are not deleted
 
 
 def test_a_finished_run_on_synthetic_data_not_on_disk_is_skipped_without_generating_it(tmp_path, monkeypatch):
