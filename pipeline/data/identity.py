@@ -159,19 +159,22 @@ def compute_identity(manifest: pd.DataFrame, targets) -> DataIdentity:
 
 
 def _label_digests(manifest: pd.DataFrame, columns: List[str]) -> np.ndarray:
-    """A 16-hex-digit digest per row of the label columns (numbers canonicalised: -0.0 is 0.0, one NaN)."""
+    """A 16-hex-digit digest per row of the label columns (numbers canonicalised: -0.0 is 0.0, one NaN).
+
+    pandas' row hash (SipHash with a fixed key) is vectorised; were a pandas
+    upgrade to change it, every run would count as on changed data once -
+    the safe direction.
+    """
     numeric = [c for c in columns if c != "boxes"]
     values = manifest[numeric].to_numpy(dtype=np.float64, na_value=np.nan) if numeric else np.zeros((len(manifest), 0))
     values = np.where(np.isnan(values), np.nan, values + 0.0)
-    rows = np.ascontiguousarray(values).view(np.uint8).reshape(len(manifest), -1)
-    boxes = manifest["boxes"].astype(str).tolist() if "boxes" in manifest.columns else None
-    out = []
-    for i in range(len(manifest)):
-        h = hashlib.blake2b(rows[i].tobytes(), digest_size=8)
-        if boxes is not None:
-            h.update(boxes[i].encode())
-        out.append(h.hexdigest())
-    return np.asarray(out, dtype=object)
+    frame = pd.DataFrame(values, columns=[f"c{i}" for i in range(values.shape[1])])
+    if "boxes" in manifest.columns:
+        frame["boxes"] = manifest["boxes"].astype(str).to_numpy()
+    if frame.shape[1] == 0:
+        return np.full(len(manifest), "0" * 16, dtype=object)
+    hashes = pd.util.hash_pandas_object(frame, index=False).to_numpy(dtype=np.uint64)
+    return np.asarray([f"{h:016x}" for h in hashes.tolist()], dtype=object)
 
 
 def _digest(table: pd.DataFrame, header: str = "") -> str:
