@@ -11,7 +11,6 @@ import pytest
 
 from pipeline.config import load_queue
 from pipeline.data import load_dataset
-from pipeline.data.base import Dataset
 from pipeline.data.identity import compute_identity, describe_changes
 from pipeline.data.synthetic import ensure_synthetic_whale
 
