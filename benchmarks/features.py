@@ -149,6 +149,7 @@ def _stage_child(root: str, n: int, workers: int, cache_root: str, conn, with_te
     exp = experiment(root, n, workers)
     # What the queue's data stage does before the feature stage.
     dataset = load_dataset(exp.data.name, exp.data.params)
+    _ = dataset.identity  # the data's identity (one stat per file) is taken when the queue loads the data
     check_settings(exp.features.name, exp.features.params, sample_rate=exp.audio.sample_rate)
     method = start_method()
     conn.send({"ready": time.time()})

@@ -1,6 +1,7 @@
 """One fold table per (dataset, fold settings), shared by every experiment on that data.
 
-``output/folds/<key>.csv`` holds ``id, fold`` for every training clip of the
+``output/folds/<key>.csv`` (``key``: the data source, fold settings and the
+training clips' ids, labels and groups, :func:`table_key`) holds ``id, fold`` for every training clip of the
 manifest (also clips whose audio later turns out bad, so that experiments with
 different feature settings still agree on folds). Stratified on the label;
 stratified *and* grouped when the manifest has a ``group`` column, so a group
@@ -28,9 +29,24 @@ class FoldError(ValueError):
 
 
 def fold_key(exp: Experiment) -> str:
+    """The data source's and the fold settings' part of a fold table's identity.
+
+    Experiments with equal ``fold_key`` whose recorded data is the current data
+    (:func:`pipeline.queue.finished`) were split by the same table; the table's
+    file name (:func:`table_key`) also covers the data itself.
+    """
     import dataclasses
 
     return stable_hash({"data": exp.data.to_dict(), "folds": dataclasses.asdict(exp.folds)})
+
+
+def table_key(exp: Experiment, dataset: Dataset) -> str:
+    """Name of the fold table file: :func:`fold_key` plus the training clips' ids, labels and groups.
+
+    A table made for other labels or groups (stratification and grouping
+    depend on them) is never reused, even when the ids are the same.
+    """
+    return stable_hash({"settings": fold_key(exp), "data": dataset.identity.folds})
 
 
 def strata(dataset: Dataset, train: pd.DataFrame) -> np.ndarray:
@@ -105,8 +121,11 @@ def multilabel_folds(dataset: Dataset, *, n_splits: int, seed: int) -> pd.DataFr
 
 
 def ensure_folds(dataset: Dataset, exp: Experiment, folds_dir: str) -> pd.DataFrame:
-    """Load the shared fold table, or make and save it. A table that does not match the data is rebuilt."""
-    path = os.path.join(folds_dir, f"{fold_key(exp)}.csv")
+    """Load the shared fold table, or make and save it. A table that does not match the data is rebuilt.
+
+    The file is ``<folds_dir>/<table_key>.csv``: changed labels or groups give another table.
+    """
+    path = os.path.join(folds_dir, f"{table_key(exp, dataset)}.csv")
     expected = set(dataset.train["id"])
     if io.isfile(path):
         try:

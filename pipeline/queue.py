@@ -3,10 +3,13 @@
 Per experiment (``output/<name>/``): data -> feature cache -> folds -> one
 model per fold (OOF + test predictions) -> ``oof.csv``, ``test.csv``,
 ``scores.json``, ``submission.csv``. A finished experiment whose resolved
-config is unchanged is skipped; an unfinished one resumes at its first
-unfinished fold (and inside that fold at its last completed epoch). An
+config and data (ids, audio files' size and mtime, labels, groups:
+:mod:`pipeline.data.identity`) are unchanged is skipped; an unfinished one
+resumes at its first unfinished fold (and inside that fold at its last
+completed epoch); changed data starts it afresh, saying what changed. An
 experiment that fails is recorded with its traceback and the queue moves on.
-After the experiments: ``output/oof.csv``, ``output/summary.csv`` and the blend.
+After the experiments: ``output/oof.csv``, ``output/summary.csv`` and the
+blend, from the experiments finished on the data as it is then.
 """
 
 from __future__ import annotations
@@ -25,12 +28,14 @@ import numpy as np
 import pandas as pd
 
 from pipeline import io, layout, ownership
-from pipeline.config import ConfigError, Experiment, Queue, dump_experiment
+from pipeline.config import ConfigError, Experiment, Queue, dump_experiment, stable_hash
 
 log = logging.getLogger("pipeline")
 
 DONE, FAILED, RUNNING, INTERRUPTED = "done", "failed", "running", "interrupted"
 EXIT_CONFIG = 2  # as pipeline.cli: a queue whose output cannot be used is refused like an invalid file
+# Per-clip identity of the data an experiment ran on (pipeline.data.identity), beside its status.json.
+DATA_CLIPS = "data_clips.csv"
 
 
 class StageError(RuntimeError):
@@ -113,17 +118,38 @@ def _now() -> str:
 
 
 def run_experiment(exp: Experiment, paths: Paths, *, force: bool = False) -> dict:
-    """Run (or resume, or skip) one experiment. Returns its final status dict."""
+    """Run (or resume, or skip) one experiment. Returns its final status dict.
+
+    The data is loaded first (a CSV read and one ``stat`` per file; nothing is
+    written unless a synthetic dataset must be generated), because whether
+    earlier work counts depends on it: a finished experiment is skipped only
+    when its config and its data (:meth:`Dataset.identity`: ids, files' size
+    and mtime, labels, groups) are unchanged, and an unfinished one resumes
+    only on the same data; otherwise it starts afresh and the log says what
+    changed. A synthetic dataset that is not on disk is a function of the
+    config, so a finished experiment on it is skipped without generating it.
+    """
+    from pipeline.data import needs_generation
+    from pipeline.data.identity import write_clips
+
     exp_dir = paths.experiment(exp.name)
     status = read_status(exp_dir)
     config_hash = exp.config_hash()
-    if status.get("state") == DONE and status.get("config_hash") == config_hash and not force:
-        log.info("%s: finished earlier with the same config; skipped", exp.name)
+    same_config = status.get("config_hash") == config_hash
+    if status.get("state") == DONE and same_config and not force and needs_generation(exp.data.name, exp.data.params):
+        log.info("%s: finished earlier with the same config; skipped (its synthetic data is not on disk: it would be "
+                 "regenerated from the same parameters)", exp.name)
+        return status
+    dataset, load_error, load_seconds = _load_data(exp)
+    changed = data_changes(exp_dir, status, dataset) if same_config and dataset is not None else ""
+    if status.get("state") == DONE and same_config and not force and dataset is not None and not changed:
+        log.info("%s: finished earlier with the same config; skipped (data unchanged)", exp.name)
         return status
     try:
         # Only a folder the pipeline made (or an older version's experiment folder) is ever deleted or reused.
-        if io.isdir(exp_dir) and (force or status.get("config_hash") != config_hash):
-            reason = "--force" if force else "its config changed"
+        if io.isdir(exp_dir) and (force or not same_config or changed):
+            reason = ("--force" if force else "its config changed" if not same_config
+                      else f"data changed since the last run: {changed}")
             log.info("%s: starting afresh (%s)", exp.name, reason)
             ownership.remove_owned(exp_dir, recognise=ownership.is_legacy_experiment)
         ownership.make_owned_dir(exp_dir, recognise=ownership.is_legacy_experiment)
@@ -131,17 +157,21 @@ def run_experiment(exp: Experiment, paths: Paths, *, force: bool = False) -> dic
         log.error("%s: FAILED: %s", exp.name, err)  # nothing of the folder's was touched, so no status is written
         return {"state": FAILED, "error": str(err)}
     io.write_text(os.path.join(exp_dir, "config.yaml"), dump_experiment(exp))
+    data_fields = {}
+    if dataset is not None:  # the per-clip table first: a status naming data always has its table beside it
+        write_clips(os.path.join(exp_dir, DATA_CLIPS), dataset.identity)
+        data_fields["data"] = dataset.identity.checked()
 
     handler = io.log_handler(os.path.join(exp_dir, "run.log"))
     handler.setLevel(logging.DEBUG)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
     started = time.time()
-    timings: Dict[str, float] = dict(status.get("timings", {})) if status.get("config_hash") == config_hash else {}
+    timings: Dict[str, float] = dict(status.get("timings", {})) if same_config and not changed else {}
     write_status(exp_dir, state=RUNNING, stage="start", config_hash=config_hash, started=_now(), error=None,
-                 timings=timings)
+                 timings=timings, **data_fields)
     try:
-        _stages(exp, paths, exp_dir, timings)
+        _stages(exp, paths, exp_dir, timings, (dataset, load_error, load_seconds))
         wall = time.time() - started + sum(v for k, v in timings.items() if k == "previous_runs")
         status = write_status(exp_dir, state=DONE, stage="done", finished=_now(), timings=timings,
                               wall_seconds=round(wall, 2))
@@ -171,14 +201,41 @@ def _stage(exp_dir, timings, name):
     return done
 
 
-def _stages(exp: Experiment, paths: Paths, exp_dir: str, timings: dict) -> None:
-    from pipeline.data import load_dataset, submission_frame
+def _load_data(exp: Experiment):
+    """``(dataset, None, seconds)``, or ``(None, the exception, seconds)`` when the data cannot be read.
+
+    The error is raised again in the experiment's data stage, so it fails
+    that experiment with its message like any other stage error.
+    """
+    from pipeline.data import load_dataset
+
+    t0 = time.time()
+    try:
+        dataset = load_dataset(exp.data.name, exp.data.params)
+        _ = dataset.identity  # stat the files now, before any stage depends on them
+        return dataset, None, time.time() - t0
+    except Exception as err:  # noqa: BLE001 - reported by the data stage
+        return None, err, time.time() - t0
+
+
+def data_changes(exp_dir: str, status: dict, dataset) -> str:
+    """What changed in the data since the run recorded in ``exp_dir`` (its status and per-clip table); '' if nothing."""
+    from pipeline.data.identity import describe_changes, read_clips
+
+    return describe_changes(status.get("data"), dataset.identity, read_clips(os.path.join(exp_dir, DATA_CLIPS)))
+
+
+def _stages(exp: Experiment, paths: Paths, exp_dir: str, timings: dict, data) -> None:
+    from pipeline.data import submission_frame
     from pipeline.features import check_settings
     from pipeline.folds import ensure_folds
     from pipeline.records import ensure_features
 
     done = _stage(exp_dir, timings, "data")
-    dataset = load_dataset(exp.data.name, exp.data.params)
+    dataset, load_error, load_seconds = data
+    timings["data"] = round(timings.get("data", 0.0) + load_seconds, 2)
+    if load_error is not None:
+        raise load_error
     train = dataset.train
     log.info("%s: %s data: %d train, %d test clips, task %s, targets %s", exp.name, exp.data.name, len(train),
              len(dataset.test), dataset.task, ",".join(dataset.targets))
@@ -247,24 +304,91 @@ def _write_experiment_outputs(exp, dataset, oof: pd.DataFrame, test: Optional[pd
 # ----------------------------------------------------------------------------- queue-level outputs
 
 
-def finished(queue: Queue, paths: Paths) -> List[Experiment]:
+def current_data(queue: Queue) -> Dict[str, object]:
+    """The data each experiment of ``queue`` would use now, loaded once per distinct data block, writing nothing.
+
+    Returns ``{data key: value}`` (key: :func:`_data_key`) where value is a
+    :class:`~pipeline.data.base.Dataset`, ``None`` for synthetic data not on
+    disk (a function of the config, so unchanged by definition), or the error
+    message (str) when the data cannot be read.
+    """
+    from pipeline.data import load_dataset, needs_generation
+
+    out: Dict[str, object] = {}
+    # The sources' own messages (clip counts, missing files) were logged when the experiments loaded the data.
+    sources = logging.getLogger("pipeline.data")
+    level = sources.level
+    sources.setLevel(logging.ERROR)
+    try:
+        for exp in queue.experiments:
+            key = _data_key(exp)
+            if key in out:
+                continue
+            if needs_generation(exp.data.name, exp.data.params):
+                out[key] = None
+                continue
+            try:
+                dataset = load_dataset(exp.data.name, exp.data.params)
+                _ = dataset.identity
+                out[key] = dataset
+            except Exception as err:  # noqa: BLE001 - unreadable data is reported per experiment, never a crash
+                out[key] = f"{type(err).__name__}: {err}"
+    finally:
+        sources.setLevel(level)
+    return out
+
+
+def _data_key(exp: Experiment) -> str:
+    return stable_hash(exp.data.to_dict())
+
+
+def stale_reason(exp: Experiment, paths: Paths, current: Dict[str, object]) -> str:
+    """Why a finished experiment's results are not results on the current data; '' when they are.
+
+    ``current`` comes from :func:`current_data`.
+    """
+    data = current.get(_data_key(exp))
+    if data is None:
+        return ""
+    if isinstance(data, str):
+        return f"its data cannot be read now, so its results cannot be checked: {data}"
+    exp_dir = paths.experiment(exp.name)
+    changed = data_changes(exp_dir, read_status(exp_dir), data)
+    return f"data changed since this run: {changed}" if changed else ""
+
+
+def finished(queue: Queue, paths: Paths, current: Optional[Dict[str, object]] = None) -> List[Experiment]:
+    """Experiments finished with their current config on the current data (:func:`stale_reason` empty).
+
+    Only these reach ``output/oof.csv``, the summary's scores and the blend.
+    ``current``: :func:`current_data` of the queue, computed here when None.
+    """
+    if current is None:
+        current = current_data(queue)
     out = []
     for exp in queue.experiments:
         status = read_status(paths.experiment(exp.name))
         if status.get("state") == DONE and status.get("config_hash") == exp.config_hash():
+            reason = stale_reason(exp, paths, current)
+            if reason:
+                log.warning("%s: %s; its results are stale and left out (rerun the queue to update them)",
+                            exp.name, reason)
+                continue
             out.append(exp)
     return out
 
 
-def write_queue_oof(queue: Queue, paths: Paths) -> Optional[pd.DataFrame]:
+def write_queue_oof(queue: Queue, paths: Paths,
+                    current: Optional[Dict[str, object]] = None) -> Optional[pd.DataFrame]:
     """``output/oof.csv``: one row per training clip, one prediction column (set) per finished experiment.
 
     Only experiments on the same data and folds as the queue's first finished
-    experiment can share this table; others are left out with a warning.
+    experiment can share this table; others are left out with a warning, as
+    are experiments whose data changed since they ran (:func:`finished`).
     """
     from pipeline.folds import fold_key
 
-    done = finished(queue, paths)
+    done = finished(queue, paths, current)
     if not done:
         return None
     key = None
@@ -326,8 +450,12 @@ def _queue_oof_part(name: str, exp_dir: str) -> Optional[Tuple[pd.DataFrame, Lis
     return oof.rename(columns=name_of), list(name_of.values())
 
 
-def write_summary(queue: Queue, paths: Paths) -> pd.DataFrame:
+def write_summary(queue: Queue, paths: Paths, current: Optional[Dict[str, object]] = None) -> pd.DataFrame:
     """``output/summary.csv``: the leaderboard, one row per experiment of the queue, best first.
+
+    An experiment finished with another config, or on data that changed since
+    (``current``: :func:`current_data`, computed when None), is ``stale``
+    without scores; the error column says what changed.
 
     Columns: experiment, model, features, status, oof_auc, ``oof_<blend.metric>``
     (when the blend metric is not auc), fold_mean / fold_std (AUC over the
@@ -339,6 +467,8 @@ def write_summary(queue: Queue, paths: Paths) -> pd.DataFrame:
 
     metric = queue.blend.metric
     metric_col = f"oof_{metric}"
+    if current is None:
+        current = current_data(queue)
     rows = []
     for exp in queue.experiments:
         exp_dir = paths.experiment(exp.name)
@@ -358,6 +488,10 @@ def write_summary(queue: Queue, paths: Paths) -> pd.DataFrame:
         }
         if status.get("config_hash") not in (None, exp.config_hash()):
             row["status"] = "stale"
+        elif row["status"] == DONE:
+            reason = stale_reason(exp, paths, current)
+            if reason:
+                row.update(status="stale", error=reason)
         if row["status"] == DONE:
             row.update(_summary_scores(exp_dir, metric, metric_col))
         rows.append(row)
@@ -520,26 +654,41 @@ def setup_logging(output_dir: str) -> None:
 
 def plan(queue: Queue, paths: Paths, names: List[str], force: bool) -> str:
     """Human-readable plan for --dry-run (reads only; writes nothing)."""
-    from pipeline.folds import fold_key
+    from pipeline.folds import table_key
     from pipeline.records import MANIFEST, cache_key
 
     lines = [f"queue {queue.source}: {len(names)} experiment(s), output {paths.output}"]
+    current = current_data(queue)
     for exp in queue.experiments:
         if exp.name not in names:
             continue
         exp_dir = paths.experiment(exp.name)
         status = read_status(exp_dir)
         same = status.get("config_hash") == exp.config_hash()
-        if status.get("state") == DONE and same and not force:
-            action = "skip (finished, same config)"
-        elif same and not force and io.isdir(exp_dir):
+        data = current[_data_key(exp)]
+        readable = data is not None and not isinstance(data, str)
+        changed = data_changes(exp_dir, status, data) if same and readable else ""
+        if isinstance(data, str):
+            action = f"fail: the data cannot be read ({data})"
+        elif status.get("state") == DONE and same and not force and not changed:
+            action = "skip (finished, same config and data)"
+        elif same and not force and not changed and io.isdir(exp_dir):
             n_done = len(_fold_done_files(exp_dir))
             action = f"resume ({n_done} of {exp.folds.n_splits} folds done)"
+        elif same and changed and not force:
+            action = f"run (data changed since the last run: {changed}; start afresh)"
         else:
             action = "run" + (" (config changed: start afresh)" if status and not same else "")
-        key = cache_key(exp)
-        cache = "hit" if io.isfile(os.path.join(paths.cache, key, MANIFEST)) else "build"
-        folds = "exists" if io.isfile(os.path.join(paths.folds, fold_key(exp) + ".csv")) else "build"
+        if data is None:
+            cache = folds = "build (synthetic data not generated yet)"
+            key = "?"
+        elif isinstance(data, str):
+            cache = folds = "unknown"
+            key = "?"
+        else:
+            key = cache_key(exp, data.identity.audio)
+            cache = "hit" if io.isfile(os.path.join(paths.cache, key, MANIFEST)) else "build"
+            folds = "exists" if io.isfile(os.path.join(paths.folds, table_key(exp, data) + ".csv")) else "build"
         lines.append(
             f"  {exp.name}: {action}; data {exp.data.name}, features {exp.features.name} (cache {key}: {cache}), "
             f"model {exp.model.name}, {exp.folds.n_splits} folds (table: {folds}), {exp.train.epochs} epochs max"
@@ -604,8 +753,9 @@ def _run_locked(queue: Queue, paths: Paths, names: List[str], *, force: bool, bl
                 status = run_experiment(exp, paths, force=force)
                 if status.get("state") == FAILED:
                     failed.append(exp.name)
-        write_queue_oof(queue, paths)
-        summary = write_summary(queue, paths)
+        current = current_data(queue)  # after the runs: what they ran on is compared with the data as it is now
+        write_queue_oof(queue, paths, current)
+        summary = write_summary(queue, paths, current)
         from pipeline.blend import run_blend
 
         run_blend(queue, paths)

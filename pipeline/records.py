@@ -1,7 +1,9 @@
 """The feature cache: features computed once, stored as sharded TFRecords, read with tf.data.
 
 Layout of ``<cache_root>/<key>/`` (``key`` hashes the data, audio and feature
-settings, so experiments that agree on them share one cache)::
+settings and the audio files' identity - ids, paths, sizes, modification
+times - so experiments that agree on them share one cache and an edited file
+gives a new cache)::
 
     train-00000-of-00002.tfrecord   # tf.train.Example: id (bytes), x (raw float32 bytes)
     test-00000-of-00001.tfrecord
@@ -67,8 +69,15 @@ def cache_settings(exp: Experiment) -> dict:
     }
 
 
-def cache_key(exp: Experiment) -> str:
-    return stable_hash(cache_settings(exp))
+def cache_key(exp: Experiment, files: str) -> str:
+    """The cache folder's name: the content settings plus ``files``, the audio files' identity.
+
+    ``files`` is :attr:`pipeline.data.identity.DataIdentity.audio` (ids, splits,
+    paths, each file's size and modification time), so a replaced, added or
+    removed file gives a new cache while experiments on the same files and
+    settings share one. Labels are not part of it: they never enter the cache.
+    """
+    return stable_hash({**cache_settings(exp), "files": files})
 
 
 # ----------------------------------------------------------------------------- worker side
@@ -269,7 +278,7 @@ def ensure_features(dataset: Dataset, exp: Experiment, cache_root: str, *, progr
     Raises :class:`CacheError` when the disk cannot hold the cache or when more
     than ``audio.max_bad_fraction`` of the files are bad.
     """
-    key = cache_key(exp)
+    key = cache_key(exp, dataset.identity.audio)
     folder = os.path.join(cache_root, key)
     manifest_path = os.path.join(folder, MANIFEST)
     if io.isfile(manifest_path):
@@ -397,6 +406,7 @@ def _build(dataset: Dataset, exp: Experiment, folder: str, *, progress: bool = T
         "complete": True,
         "key": os.path.basename(folder),
         "settings": cache_settings(exp),
+        "files": dataset.identity.audio,
         "feature": exp.features.name,
         "shape": list(shape),
         "dtype": "float32",

@@ -6,7 +6,7 @@ import pytest
 
 from pipeline.config import parse_queue
 from pipeline.data.base import Dataset
-from pipeline.folds import FoldError, ensure_folds, fold_key, make_folds
+from pipeline.folds import FoldError, ensure_folds, fold_key, make_folds, table_key
 
 
 def dataset(rng, n=200, positive=0.3, groups=None, classes=None):
@@ -75,7 +75,7 @@ def test_shared_table_reused_and_rebuilt_when_stale(tmp_path, rng):
     assert fold_key(a) == fold_key(b)  # different features, same data and folds -> one table
     ds = dataset(rng)
     first = ensure_folds(ds, a, str(tmp_path))
-    path = tmp_path / f"{fold_key(a)}.csv"
+    path = tmp_path / f"{table_key(a, ds)}.csv"
     assert path.is_file()
     stamp = path.stat().st_mtime_ns
     assert ensure_folds(ds, b, str(tmp_path)).equals(first)

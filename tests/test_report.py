@@ -45,7 +45,7 @@ def _write_cache(output, exp, ids, test_ids, y, rng):
 
     from pipeline.records import MANIFEST, cache_key, cache_settings
 
-    key = cache_key(exp)
+    key = cache_key(exp, "hand-made")
     folder = output / "cache" / "features" / key
     folder.mkdir(parents=True, exist_ok=True)
     width = 16 if exp.features.name == "mel" else 4

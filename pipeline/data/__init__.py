@@ -18,13 +18,15 @@ from pipeline import schema
 from pipeline.data.base import SUBMISSION_FORMATS, DataError, Dataset
 from pipeline.data.checks import check_duplicate_files
 from pipeline.data.rfcx import read_kaggle_rfcx
+from pipeline.data import synthetic, synthetic_rfcx
 from pipeline.data.synthetic import read_synthetic_whale
 from pipeline.data.synthetic_rfcx import read_synthetic_rfcx
 from pipeline.data.table import read_table
 from pipeline.data.whale import read_kaggle_whale
 from pipeline.registry import Registry
 
-__all__ = ["SOURCES", "DataError", "Dataset", "format_submission", "load_dataset", "submission_frame"]
+__all__ = ["SOURCES", "DataError", "Dataset", "format_submission", "load_dataset", "needs_generation",
+           "submission_frame"]
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +122,23 @@ def load_dataset(name: str, params) -> Dataset:
     # Every source: one audio file under several ids (opposite labels would train against each other).
     check_duplicate_files(dataset.manifest, dataset.targets)
     return dataset
+
+
+def needs_generation(name: str, params) -> bool:
+    """Whether :func:`load_dataset` would first write the data: a synthetic dataset not (or differently) generated.
+
+    Such data is a function of its parameters, which the experiment's config
+    covers, so checks that must not write (``--dry-run``, whether a finished
+    run is still current) can treat it as unchanged instead of generating it.
+    """
+    if name == "synthetic_whale" and params.root is not None and "://" not in params.root:
+        return not synthetic.is_generated(params.root, n_train=params.n_train, n_test=params.n_test,
+                                          positive_fraction=params.positive_fraction, seed=params.seed)
+    if name == "synthetic_rfcx" and params.root is not None:
+        return not synthetic_rfcx.is_generated(params.root, n_train=params.n_train, n_test=params.n_test,
+                                               duration=params.duration, sample_rate=params.sample_rate,
+                                               seed=params.seed)
+    return False
 
 
 def submission_frame(dataset: Dataset, ids: list, predictions: np.ndarray) -> pd.DataFrame:

@@ -9,6 +9,7 @@ optionally ``group``. Later stages read the manifest, never the raw layout.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import pandas as pd
@@ -86,3 +87,14 @@ class Dataset:
     @property
     def has_groups(self) -> bool:
         return "group" in self.manifest.columns
+
+    @functools.cached_property
+    def identity(self):
+        """The data's :class:`~pipeline.data.identity.DataIdentity` (ids, files' size and mtime, labels, groups).
+
+        Computed on first use (one ``stat`` per audio file) and kept: the cache
+        key, the fold table and the "finished" check must all see the same files.
+        """
+        from pipeline.data.identity import compute_identity
+
+        return compute_identity(self.manifest, self.targets)

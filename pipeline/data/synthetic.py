@@ -64,6 +64,8 @@ SAMPLE_RATE = 2000  # Hz, as in the Kaggle data
 N_SAMPLES = 4000
 DURATION = N_SAMPLES / SAMPLE_RATE  # 2 s, as in the Kaggle data
 SPEC_FILE = "synthetic.json"
+# Modification time of every generated file (2000-01-01T00:00:00Z), see write_into_place.
+GENERATED_MTIME_NS = 946_684_800 * 10**9
 _SPLIT_CODES = {"train": 0, "test": 1}
 _LABEL_STREAM = 2  # spawn_key prefix for the label permutations
 
@@ -164,6 +166,19 @@ def ensure_synthetic_whale(
         "%s: wrote %d train + %d test synthetic clips in %.1f s",
         root, params["n_train"], params["n_test"], time.perf_counter() - started,
     )
+
+
+def is_generated(root: str, *, n_train: int, n_test: int, positive_fraction: float, seed: int) -> bool:
+    """Whether ``root`` holds this dataset already, so that :func:`ensure_synthetic_whale` would write nothing.
+
+    Reads only ``synthetic.json`` and the folder listings; for checks that
+    must not write (``--dry-run``, the "finished" check of a skipped experiment).
+    """
+    try:
+        params = _check_params(n_train=n_train, n_test=n_test, positive_fraction=positive_fraction, seed=seed)
+    except ValueError:
+        return False
+    return _is_current(os.path.abspath(root), _spec(params))
 
 
 def read_synthetic_whale(
@@ -672,7 +687,11 @@ def write_into_place(root: str, write: Callable[[str], None], *, is_current: Cal
     written in between): a folder the generator did not write raises
     :class:`DataError` and is left as it was. When another process finished
     the same dataset first, theirs is kept if ``is_current()`` says it is the
-    one wanted.
+    one wanted. Every file gets the fixed modification time
+    :data:`GENERATED_MTIME_NS`: the data's identity (each file's size and
+    mtime, :mod:`pipeline.data.identity`) is then a function of the
+    parameters like the bytes are, so a deleted and regenerated dataset is the
+    same data and finished results on it stay current.
     """
     parent, name = os.path.split(root)
     os.makedirs(parent, exist_ok=True)
@@ -682,6 +701,9 @@ def write_into_place(root: str, write: Callable[[str], None], *, is_current: Cal
         ownership.mark(tmp)
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the dataset is ordinary shared input
         write(tmp)
+        for folder, _, names in os.walk(tmp):
+            for file_name in names:
+                os.utime(os.path.join(folder, file_name), ns=(GENERATED_MTIME_NS, GENERATED_MTIME_NS))
         old = None
         if os.path.lexists(root):
             problem = layout.root_problem(root)

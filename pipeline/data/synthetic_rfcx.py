@@ -89,9 +89,8 @@ def ensure_synthetic_rfcx(root: str, *, n_train: int = 200, n_test: int = 50, du
         raise ValueError("synthetic_rfcx needs n_train >= 4, n_test >= 0, duration >= 2, sample_rate >= 8000, "
                          f"seed >= 0. Received: n_train={n_train}, n_test={n_test}, duration={duration}, "
                          f"sample_rate={sample_rate}, seed={seed}")
-    params = {"n_train": int(n_train), "n_test": int(n_test), "duration": float(duration),
-              "sample_rate": int(sample_rate), "seed": int(seed)}
-    spec = {"format_version": FORMAT_VERSION, "generator": "pipeline.data.synthetic_rfcx", "params": params}
+    spec = _spec(n_train=n_train, n_test=n_test, duration=duration, sample_rate=sample_rate, seed=seed)
+    params = spec["params"]
     root = os.path.abspath(root)
     if _is_current(root, spec):
         return
@@ -106,6 +105,20 @@ def ensure_synthetic_rfcx(root: str, *, n_train: int = 200, n_test: int = 50, du
                      layout=LAYOUT)
     logger.info("%s: wrote %d train + %d test synthetic rfcx recordings (%.0f s at %d Hz) in %.1f s", root,
                 n_train, n_test, duration, sample_rate, time.perf_counter() - started)
+
+
+def _spec(*, n_train, n_test, duration, sample_rate, seed) -> dict:
+    """The content of synthetic.json for these parameters."""
+    params = {"n_train": int(n_train), "n_test": int(n_test), "duration": float(duration),
+              "sample_rate": int(sample_rate), "seed": int(seed)}
+    return {"format_version": FORMAT_VERSION, "generator": "pipeline.data.synthetic_rfcx", "params": params}
+
+
+def is_generated(root: str, *, n_train: int = 200, n_test: int = 50, duration: float = 12.0,
+                 sample_rate: int = 16000, seed: int = 0) -> bool:
+    """Whether ``root`` holds this dataset already (:func:`ensure_synthetic_rfcx` would write nothing); reads only."""
+    spec = _spec(n_train=n_train, n_test=n_test, duration=duration, sample_rate=sample_rate, seed=seed)
+    return _is_current(os.path.abspath(root), spec)
 
 
 def read_synthetic_rfcx(root: str, *, unknown: str = "mask", **params) -> Dataset:
