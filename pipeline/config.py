@@ -412,6 +412,8 @@ def _check_value(value, hint, meta, base_dir) -> Tuple[Optional[str], Any]:
         value = tuple(str(v).strip() for v in value)
         if len(set(value)) != len(value) or len(value) < 2:
             return f"expected at least two distinct class labels; got {_show(list(value))}", value
+        if len(value) > meta["max_len"]:
+            return f"expected at most {meta['max_len']} class labels; got {len(value)}", value
     elif hint is tuple:
         if not isinstance(value, (list, tuple)) or not value or not all(
             isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value

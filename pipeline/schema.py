@@ -75,7 +75,7 @@ class TableParams:
     test_audio_dir: Optional[str] = rule(None, path="dir", must_exist=True)
     # The class list, when the labels should not be inferred (e.g. [0, 1, 2], whose 0/1 majority would
     # otherwise be refused as a binary column with typos); any other label value is refused. [0, 1]: binary.
-    classes: Optional[tuple] = rule(None, items="label")
+    classes: Optional[tuple] = rule(None, items="label", max_len=10000)
 
 
 # rfcx: how labels that neither a tp nor an fp box names are read.

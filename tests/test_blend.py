@@ -11,7 +11,7 @@ import pytest
 from sklearn.metrics import label_ranking_average_precision_score, roc_auc_score
 
 from pipeline import blend as blend_mod
-from pipeline import metrics, schema
+from pipeline import metrics, ownership, schema
 from pipeline.blend import BlendError, blend, check_compatible, greedy_weights, load_predictions
 from pipeline.config import load_queue
 
@@ -301,6 +301,8 @@ def write_finished_queue(folder, rng, method="weights", n=60, n_test=12):
     for exp, signal in zip(queue.experiments, (2.0, 0.5)):
         d = folder / "output" / exp.name
         d.mkdir(parents=True)
+        for owned in (folder / "output", d):  # as the pipeline marks the folders it makes
+            ownership.mark(str(owned))
         item = experiment(ids, folds, y, 1 / (1 + np.exp(-(signal * (2 * y - 1) + rng.normal(size=n)))),
                           test_ids, rng.random(n_test))
         item["oof"].to_csv(d / "oof.csv", index=False)

@@ -130,6 +130,7 @@ def test_a_synthetic_data_root_pointed_at_a_user_folder_is_refused(tmp_path, cap
           data: {{name: {source}, root: mine}}
           features: mel
           model: inceptiontime
+          loss: masked_bce
         experiments: [{{name: a}}]
     """)
     before = snapshot(tmp_path)

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from pipeline import io, schema
+from pipeline import io, ownership, schema
 from pipeline.blend import BlendError, blend, check_compatible, write_blend
 from pipeline.config import ConfigError, load_queue
 from pipeline.data import load_dataset
@@ -372,7 +372,7 @@ def test_blend_only_with_nan_in_a_test_csv(tmp_path, rng, capsys):
     status, out = blend_only(path, capsys)
     assert status == 0
     folder = tmp_path / "output" / "blend"
-    assert sorted(p.name for p in folder.iterdir()) == ["error.json"]  # no stale or half-written blend
+    assert sorted(p.name for p in folder.iterdir() if p.name != ownership.MARKER) == ["error.json"]  # no stale or half-written blend
     error = json.loads((folder / "error.json").read_text())["error"]
     assert "weak/test.csv column 'pred' line 5 holds nan" in error
     assert "blend: refused" in out
@@ -413,7 +413,7 @@ def test_blend_only_survives_damaged_files(tmp_path, rng, capsys, caplog, file, 
     summary = pd.read_csv(tmp_path / "output" / "summary.csv")
     assert list(summary["experiment"]) == ["good", "weak"]
     folder = tmp_path / "output" / "blend"
-    names = sorted(p.name for p in folder.iterdir())
+    names = sorted(p.name for p in folder.iterdir() if p.name != ownership.MARKER)
     assert names in (["error.json"], ["oof.csv", "scores.json", "submission.csv", "test.csv", "weights.json"])
     if names == ["error.json"]:
         assert f"weak/{file}" in json.loads((folder / "error.json").read_text())["error"]
