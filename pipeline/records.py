@@ -732,14 +732,23 @@ class _Workers:
             self.solo.close()
 
 
-def _solo_main(conn, limits: Optional[WorkerLimits]) -> None:
-    """The loop of a :class:`_Solo` process: receive a job, send its result (or ``("error", text)``)."""
+def _solo_main(conn, limits: Optional[WorkerLimits], parent: int) -> None:
+    """The loop of a :class:`_Solo` process: receive a job, send its result (or ``("error", text)``).
+
+    Ends on ``None``, or when the parent process ``parent`` is gone (a forked
+    child also holds the parent's end of the pipe, so it would get no EOF).
+    """
     _init_worker(limits)
     cpu = limits.clip_cpu_seconds if limits else None
     while True:
         try:
+            while not conn.poll(1.0):
+                if os.getppid() != parent:
+                    return
             job = conn.recv()
         except EOFError:
+            return
+        if job is None:  # the parent is done (a forked child also holds the parent's end: no EOF)
             return
         try:
             conn.send(_featurise_chunk(job, clip_cpu_seconds=cpu))
@@ -761,7 +770,7 @@ class _Solo:
 
     def _start(self) -> None:
         self.conn, child = self.context.Pipe()
-        self.process = self.context.Process(target=_solo_main, args=(child, self.limits), daemon=True,
+        self.process = self.context.Process(target=_solo_main, args=(child, self.limits, os.getpid()), daemon=True,
                                             name="feature-solo")
         self.process.start()
         child.close()
@@ -784,6 +793,10 @@ class _Solo:
 
     def close(self) -> None:
         if self.conn is not None:
+            try:
+                self.conn.send(None)
+            except OSError:  # it died
+                pass
             self.conn.close()
         if self.process is not None:
             self.process.join(timeout=5)

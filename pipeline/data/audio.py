@@ -402,6 +402,11 @@ def _decode(path, size, data, **opts) -> Decoded:
                     return _decode_pcm(header, size, None, fh, **opts)
     except OSError as exc:
         return _skip(f"unreadable: {_os_message(exc)}")
+    # An AIFF/WAV header is judged before libsndfile opens the file (other formats: once it has).
+    problem = _judge_header(MIN_FILE_RATE if header.rate is None else header.rate,
+                            1 if header.channels is None else header.channels)
+    if problem:
+        return _skip(problem)
 
     try:
         sound = sf.SoundFile(path) if data is None else sf.SoundFile(_io.BytesIO(data))
@@ -556,6 +561,9 @@ class _Header:
 
     frames: Optional[int] = None  # audio frames the header promises
     declared_bytes: Optional[int] = None  # total file size the container promises
+    # Sample rate (Hz) and channel count from the format chunk (any codec), judged before decoding.
+    rate: Optional[int] = None
+    channels: Optional[int] = None
     # Set only for plain PCM this module decodes itself (see :func:`_pcm_frames`).
     pcm: Optional["_PCM"] = None
 
@@ -648,6 +656,11 @@ def _read_header(read_at, size: int) -> _Header:
             break  # the data chunk is what matters; anything after it is metadata
         pos += 8 + chunk_size + (chunk_size & 1)  # chunks are padded to even length
 
+    rate = channels = None
+    if kind == "wav" and wav_tag is not None:
+        rate, channels = wav_rate, wav_channels
+    elif kind == "aiff" and aiff_format is not None:
+        rate, channels = aiff_format[2] or None, aiff_format[0]  # 0: an 80-bit rate we do not parse exactly
     pcm = None
     if kind == "wav" and wav_data_size is not None and wav_data_size not in _WAV_UNKNOWN_SIZES:
         if wav_tag in _WAV_LINEAR_TAGS and wav_block_align:
@@ -662,7 +675,7 @@ def _read_header(read_at, size: int) -> _Header:
         layout = _pcm_dtype(endian, bits, False) if endian else None
         if layout and channels > 0 and rate > 0:
             pcm = _PCM(aiff_data, layout[0], channels, rate, layout[1])
-    return _Header(frames=frames, declared_bytes=declared_bytes, pcm=pcm)
+    return _Header(frames=frames, declared_bytes=declared_bytes, rate=rate, channels=channels, pcm=pcm)
 
 
 def _read_fd(fd: int, size: int) -> bytes:
