@@ -46,7 +46,7 @@ from pipeline.data.base import Dataset
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: bad-audio checks of issue 14 (absurd float values skipped, decoding windowed)
 MANIFEST = "manifest.json"
 # Records parsed (and joined with labels) per tf.data batch by the readers.
 _PARSE_BATCH = 256
