@@ -78,6 +78,8 @@ logger = logging.getLogger(__name__)
 # Bytes of decoded float32 samples per read call (all channels): bounded memory
 # per call, and a damaged FLAC still tells us how many frames came out before the error.
 _READ_BLOCK_BYTES = 1 << 20
+# O_NONBLOCK: a file swapped for a named pipe after its stat must not block the open.
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
 # Files up to this size are read into memory in one call and parsed from there.
 _WHOLE_FILE_BYTES = 16 << 20
 # libsndfile reports SF_COUNT_MAX-like values for streams of unknown length.
@@ -286,7 +288,7 @@ def _load_clip(path, *, sample_rate, duration, min_samples, max_nonfinite_fracti
     if not stat.S_ISREG(info.st_mode):
         return _skip(f"unreadable: {_file_kind(info.st_mode)}")
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        fd = os.open(path, _OPEN_FLAGS)
     except FileNotFoundError:
         return _skip("missing file")
     except OSError as exc:
@@ -327,7 +329,7 @@ def window_frames(file_rate: int, *, sample_rate: int, duration: float) -> int:
     return max(1, need)
 
 
-def _judge_header(file_rate: int, channels: int) -> Optional[str]:
+def _implausible(file_rate: int, channels: int) -> Optional[str]:
     """A skip reason when a header's sample rate or channel count is implausible (module doc), else None."""
     if not MIN_FILE_RATE <= file_rate <= MAX_FILE_RATE:
         return (f"implausible header: sample rate {file_rate} Hz "
@@ -337,50 +339,53 @@ def _judge_header(file_rate: int, channels: int) -> Optional[str]:
     return None
 
 
-def _window_problem(n: int, file_rate: int, duration: float) -> Optional[str]:
-    """A skip reason when ``n`` frames mixed to mono float32 exceed ``MAX_WINDOW_BYTES``, else None."""
-    if 4 * n <= MAX_WINDOW_BYTES:
-        return None
+def _too_long(n: int, file_rate: int, duration: float) -> str:
     return (f"too long: the first {duration:g} s at {file_rate} Hz are {n} frames ({4 * n / 2**30:.1f} GiB as "
             f"float32), more than the {MAX_WINDOW_BYTES / 2**30:g} GiB a clip may take; lower audio.duration "
             f"or resample the file first")
 
 
-class _Mixdown:
-    """Mixes blocks of decoded frames to mono as they are read, counting what :func:`_finish` checks.
+def _mix(block: np.ndarray, channels: int, floating: bool) -> Tuple[Optional[np.ndarray], int, float]:
+    """One block of frames [n, channels] float32 mixed to mono: ``(mono [n], non-finite count, peak |sample|)``.
 
     Mixing block by block keeps a clip's memory at about 4 bytes per frame
-    whatever its channel count. Non-finite samples are zeroed before mixing
-    so that a NaN in one channel does not erase the others.
+    whatever its channel count. Only float sources (``floating``) can hold
+    NaN/inf, zeroed before mixing so that a NaN in one channel does not
+    erase the others, or absurd magnitudes (``mono`` is None beyond
+    ``MAX_FLOAT_MAGNITUDE``: the clip is refused, and mixing such values
+    could overflow); integer PCM is within +-1 (peak reported as 0).
     """
+    bad, peak = 0, 0.0
+    if floating and block.size:
+        finite = np.isfinite(block)
+        bad = int(block.size - np.count_nonzero(finite))
+        if bad:
+            block = np.where(finite, block, np.float32(0.0))
+        peak = max(float(block.max()), -float(block.min()))
+        if peak > MAX_FLOAT_MAGNITUDE:
+            return None, bad, peak
+    return (block[:, 0] if channels == 1 else block.mean(axis=1, dtype=np.float32)), bad, peak
 
-    __slots__ = ("channels", "floating", "parts", "frames", "values", "nonfinite", "peak")
+
+class _Blocks:
+    """Mixed blocks of a clip read in pieces (large files, libsndfile), and the counts :func:`_finish` needs."""
 
     def __init__(self, channels: int, floating: bool):
-        self.channels = channels
-        self.floating = floating  # float sources may hold NaN/inf and absurd magnitudes; integer PCM cannot
-        self.parts = []
-        self.frames = self.values = self.nonfinite = 0
-        self.peak = 0.0
+        self.channels, self.floating = channels, floating
+        self.parts, self.frames, self.nonfinite, self.peak = [], 0, 0, 0.0
 
     def add(self, block: np.ndarray) -> None:
-        """Add frames [n, channels] float32."""
-        if self.floating:
-            finite = np.isfinite(block)
-            bad = int(block.size - np.count_nonzero(finite))
-            if bad:
-                block = np.where(finite, block, np.float32(0.0))
-                self.nonfinite += bad
-            if block.size:
-                self.peak = max(self.peak, float(block.max()), -float(block.min()))
+        mono, bad, peak = _mix(block, self.channels, self.floating)
         self.frames += len(block)
-        self.values += block.size
-        if self.peak > MAX_FLOAT_MAGNITUDE:
-            return  # refused by _finish; mixing such values could overflow
-        self.parts.append(block[:, 0] if self.channels == 1 else block.mean(axis=1, dtype=np.float32))
+        self.nonfinite += bad
+        self.peak = max(self.peak, peak)
+        self.parts.append(mono)
 
-    def samples(self) -> np.ndarray:
-        return self.parts[0] if len(self.parts) == 1 else np.concatenate(self.parts)
+    def finish(self, file_rate: int, total: Optional[int], **opts) -> Decoded:
+        mono = None  # no frames, or refused by _mix
+        if self.parts and all(part is not None for part in self.parts):
+            mono = self.parts[0] if len(self.parts) == 1 else np.concatenate(self.parts)
+        return _finish(mono, self.frames, self.channels, self.nonfinite, self.peak, file_rate, total, **opts)
 
 
 def _decode(path, size, data, **opts) -> Decoded:
@@ -403,8 +408,8 @@ def _decode(path, size, data, **opts) -> Decoded:
     except OSError as exc:
         return _skip(f"unreadable: {_os_message(exc)}")
     # An AIFF/WAV header is judged before libsndfile opens the file (other formats: once it has).
-    problem = _judge_header(MIN_FILE_RATE if header.rate is None else header.rate,
-                            1 if header.channels is None else header.channels)
+    problem = _implausible(MIN_FILE_RATE if header.rate is None else header.rate,
+                           1 if header.channels is None else header.channels)
     if problem:
         return _skip(problem)
 
@@ -422,7 +427,7 @@ def _decode(path, size, data, **opts) -> Decoded:
 
     with sound:
         file_rate, channels = int(sound.samplerate), int(sound.channels)
-        problem = _judge_header(file_rate, channels)
+        problem = _implausible(file_rate, channels)
         if problem:
             return _skip(problem)
         reported = int(sound.frames)
@@ -434,57 +439,56 @@ def _decode(path, size, data, **opts) -> Decoded:
             return _skip(f"truncated: read {reported} of {declared} frames")
         window = window_frames(file_rate, sample_rate=opts["sample_rate"], duration=opts["duration"])
         n = window if reported is None else min(reported, window)
-        problem = _window_problem(n, file_rate, opts["duration"])
-        if problem:
-            return _skip(problem)
-        mix = _Mixdown(channels, floating=True)
+        if 4 * n > MAX_WINDOW_BYTES:
+            return _skip(_too_long(n, file_rate, opts["duration"]))
+        blocks = _Blocks(channels, floating=True)
         per_read = max(1, _READ_BLOCK_BYTES // (4 * channels))
         read_error = None
         try:
-            while mix.frames < n:
-                block = sound.read(min(per_read, n - mix.frames), dtype="float32", always_2d=True)
+            while blocks.frames < n:
+                block = sound.read(min(per_read, n - blocks.frames), dtype="float32", always_2d=True)
                 if len(block) == 0:
                     break
-                mix.add(block)
+                blocks.add(block)
         except Exception as exc:
             read_error = _sf_message(exc)
     if read_error is not None:
-        if declared is not None and mix.frames < declared:
-            return _skip(f"truncated: read {mix.frames} of {declared} frames ({read_error})")
+        if declared is not None and blocks.frames < declared:
+            return _skip(f"truncated: read {blocks.frames} of {declared} frames ({read_error})")
         return _skip(f"unreadable: {read_error}")
-    if declared is not None and mix.frames < min(declared, n):
-        return _skip(f"truncated: read {mix.frames} of {declared} frames")
-    total = reported if reported is not None else (mix.frames if mix.frames < n else None)
-    return _finish(mix, file_rate, total, **opts)
+    if declared is not None and blocks.frames < min(declared, n):
+        return _skip(f"truncated: read {blocks.frames} of {declared} frames")
+    total = reported if reported is not None else (blocks.frames if blocks.frames < n else None)
+    return blocks.finish(file_rate, total, **opts)
 
 
 def _decode_pcm(header: "_Header", size: int, data: Optional[bytes], fh, **opts) -> Decoded:
     """Plain PCM: judge the header, then read the window's frames from ``data`` (the file's bytes) or ``fh``."""
     pcm = header.pcm
-    problem = _judge_header(pcm.sample_rate, pcm.channels)
-    if problem:
-        return _skip(problem)
-    frame_bytes = pcm.channels * pcm.dtype.itemsize
+    rate, channels = pcm.sample_rate, pcm.channels
+    if not (MIN_FILE_RATE <= rate <= MAX_FILE_RATE and 1 <= channels <= MAX_CHANNELS):
+        return _skip(_implausible(rate, channels))
+    frame_bytes = channels * pcm.dtype.itemsize
     available = min(header.frames, max(0, (size - pcm.offset) // frame_bytes))
     if available < header.frames:  # from the size alone: no need to read the samples
         return _skip(f"truncated: read {available} of {header.frames} frames")
-    n = min(available, window_frames(pcm.sample_rate, sample_rate=opts["sample_rate"], duration=opts["duration"]))
-    problem = _window_problem(n, pcm.sample_rate, opts["duration"])
-    if problem:
-        return _skip(problem)
-    mix = _Mixdown(pcm.channels, floating=pcm.dtype.kind == "f")
+    n = min(available, window_frames(rate, sample_rate=opts["sample_rate"], duration=opts["duration"]))
+    if 4 * n > MAX_WINDOW_BYTES:
+        return _skip(_too_long(n, rate, opts["duration"]))
+    floating = pcm.dtype.kind == "f"
     if data is not None:  # at most _WHOLE_FILE_BYTES: converted in one go
-        mix.add(_pcm_frames(data, pcm.offset, pcm, n))
-    else:
-        fh.seek(pcm.offset)
-        per_read = max(1, _READ_BLOCK_BYTES // frame_bytes)
-        while mix.frames < n:
-            want = min(per_read, n - mix.frames)
-            block = _pcm_frames(fh.read(want * frame_bytes), 0, pcm, want)
-            if len(block) < want:  # the file shrank since its size was taken
-                return _skip(f"truncated: read {mix.frames + len(block)} of {header.frames} frames")
-            mix.add(block)
-    return _finish(mix, pcm.sample_rate, available, **opts)
+        mono, bad, peak = _mix(_pcm_frames(data, pcm.offset, pcm, n), channels, floating)
+        return _finish(mono, n, channels, bad, peak, rate, available, **opts)
+    blocks = _Blocks(channels, floating)
+    fh.seek(pcm.offset)
+    per_read = max(1, _READ_BLOCK_BYTES // frame_bytes)
+    while blocks.frames < n:
+        want = min(per_read, n - blocks.frames)
+        block = _pcm_frames(fh.read(want * frame_bytes), 0, pcm, want)
+        if len(block) < want:  # the file shrank since its size was taken
+            return _skip(f"truncated: read {blocks.frames + len(block)} of {header.frames} frames")
+        blocks.add(block)
+    return blocks.finish(rate, available, **opts)
 
 
 def _resampled_length(frames: int, file_rate: int, sample_rate: int) -> int:
@@ -494,35 +498,37 @@ def _resampled_length(frames: int, file_rate: int, sample_rate: int) -> int:
     return int(np.ceil(frames * (float(sample_rate) / file_rate)))
 
 
-def _finish(mix: _Mixdown, file_rate, total, *, sample_rate, duration, min_samples, max_nonfinite_fraction,
-            res_type) -> Decoded:
+def _finish(mono: Optional[np.ndarray], frames: int, channels: int, nonfinite: int, peak: float, file_rate: int,
+            total: Optional[int], *, sample_rate, duration, min_samples, max_nonfinite_fraction, res_type) -> Decoded:
     """Checks and repairs shared by both decoders.
 
-    ``mix`` holds the window's frames (:func:`window_frames`) mixed to mono;
-    ``total`` is the file's frame count (None when unknown, e.g. a stream
-    longer than the window).
+    ``mono``: the window's ``frames`` frames (:func:`window_frames`) of
+    ``channels`` channels mixed down by :func:`_mix`, which counted
+    ``nonfinite`` samples (zeroed) and the ``peak`` magnitude (``mono`` None
+    when it is absurd); ``total``: the file's frame count (None when
+    unknown, e.g. a stream longer than the window).
     """
-    if mix.frames == 0:
+    if frames == 0:
         return _skip("empty: no audio frames")
     notes = []
-    if mix.nonfinite:
-        fraction = mix.nonfinite / mix.values
+    if nonfinite:
+        values = frames * channels
+        fraction = nonfinite / values
         if fraction > max_nonfinite_fraction:
             return _skip(
-                f"non-finite samples: {mix.nonfinite} of {mix.values} ({fraction:.1%}) "
+                f"non-finite samples: {nonfinite} of {values} ({fraction:.1%}) "
                 f"exceed max_nonfinite_fraction={max_nonfinite_fraction:g}"
             )
-        notes.append(f"{mix.nonfinite} non-finite samples set to 0")
-    if mix.peak > MAX_FLOAT_MAGNITUDE:
+        notes.append(f"{nonfinite} non-finite samples set to 0")
+    if peak > MAX_FLOAT_MAGNITUDE:
         return _skip(
-            f"absurd sample values: up to {mix.peak:.1e}; float audio is expected within about +-1 "
+            f"absurd sample values: up to {peak:.1e}; float audio is expected within about +-1 "
             f"(more than {MAX_FLOAT_MAGNITUDE:g} x full scale is refused)"
         )
-    if mix.channels > 1:
-        notes.append("stereo mixed down" if mix.channels == 2 else f"{mix.channels} channels mixed down")
+    if channels > 1:
+        notes.append("stereo mixed down" if channels == 2 else f"{channels} channels mixed down")
 
-    mono = mix.samples()
-    whole = total is not None and mix.frames >= total  # the window holds the whole file
+    whole = total is not None and frames >= total  # the window holds the whole file
     if _all_zero(mono):
         return _skip("silent" if whole else f"silent: all zero in the first {duration:g} s")
 
