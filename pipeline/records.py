@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+from concurrent.futures.process import BrokenProcessPool
 import dataclasses
 import functools
 import logging
@@ -483,8 +484,11 @@ def _warm_up(exp: Experiment, n_samples: int) -> None:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. empty mel bands: the queue reported them already
-        compute_features(exp.features.name, exp.features.params, np.zeros((1, n_samples), np.float32),
-                         sample_rate=exp.audio.sample_rate)
+        try:
+            compute_features(exp.features.name, exp.features.params, np.zeros((1, n_samples), np.float32),
+                             sample_rate=exp.audio.sample_rate)
+        except (ValueError, ArithmeticError) as exc:  # only a speed-up: the workers report real problems
+            log.debug("feature warm-up failed: %s", exc)
 
 
 # Smallest task of the guided schedule (task_bounds), in clips.
@@ -721,8 +725,9 @@ class _Workers:
                 log.warning("feature worker died on %s (%s): %s", row[0], row[1], result)
                 merged["skipped"].append((row[0], row[1], result))
                 continue
-            for key in merged:
-                (merged[key].append if key == "records" else merged[key].extend)(result[key])
+            merged["records"].append(result["records"])  # bytes, joined below
+            for key in ("ids", "sizes", "skipped", "notes"):
+                merged[key].extend(result[key])
         merged["records"] = b"".join(merged["records"])
         return merged
 
@@ -844,22 +849,31 @@ def _run_jobs(jobs: Sequence, pool, window: int, task=_featurise_chunk):
     it = iter(jobs)
     done = object()
 
+    def renew(generation):
+        if generation == pool.generation:  # the first sign that this pool broke: replace it once
+            log.warning("a feature worker process died; retrying the clips of its unfinished tasks one by one")
+            pool.renew()
+
     def submit_more():
         while len(pending) < window:
             job = next(it, done)
             if job is done:
                 return
-            pending.append((job, pool.submit(task, job), getattr(pool, "generation", 0)))
+            generation = getattr(pool, "generation", 0)
+            try:
+                future = pool.submit(task, job)
+            except BrokenProcessPool:  # a worker died since the last result was collected
+                renew(generation)
+                generation, future = pool.generation, pool.submit(task, job)
+            pending.append((job, future, generation))
 
     submit_more()
     while pending:
         job, future, generation = pending.popleft()
         try:
             result = future.result()
-        except cf.process.BrokenProcessPool:
-            if generation == pool.generation:  # the first failure of this pool: replace it once
-                log.warning("a feature worker process died; retrying the clips of its unfinished tasks one by one")
-                pool.renew()
+        except BrokenProcessPool:
+            renew(generation)
             result = pool.one_by_one(job)
         submit_more()
         yield result

@@ -7,6 +7,7 @@ folder); every build uses one worker except the single pool test.
 from __future__ import annotations
 
 import concurrent.futures as cf
+from concurrent.futures.process import BrokenProcessPool
 import json
 import os
 import re
@@ -566,3 +567,62 @@ def test_clips_with_non_finite_features_are_skipped_not_cached(tmp_path, clips, 
     got = records._featurise_chunk(job)
     assert got["ids"] == [expected["ids"][i] for i in (0, 1, 2, 4)]
     assert got["skipped"] == [("clip3.aiff", train[3], "features failed: ValueError: y must be finite")]
+
+
+class _BreakingPool:
+    """A fake pool whose workers die at the ``break_at``-th submission, failing what was in flight as a real one does.
+
+    A future's result is "done <job>" unless the break caught it uncollected; with ``at_submit`` the
+    break is noticed at that submission (``submit`` raises), else that job's future fails too.
+    """
+
+    def __init__(self, break_at: int, *, at_submit: bool):
+        self.break_at, self.at_submit = break_at, at_submit
+        self.generation = self.submitted = self.renewals = 0
+        self.in_flight = set()
+
+    def submit(self, fn, job):
+        self.submitted += 1
+        future = _LazyFuture(self, job)
+        if self.submitted == self.break_at:
+            for lost in self.in_flight | {future}:
+                lost.broken = True
+            if self.at_submit:
+                raise BrokenProcessPool("a worker died")
+        self.in_flight.add(future)
+        return future
+
+    def renew(self):
+        self.renewals += 1
+        self.generation += 1
+
+    def one_by_one(self, job):
+        return f"alone {job}"
+
+
+class _LazyFuture:
+    def __init__(self, pool, job):
+        self.pool, self.job, self.broken = pool, job, False
+
+    def result(self):
+        self.pool.in_flight.discard(self)
+        if self.broken:
+            raise BrokenProcessPool("a worker died")
+        return f"done {self.job}"
+
+
+@pytest.mark.parametrize("at_submit", [False, True])
+def test_a_broken_pool_is_replaced_once_and_its_lost_jobs_rerun_alone(at_submit):
+    # The pool can break while a result is awaited (the future fails) or between two results
+    # (the next submit raises): either way it is replaced once, every job's result comes back
+    # in order, and the jobs lost with the broken pool are rerun clip by clip.
+    pool = _BreakingPool(break_at=4, at_submit=at_submit)
+    # Window 2: job 3 is submitted after job 1's result, with job 2 in flight.
+    lost = {2} if at_submit else {2, 3}
+    out = []
+    for result in records._run_jobs(list(range(8)), pool, window=2):
+        out.append(result)
+        if len(out) > 8:
+            break
+    assert pool.renewals == 1
+    assert out == [f"{'alone' if i in lost else 'done'} {i}" for i in range(8)]
