@@ -11,7 +11,9 @@ gives a new cache)::
 
 Extraction decodes, featurises and serialises chunks of clips in a process
 pool (:func:`start_method`: forked while TensorFlow is not loaded, else
-spawned, so workers never inherit TensorFlow's threads). Each worker returns
+forked from a clean fork server, so workers never inherit TensorFlow's
+threads), with one worker too: a decoder that crashes on a hostile file
+costs that clip, never the queue (:func:`_run_jobs`). Each worker returns
 its chunk as finished TFRecord bytes (:func:`frame_examples`, numpy only), so
 the parent only appends bytes to shards of about ``shard_mb`` MB; it keeps at
 most ``2 x workers`` chunks in flight and a chunk holds at most ~64 MB of
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+from concurrent.futures.process import BrokenProcessPool
 import dataclasses
 import functools
 import logging
@@ -34,6 +37,7 @@ import signal
 import struct
 import sys
 import time
+import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import google_crc32c
@@ -45,7 +49,7 @@ from pipeline.data.base import Dataset
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: bad-audio checks of issue 14 (absurd float values skipped, decoding windowed)
 MANIFEST = "manifest.json"
 # Records parsed (and joined with labels) per tf.data batch by the readers.
 _PARSE_BATCH = 256
@@ -89,47 +93,101 @@ def cache_key(exp: Experiment, files: str) -> str:
 _CHUNK_AUDIO_BYTES = 64 << 20
 
 
-def _featurise_chunk(job) -> dict:
+def _featurise_chunk(job, *, clip_cpu_seconds: Optional[float] = None) -> dict:
     """Decode, featurise and serialise one chunk of clips (runs in a worker process; no TensorFlow).
 
     Returns the chunk's framed TFRecord records concatenated in ``records``
     (bytes) with each record's length in ``sizes``, so that the parent only
     appends bytes to shard files: building protos and checksums per clip in
-    the parent would make it the bottleneck of the whole stage.
+    the parent would make it the bottleneck of the whole stage. A clip whose
+    features are not all finite is skipped (:func:`_finite_features`).
+
+    ``clip_cpu_seconds`` (feature workers only: it ends the process) bounds
+    the CPU time of decoding each clip: a CPU timer (``ITIMER_PROF``, one
+    system call per clip) is armed before each clip, and SIGPROF's default
+    action ends a worker stuck in a decoder; the parent then isolates the
+    clip (:func:`_run_jobs`).
     """
     from pipeline.data.audio import clip_length, load_clip
-    from pipeline.features import compute_features
 
     rows, feature_name, feature_params, audio, min_samples = job
-    ids, skipped, notes = [], [], []
+    ids, skipped, notes = [], [], []  # skipped: (position in the chunk, id, path, reason)
+    positions = []  # of each decoded clip in the chunk
     # Each clip goes straight into its row (no list of clips to stack: half the memory).
     batch = np.empty((len(rows), clip_length(sample_rate=audio.sample_rate, duration=audio.duration)), np.float32)
-    for row in rows:
-        # (id, path) for a local file; (id, path, bytes or skip reason) for one fetched by the parent.
-        clip_id, path = row[0], row[1]
-        payload = row[2] if len(row) > 2 else None
-        if isinstance(payload, str):
-            skipped.append((clip_id, path, payload))
-            continue
-        decoded = load_clip(
-            path,
-            sample_rate=audio.sample_rate,
-            duration=audio.duration,
-            min_samples=min_samples,
-            max_nonfinite_fraction=audio.max_nonfinite_fraction,
-            data=payload,
-        )
-        if decoded.samples is None:
-            skipped.append((clip_id, path, decoded.reason))
-            continue
-        batch[len(ids)] = decoded.samples
-        ids.append(clip_id)
-        notes.extend((clip_id, n) for n in decoded.notes)
+    try:
+        for position, row in enumerate(rows):
+            # (id, path) for a local file; (id, path, bytes or skip reason) for one fetched by the parent.
+            clip_id, path = row[0], row[1]
+            payload = row[2] if len(row) > 2 else None
+            if isinstance(payload, str):
+                skipped.append((position, clip_id, path, payload))
+                continue
+            if clip_cpu_seconds:
+                signal.setitimer(signal.ITIMER_PROF, clip_cpu_seconds)
+            decoded = load_clip(
+                path,
+                sample_rate=audio.sample_rate,
+                duration=audio.duration,
+                min_samples=min_samples,
+                max_nonfinite_fraction=audio.max_nonfinite_fraction,
+                data=payload,
+            )
+            if decoded.samples is None:
+                skipped.append((position, clip_id, path, decoded.reason))
+                continue
+            batch[len(ids)] = decoded.samples
+            ids.append(clip_id)
+            positions.append(position)
+            notes.extend((clip_id, n) for n in decoded.notes)
+    finally:
+        if clip_cpu_seconds:
+            signal.setitimer(signal.ITIMER_PROF, 0)
     records, sizes = b"", []
     if ids:
-        features = compute_features(feature_name, feature_params, batch[: len(ids)], sample_rate=audio.sample_rate)
-        records, sizes = frame_examples(ids, features)
-    return {"ids": ids, "records": records, "sizes": sizes, "skipped": skipped, "notes": notes}
+        features, bad = _finite_features(feature_name, feature_params, batch[: len(ids)], audio.sample_rate)
+        if bad:
+            for i, reason in bad.items():
+                skipped.append((positions[i], ids[i], rows[positions[i]][1], reason))
+            dropped = {ids[i] for i in bad}
+            ids = [clip_id for clip_id in ids if clip_id not in dropped]
+            notes = [(clip_id, n) for clip_id, n in notes if clip_id not in dropped]
+            skipped.sort(key=lambda s: s[0])  # chunk order, however the chunk was cut
+        if ids:
+            records, sizes = frame_examples(ids, features)
+    return {"ids": ids, "records": records, "sizes": sizes, "skipped": [s[1:] for s in skipped], "notes": notes}
+
+
+def _finite_features(name, params, y: np.ndarray, sample_rate: int) -> Tuple[Optional[np.ndarray], Dict[int, str]]:
+    """Features of the decoded clips ``y`` [B, samples] that are all finite, and a skip reason for the others.
+
+    Returns ``(features [K, ...] of the K clips kept, in order, or None when K = 0, {row of y: reason})``.
+    Nothing non-finite may reach the cache: a NaN feature becomes a NaN loss hours later. The check is
+    one ``isfinite`` pass over the batch's features (a few us per clip). Should the batch raise (a clip
+    that the decoder let through but the arithmetic rejects), the clips are featurised one at a time so
+    that only the culprit is lost; errors other than these (a bug) still stop the build.
+    """
+    from pipeline.features import compute_features
+
+    try:
+        features = compute_features(name, params, y, sample_rate=sample_rate)
+    except (ValueError, ArithmeticError, MemoryError) as exc:
+        if len(y) == 1:
+            first_line = str(exc).splitlines()[0] if str(exc) else ""
+            return None, {0: f"features failed: {type(exc).__name__}: {first_line}"}
+        kept, bad = [], {}
+        for i in range(len(y)):
+            one, why = _finite_features(name, params, y[i : i + 1], sample_rate)
+            if why:
+                bad[i] = why[0]
+            else:
+                kept.append(one)
+        return (np.concatenate(kept) if kept else None), bad
+    finite = np.isfinite(features.reshape(len(y), -1)).all(axis=1)
+    if finite.all():
+        return features, {}
+    bad = {int(i): f"non-finite features: the {name} features hold NaN or infinity" for i in np.flatnonzero(~finite)}
+    return (features[finite] if len(bad) < len(y) else None), bad
 
 
 # ----------------------------------------------------------------------------- TFRecord encoding
@@ -368,8 +426,10 @@ def _build(dataset: Dataset, exp: Experiment, folder: str, *, progress: bool = T
     skipped, repaired = [], []
     shard_bytes = int(exp.cache.shard_mb * 1e6)
     chunk = chunk_clips(exp.cache.chunk_size, n_samples)
+    if start_method() == "fork":
+        _warm_up(exp, need)
     # The pool starts before the progress bar's monitor thread, so forked workers inherit no threads.
-    pool = _pool(workers) if workers > 1 else None
+    pool = _Workers(workers, worker_limits(exp.audio, workers))
     bar = None  # made at the first result: importing tqdm (~25 ms) then overlaps the workers' first tasks
     try:
         for split in ("train", "test"):
@@ -430,6 +490,25 @@ def _build(dataset: Dataset, exp: Experiment, folder: str, *, progress: bool = T
     return FeatureCache(folder)
 
 
+def _warm_up(exp: Experiment, n_samples: int) -> None:
+    """Compute the features of one silent clip here, so that forked workers inherit a warm process.
+
+    The first mel features in a process import librosa.filters and build the
+    filter bank (~3 s); done once here, every worker forked for every build
+    of this run starts with both (the queue's check_settings usually did it
+    already, then this costs microseconds).
+    """
+    from pipeline.features import compute_features
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # e.g. empty mel bands: the queue reported them already
+        try:
+            compute_features(exp.features.name, exp.features.params, np.zeros((1, n_samples), np.float32),
+                             sample_rate=exp.audio.sample_rate)
+        except (ValueError, ArithmeticError) as exc:  # only a speed-up: the workers report real problems
+            log.debug("feature warm-up failed: %s", exc)
+
+
 # Smallest task of the guided schedule (task_bounds), in clips.
 _MIN_TASK = 16
 
@@ -462,17 +541,35 @@ def chunk_clips(chunk_size: int, n_samples: int) -> int:
 
 
 def start_method() -> str:
-    """How feature workers are started: ``fork`` while TensorFlow is not loaded here, else ``spawn``.
+    """How feature workers are started: ``fork`` while TensorFlow is not loaded here, else ``forkserver``.
 
     A forked worker starts in milliseconds with numpy, scipy and the pipeline
-    already imported; a spawned one re-imports them (about a second per
-    worker, as long as featurising thousands of whale clips). Forking a
-    process that has loaded TensorFlow is unsafe (its thread pools and locks
-    are not fork-aware), so then workers are spawned.
+    already imported; a spawned one re-imports them (1-4 s per worker on a
+    busy 2-core machine, as long as featurising thousands of whale clips).
+    Forking a process that has loaded TensorFlow is unsafe (its thread pools
+    and locks are not fork-aware), so then workers are forked from a fork
+    server: a clean process (no TensorFlow, no threads) started once per run
+    with the feature modules preloaded, which forks each worker in
+    milliseconds. That matters since every cache build, even with one worker,
+    decodes in child processes, and a crashed worker is replaced
+    (:func:`_run_jobs`). ``spawn`` where neither exists.
     """
-    if "tensorflow" in sys.modules or "fork" not in multiprocessing.get_all_start_methods():
-        return "spawn"
-    return "fork"
+    methods = multiprocessing.get_all_start_methods()
+    if "tensorflow" not in sys.modules and "fork" in methods:
+        return "fork"
+    if "forkserver" in methods:
+        return "forkserver"
+    return "spawn"
+
+
+def _context(method: str):
+    """The multiprocessing context for ``method``; a fork server preloads the feature worker's modules."""
+    context = multiprocessing.get_context(method)
+    if method == "forkserver":
+        # librosa.filters (the mel bank; it imports numba) alone takes ~3 s to import.
+        context.set_forkserver_preload(["pipeline.records", "pipeline.data.audio", "pipeline.features",
+                                        "librosa.filters"])
+    return context
 
 
 # glibc mallopt parameters (malloc.h) and the values feature workers use.
@@ -509,11 +606,15 @@ def tune_allocator() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
 
 
-def _init_worker() -> None:
+def _init_worker(limits: Optional["WorkerLimits"] = None) -> None:
     # A forked worker inherits the queue's SIGTERM handler (which raises in the
     # main loop); a worker should just end, as a spawned one does.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # SIGPROF ends the process: the per-clip CPU limit of _featurise_chunk.
+    signal.signal(signal.SIGPROF, signal.SIG_DFL)
     tune_allocator()
+    if limits is not None and limits.memory_bytes:
+        limit_address_space(limits.memory_bytes)
     # No BLAS / OpenMP thread limits here: the feature arithmetic calls no BLAS (pocketfft,
     # a sparse mel product, elementwise numpy), so a worker never starts such threads
     # (tests/test_records.py checks it stays at one thread). Setting a limit in a forked
@@ -521,10 +622,80 @@ def _init_worker() -> None:
     # ~50 ms more system time in the first task (measured), plus ~30 ms to find the libraries.
 
 
-def _pool(workers: int) -> cf.ProcessPoolExecutor:
+@dataclasses.dataclass(frozen=True)
+class WorkerLimits:
+    """What a feature worker may spend, so that one bad file cannot take the machine or the run down.
+
+    Attributes
+    ----------
+    clip_cpu_seconds : float
+        CPU time for decoding one clip; a worker past it is ended by SIGPROF
+        and the clip is skipped (after a retry on its own).
+    memory_bytes : int
+        Address space a worker may add to what it had when it started
+        (``RLIMIT_AS``); beyond it allocations fail (``MemoryError``: the clip
+        is skipped as too large) instead of the OOM killer picking a process.
+    """
+
+    clip_cpu_seconds: float
+    memory_bytes: int
+
+
+def worker_limits(audio, workers: int) -> WorkerLimits:
+    """The limits of :class:`WorkerLimits` for clips of ``audio`` (an ``AudioSpec``) and ``workers`` processes.
+
+    CPU: 30 s + 2 s per second of ``audio.duration`` per clip. Decoding and
+    resampling the window of even a 768 kHz file takes well under a second
+    per second of audio, so a normal clip never gets near it, while a decoder
+    caught in a loop is stopped within a minute for whale-sized clips.
+
+    Memory: 2 GiB (a worker's steady state is a few hundred MB: a task's
+    audio is capped at ~64 MB, plus features, records and the allocator's
+    reuse pool of up to 256 MB) plus 6 copies of the largest window a
+    plausible file can need (:func:`pipeline.data.audio.window_frames` at
+    ``MAX_FILE_RATE``, capped by ``MAX_WINDOW_BYTES``: raw samples, the mixed
+    window and the resampler's buffers), but at most this machine's RAM
+    divided among the workers and the queue's own process, and at least 1 GiB.
+    """
+    from pipeline.data.audio import MAX_FILE_RATE, MAX_WINDOW_BYTES, window_frames
+
+    window = min(MAX_WINDOW_BYTES, 4 * window_frames(MAX_FILE_RATE, sample_rate=audio.sample_rate,
+                                                     duration=audio.duration))
+    memory = (2 << 30) + 6 * window
+    try:
+        ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        memory = max(1 << 30, min(memory, ram // (workers + 1)))
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        pass
+    return WorkerLimits(clip_cpu_seconds=30.0 + 2.0 * audio.duration, memory_bytes=int(memory))
+
+
+def limit_address_space(extra_bytes: int) -> bool:
+    """Let this process's address space grow by at most ``extra_bytes`` from now on (soft ``RLIMIT_AS``).
+
+    Relative to the current size (``/proc/self/statm``), because a forked
+    worker starts with its parent's mappings. Returns False where this
+    cannot be set (no ``/proc`` or no ``resource`` module): nothing changed.
+    """
+    try:
+        import resource
+
+        with open("/proc/self/statm") as f:
+            size = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        limit = size + extra_bytes
+        if hard != resource.RLIM_INFINITY:
+            limit = min(limit, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+        return True
+    except (ImportError, OSError, ValueError):
+        return False
+
+
+def _pool(workers: int, limits: Optional[WorkerLimits] = None) -> cf.ProcessPoolExecutor:
     method = start_method()
-    pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method),
-                                  initializer=_init_worker)
+    pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=_context(method),
+                                  initializer=_init_worker, initargs=(limits,))
     if method == "fork":
         # Fork every worker now, before this process starts threads (tqdm's monitor, TensorFlow).
         for f in [pool.submit(int) for _ in range(workers)]:
@@ -533,23 +704,196 @@ def _pool(workers: int) -> cf.ProcessPoolExecutor:
     return pool
 
 
-def _run_jobs(jobs: Sequence, pool: Optional[cf.ProcessPoolExecutor], window: int):
-    """Yield job results in order with at most ``window`` jobs in flight (bounded memory)."""
+class _Workers:
+    """The feature worker pool; :meth:`renew` replaces it with a fresh one after a worker died.
+
+    Even ``cache.workers: 1`` decodes in a child process: a decoder that
+    crashes (a segfault in a C library on a hostile file) must cost one clip,
+    never the queue's own process.
+    """
+
+    def __init__(self, workers: int, limits: Optional[WorkerLimits]):
+        self.workers, self.limits = workers, limits
+        self.executor = _pool(workers, limits)
+        self.generation = 0  # counts renewals
+        self.task = functools.partial(_featurise_chunk, clip_cpu_seconds=limits.clip_cpu_seconds if limits else None)
+        self.solo: Optional[_Solo] = None
+
+    def submit(self, fn, job):
+        return self.executor.submit(fn, job)
+
+    def renew(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        self.executor = _pool(self.workers, self.limits)
+        self.generation += 1
+
+    def one_by_one(self, job) -> dict:
+        """Run ``job``'s clips one at a time, each alone in a child process (:class:`_Solo`).
+
+        A clip whose process dies is skipped with the reason (the signal);
+        the results of the others are merged in order into one job result.
+        """
+        if self.solo is None:
+            self.solo = _Solo(self.limits)
+        rows, rest = job[0], tuple(job[1:])
+        merged = {"ids": [], "records": [], "sizes": [], "skipped": [], "notes": []}
+        for row in rows:
+            result = self.solo.run(((row,), *rest))
+            if isinstance(result, str):
+                log.warning("feature worker died on %s (%s): %s", row[0], row[1], result)
+                merged["skipped"].append((row[0], row[1], result))
+                continue
+            merged["records"].append(result["records"])  # bytes, joined below
+            for key in ("ids", "sizes", "skipped", "notes"):
+                merged[key].extend(result[key])
+        merged["records"] = b"".join(merged["records"])
+        return merged
+
+    def shutdown(self, **kwargs) -> None:
+        self.executor.shutdown(**kwargs)
+        if self.solo is not None:
+            self.solo.close()
+
+
+def _solo_main(conn, limits: Optional[WorkerLimits], parent: int) -> None:
+    """The loop of a :class:`_Solo` process: receive a job, send its result (or ``("error", text)``).
+
+    Ends on ``None``, or when the parent process ``parent`` is gone (a forked
+    child also holds the parent's end of the pipe, so it would get no EOF).
+    """
+    _init_worker(limits)
+    cpu = limits.clip_cpu_seconds if limits else None
+    while True:
+        try:
+            while not conn.poll(1.0):
+                if os.getppid() != parent:
+                    return
+            job = conn.recv()
+        except EOFError:
+            return
+        if job is None:  # the parent is done (a forked child also holds the parent's end: no EOF)
+            return
+        try:
+            conn.send(_featurise_chunk(job, clip_cpu_seconds=cpu))
+        except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+class _Solo:
+    """One child process that runs jobs one at a time and says how it died when it does.
+
+    Used to retry clips one by one after a worker died: a clip whose process
+    dies is the culprit. The process is restarted for the next clip.
+    """
+
+    def __init__(self, limits: Optional[WorkerLimits]):
+        self.limits = limits
+        self.context = _context(start_method())
+        self.process = self.conn = None
+
+    def _start(self) -> None:
+        self.conn, child = self.context.Pipe()
+        self.process = self.context.Process(target=_solo_main, args=(child, self.limits, os.getpid()), daemon=True,
+                                            name="feature-solo")
+        self.process.start()
+        child.close()
+
+    def run(self, job):
+        """The job's result dict, or a skip reason (str) when the process died running it."""
+        if self.process is None:
+            self._start()
+        try:
+            self.conn.send(job)
+            result = self.conn.recv()
+        except (EOFError, OSError):
+            self.process.join()
+            reason = _death_reason(self.process.exitcode, self.limits)
+            self.close()
+            return reason
+        if isinstance(result, tuple):
+            raise RuntimeError(f"feature extraction failed: {result[1]}")
+        return result
+
+    def close(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.send(None)
+            except OSError:  # it died
+                pass
+            self.conn.close()
+        if self.process is not None:
+            self.process.join(timeout=5)
+            if self.process.is_alive():
+                self.process.kill()
+                self.process.join()
+        self.process = self.conn = None
+
+
+def _death_reason(exitcode: Optional[int], limits: Optional[WorkerLimits]) -> str:
+    """Why a clip was skipped when the process decoding it alone died with ``exitcode``."""
+    if exitcode is not None and exitcode < 0:
+        number = -exitcode
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = "unknown signal"
+        if number == signal.SIGPROF and limits is not None:
+            return (f"decoding took more than {limits.clip_cpu_seconds:g} s of CPU time; stopped "
+                    f"(signal {number}, {name})")
+        if number == signal.SIGKILL:
+            return f"decoder process was killed (signal {number}, {name}; out of memory?)"
+        return f"decoder crashed (signal {number}, {name})"
+    return f"decoder process exited unexpectedly (exit status {exitcode})"
+
+
+def _run_jobs(jobs: Sequence, pool, window: int, task=_featurise_chunk):
+    """Yield job results in order with at most ``window`` jobs in flight (bounded memory).
+
+    ``pool``: a :class:`_Workers` (or anything with ``submit``), None to run
+    here. When a worker dies (a segfault in a decoder, the OOM killer,
+    ``os._exit``), the pool breaks and every unfinished job fails with
+    ``BrokenProcessPool``: each such job is rerun clip by clip, every clip
+    alone in a child process (:meth:`_Workers.one_by_one`), so only a clip
+    that kills its process again is lost, skipped with the signal named; the
+    pool is replaced and the remaining jobs go on. The results, and so the
+    shards, are those of a build without the culprit.
+    """
     if pool is None:
         for job in jobs:
-            yield _featurise_chunk(job)
+            yield task(job)
         return
-    pending: collections.deque = collections.deque()
+    task = getattr(pool, "task", task)
+    pending: collections.deque = collections.deque()  # (job, future, pool generation), in job order
     it = iter(jobs)
-    for job in it:
-        pending.append(pool.submit(_featurise_chunk, job))
-        if len(pending) >= window:
-            break
+    done = object()
+
+    def renew(generation):
+        if generation == pool.generation:  # the first sign that this pool broke: replace it once
+            log.warning("a feature worker process died; retrying the clips of its unfinished tasks one by one")
+            pool.renew()
+
+    def submit_more():
+        while len(pending) < window:
+            job = next(it, done)
+            if job is done:
+                return
+            generation = getattr(pool, "generation", 0)
+            try:
+                future = pool.submit(task, job)
+            except BrokenProcessPool:  # a worker died since the last result was collected
+                renew(generation)
+                generation, future = pool.generation, pool.submit(task, job)
+            pending.append((job, future, generation))
+
+    submit_more()
     while pending:
-        result = pending.popleft().result()
-        nxt = next(it, None)
-        if nxt is not None:
-            pending.append(pool.submit(_featurise_chunk, nxt))
+        job, future, generation = pending.popleft()
+        try:
+            result = future.result()
+        except BrokenProcessPool:
+            renew(generation)
+            result = pool.one_by_one(job)
+        submit_more()
         yield result
 
 

@@ -1,6 +1,7 @@
 """pipeline.data.audio.load_clip: good files, repairs, and every kind of bad file."""
 
 import os
+import time
 
 import numpy as np
 import pytest
@@ -361,3 +362,177 @@ def test_bad_files_never_raise(tmp_path, rng):
 def test_bad_parameters_raise(tmp_path, kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         load(tmp_path / "any.aiff", **kwargs)
+
+
+# ----------------------------------------------------------------------------- hostile files (issue 14)
+#
+# Each file is judged before its samples are decoded: only regular files are
+# opened, the header's rate and channel count must be plausible, and only the
+# frames that `duration` needs are decoded whatever length the header claims.
+
+
+def patch_wav(path, *, rate=None, channels=None):
+    """Rewrite the sample rate and/or channel count in a canonical WAV header (44 bytes, fmt at 12)."""
+    data = bytearray(open(path, "rb").read())
+    assert data[12:16] == b"fmt "
+    if rate is not None:
+        data[24:28] = int(rate).to_bytes(4, "little")
+    if channels is not None:
+        bits = int.from_bytes(data[34:36], "little")
+        data[22:24] = channels.to_bytes(2, "little")
+        data[32:34] = (channels * bits // 8).to_bytes(2, "little")  # block_align
+    open(path, "wb").write(bytes(data))
+    return str(path)
+
+
+def peak_allocation(fn):
+    """(result of fn(), peak bytes allocated by Python and numpy while it ran)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        result = fn()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def within(seconds, fn):
+    """Call ``fn`` and fail (not hang) if it takes more than ``seconds`` of wall time."""
+    import signal
+
+    def expire(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        return fn()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("rate", [1, 19, 2_000_001, 4_000_000_000])
+@pytest.mark.parametrize("subtype", ["PCM_16", "PCM_24"])  # numpy reader, libsndfile
+def test_implausible_sample_rate_in_the_header_is_refused_before_decoding(tmp_path, rate, subtype):
+    # The issue's file: a header claiming 1 Hz over long 2 kHz PCM made librosa build
+    # 2.4 billion samples (29 s, 9.6 GB) and crash. Here 10 s of PCM keeps the old code's run short.
+    path = patch_wav(write(tmp_path / "r.wav", tone(n=20000), format="WAV", subtype=subtype), rate=rate)
+    started = time.perf_counter()
+    out = load(path)
+    assert time.perf_counter() - started < 1.0
+    assert out.samples is None
+    assert out.reason == f"implausible header: sample rate {rate} Hz (expected 20 Hz to 2,000,000 Hz)"
+
+
+@pytest.mark.parametrize("subtype,channels", [("PCM_16", 1000), ("PCM_16", 257), ("PCM_24", 300)])
+def test_implausible_channel_count_in_the_header_is_refused(tmp_path, subtype, channels):
+    path = patch_wav(write(tmp_path / "c.wav", tone(n=60000), format="WAV", subtype=subtype), channels=channels)
+    out = load(path)
+    assert out.samples is None
+    assert out.reason == f"implausible header: {channels} channels (expected 1 to 256)"
+
+
+def test_plausible_limits_are_accepted(tmp_path):
+    for rate in (20, 768_000, 2_000_000):
+        assert load(patch_wav(write(tmp_path / f"{rate}.wav", tone(n=20000), format="WAV"), rate=rate)).ok, rate
+    x = np.stack([tone()] * 256, axis=1)
+    assert load(write(tmp_path / "256.wav", x, format="WAV")).notes == ("256 channels mixed down",)
+
+
+@pytest.mark.parametrize("reader", ["numpy, in memory", "numpy, from the file", "libsndfile"])
+def test_a_long_file_is_decoded_only_as_far_as_the_clip_needs(tmp_path, monkeypatch, reader):
+    # A plausible but low rate (25 Hz) over 10 minutes of PCM: resampling the whole file to
+    # 2 kHz would make 96 million samples (384 MB, seconds); the clip needs the first 2 s.
+    from pipeline.data import audio
+
+    subtype = "PCM_24" if reader == "libsndfile" else "PCM_16"
+    path = patch_wav(write(tmp_path / "l.wav", tone(n=1_200_000), format="WAV", subtype=subtype), rate=25)
+    if reader == "numpy, from the file":
+        monkeypatch.setattr(audio, "_WHOLE_FILE_BYTES", 0)
+    started = time.perf_counter()
+    out, peak = peak_allocation(lambda: load(path))
+    assert time.perf_counter() - started < 1.0
+    assert out.ok and out.samples.shape == (N,)
+    assert out.notes == ("resampled 25->2000 Hz", "cropped 96000000->4000 samples")  # the whole file's length
+    # Files up to 16 MB are read whole (one system call); beyond the bytes read, at most 2 MB.
+    read = 0 if reader == "numpy, from the file" else os.path.getsize(path)
+    assert peak < read + (2 << 20), (peak, read)
+
+
+def test_a_long_flac_is_decoded_only_as_far_as_the_clip_needs(tmp_path):
+    path = write(tmp_path / "l.flac", tone(n=1_200_000, freq=37.0), format="FLAC")
+    out, peak = peak_allocation(lambda: load(path))
+    assert out.ok and out.notes == ("cropped 1200000->4000 samples",)
+    np.testing.assert_allclose(out.samples, tone(freq=37.0), atol=1.0 / 32768)
+    assert peak < 1 << 20, peak  # the whole file decoded would be 4.8 MB of float32
+
+
+@pytest.mark.parametrize("file_rate", [100, 1000, 8000, 44100, 768_000])
+def test_the_decoded_window_resamples_like_the_whole_file(tmp_path, file_rate):
+    # Only the window (duration + the resampler's margin) is decoded; the clip must equal the
+    # start of the whole file resampled, to within float rounding.
+    import librosa
+
+    n = 6 * file_rate
+    x = (0.3 * np.random.default_rng(file_rate).standard_normal(n)).clip(-1, 1).astype(np.float32)
+    path = write(tmp_path / "w.wav", x, sr=file_rate, format="WAV", subtype="FLOAT")
+    out = load(path)
+    whole = librosa.resample(x, orig_sr=file_rate, target_sr=SR, res_type="soxr_hq")
+    assert out.ok and out.notes == (f"resampled {file_rate}->{SR} Hz", f"cropped {len(whole)}->{N} samples")
+    np.testing.assert_allclose(out.samples, whole[:N], rtol=0, atol=1e-6)
+
+
+def test_a_window_too_large_for_memory_is_refused(tmp_path, monkeypatch):
+    from pipeline.data import audio
+
+    monkeypatch.setattr(audio, "MAX_WINDOW_BYTES", 8000)  # 2000 frames as float32
+    out = load(write(tmp_path / "w.wav", tone(), format="WAV"))
+    assert out.samples is None and out.reason.startswith("too long: the first 2 s at 2000 Hz are 4000 frames")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link to a fifo", "character device", "socket"])
+def test_only_regular_files_are_opened(tmp_path, kind):
+    # Opening a named pipe blocks until a writer appears: the feature stage hung forever.
+    import socket
+
+    path = tmp_path / "x.wav"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "link to a fifo":
+        os.mkfifo(tmp_path / "pipe")
+        os.symlink(tmp_path / "pipe", path)
+    elif kind == "character device":
+        os.symlink("/dev/null", path)
+    else:
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(str(path))
+    expected = {"fifo": "a named pipe (FIFO)", "link to a fifo": "a named pipe (FIFO)",
+                "character device": "a character device", "socket": "a socket"}[kind]
+    out = within(5, lambda: load(path))
+    assert out.samples is None and out.reason == f"unreadable: is {expected}, not a regular file"
+
+
+def test_a_dangling_symlink_is_missing(tmp_path):
+    os.symlink(tmp_path / "gone.wav", tmp_path / "x.wav")
+    assert load(tmp_path / "x.wav").reason == "missing file"
+
+
+@pytest.mark.parametrize("format,subtype", [("WAV", "FLOAT"), ("AIFF", "FLOAT"), ("WAV", "DOUBLE")])
+def test_float_samples_of_absurd_magnitude_are_refused(tmp_path, format, subtype):
+    # 1e30 is finite in float32, but its power spectrum overflows: non-finite features in the cache.
+    x = tone()
+    x[100:110] = 1e30
+    out = load(write(tmp_path / f"f.{format.lower()}", x, format=format, subtype=subtype))
+    assert out.samples is None
+    assert out.reason.startswith("absurd sample values: up to 1.0e+30; float audio is expected within about +-1")
+    x = np.stack([tone(), tone()], axis=1)
+    x[5, 1] = -3e38  # in one channel of two: the mixdown must not overflow first
+    out = load(write(tmp_path / f"g.{format.lower()}", x, format=format, subtype=subtype))
+    assert out.reason.startswith("absurd sample values: up to 3.0e+38")
+
+
+def test_loud_but_plausible_float_samples_are_kept(tmp_path):
+    out = load(write(tmp_path / "f.wav", tone(amplitude=900.0), format="WAV", subtype="FLOAT"))
+    assert out.ok and np.abs(out.samples).max() == pytest.approx(900.0, rel=1e-3)

@@ -57,6 +57,18 @@ def make_table(folder, rng, n_good=36, bad=True):
         sf.write(audio / "short.wav", good_clip(rng, 0)[:100], SR, subtype="PCM_16")
         add("short.wav", 0, "too short")
         add("missing.wav", 1, "missing")
+        # Hostile headers and values (issue 14): judged before decoding, never cached.
+        long = np.tile(good_clip(rng, 0), 5)
+        sf.write(audio / "onehz.wav", long, SR, subtype="PCM_16")
+        _patch_wav(audio / "onehz.wav", rate=1)
+        add("onehz.wav", 0, "implausible header: sample rate 1 Hz")
+        sf.write(audio / "channels.wav", long, SR, subtype="PCM_16")
+        _patch_wav(audio / "channels.wav", channels=1000)
+        add("channels.wav", 1, "implausible header: 1000 channels")
+        huge = good_clip(rng, 1).astype(np.float32)
+        huge[100:200] = 1e30
+        sf.write(audio / "huge.wav", huge, SR, subtype="FLOAT")
+        add("huge.wav", 1, "absurd sample values")
         # Repairable: kept, with a note.
         few_nan = good_clip(rng, 1).astype(np.float32)
         few_nan[10] = np.inf
@@ -72,6 +84,17 @@ def make_table(folder, rng, n_good=36, bad=True):
         rows.append(("wrongext.flac", 1))
     pd.DataFrame(rows, columns=["file", "label"]).to_csv(folder / "train.csv", index=False)
     return expected_bad
+
+
+def _patch_wav(path, *, rate=None, channels=None):
+    """Rewrite the sample rate or channel count of a canonical 44-byte WAV header (a corrupt header)."""
+    data = bytearray(path.read_bytes())
+    if rate is not None:
+        data[24:28] = rate.to_bytes(4, "little")
+    if channels is not None:
+        data[22:24] = channels.to_bytes(2, "little")
+        data[32:34] = (2 * channels).to_bytes(2, "little")  # block_align of 16-bit frames
+    path.write_bytes(bytes(data))
 
 
 QUEUE = """

@@ -7,6 +7,7 @@ folder); every build uses one worker except the single pool test.
 from __future__ import annotations
 
 import concurrent.futures as cf
+from concurrent.futures.process import BrokenProcessPool
 import json
 import os
 import re
@@ -308,7 +309,8 @@ def test_labelled_keeps_listed_ids_in_order_with_their_labels(tmp_path, clips):
 
 def test_mel_cache_round_trip(tmp_path, clips):
     train, _ = clips
-    exp = make_exp(tmp_path, features={"name": "mel", "n_fft": 256, "hop_length": 64, "n_mels": 32})
+    exp = make_exp(tmp_path, features={"name": "mel", "n_fft": 256, "hop_length": 64, "n_mels": 32},
+                   max_bad_fraction=0.5)
     cache = records.ensure_features(make_dataset(train), exp, str(tmp_path / "c"), progress=False)
     assert cache.shape == (63, 32)
     ids, x = cache.load("train")
@@ -398,3 +400,229 @@ def test_feature_workers_start_no_threads():
                          capture_output=True, text=True, check=True).stdout.split(maxsplit=1)
     assert out[0] == "fork"
     assert out[1].split() == ["(1,", "1)"] * 4
+
+
+# ----------------------------------------------------------------------------- bad files in a build (issue 14)
+
+
+_CRASHING_DECODER = """
+import json, os, signal, sys, pathlib
+import numpy as np
+from test_records import make_dataset, make_exp, write_clips
+from pipeline import records
+from pipeline.data import audio
+
+folder = pathlib.Path(sys.argv[1])
+rng = np.random.default_rng(0)
+train = write_clips(folder / "audio", rng, 9)
+test = write_clips(folder / "audio", rng, 3, prefix="test")
+real_decoder, real_limits = audio._load_clip, getattr(records, "worker_limits", None)
+how = None
+
+
+def hostile(path, **kwargs):
+    # Runs in the worker processes: forked from this process, they inherit the patch.
+    if os.path.basename(path) == "clip4.aiff":
+        if how == "segfault":
+            os.kill(os.getpid(), signal.SIGSEGV)
+        elif how == "exit":
+            os._exit(3)
+        elif how == "endless":
+            while True:
+                pass
+        elif how == "memory":
+            np.empty(8 << 30, np.uint8)  # address space only: fails under the worker's limit
+    return real_decoder(path, **kwargs)
+
+
+audio._load_clip = hostile
+for scenario in sys.argv[2:]:
+    workers, how = scenario.split(":")
+    records.worker_limits = real_limits
+    if how == "endless":
+        records.worker_limits = lambda spec, n: records.WorkerLimits(clip_cpu_seconds=0.5, memory_bytes=2 << 30)
+    exp = make_exp(folder, workers=int(workers), chunk_size=3, max_bad_fraction=0.5)
+    culprit = records.ensure_features(make_dataset(train, test), exp, str(folder / scenario / "with"),
+                                      progress=False)
+    clean = records.ensure_features(make_dataset([p for p in train if "clip4" not in p], test), exp,
+                                    str(folder / scenario / "without"), progress=False)
+    shards = {name: [open(p, "rb").read().hex() for p in cache.files("train") + cache.files("test")]
+              for name, cache in (("with", culprit), ("without", clean))}
+    print(json.dumps({"scenario": scenario, "skipped": culprit.manifest["skipped"],
+                      "splits": [culprit.manifest["splits"], clean.manifest["splits"]],
+                      "shards_equal": shards["with"] == shards["without"]}))
+"""
+
+_CRASHES = {
+    "1:segfault": "decoder crashed (signal 11, SIGSEGV)",
+    "2:segfault": "decoder crashed (signal 11, SIGSEGV)",
+    "2:exit": "decoder process exited unexpectedly (exit status 3)",
+    "1:endless": "decoding took more than 0.5 s of CPU time; stopped (signal 27, SIGPROF)",
+    "2:memory": "too large: decoding ran out of memory",
+}
+
+
+@pytest.fixture(scope="module")
+def crashed_builds(tmp_path_factory):
+    """Builds with a hostile decoder for clip4 (``workers:how``), run once in a fresh interpreter.
+
+    Without TensorFlow loaded, the workers are forked, so they run the patched decoder.
+    """
+    folder = tmp_path_factory.mktemp("crashes")
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(tests), tests])}
+    run = subprocess.run([sys.executable, "-c", _CRASHING_DECODER, str(folder), *_CRASHES], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = {r["scenario"]: r for r in map(json.loads, run.stdout.strip().splitlines()[-len(_CRASHES):])}
+    return folder, results, run.stderr
+
+
+@pytest.mark.parametrize("scenario", list(_CRASHES))
+def test_a_decoder_that_crashes_costs_only_its_clip(crashed_builds, scenario):
+    # With one worker the decoder ran in the queue's own process (a segfault killed the queue,
+    # exit 139); with two the build failed with BrokenProcessPool, naming no file. Now the clips
+    # of the broken tasks are retried one by one in fresh processes: the culprit is skipped with
+    # its reason and the cache equals a build without it.
+    folder, results, log = crashed_builds
+    out, reason = results[scenario], _CRASHES[scenario]
+    assert out["skipped"] == [{"id": "clip4.aiff", "split": "train", "path": str(folder / "audio" / "clip4.aiff"),
+                               "reason": reason}]
+    with_culprit, without = out["splits"]
+    assert with_culprit == without and len(with_culprit["train"]["ids"]) == 8
+    assert out["shards_equal"]
+    assert f"skipped clip4.aiff (train): {reason}" in log  # what run.log shows
+
+
+def test_a_named_pipe_among_the_clips_is_skipped_without_blocking(tmp_path, clips):
+    # The feature stage blocked forever opening a FIFO in the audio folder.
+    import signal
+
+    train, _ = clips
+    os.mkfifo(tmp_path / "audio" / "pipe.aiff")
+    paths = train[:4] + [str(tmp_path / "audio" / "pipe.aiff")] + train[4:6]
+
+    def expire(signum, frame):
+        raise TimeoutError("the build blocked on the named pipe")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, 60)
+    try:
+        cache = records.ensure_features(make_dataset(paths), make_exp(tmp_path), str(tmp_path / "c"), progress=False)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert [(s["id"], s["reason"]) for s in cache.skipped] == [
+        ("pipe.aiff", "unreadable: is a named pipe (FIFO), not a regular file")]
+    assert cache.ids("train") == [os.path.basename(p) for p in train[:6]]
+
+
+def test_float_audio_of_absurd_magnitude_never_reaches_the_cache(tmp_path, clips):
+    # Values near 1e30 are finite in float32 but overflowed the power spectrum: NaN features were cached.
+    train, _ = clips
+    huge = tmp_path / "audio" / "huge.wav"
+    y = (0.3 * np.sin(np.arange(N) / 5.0)).astype(np.float32)
+    y[1000:1100] = 1e30
+    sf.write(huge, y, SR, format="WAV", subtype="FLOAT")
+    exp = make_exp(tmp_path, features={"name": "mel", "n_fft": 256, "hop_length": 64, "n_mels": 32},
+                   max_bad_fraction=0.5)
+    cache = records.ensure_features(make_dataset(train[:3] + [str(huge)]), exp, str(tmp_path / "c"), progress=False)
+    assert [s["id"] for s in cache.skipped] == ["huge.wav"]
+    assert cache.skipped[0]["reason"].startswith("absurd sample values: up to 1.0e+30")
+    ids, x = cache.load("train")
+    assert ids == [os.path.basename(p) for p in train[:3]] and np.isfinite(x).all()
+
+
+def test_clips_with_non_finite_features_are_skipped_not_cached(tmp_path, clips, monkeypatch):
+    # Whatever lets a non-finite value through (a decoder, the arithmetic), it is caught after
+    # compute_features; a batch that raises is featurised clip by clip so only the culprit is lost.
+    import pipeline.features
+
+    train, _ = clips
+    exp = make_exp(tmp_path)
+    job = ([(os.path.basename(p), p) for p in train[:5]], exp.features.name, exp.features.params, exp.audio, 256)
+    expected = records._featurise_chunk(job)
+    real = pipeline.features.compute_features
+
+    def nan_in_row_2(name, params, y, *, sample_rate):
+        out = real(name, params, y, sample_rate=sample_rate)
+        out[2, 7] = np.nan
+        return out
+
+    monkeypatch.setattr(pipeline.features, "compute_features", nan_in_row_2)
+    got = records._featurise_chunk(job)
+    assert got["ids"] == [expected["ids"][i] for i in (0, 1, 3, 4)]
+    assert got["skipped"] == [("clip2.aiff", train[2], "non-finite features: the complexity features hold NaN or infinity")]
+    sizes = expected["sizes"]
+    kept = b"".join(expected["records"][sum(sizes[:i]):sum(sizes[: i + 1])] for i in (0, 1, 3, 4))
+    assert got["records"] == kept
+
+    def raises_for_clip_3(name, params, y, *, sample_rate):
+        if any(np.array_equal(row, batch[3]) for row in y):
+            raise ValueError("y must be finite")
+        return real(name, params, y, sample_rate=sample_rate)
+
+    batch = np.stack([load_clip(p, sample_rate=SR, duration=N / SR).samples for p in train[:5]])
+    monkeypatch.setattr(pipeline.features, "compute_features", raises_for_clip_3)
+    got = records._featurise_chunk(job)
+    assert got["ids"] == [expected["ids"][i] for i in (0, 1, 2, 4)]
+    assert got["skipped"] == [("clip3.aiff", train[3], "features failed: ValueError: y must be finite")]
+
+
+class _BreakingPool:
+    """A fake pool whose workers die at the ``break_at``-th submission, failing what was in flight as a real one does.
+
+    A future's result is "done <job>" unless the break caught it uncollected; with ``at_submit`` the
+    break is noticed at that submission (``submit`` raises), else that job's future fails too.
+    """
+
+    def __init__(self, break_at: int, *, at_submit: bool):
+        self.break_at, self.at_submit = break_at, at_submit
+        self.generation = self.submitted = self.renewals = 0
+        self.in_flight = set()
+
+    def submit(self, fn, job):
+        self.submitted += 1
+        future = _LazyFuture(self, job)
+        if self.submitted == self.break_at:
+            for lost in self.in_flight | {future}:
+                lost.broken = True
+            if self.at_submit:
+                raise BrokenProcessPool("a worker died")
+        self.in_flight.add(future)
+        return future
+
+    def renew(self):
+        self.renewals += 1
+        self.generation += 1
+
+    def one_by_one(self, job):
+        return f"alone {job}"
+
+
+class _LazyFuture:
+    def __init__(self, pool, job):
+        self.pool, self.job, self.broken = pool, job, False
+
+    def result(self):
+        self.pool.in_flight.discard(self)
+        if self.broken:
+            raise BrokenProcessPool("a worker died")
+        return f"done {self.job}"
+
+
+@pytest.mark.parametrize("at_submit", [False, True])
+def test_a_broken_pool_is_replaced_once_and_its_lost_jobs_rerun_alone(at_submit):
+    # The pool can break while a result is awaited (the future fails) or between two results
+    # (the next submit raises): either way it is replaced once, every job's result comes back
+    # in order, and the jobs lost with the broken pool are rerun clip by clip.
+    pool = _BreakingPool(break_at=4, at_submit=at_submit)
+    # Window 2: job 3 is submitted after job 1's result, with job 2 in flight.
+    lost = {2} if at_submit else {2, 3}
+    out = []
+    for result in records._run_jobs(list(range(8)), pool, window=2):
+        out.append(result)
+        if len(out) > 8:
+            break
+    assert pool.renewals == 1
+    assert out == [f"{'alone' if i in lost else 'done'} {i}" for i in range(8)]

@@ -31,6 +31,32 @@ is read with one ``np.frombuffer`` over the sample chunk, scaled exactly as
 libsndfile scales it (1 / 2**15, 1 / 2**31): for 2 s clips that is several
 times faster than opening the file with libsndfile. Any other encoding, and
 any header this module does not fully understand, goes through libsndfile.
+
+One bad file must not take a night's run down (issue 14), so every file is
+judged before its samples are decoded, with checks that cost microseconds:
+
+* Only regular files are opened (after one ``os.stat``, which follows
+  symlinks): opening a named pipe blocks until a writer appears, and a
+  device or socket is not audio.
+* The header's sample rate must lie in [``MIN_FILE_RATE``,
+  ``MAX_FILE_RATE``] = [20 Hz, 2 MHz] (infrasound arrays record at 20 Hz,
+  ultrasonic bat detectors at 384-768 kHz and up to 1 MHz) and its channel
+  count in [1, ``MAX_CHANNELS``] = [1, 256] (a 64-capsule spherical array or
+  15th-order ambisonics still fits). A header outside is corrupt: a WAV
+  claiming 1 Hz over 10 minutes of 2 kHz PCM made librosa build 2.4 billion
+  samples (9.6 GB, 29 s) and then crash.
+* Only the frames that ``duration`` needs are decoded (:func:`window_frames`:
+  ``ceil(duration * file_rate)`` plus a margin for the resampler's filter),
+  whatever length the header claims; channels are mixed down block by block,
+  so a clip's memory is about ``4 * window`` bytes whatever its channel count.
+  A header that promises more frames than the file holds is still reported as
+  truncated (from the file size, without reading the samples). A compressed
+  file (FLAC, OGG) damaged only after the window is used: the part the clip
+  needs decodes.
+* Float samples beyond ``MAX_FLOAT_MAGNITUDE`` = 1000 x full scale are
+  refused: float audio is expected within about +-1, and values such as 1e30
+  (bytes that are not float audio, or a writer's bug) overflow the power
+  spectrum to infinity. Integer PCM is within +-1 by construction.
 """
 
 from __future__ import annotations
@@ -49,9 +75,11 @@ import soundfile as sf
 
 logger = logging.getLogger(__name__)
 
-# Frames per read call: bounded memory per call, and a damaged FLAC still
-# tells us how many frames came out before the error.
-_READ_BLOCK = 1 << 16
+# Bytes of decoded float32 samples per read call (all channels): bounded memory
+# per call, and a damaged FLAC still tells us how many frames came out before the error.
+_READ_BLOCK_BYTES = 1 << 20
+# O_NONBLOCK: a file swapped for a named pipe after its stat must not block the open.
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
 # Files up to this size are read into memory in one call and parsed from there.
 _WHOLE_FILE_BYTES = 16 << 20
 # libsndfile reports SF_COUNT_MAX-like values for streams of unknown length.
@@ -61,6 +89,21 @@ _WAV_UNKNOWN_SIZES = (0, 0xFFFFFFFF)
 # WAV format tags whose data chunk size / block_align is a frame count
 # (PCM, IEEE float, A-law, mu-law, extensible); ADPCM-like codecs are not.
 _WAV_LINEAR_TAGS = (0x0001, 0x0003, 0x0006, 0x0007, 0xFFFE)
+
+# Plausible headers (see the module doc): sample rate in Hz, channel count.
+MIN_FILE_RATE = 20
+MAX_FILE_RATE = 2_000_000
+MAX_CHANNELS = 256
+# Largest |sample| accepted from a float file, in units of full scale (1.0).
+MAX_FLOAT_MAGNITUDE = 1e3
+# Extra input frames read beyond ``duration`` when resampling, in samples at the
+# lower of the two rates: soxr_hq's filter reaches that far, so the kept output
+# equals resampling the whole file to within float rounding (measured: <= 1e-7
+# from 100 Hz to 768 kHz file rates; tests/test_data_audio.py).
+_RESAMPLE_MARGIN = 256
+# A clip whose window alone would take more than this as mono float32 is refused
+# rather than decoded (e.g. an hour at 768 kHz); ``audio.duration`` decides the window.
+MAX_WINDOW_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -75,10 +118,12 @@ class Decoded:
         when the file was skipped.
     reason : str or None
         Why the file was skipped (a short lower-case sentence starting with
-        its category: ``missing file``, ``unreadable: ...``,
-        ``empty file (0 bytes)``, ``empty: ...``, ``truncated: ...``,
-        ``non-finite samples: ...``, ``silent...``, ``too short: ...``),
-        None when ``samples`` is usable.
+        its category: ``missing file``, ``unreadable: ...`` (also for a
+        named pipe, device, socket or directory), ``empty file (0 bytes)``,
+        ``empty: ...``, ``truncated: ...``, ``implausible header: ...``
+        (sample rate or channel count), ``too long: ...``,
+        ``non-finite samples: ...``, ``absurd sample values: ...``,
+        ``silent...``, ``too short: ...``), None when ``samples`` is usable.
     notes : tuple of str
         Repairs applied to a usable clip, in order, e.g.
         ``("stereo mixed down", "resampled 4000->2000 Hz", "padded 1900->4000 samples")``.
@@ -128,18 +173,22 @@ def load_clip(
     only names it. A remote ``path`` without ``data`` is read through
     :func:`pipeline.io.read_bytes` (which imports TensorFlow).
 
-    Steps: read every frame (any format libsndfile reads: AIFF, WAV, FLAC,
-    ...); set non-finite samples to 0 when they are at most
-    ``max_nonfinite_fraction`` of all samples; average channels to mono;
-    resample to ``sample_rate`` with :func:`librosa.resample`; then pad with
-    zeros at the end, or crop keeping the start, to exactly
-    ``round(duration * sample_rate)`` samples.
+    Steps: read the frames that ``duration`` needs (:func:`window_frames`;
+    any format libsndfile reads: AIFF, WAV, FLAC, ...); set non-finite
+    samples to 0 when they are at most ``max_nonfinite_fraction`` of the
+    samples read; average channels to mono; resample to ``sample_rate`` with
+    :func:`librosa.resample`; then pad with zeros at the end, or crop keeping
+    the start, to exactly ``round(duration * sample_rate)`` samples.
 
-    A file is skipped (``samples=None``) when it is missing, unreadable
-    (permissions, not audio, corrupt header), 0 bytes, truncated (fewer
-    frames than its header declares), has 0 frames, has too many non-finite
-    samples, is all zeros (over the whole file or over the kept window), or
-    has fewer than ``min_samples`` real samples after resampling.
+    A file is skipped (``samples=None``) when it is missing, not a regular
+    file (named pipe, device, socket, directory), unreadable (permissions,
+    not audio, corrupt header), 0 bytes, truncated (fewer frames than its
+    header declares), has an implausible sample rate or channel count (see
+    the module doc), would need more than ``MAX_WINDOW_BYTES`` for its
+    window, has 0 frames, has too many non-finite samples, has float samples
+    beyond ``MAX_FLOAT_MAGNITUDE``, is all zeros (over the whole file or over
+    the kept window), or has fewer than ``min_samples`` real samples after
+    resampling.
 
     Parameters
     ----------
@@ -194,6 +243,8 @@ def load_clip(
             max_nonfinite_fraction=float(max_nonfinite_fraction),
             res_type=res_type,
         )
+    except MemoryError:  # e.g. the feature worker's address-space limit (pipeline.records)
+        return _skip("too large: decoding ran out of memory")
     except Exception as exc:  # the contract is "bad audio never stops a run"
         logger.warning("unexpected error decoding %s", path, exc_info=True)
         return _skip(f"unreadable: unexpected {type(exc).__name__}: {exc}")
@@ -223,18 +274,26 @@ def _load_clip(path, *, sample_rate, duration, min_samples, max_nonfinite_fracti
                 max_nonfinite_fraction=max_nonfinite_fraction, res_type=res_type)
     if data is not None:
         return _decode(path, len(data), data, **opts)
-    # Opening it ourselves first turns a missing file or a permission problem
-    # into a clear reason (libsndfile says only "System error.").
+    # Judge the file by its stat before opening it: opening a named pipe blocks
+    # until something writes to it, and a device or socket is not audio. Opening
+    # it ourselves then turns a permission problem into a clear reason
+    # (libsndfile says only "System error."); O_NONBLOCK keeps a file swapped
+    # for a pipe since the stat from blocking the open (no effect on a regular file).
     try:
-        fd = os.open(path, os.O_RDONLY)
+        info = os.stat(path)  # follows symlinks: a link to a pipe is judged as the pipe
+    except FileNotFoundError:
+        return _skip("missing file")  # also a symlink whose target is missing
+    except OSError as exc:
+        return _skip(f"unreadable: {_os_message(exc)}")
+    if not stat.S_ISREG(info.st_mode):
+        return _skip(f"unreadable: {_file_kind(info.st_mode)}")
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
     except FileNotFoundError:
         return _skip("missing file")
     except OSError as exc:
         return _skip(f"unreadable: {_os_message(exc)}")
     try:
-        info = os.fstat(fd)
-        if stat.S_ISDIR(info.st_mode):
-            return _skip("unreadable: is a directory")
         if 0 < info.st_size <= _WHOLE_FILE_BYTES:
             data = _read_fd(fd, info.st_size)
     except OSError as exc:
@@ -242,6 +301,91 @@ def _load_clip(path, *, sample_rate, duration, min_samples, max_nonfinite_fracti
     finally:
         os.close(fd)
     return _decode(path, info.st_size if data is None else len(data), data, **opts)
+
+
+def _file_kind(mode: int) -> str:
+    """Why a path that is not a regular file is not read, e.g. ``is a named pipe (FIFO)``."""
+    if stat.S_ISDIR(mode):
+        return "is a directory"
+    for test, kind in ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return f"is {kind}, not a regular file"
+    return "not a regular file"
+
+
+def window_frames(file_rate: int, *, sample_rate: int, duration: float) -> int:
+    """Frames of a file at ``file_rate`` Hz that a clip of ``duration`` s at ``sample_rate`` Hz needs.
+
+    ``ceil(duration * file_rate)``, plus, when the file is resampled,
+    ``_RESAMPLE_MARGIN`` samples at the lower of the two rates: the
+    resampler's filter reaches that far beyond the kept output, so the clip
+    equals one cut from the whole file resampled (within float rounding).
+    Nothing beyond this window is decoded, whatever length a header claims.
+    """
+    need = math.ceil(duration * file_rate)
+    if file_rate != sample_rate:
+        need += math.ceil(_RESAMPLE_MARGIN * file_rate / min(file_rate, sample_rate))
+    return max(1, need)
+
+
+def _implausible(file_rate: int, channels: int) -> Optional[str]:
+    """A skip reason when a header's sample rate or channel count is implausible (module doc), else None."""
+    if not MIN_FILE_RATE <= file_rate <= MAX_FILE_RATE:
+        return (f"implausible header: sample rate {file_rate} Hz "
+                f"(expected {MIN_FILE_RATE} Hz to {MAX_FILE_RATE:,} Hz)")
+    if not 1 <= channels <= MAX_CHANNELS:
+        return f"implausible header: {channels} channels (expected 1 to {MAX_CHANNELS})"
+    return None
+
+
+def _too_long(n: int, file_rate: int, duration: float) -> str:
+    return (f"too long: the first {duration:g} s at {file_rate} Hz are {n} frames ({4 * n / 2**30:.1f} GiB as "
+            f"float32), more than the {MAX_WINDOW_BYTES / 2**30:g} GiB a clip may take; lower audio.duration "
+            f"or resample the file first")
+
+
+def _mix(block: np.ndarray, channels: int, floating: bool) -> Tuple[Optional[np.ndarray], int, float]:
+    """One block of frames [n, channels] float32 mixed to mono: ``(mono [n], non-finite count, peak |sample|)``.
+
+    Mixing block by block keeps a clip's memory at about 4 bytes per frame
+    whatever its channel count. Only float sources (``floating``) can hold
+    NaN/inf, zeroed before mixing so that a NaN in one channel does not
+    erase the others, or absurd magnitudes (``mono`` is None beyond
+    ``MAX_FLOAT_MAGNITUDE``: the clip is refused, and mixing such values
+    could overflow); integer PCM is within +-1 (peak reported as 0).
+    """
+    bad, peak = 0, 0.0
+    if floating and block.size:
+        finite = np.isfinite(block)
+        bad = int(block.size - np.count_nonzero(finite))
+        if bad:
+            block = np.where(finite, block, np.float32(0.0))
+        peak = max(float(block.max()), -float(block.min()))
+        if peak > MAX_FLOAT_MAGNITUDE:
+            return None, bad, peak
+    return (block[:, 0] if channels == 1 else block.mean(axis=1, dtype=np.float32)), bad, peak
+
+
+class _Blocks:
+    """Mixed blocks of a clip read in pieces (large files, libsndfile), and the counts :func:`_finish` needs."""
+
+    def __init__(self, channels: int, floating: bool):
+        self.channels, self.floating = channels, floating
+        self.parts, self.frames, self.nonfinite, self.peak = [], 0, 0, 0.0
+
+    def add(self, block: np.ndarray) -> None:
+        mono, bad, peak = _mix(block, self.channels, self.floating)
+        self.frames += len(block)
+        self.nonfinite += bad
+        self.peak = max(self.peak, peak)
+        self.parts.append(mono)
+
+    def finish(self, file_rate: int, total: Optional[int], **opts) -> Decoded:
+        mono = None  # no frames, or refused by _mix
+        if self.parts and all(part is not None for part in self.parts):
+            mono = self.parts[0] if len(self.parts) == 1 else np.concatenate(self.parts)
+        return _finish(mono, self.frames, self.channels, self.nonfinite, self.peak, file_rate, total, **opts)
 
 
 def _decode(path, size, data, **opts) -> Decoded:
@@ -255,20 +399,19 @@ def _decode(path, size, data, **opts) -> Decoded:
         if data is not None:
             header = _memory_header(data)
             if header.pcm is not None and header.frames is not None:
-                frames = _pcm_frames(data, header.pcm.offset, header.pcm, header.frames)
-                return _finish(frames, header.pcm.sample_rate, header.frames, None,
-                               maybe_nonfinite=header.pcm.dtype.kind == "f", **opts)  # integer PCM is always finite
+                return _decode_pcm(header, size, data, None, **opts)
         else:
             with open(path, "rb") as fh:
                 header = _read_header(_file_reader(fh), size)
                 if header.pcm is not None and header.frames is not None:
-                    pcm = header.pcm
-                    fh.seek(pcm.offset)
-                    raw = fh.read(header.frames * pcm.channels * pcm.dtype.itemsize)
-                    return _finish(_pcm_frames(raw, 0, pcm, header.frames), pcm.sample_rate, header.frames, None,
-                                   maybe_nonfinite=pcm.dtype.kind == "f", **opts)
+                    return _decode_pcm(header, size, None, fh, **opts)
     except OSError as exc:
         return _skip(f"unreadable: {_os_message(exc)}")
+    # An AIFF/WAV header is judged before libsndfile opens the file (other formats: once it has).
+    problem = _implausible(MIN_FILE_RATE if header.rate is None else header.rate,
+                           1 if header.channels is None else header.channels)
+    if problem:
+        return _skip(problem)
 
     try:
         sound = sf.SoundFile(path) if data is None else sf.SoundFile(_io.BytesIO(data))
@@ -282,67 +425,112 @@ def _decode(path, size, data, **opts) -> Decoded:
             )
         return _skip(f"unreadable: {message}")
 
-    blocks = []
-    read_error = None
     with sound:
-        file_rate = int(sound.samplerate)
+        file_rate, channels = int(sound.samplerate), int(sound.channels)
+        problem = _implausible(file_rate, channels)
+        if problem:
+            return _skip(problem)
         reported = int(sound.frames)
+        reported = None if reported >= _UNKNOWN_FRAMES else reported
+        # The header count is authoritative for AIFF/WAV (libsndfile clamps
+        # `reported` to what is on disk); otherwise trust libsndfile's count.
+        declared = header.frames if header.frames is not None else reported
+        if declared is not None and reported is not None and reported < declared:
+            return _skip(f"truncated: read {reported} of {declared} frames")
+        window = window_frames(file_rate, sample_rate=opts["sample_rate"], duration=opts["duration"])
+        n = window if reported is None else min(reported, window)
+        if 4 * n > MAX_WINDOW_BYTES:
+            return _skip(_too_long(n, file_rate, opts["duration"]))
+        blocks = _Blocks(channels, floating=True)
+        per_read = max(1, _READ_BLOCK_BYTES // (4 * channels))
+        read_error = None
         try:
-            while True:
-                block = sound.read(_READ_BLOCK, dtype="float32", always_2d=True)
+            while blocks.frames < n:
+                block = sound.read(min(per_read, n - blocks.frames), dtype="float32", always_2d=True)
                 if len(block) == 0:
                     break
-                blocks.append(block)
+                blocks.add(block)
         except Exception as exc:
             read_error = _sf_message(exc)
-    frames = np.concatenate(blocks, axis=0) if blocks else np.zeros((0, 1), np.float32)  # [n_read, channels]
-    # The header count is authoritative for AIFF/WAV (libsndfile clamps
-    # `reported` to what is on disk); otherwise trust libsndfile's count.
-    declared = header.frames if header.frames is not None else reported
-    return _finish(frames, file_rate, declared, read_error, **opts)
-
-
-def _finish(frames, file_rate, declared, read_error, *, sample_rate, duration, min_samples, max_nonfinite_fraction,
-            res_type, maybe_nonfinite: bool = True) -> Decoded:
-    """Checks and repairs shared by both decoders: frames [n_read, channels] float32 at file_rate."""
-    n_read = len(frames)
-    if declared >= _UNKNOWN_FRAMES:
-        declared = None
     if read_error is not None:
-        if declared is not None and n_read < declared:
-            return _skip(f"truncated: read {n_read} of {declared} frames ({read_error})")
+        if declared is not None and blocks.frames < declared:
+            return _skip(f"truncated: read {blocks.frames} of {declared} frames ({read_error})")
         return _skip(f"unreadable: {read_error}")
-    if declared is not None and n_read < declared:
-        return _skip(f"truncated: read {n_read} of {declared} frames")
-    if n_read == 0:
+    if declared is not None and blocks.frames < min(declared, n):
+        return _skip(f"truncated: read {blocks.frames} of {declared} frames")
+    total = reported if reported is not None else (blocks.frames if blocks.frames < n else None)
+    return blocks.finish(file_rate, total, **opts)
+
+
+def _decode_pcm(header: "_Header", size: int, data: Optional[bytes], fh, **opts) -> Decoded:
+    """Plain PCM: judge the header, then read the window's frames from ``data`` (the file's bytes) or ``fh``."""
+    pcm = header.pcm
+    rate, channels = pcm.sample_rate, pcm.channels
+    if not (MIN_FILE_RATE <= rate <= MAX_FILE_RATE and 1 <= channels <= MAX_CHANNELS):
+        return _skip(_implausible(rate, channels))
+    frame_bytes = channels * pcm.dtype.itemsize
+    available = min(header.frames, max(0, (size - pcm.offset) // frame_bytes))
+    if available < header.frames:  # from the size alone: no need to read the samples
+        return _skip(f"truncated: read {available} of {header.frames} frames")
+    n = min(available, window_frames(rate, sample_rate=opts["sample_rate"], duration=opts["duration"]))
+    if 4 * n > MAX_WINDOW_BYTES:
+        return _skip(_too_long(n, rate, opts["duration"]))
+    floating = pcm.dtype.kind == "f"
+    if data is not None:  # at most _WHOLE_FILE_BYTES: converted in one go
+        mono, bad, peak = _mix(_pcm_frames(data, pcm.offset, pcm, n), channels, floating)
+        return _finish(mono, n, channels, bad, peak, rate, available, **opts)
+    blocks = _Blocks(channels, floating)
+    fh.seek(pcm.offset)
+    per_read = max(1, _READ_BLOCK_BYTES // frame_bytes)
+    while blocks.frames < n:
+        want = min(per_read, n - blocks.frames)
+        block = _pcm_frames(fh.read(want * frame_bytes), 0, pcm, want)
+        if len(block) < want:  # the file shrank since its size was taken
+            return _skip(f"truncated: read {blocks.frames + len(block)} of {header.frames} frames")
+        blocks.add(block)
+    return blocks.finish(rate, available, **opts)
+
+
+def _resampled_length(frames: int, file_rate: int, sample_rate: int) -> int:
+    """Samples of ``frames`` frames at ``file_rate`` resampled to ``sample_rate``, as librosa.resample counts them."""
+    if file_rate == sample_rate:
+        return frames
+    return int(np.ceil(frames * (float(sample_rate) / file_rate)))
+
+
+def _finish(mono: Optional[np.ndarray], frames: int, channels: int, nonfinite: int, peak: float, file_rate: int,
+            total: Optional[int], *, sample_rate, duration, min_samples, max_nonfinite_fraction, res_type) -> Decoded:
+    """Checks and repairs shared by both decoders.
+
+    ``mono``: the window's ``frames`` frames (:func:`window_frames`) of
+    ``channels`` channels mixed down by :func:`_mix`, which counted
+    ``nonfinite`` samples (zeroed) and the ``peak`` magnitude (``mono`` None
+    when it is absurd); ``total``: the file's frame count (None when
+    unknown, e.g. a stream longer than the window).
+    """
+    if frames == 0:
         return _skip("empty: no audio frames")
-    if file_rate <= 0:
-        return _skip(f"unreadable: invalid sample rate {file_rate}")
-
     notes = []
-
-    finite = np.isfinite(frames) if maybe_nonfinite else None
-    n_bad = int(frames.size - np.count_nonzero(finite)) if maybe_nonfinite else 0
-    if n_bad:
-        fraction = n_bad / frames.size
+    if nonfinite:
+        values = frames * channels
+        fraction = nonfinite / values
         if fraction > max_nonfinite_fraction:
             return _skip(
-                f"non-finite samples: {n_bad} of {frames.size} ({fraction:.1%}) "
+                f"non-finite samples: {nonfinite} of {values} ({fraction:.1%}) "
                 f"exceed max_nonfinite_fraction={max_nonfinite_fraction:g}"
             )
-        # Zero before mixing so a NaN in one channel does not erase the others.
-        frames = np.where(finite, frames, np.float32(0.0))
-        notes.append(f"{n_bad} non-finite samples set to 0")
-
-    channels = frames.shape[1]
-    if channels == 1:
-        mono = frames[:, 0]
-    else:
-        mono = frames.mean(axis=1, dtype=np.float32)
+        notes.append(f"{nonfinite} non-finite samples set to 0")
+    if peak > MAX_FLOAT_MAGNITUDE:
+        return _skip(
+            f"absurd sample values: up to {peak:.1e}; float audio is expected within about +-1 "
+            f"(more than {MAX_FLOAT_MAGNITUDE:g} x full scale is refused)"
+        )
+    if channels > 1:
         notes.append("stereo mixed down" if channels == 2 else f"{channels} channels mixed down")
 
+    whole = total is not None and frames >= total  # the window holds the whole file
     if _all_zero(mono):
-        return _skip("silent")
+        return _skip("silent" if whole else f"silent: all zero in the first {duration:g} s")
 
     if file_rate != sample_rate:
         import librosa  # deferred: librosa's import is slow and only resampling needs it
@@ -357,8 +545,10 @@ def _finish(frames, file_rate, declared, read_error, *, sample_rate, duration, m
     if len(mono) < n_out:
         notes.append(f"padded {len(mono)}->{n_out} samples")
         mono = np.pad(mono, (0, n_out - len(mono)))
-    elif len(mono) > n_out:
-        notes.append(f"cropped {len(mono)}->{n_out} samples")
+    elif len(mono) > n_out or not whole:
+        # The note gives the whole file's length, as if all of it had been decoded.
+        full = len(mono) if whole else (None if total is None else _resampled_length(total, file_rate, sample_rate))
+        notes.append(f"cropped {full}->{n_out} samples" if full is not None else f"cropped to {n_out} samples")
         mono = mono[:n_out]
         if _all_zero(mono):
             return _skip(f"silent: all zero in the first {duration:g} s")
@@ -377,6 +567,9 @@ class _Header:
 
     frames: Optional[int] = None  # audio frames the header promises
     declared_bytes: Optional[int] = None  # total file size the container promises
+    # Sample rate (Hz) and channel count from the format chunk (any codec), judged before decoding.
+    rate: Optional[int] = None
+    channels: Optional[int] = None
     # Set only for plain PCM this module decodes itself (see :func:`_pcm_frames`).
     pcm: Optional["_PCM"] = None
 
@@ -469,6 +662,11 @@ def _read_header(read_at, size: int) -> _Header:
             break  # the data chunk is what matters; anything after it is metadata
         pos += 8 + chunk_size + (chunk_size & 1)  # chunks are padded to even length
 
+    rate = channels = None
+    if kind == "wav" and wav_tag is not None:
+        rate, channels = wav_rate, wav_channels
+    elif kind == "aiff" and aiff_format is not None:
+        rate, channels = aiff_format[2] or None, aiff_format[0]  # 0: an 80-bit rate we do not parse exactly
     pcm = None
     if kind == "wav" and wav_data_size is not None and wav_data_size not in _WAV_UNKNOWN_SIZES:
         if wav_tag in _WAV_LINEAR_TAGS and wav_block_align:
@@ -483,7 +681,7 @@ def _read_header(read_at, size: int) -> _Header:
         layout = _pcm_dtype(endian, bits, False) if endian else None
         if layout and channels > 0 and rate > 0:
             pcm = _PCM(aiff_data, layout[0], channels, rate, layout[1])
-    return _Header(frames=frames, declared_bytes=declared_bytes, pcm=pcm)
+    return _Header(frames=frames, declared_bytes=declared_bytes, rate=rate, channels=channels, pcm=pcm)
 
 
 def _read_fd(fd: int, size: int) -> bytes:
