@@ -37,6 +37,26 @@ from pipeline import io, layout
 EXIT_BUSY = 3
 
 
+# Descriptors of the locks this process holds. A forked child (a feature
+# worker) inherits them, and a flock lives as long as any descriptor of it:
+# a worker that outlived a SIGKILLed runner would keep the output folder
+# locked. Each forked child closes its copies at once (the parent's lock is
+# unaffected: it holds its own descriptor).
+_HELD_FDS: set = set()
+
+
+def _close_inherited_locks() -> None:
+    for fd in list(_HELD_FDS):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD_FDS.clear()
+
+
+os.register_at_fork(after_in_child=_close_inherited_locks)
+
+
 class LockBusy(RuntimeError):
     """Another live runner holds the output folder's lock."""
 
@@ -56,6 +76,7 @@ class RunnerLock:
             os.ftruncate(self.fd, 0)  # "nobody": a non-empty file at the next start means its writer died
         finally:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
+            _HELD_FDS.discard(self.fd)
             os.close(self.fd)
             self.fd = -1
 
@@ -98,6 +119,7 @@ def acquire(output_dir: str) -> RunnerLock:
     os.ftruncate(fd, 0)
     os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
     os.fsync(fd)
+    _HELD_FDS.add(fd)
     return RunnerLock(path=path, fd=fd, previous=previous)
 
 

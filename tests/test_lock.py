@@ -50,6 +50,32 @@ def test_a_second_runner_is_refused_naming_the_first(tmp_path, holder):
     assert "started 20" in message  # the first runner's start time
 
 
+# A runner that forks a worker (as the feature stage does) and is then SIGKILLed: the worker lives on.
+FORKING_HOLDER = textwrap.dedent("""
+    import multiprocessing, sys, time
+    from pipeline import lock
+    held = lock.acquire(sys.argv[1])
+    worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,), daemon=False)
+    worker.start()
+    print(worker.pid, flush=True)
+    time.sleep(60)
+""")
+
+
+def test_a_worker_outliving_a_killed_runner_does_not_keep_its_lock(tmp_path):
+    runner = subprocess.Popen([sys.executable, "-c", FORKING_HOLDER, str(tmp_path)], stdout=subprocess.PIPE,
+                              text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    worker_pid = int(runner.stdout.readline())
+    try:
+        os.kill(runner.pid, signal.SIGKILL)
+        runner.wait()
+        os.kill(worker_pid, 0)  # the forked worker is still alive (an orphan, as after a power-cut of its parent)
+        with lock.acquire(str(tmp_path)) as held:  # yet the next runner gets the lock
+            assert held.previous["pid"] == runner.pid
+    finally:
+        os.kill(worker_pid, signal.SIGKILL)
+
+
 def test_a_lock_left_by_a_killed_runner_is_taken_over(tmp_path, holder):
     first = holder(tmp_path)
     os.kill(first.pid, signal.SIGKILL)
