@@ -161,6 +161,17 @@ def test_table_declared_classes(tmp_path):
     assert ds.task == "binary" and ds.targets == ("label",)
 
 
+def test_a_declared_class_spelled_like_a_missing_value_is_a_label(tmp_path):
+    text = "file,label\na.wav,dog\nb.wav,none\nc.wav,NA\nd.wav,dog\n"
+    with pytest.raises(DataError, match=r"have no label .*declare the class list"):
+        read(tmp_path, text)  # inferred: "none" and "NA" still read as missing, with a hint
+    ds = read(tmp_path, text, classes=("dog", "none", "NA"))
+    assert ds.task == "multiclass" and ds.targets == ("dog", "none", "NA")
+    np.testing.assert_array_equal(ds.train[["dog", "none", "NA"]].to_numpy().argmax(1), [0, 1, 2, 0])
+    with pytest.raises(DataError, match=r"row\(s\) \[3\] have no label"):
+        read(tmp_path, "file,label\na.wav,dog\nb.wav,\nc.wav,none\n", classes=("dog", "none"))  # empty: missing
+
+
 def test_data_classes_in_the_queue_file(tmp_path):
     (tmp_path / "audio").mkdir()
     write(tmp_path / "train.csv", "file,label\na.wav,0\n")

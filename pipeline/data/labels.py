@@ -9,7 +9,8 @@ column and the rows (as an editor numbers them: the header is line 1):
 * Surrounding whitespace is ignored (``" 1"`` is ``1``); nothing else is
   rewritten.
 * A missing label (empty, ``NaN``, ``NA``, ``N/A``, ``null``, ``None``, ``-``,
-  ``?``, in any case) is refused.
+  ``?``, in any case) is refused, unless it is a declared class
+  (``data.classes: [dog, cat, none]``: "none" is then a label).
 * Binary means every label is one of ``0``, ``1``, ``0.0``, ``1.0``. Other
   spellings of 0 and 1 (``01``, ``1e0``, ``true``) are refused, never guessed.
 * Without a declared class list, a column whose labels are mostly 0/1 (0 and 1
@@ -60,11 +61,15 @@ def _text(column: pd.Series) -> pd.Series:
     return column.map(lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)).str.strip()
 
 
-def _refuse_missing(text: pd.Series, raw: pd.Series, where: str, expected: str) -> None:
-    missing = text.str.lower().isin(MISSING).to_numpy()
+def _refuse_missing(text: pd.Series, raw: pd.Series, where: str, expected: str,
+                    declared: Sequence[str] = ()) -> None:
+    """Refuse empty cells and the usual spellings of "missing"; a declared class (``none``, ``NA``) is a label."""
+    missing = (text.str.lower().isin(MISSING) & ~text.isin([c for c in declared if c])).to_numpy()
     if missing.any():
-        raise DataError(f"{where} {expected}; row(s) {csv_rows(missing)} have no label (found "
-                        f"{sorted({str(v) for v in raw[missing]})[:_SHOWN]})")
+        found = sorted({str(v) for v in raw[missing]})[:_SHOWN]
+        hint = ("" if declared or not any(str(v).strip() for v in found)
+                else "; if one of these is a real class, declare the class list (data.classes: [...])")
+        raise DataError(f"{where} {expected}; row(s) {csv_rows(missing)} have no label (found {found}){hint}")
 
 
 def binary_labels(column: pd.Series, *, where: str) -> np.ndarray:
@@ -115,9 +120,10 @@ def read_labels(column: pd.Series, *, where: str, name: str,
     """
     raw = column.reset_index(drop=True)
     text = _text(raw)
-    _refuse_missing(text, raw, where, "needs a label on every training row")
     if classes is not None:
         classes = tuple(str(c).strip() for c in classes)
+    _refuse_missing(text, raw, where, "needs a label on every training row", declared=classes or ())
+    if classes is not None:
         outside = ~text.isin(classes).to_numpy()
         if outside.any():
             raise DataError(f"{where}: labels outside data.classes {list(classes)}: {_values_and_rows(raw, outside)}")
