@@ -722,6 +722,19 @@ class _Workers:
     def submit(self, fn, job):
         return self.executor.submit(fn, job)
 
+    def job_seconds(self, job) -> Optional[float]:
+        """Wall time a pool task of ``job`` may take once awaited (:func:`solo_wall_seconds` per clip), or None."""
+        wall = solo_wall_seconds(self.limits)
+        return None if wall is None else wall * max(1, len(job[0]))
+
+    def kill(self) -> None:
+        """End the pool's worker processes (one is stuck): the pool breaks, its unfinished tasks fail."""
+        for process in list((getattr(self.executor, "_processes", None) or {}).values()):
+            try:
+                process.kill()
+            except (OSError, ValueError, AttributeError):  # already gone
+                pass
+
     def renew(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
         self.executor = _pool(self.workers, self.limits)
@@ -909,7 +922,10 @@ def _run_jobs(jobs: Sequence, pool, window: int, task=_featurise_chunk):
     alone in a child process (:meth:`_Workers.one_by_one`), so only a clip
     that kills its process again is lost, skipped with the signal named; the
     pool is replaced and the remaining jobs go on. The results, and so the
-    shards, are those of a build without the culprit.
+    shards, are those of a build without the culprit. A task awaited for
+    longer than ``pool.job_seconds(job)`` (a worker blocked on I/O) is
+    treated the same way: the pool's workers are killed, and a clip alone
+    past :func:`solo_wall_seconds` is skipped.
     """
     if pool is None:
         for job in jobs:
@@ -941,9 +957,16 @@ def _run_jobs(jobs: Sequence, pool, window: int, task=_featurise_chunk):
     submit_more()
     while pending:
         job, future, generation = pending.popleft()
+        seconds = pool.job_seconds(job) if hasattr(pool, "job_seconds") else None
         try:
-            result = future.result()
+            result = future.result(timeout=seconds)
         except BrokenProcessPool:
+            renew(generation)
+            result = pool.one_by_one(job)
+        except cf.TimeoutError:  # a worker blocked (I/O on a hung mount uses no CPU): stop the pool
+            log.warning("a feature task took more than %g s of wall time; stopping the pool and retrying "
+                        "its clips one by one", seconds)
+            pool.kill()
             renew(generation)
             result = pool.one_by_one(job)
         submit_more()

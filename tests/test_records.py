@@ -710,3 +710,34 @@ def test_a_clip_blocked_in_io_is_stopped_after_the_wall_time_limit(tmp_path, rng
         assert time.monotonic() - start < 10
     finally:
         solo.close()
+
+
+def test_a_pool_task_blocked_in_io_is_stopped_and_only_its_blocked_clip_lost(tmp_path, rng, monkeypatch):
+    # future.result() had no timeout: one worker blocked on a hung mount stalled the run forever.
+    import time
+    from pipeline.data import audio
+
+    paths = write_clips(tmp_path, rng, 3)
+    real = audio._load_clip
+
+    def blocks_on_clip1(path, **kwargs):
+        if path.endswith("clip1.aiff"):
+            time.sleep(60)
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(records, "start_method", lambda: "fork")  # the forked workers inherit the patch
+    monkeypatch.setattr(audio, "_load_clip", blocks_on_clip1)
+    monkeypatch.setattr(records, "solo_wall_seconds", lambda limits: 2.0)
+    job = _solo_job(paths[0])
+    records._featurise_chunk(job)  # imports librosa's mel filters here, so forked workers start warm
+    job = (tuple((os.path.basename(p), p) for p in paths), *job[1:])
+    pool = records._Workers(1, None)
+    try:
+        start = time.monotonic()
+        (result,) = list(records._run_jobs([job], pool, window=2))
+        assert time.monotonic() - start < 30
+    finally:
+        pool.shutdown(wait=False)
+    assert result["ids"] == ["clip0.aiff", "clip2.aiff"]
+    assert result["skipped"] == [("clip1.aiff", paths[1],
+                                  "decoding took more than 2 s of wall time (blocked I/O?); stopped")]
