@@ -959,7 +959,7 @@ def _run_jobs(jobs: Sequence, pool, window: int, task=_featurise_chunk):
         job, future, generation = pending.popleft()
         seconds = pool.job_seconds(job) if hasattr(pool, "job_seconds") else None
         try:
-            result = future.result(timeout=seconds)
+            result = future.result() if seconds is None else future.result(timeout=seconds)
         except BrokenProcessPool:
             renew(generation)
             result = pool.one_by_one(job)
