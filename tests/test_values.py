@@ -317,6 +317,58 @@ def test_rfcx_boxes_inside_the_recording_are_read(tmp_path):
     assert ds.train["s0"].tolist() == [1.0]
 
 
+def test_rfcx_box_check_reads_headers_in_python_never_libsndfile(tmp_path, monkeypatch):
+    # sf.info decoded every recording's header in the queue's own process: a libsndfile crash
+    # would kill the queue. The lengths now come from the header bytes, parsed in Python.
+    def no_libsndfile(*args, **kwargs):
+        raise AssertionError("libsndfile called in the queue's process")
+
+    root = rfcx_layout(tmp_path / "rfcx", "r1,3,1,1.5,100,2.5,400\n")
+    monkeypatch.setattr(sf, "info", no_libsndfile)
+    monkeypatch.setattr(sf, "SoundFile", no_libsndfile)
+    with pytest.raises(DataError, match=r"row\(s\) \[2\] hold boxes ending after their recording"):
+        read_kaggle_rfcx(root)
+
+
+@pytest.mark.parametrize("fmt,subtype", [("FLAC", "PCM_16"), ("FLAC", "PCM_24"), ("WAV", "PCM_16"),
+                                         ("AIFF", "PCM_16"), ("ID3+FLAC", "PCM_16"), ("OGG", "VORBIS")])
+def test_rfcx_recording_length_from_the_header_bytes(tmp_path, fmt, subtype):
+    from pipeline.data.rfcx import recording_length
+
+    path = tmp_path / "r.flac"
+    x = np.full(3 * 44100 + 17, 0.1, np.float32)
+    sf.write(str(path), x, 44100, format=fmt.replace("ID3+", ""), subtype=subtype)
+    if fmt.startswith("ID3"):  # an ID3v2 tag (10-byte header + 300 bytes) before "fLaC"
+        path.write_bytes(b"ID3\x04\x00\x00\x00\x00\x02\x2c" + b"\x00" * 300 + path.read_bytes())
+    expected = None if fmt == "OGG" else (len(x), 44100)  # OGG: not parsed, left to the decoder
+    assert recording_length(str(path)) == expected
+
+
+def test_rfcx_named_pipe_among_recordings_does_not_block_loading(tmp_path):
+    # sf.info opened a FIFO in train/ and waited forever for a writer.
+    import signal
+
+    root = rfcx_layout(tmp_path / "rfcx", "r1,0,1,0.5,100,1.0,400\n")
+    os.unlink(os.path.join(root, "train", "r1.flac"))
+    os.mkfifo(os.path.join(root, "train", "r1.flac"))
+
+    fired = []
+
+    def expire(signum, frame):  # the reader may swallow the error: remember it fired
+        fired.append(True)
+        raise TimeoutError("read_kaggle_rfcx blocked on a named pipe")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, 5)
+    try:
+        ds = read_kaggle_rfcx(root)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert not fired
+    assert ds.train["id"].tolist() == ["r1"]  # kept: the decoder reports it as not a regular file
+
+
 # ----------------------------------------------------------------------------- blend inputs
 
 

@@ -714,6 +714,16 @@ def _read_header(read_at, size: int) -> _Header:
     return _Header(frames=frames, declared_bytes=declared_bytes, rate=rate, channels=channels, pcm=pcm)
 
 
+def header_of(read_at, size: int) -> _Header:
+    """What an AIFF/AIFC or WAV header of a file of ``size`` bytes declares (``frames``, ``rate``,
+    ``channels``; all None for other formats), ``read_at(pos, n)`` returning the file's bytes.
+
+    Pure Python (no libsndfile): also used where no decoder may run, e.g.
+    :mod:`pipeline.data.rfcx` checking boxes against recording lengths.
+    """
+    return _read_header(read_at, size)
+
+
 def _read_fd(fd: int, size: int) -> Optional[bytes]:
     """The whole of an open file of ``size`` bytes (by its fstat) in one read, or None when it holds more.
 
