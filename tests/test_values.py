@@ -286,6 +286,59 @@ def test_identical_files_with_the_same_label_are_a_warning(tmp_path, rng, caplog
     assert "DIFFERENT" not in caplog.text
 
 
+def test_same_size_files_are_compared_by_their_ends_only(tmp_path, caplog, monkeypatch):
+    # Every same-size file was hashed whole on every load: with fixed-length WAVs, the whole dataset.
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    size = 1 << 20
+    ends = np.random.default_rng(0).bytes(size)
+    (audio / "a.wav").write_bytes(ends)
+    (audio / "b.wav").write_bytes(ends[: size // 2] + b"x" + ends[size // 2 + 1:])  # differs in the middle only
+    (audio / "c.wav").write_bytes(ends[:-1] + b"y")  # differs in its last byte
+    real_pread, read = os.pread, []
+
+    def counting_pread(fd, n, offset):
+        read.append(n)
+        return real_pread(fd, n, offset)
+
+    monkeypatch.setattr(os, "pread", counting_pread)
+    with caplog.at_level(logging.WARNING):
+        load_dataset("table", table_params(tmp_path, "a.wav,0\nb.wav,0\nc.wav,1\n"))
+    assert "['a.wav', 'b.wav']" in caplog.text and "c.wav" not in caplog.text
+    assert "identical in size and in their first and last 64 KB" in caplog.text
+    assert sum(read) <= 3 * 2 * (64 << 10)
+
+
+def test_duplicate_check_never_blocks_on_a_pipe_swapped_in_after_the_stat(tmp_path, caplog, monkeypatch):
+    import signal
+
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    (audio / "a.wav").write_bytes(b"RIFF" + bytes(200))
+    os.mkfifo(audio / "p.wav")
+    real_stat = os.stat
+    monkeypatch.setattr(os, "stat", lambda p, *a, **k: real_stat(str(audio / "a.wav") if str(p).endswith("p.wav")
+                                                                  else p, *a, **k))
+    fired = []
+
+    def expire(signum, frame):
+        fired.append(True)
+        raise TimeoutError("blocked opening a named pipe")
+
+    from pipeline.data.checks import check_duplicate_files
+
+    manifest = pd.DataFrame({"id": ["a", "p"], "path": [str(audio / "a.wav"), str(audio / "p.wav")],
+                             "split": ["train", "train"], "label": [0.0, 1.0]})
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, 5)
+    try:
+        check_duplicate_files(manifest, ["label"])
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert not fired
+
+
 # ----------------------------------------------------------------------------- rfcx boxes
 
 
