@@ -37,7 +37,11 @@ judged before its samples are decoded, with checks that cost microseconds:
 
 * Only regular files are opened (after one ``os.stat``, which follows
   symlinks): opening a named pipe blocks until a writer appears, and a
-  device or socket is not audio.
+  device or socket is not audio. The open itself is ``O_NONBLOCK`` and its
+  descriptor is checked again with ``os.fstat``; the file is then read and
+  decoded only through that descriptor, never reopened by name, so a file
+  swapped for a pipe in between cannot block. A small file that holds more
+  bytes than its fstat said (growing) is refused, not read without bound.
 * The header's sample rate must lie in [``MIN_FILE_RATE``,
   ``MAX_FILE_RATE``] = [20 Hz, 2 MHz] (infrasound arrays record at 20 Hz,
   ultrasonic bat detectors at 384-768 kHz and up to 1 MHz) and its channel
