@@ -722,6 +722,19 @@ class _Workers:
     def submit(self, fn, job):
         return self.executor.submit(fn, job)
 
+    def job_seconds(self, job) -> Optional[float]:
+        """Wall time a pool task of ``job`` may take once awaited (:func:`solo_wall_seconds` per clip), or None."""
+        wall = solo_wall_seconds(self.limits)
+        return None if wall is None else wall * max(1, len(job[0]))
+
+    def kill(self) -> None:
+        """End the pool's worker processes (one is stuck): the pool breaks, its unfinished tasks fail."""
+        for process in list((getattr(self.executor, "_processes", None) or {}).values()):
+            try:
+                process.kill()
+            except (OSError, ValueError, AttributeError):  # already gone
+                pass
+
     def renew(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
         self.executor = _pool(self.workers, self.limits)
@@ -755,55 +768,103 @@ class _Workers:
             self.solo.close()
 
 
-def _solo_main(conn, limits: Optional[WorkerLimits], parent: int) -> None:
-    """The loop of a :class:`_Solo` process: receive a job, send its result (or ``("error", text)``).
+def _solo_main(conn, limits: Optional[WorkerLimits], parent_end=None) -> None:
+    """The loop of a :class:`_Solo` process: receive a job, acknowledge it, send its result (or ``("error", text)``).
 
-    Ends on ``None``, or when the parent process ``parent`` is gone (a forked
-    child also holds the parent's end of the pipe, so it would get no EOF).
+    Ends on ``None``, or when the parent is gone. That is seen as EOF on
+    ``conn``: the copy of the parent's end ``parent_end`` that a forked child
+    inherits is closed first. Not from the parent's pid: under a fork server
+    this process is the server's child, not the queue's. As a second sign
+    (a sibling forked later may also hold the parent's end), this process
+    being reparented ends it too: its parent, the queue or the fork server
+    (which ends with the queue), died.
     """
+    if parent_end is not None:
+        parent_end.close()
     _init_worker(limits)
     cpu = limits.clip_cpu_seconds if limits else None
+    born_of = os.getppid()
     while True:
         try:
             while not conn.poll(1.0):
-                if os.getppid() != parent:
+                if os.getppid() != born_of:
                     return
             job = conn.recv()
-        except EOFError:
+        except (EOFError, OSError):
             return
-        if job is None:  # the parent is done (a forked child also holds the parent's end: no EOF)
+        if job is None:  # the parent is done
             return
         try:
+            conn.send(_SOLO_ACK)  # the job arrived: from now on a death is this job's doing
             conn.send(_featurise_chunk(job, clip_cpu_seconds=cpu))
+        except (EOFError, OSError):  # the parent is gone
+            return
         except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+_SOLO_ACK = "received"
+
+
+def solo_wall_seconds(limits: Optional[WorkerLimits]) -> Optional[float]:
+    """Wall time one clip may take alone (:class:`_Solo`): 4 x its CPU limit + 60 s, None without limits.
+
+    Generous: it only stops a decoder blocked on I/O (a hung network mount),
+    which the CPU limit never does.
+    """
+    if limits is None or not limits.clip_cpu_seconds:
+        return None
+    return 4 * limits.clip_cpu_seconds + 60.0
 
 
 class _Solo:
     """One child process that runs jobs one at a time and says how it died when it does.
 
     Used to retry clips one by one after a worker died: a clip whose process
-    dies is the culprit. The process is restarted for the next clip.
+    dies (or takes more than :func:`solo_wall_seconds`) is the culprit. The
+    process is restarted for the next clip. A process found dead before it
+    acknowledged a job (it died idle, e.g. its parent check misfired) is no
+    culprit: it is restarted once and the job sent again.
     """
 
     def __init__(self, limits: Optional[WorkerLimits]):
         self.limits = limits
+        self.wall = solo_wall_seconds(limits)
         self.context = _context(start_method())
         self.process = self.conn = None
 
     def _start(self) -> None:
         self.conn, child = self.context.Pipe()
-        self.process = self.context.Process(target=_solo_main, args=(child, self.limits, os.getpid()), daemon=True,
+        self.process = self.context.Process(target=_solo_main, args=(child, self.limits, self.conn), daemon=True,
                                             name="feature-solo")
         self.process.start()
         child.close()
 
-    def run(self, job):
-        """The job's result dict, or a skip reason (str) when the process died running it."""
+    def _deliver(self, job) -> bool:
+        """Send ``job`` and wait for its acknowledgement; False when the process died without it."""
+        if self.process is not None and not self.process.is_alive():
+            self.close()
         if self.process is None:
             self._start()
         try:
             self.conn.send(job)
+            if not self.conn.poll(self.wall):
+                return False
+            return self.conn.recv() == _SOLO_ACK
+        except (EOFError, OSError):
+            return False
+
+    def run(self, job):
+        """The job's result dict, or a skip reason (str) when the process died running it (or hung)."""
+        if not self._deliver(job):
+            self._kill()  # died idle, not running this job: a fresh process gets it
+            if not self._deliver(job):
+                self._kill()
+                return "decoder process could not be started or died before receiving the clip"
+        try:
+            if not self.conn.poll(self.wall):
+                self._kill()
+                return (f"decoding took more than {self.wall:g} s of wall time (blocked I/O?); stopped")
             result = self.conn.recv()
         except (EOFError, OSError):
             self.process.join()
@@ -813,6 +874,11 @@ class _Solo:
         if isinstance(result, tuple):
             raise RuntimeError(f"feature extraction failed: {result[1]}")
         return result
+
+    def _kill(self) -> None:
+        if self.process is not None and self.process.is_alive():
+            self.process.kill()
+        self.close()
 
     def close(self) -> None:
         if self.conn is not None:
@@ -856,7 +922,10 @@ def _run_jobs(jobs: Sequence, pool, window: int, task=_featurise_chunk):
     alone in a child process (:meth:`_Workers.one_by_one`), so only a clip
     that kills its process again is lost, skipped with the signal named; the
     pool is replaced and the remaining jobs go on. The results, and so the
-    shards, are those of a build without the culprit.
+    shards, are those of a build without the culprit. A task awaited for
+    longer than ``pool.job_seconds(job)`` (a worker blocked on I/O) is
+    treated the same way: the pool's workers are killed, and a clip alone
+    past :func:`solo_wall_seconds` is skipped.
     """
     if pool is None:
         for job in jobs:
@@ -888,9 +957,16 @@ def _run_jobs(jobs: Sequence, pool, window: int, task=_featurise_chunk):
     submit_more()
     while pending:
         job, future, generation = pending.popleft()
+        seconds = pool.job_seconds(job) if hasattr(pool, "job_seconds") else None
         try:
-            result = future.result()
+            result = future.result() if seconds is None else future.result(timeout=seconds)
         except BrokenProcessPool:
+            renew(generation)
+            result = pool.one_by_one(job)
+        except cf.TimeoutError:  # a worker blocked (I/O on a hung mount uses no CPU): stop the pool
+            log.warning("a feature task took more than %g s of wall time; stopping the pool and retrying "
+                        "its clips one by one", seconds)
+            pool.kill()
             renew(generation)
             result = pool.one_by_one(job)
         submit_more()

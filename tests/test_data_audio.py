@@ -536,3 +536,81 @@ def test_float_samples_of_absurd_magnitude_are_refused(tmp_path, format, subtype
 def test_loud_but_plausible_float_samples_are_kept(tmp_path):
     out = load(write(tmp_path / "f.wav", tone(amplitude=900.0), format="WAV", subtype="FLOAT"))
     assert out.ok and np.abs(out.samples).max() == pytest.approx(900.0, rel=1e-3)
+
+
+@pytest.mark.parametrize("large", [False, True])
+def test_a_file_swapped_for_a_pipe_after_it_was_opened_is_decoded_from_the_open_file(tmp_path, monkeypatch, large):
+    # The path is never reopened: a file swapped for a named pipe after the open made the
+    # second open (by name, for files over _WHOLE_FILE_BYTES) block forever.
+    from pipeline.data import audio
+
+    if large:
+        monkeypatch.setattr(audio, "_WHOLE_FILE_BYTES", 0)
+    for fmt, subtype in (("AIFF", "PCM_16"), ("FLAC", "PCM_16")):  # plain PCM (numpy) and libsndfile
+        path = write(tmp_path / f"x.{fmt.lower()}", tone(), format=fmt, subtype=subtype)
+        expected = load(path)
+        real_open = os.open
+
+        def open_then_swap(name, flags, *args, **kwargs):
+            fd = real_open(name, flags, *args, **kwargs)
+            if os.fspath(name) == path:
+                os.unlink(path)
+                os.mkfifo(path)
+            return fd
+
+        monkeypatch.setattr(os, "open", open_then_swap)
+        out = within(5, lambda: load(path))
+        monkeypatch.setattr(os, "open", real_open)
+        assert out.ok, out.reason
+        np.testing.assert_array_equal(out.samples, expected.samples)
+
+
+@pytest.mark.parametrize("large", [False, True])
+def test_what_was_opened_is_judged_by_its_fstat(tmp_path, monkeypatch, large):
+    # A pipe that passed the stat (swapped in between) is refused by the fstat of the open descriptor.
+    from pipeline.data import audio
+
+    if large:
+        monkeypatch.setattr(audio, "_WHOLE_FILE_BYTES", 0)
+    good = write(tmp_path / "good.wav", tone(), format="WAV")
+    path = str(tmp_path / "x.wav")
+    os.mkfifo(path)
+    real_stat = os.stat
+    monkeypatch.setattr(os, "stat", lambda p, *a, **k: real_stat(good if os.fspath(p) == path else p, *a, **k))
+    out = within(5, lambda: load(path))
+    assert out.samples is None and out.reason == "unreadable: is a named pipe (FIFO), not a regular file"
+
+
+def test_a_file_that_grows_while_read_is_refused_not_read_without_bound(tmp_path, monkeypatch):
+    from pipeline.data import audio
+
+    path = write(tmp_path / "x.wav", tone(), format="WAV")
+    size = os.path.getsize(path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert audio._read_fd(fd, size - 10) is None  # more than the fstat said: at most size + 1 bytes read
+    finally:
+        os.close(fd)
+    real_fstat = os.fstat
+
+    def smaller(fd):
+        st = real_fstat(fd)
+        return os.stat_result((*st[:6], st.st_size - 100, *st[7:10]))
+
+    monkeypatch.setattr(os, "fstat", smaller)
+    out = load(path)
+    assert out.samples is None and out.reason == "unreadable: the file grew while it was read (changed while reading)"
+
+
+@pytest.mark.parametrize("raw", [b"\x7f\xff" + b"\xc0" + b"\0" * 7,  # NaN
+                                 b"\x7f\xff" + b"\x80" + b"\0" * 7,  # infinity
+                                 b"\x7f\xfe" + b"\x80" + b"\0" * 7,  # 2**16384: overflows a float
+                                 b"\x00\x01" + b"\x80" + b"\0" * 7])  # tiny
+def test_an_aiff_rate_of_absurd_bits_is_an_implausible_header(tmp_path, raw):
+    path = write(tmp_path / "x.aiff", tone())
+    data = bytearray(open(path, "rb").read())
+    at = data.index(b"COMM") + 8 + 8  # the 80-bit rate after channels, frames, bits
+    data[at:at + 10] = raw
+    open(path, "wb").write(bytes(data))
+    out = load(path)
+    assert out.samples is None and out.reason.startswith("implausible header: sample rate"), out.reason

@@ -626,3 +626,118 @@ def test_a_broken_pool_is_replaced_once_and_its_lost_jobs_rerun_alone(at_submit)
             break
     assert pool.renewals == 1
     assert out == [f"{'alone' if i in lost else 'done'} {i}" for i in range(8)]
+
+
+# ----------------------------------------------------------------------------- clips retried alone (_Solo)
+
+
+def _solo_job(path):
+    audio = schema.AudioSettings(sample_rate=SR, duration=N / SR)
+    return (((os.path.basename(path), path),), "mel", schema.MelParams(n_fft=256, hop_length=32, n_mels=64), audio, 1)
+
+
+_SOLO_UNDER_A_FORK_SERVER = """
+import json, os, sys, time, types
+sys.modules["tensorflow"] = types.ModuleType("tensorflow")  # TensorFlow "loaded": workers come from a fork server
+import numpy as np
+from test_records import _solo_job, write_clips
+from pipeline import records
+
+path = write_clips(sys.argv[1], np.random.default_rng(0), 1)[0]
+solo = records._Solo(records.WorkerLimits(clip_cpu_seconds=30, memory_bytes=2 << 30))
+first = solo.run(_solo_job(path))
+time.sleep(2.5)  # idle longer than the solo process's 1 s poll
+second = solo.run(_solo_job(path))
+print(json.dumps({"method": records.start_method(), "pid": solo.process.pid,
+                  "results": [r if isinstance(r, str) else r["ids"] for r in (first, second)]}), flush=True)
+os._exit(0)  # the queue dies without closing its solo process
+"""
+
+
+def test_a_solo_process_under_a_fork_server_waits_for_clips_and_ends_with_its_parent(tmp_path):
+    # Under a fork server the solo process is the server's child: its check "my parent is not the
+    # queue" was always true, so it quit after 1 s idle and the next good clip was skipped as
+    # "decoder process exited unexpectedly (exit status 0)".
+    import time
+
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(tests), tests])}
+    run = subprocess.run([sys.executable, "-c", _SOLO_UNDER_A_FORK_SERVER, str(tmp_path)], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["method"] == "forkserver"
+    assert out["results"] == [["clip0.aiff"], ["clip0.aiff"]]
+    deadline = time.monotonic() + 20  # orphaned: it must notice and end, not wait forever
+    while os.path.exists(f"/proc/{out['pid']}") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not os.path.exists(f"/proc/{out['pid']}")
+
+
+def test_a_solo_process_that_died_idle_is_restarted_and_its_next_clip_kept(tmp_path, rng):
+    import signal
+    import time
+
+    path = write_clips(tmp_path, rng, 1)[0]
+    solo = records._Solo(None)
+    try:
+        assert solo.run(_solo_job(path))["ids"] == ["clip0.aiff"]
+        os.kill(solo.process.pid, signal.SIGKILL)  # dies while idle: not a culprit
+        solo.process.join()
+        assert solo.run(_solo_job(path))["ids"] == ["clip0.aiff"]
+        os.kill(solo.process.pid, signal.SIGKILL)
+        time.sleep(0.2)  # dead, but not yet joined: the send may still succeed into the pipe
+        assert solo.run(_solo_job(path))["ids"] == ["clip0.aiff"]
+    finally:
+        solo.close()
+
+
+def test_a_clip_blocked_in_io_is_stopped_after_the_wall_time_limit(tmp_path, rng, monkeypatch):
+    # A decoder blocked on a hung network mount uses no CPU: only a wall-clock limit stops it.
+    import time
+    from pipeline.data import audio
+
+    assert records.solo_wall_seconds(records.WorkerLimits(clip_cpu_seconds=30, memory_bytes=1)) == 180
+    path = write_clips(tmp_path, rng, 1)[0]
+    monkeypatch.setattr(records, "start_method", lambda: "fork")  # even if TensorFlow was loaded by earlier tests
+    monkeypatch.setattr(audio, "_load_clip", lambda *a, **k: time.sleep(60))  # the forked child inherits it
+    monkeypatch.setattr(records, "solo_wall_seconds", lambda limits: 1.0)
+    solo = records._Solo(None)
+    try:
+        start = time.monotonic()
+        reason = solo.run(_solo_job(path))
+        assert reason == "decoding took more than 1 s of wall time (blocked I/O?); stopped"
+        assert time.monotonic() - start < 10
+    finally:
+        solo.close()
+
+
+def test_a_pool_task_blocked_in_io_is_stopped_and_only_its_blocked_clip_lost(tmp_path, rng, monkeypatch):
+    # future.result() had no timeout: one worker blocked on a hung mount stalled the run forever.
+    import time
+    from pipeline.data import audio
+
+    paths = write_clips(tmp_path, rng, 3)
+    real = audio._load_clip
+
+    def blocks_on_clip1(path, **kwargs):
+        if path.endswith("clip1.aiff"):
+            time.sleep(60)
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(records, "start_method", lambda: "fork")  # the forked workers inherit the patch
+    monkeypatch.setattr(audio, "_load_clip", blocks_on_clip1)
+    monkeypatch.setattr(records, "solo_wall_seconds", lambda limits: 2.0)
+    job = _solo_job(paths[0])
+    records._featurise_chunk(job)  # imports librosa's mel filters here, so forked workers start warm
+    job = (tuple((os.path.basename(p), p) for p in paths), *job[1:])
+    pool = records._Workers(1, None)
+    try:
+        start = time.monotonic()
+        (result,) = list(records._run_jobs([job], pool, window=2))
+        assert time.monotonic() - start < 30
+    finally:
+        pool.shutdown(wait=False)
+    assert result["ids"] == ["clip0.aiff", "clip2.aiff"]
+    assert result["skipped"] == [("clip1.aiff", paths[1],
+                                  "decoding took more than 2 s of wall time (blocked I/O?); stopped")]

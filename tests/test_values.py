@@ -297,6 +297,59 @@ def test_identical_files_with_the_same_label_are_a_warning(tmp_path, rng, caplog
     assert "DIFFERENT" not in caplog.text
 
 
+def test_same_size_files_are_compared_by_their_ends_only(tmp_path, caplog, monkeypatch):
+    # Every same-size file was hashed whole on every load: with fixed-length WAVs, the whole dataset.
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    size = 1 << 20
+    ends = np.random.default_rng(0).bytes(size)
+    (audio / "a.wav").write_bytes(ends)
+    (audio / "b.wav").write_bytes(ends[: size // 2] + b"x" + ends[size // 2 + 1:])  # differs in the middle only
+    (audio / "c.wav").write_bytes(ends[:-1] + b"y")  # differs in its last byte
+    real_pread, read = os.pread, []
+
+    def counting_pread(fd, n, offset):
+        read.append(n)
+        return real_pread(fd, n, offset)
+
+    monkeypatch.setattr(os, "pread", counting_pread)
+    with caplog.at_level(logging.WARNING):
+        load_dataset("table", table_params(tmp_path, "a.wav,0\nb.wav,0\nc.wav,1\n"))
+    assert "['a.wav', 'b.wav']" in caplog.text and "c.wav" not in caplog.text
+    assert "identical in size and in their first and last 64 KB" in caplog.text
+    assert sum(read) <= 3 * 2 * (64 << 10)
+
+
+def test_duplicate_check_never_blocks_on_a_pipe_swapped_in_after_the_stat(tmp_path, caplog, monkeypatch):
+    import signal
+
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    (audio / "a.wav").write_bytes(b"RIFF" + bytes(200))
+    os.mkfifo(audio / "p.wav")
+    real_stat = os.stat
+    monkeypatch.setattr(os, "stat", lambda p, *a, **k: real_stat(str(audio / "a.wav") if str(p).endswith("p.wav")
+                                                                  else p, *a, **k))
+    fired = []
+
+    def expire(signum, frame):
+        fired.append(True)
+        raise TimeoutError("blocked opening a named pipe")
+
+    from pipeline.data.checks import check_duplicate_files
+
+    manifest = pd.DataFrame({"id": ["a", "p"], "path": [str(audio / "a.wav"), str(audio / "p.wav")],
+                             "split": ["train", "train"], "label": [0.0, 1.0]})
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, 5)
+    try:
+        check_duplicate_files(manifest, ["label"])
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert not fired
+
+
 # ----------------------------------------------------------------------------- rfcx boxes
 
 
@@ -326,6 +379,58 @@ def test_rfcx_refuses_boxes_that_cannot_be_in_the_recording(tmp_path, row, match
 def test_rfcx_boxes_inside_the_recording_are_read(tmp_path):
     ds = read_kaggle_rfcx(rfcx_layout(tmp_path / "rfcx", "r1,0,1,0.5,100,2.0,4000\n"))
     assert ds.train["s0"].tolist() == [1.0]
+
+
+def test_rfcx_box_check_reads_headers_in_python_never_libsndfile(tmp_path, monkeypatch):
+    # sf.info decoded every recording's header in the queue's own process: a libsndfile crash
+    # would kill the queue. The lengths now come from the header bytes, parsed in Python.
+    def no_libsndfile(*args, **kwargs):
+        raise AssertionError("libsndfile called in the queue's process")
+
+    root = rfcx_layout(tmp_path / "rfcx", "r1,3,1,1.5,100,2.5,400\n")
+    monkeypatch.setattr(sf, "info", no_libsndfile)
+    monkeypatch.setattr(sf, "SoundFile", no_libsndfile)
+    with pytest.raises(DataError, match=r"row\(s\) \[2\] hold boxes ending after their recording"):
+        read_kaggle_rfcx(root)
+
+
+@pytest.mark.parametrize("fmt,subtype", [("FLAC", "PCM_16"), ("FLAC", "PCM_24"), ("WAV", "PCM_16"),
+                                         ("AIFF", "PCM_16"), ("ID3+FLAC", "PCM_16"), ("OGG", "VORBIS")])
+def test_rfcx_recording_length_from_the_header_bytes(tmp_path, fmt, subtype):
+    from pipeline.data.rfcx import recording_length
+
+    path = tmp_path / "r.flac"
+    x = np.full(3 * 44100 + 17, 0.1, np.float32)
+    sf.write(str(path), x, 44100, format=fmt.replace("ID3+", ""), subtype=subtype)
+    if fmt.startswith("ID3"):  # an ID3v2 tag (10-byte header + 300 bytes) before "fLaC"
+        path.write_bytes(b"ID3\x04\x00\x00\x00\x00\x02\x2c" + b"\x00" * 300 + path.read_bytes())
+    expected = None if fmt == "OGG" else (len(x), 44100)  # OGG: not parsed, left to the decoder
+    assert recording_length(str(path)) == expected
+
+
+def test_rfcx_named_pipe_among_recordings_does_not_block_loading(tmp_path):
+    # sf.info opened a FIFO in train/ and waited forever for a writer.
+    import signal
+
+    root = rfcx_layout(tmp_path / "rfcx", "r1,0,1,0.5,100,1.0,400\n")
+    os.unlink(os.path.join(root, "train", "r1.flac"))
+    os.mkfifo(os.path.join(root, "train", "r1.flac"))
+
+    fired = []
+
+    def expire(signum, frame):  # the reader may swallow the error: remember it fired
+        fired.append(True)
+        raise TimeoutError("read_kaggle_rfcx blocked on a named pipe")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, 5)
+    try:
+        ds = read_kaggle_rfcx(root)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert not fired
+    assert ds.train["id"].tolist() == ["r1"]  # kept: the decoder reports it as not a regular file
 
 
 # ----------------------------------------------------------------------------- blend inputs

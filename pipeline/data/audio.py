@@ -37,7 +37,11 @@ judged before its samples are decoded, with checks that cost microseconds:
 
 * Only regular files are opened (after one ``os.stat``, which follows
   symlinks): opening a named pipe blocks until a writer appears, and a
-  device or socket is not audio.
+  device or socket is not audio. The open itself is ``O_NONBLOCK`` and its
+  descriptor is checked again with ``os.fstat``; the file is then read and
+  decoded only through that descriptor, never reopened by name, so a file
+  swapped for a pipe in between cannot block. A small file that holds more
+  bytes than its fstat said (growing) is refused, not read without bound.
 * The header's sample rate must lie in [``MIN_FILE_RATE``,
   ``MAX_FILE_RATE``] = [20 Hz, 2 MHz] (infrasound arrays record at 20 Hz,
   ultrasonic bat detectors at 384-768 kHz and up to 1 MHz) and its channel
@@ -293,14 +297,34 @@ def _load_clip(path, *, sample_rate, duration, min_samples, max_nonfinite_fracti
         return _skip("missing file")
     except OSError as exc:
         return _skip(f"unreadable: {_os_message(exc)}")
+    # Everything from here on reads this descriptor, never the path again: the
+    # path may have been swapped (for a named pipe, a device) since the stat.
+    fh = None
     try:
-        if 0 < info.st_size <= _WHOLE_FILE_BYTES:
-            data = _read_fd(fd, info.st_size)
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return _skip(f"unreadable: {_file_kind(info.st_mode)}")
+        size = info.st_size
+        if 0 < size <= _WHOLE_FILE_BYTES:
+            data = _read_fd(fd, size)
+            if data is None:
+                return _skip(_CHANGED)
+            size = len(data)
+        else:
+            fh = os.fdopen(fd, "rb")
+            fd = None  # now owned by fh
     except OSError as exc:
         return _skip(f"unreadable: {_os_message(exc)}")
     finally:
-        os.close(fd)
-    return _decode(path, info.st_size if data is None else len(data), data, **opts)
+        if fd is not None and fh is None:
+            os.close(fd)
+    if fh is None:
+        return _decode(path, size, data, **opts)
+    with fh:
+        return _decode(path, size, None, fh=fh, **opts)
+
+
+_CHANGED = "unreadable: the file grew while it was read (changed while reading)"
 
 
 def _file_kind(mode: int) -> str:
@@ -388,8 +412,11 @@ class _Blocks:
         return _finish(mono, self.frames, self.channels, self.nonfinite, self.peak, file_rate, total, **opts)
 
 
-def _decode(path, size, data, **opts) -> Decoded:
-    """Decode a file of ``size`` bytes: ``data`` (its bytes) when given, else the local file ``path``.
+def _decode(path, size, data, *, fh=None, **opts) -> Decoded:
+    """Decode a file of ``size`` bytes: ``data`` (its bytes) when given, else the open binary file ``fh``.
+
+    ``path`` only names the file: it is never reopened (it may have been
+    swapped for a named pipe since it was opened).
 
     ``opts``: the keyword arguments of :func:`_finish` from ``sample_rate`` on.
     """
@@ -401,10 +428,10 @@ def _decode(path, size, data, **opts) -> Decoded:
             if header.pcm is not None and header.frames is not None:
                 return _decode_pcm(header, size, data, None, **opts)
         else:
-            with open(path, "rb") as fh:
-                header = _read_header(_file_reader(fh), size)
-                if header.pcm is not None and header.frames is not None:
-                    return _decode_pcm(header, size, None, fh, **opts)
+            header = _read_header(_file_reader(fh), size)
+            if header.pcm is not None and header.frames is not None:
+                return _decode_pcm(header, size, None, fh, **opts)
+            fh.seek(0)
     except OSError as exc:
         return _skip(f"unreadable: {_os_message(exc)}")
     # An AIFF/WAV header is judged before libsndfile opens the file (other formats: once it has).
@@ -414,7 +441,7 @@ def _decode(path, size, data, **opts) -> Decoded:
         return _skip(problem)
 
     try:
-        sound = sf.SoundFile(path) if data is None else sf.SoundFile(_io.BytesIO(data))
+        sound = sf.SoundFile(fh if data is None else _io.BytesIO(data))
     except Exception as exc:
         message = _sf_message(exc)
         if header.declared_bytes is not None and header.declared_bytes > size:
@@ -601,10 +628,17 @@ def _extended_rate(raw: bytes) -> int:
     """An AIFF 80-bit IEEE extended sample rate as an integer (0 when invalid)."""
     exponent = struct.unpack(">H", raw[:2])[0] & 0x7FFF
     (mantissa,) = struct.unpack(">Q", raw[2:10])
-    if exponent == 0 or mantissa == 0:
+    if exponent == 0 or exponent == 0x7FFF or mantissa == 0:  # 0x7FFF: infinity or NaN
         return 0
-    rate = mantissa * 2.0 ** (exponent - 16383 - 63)
-    return int(rate) if rate == int(rate) and 0 < rate < 1e9 else 0
+    # Exact integer arithmetic: a float would overflow for a huge exponent (a corrupt header).
+    shift = exponent - 16383 - 63
+    if shift >= 0:
+        rate = mantissa << shift if shift < 64 else 1 << 64
+    elif -shift >= 64 or mantissa & ((1 << -shift) - 1):
+        return 0  # below 1 Hz, or not a whole number of Hz
+    else:
+        rate = mantissa >> -shift
+    return rate if 0 < rate < 1_000_000_000 else 0
 
 
 def _read_header(read_at, size: int) -> _Header:
@@ -684,16 +718,35 @@ def _read_header(read_at, size: int) -> _Header:
     return _Header(frames=frames, declared_bytes=declared_bytes, rate=rate, channels=channels, pcm=pcm)
 
 
-def _read_fd(fd: int, size: int) -> bytes:
-    """The whole of an open file of ``size`` bytes (by its last stat) in one read: Python's buffered
-    file object adds an ioctl and a seek and read per header chunk, a quarter of decoding a 2 s clip."""
-    data = os.read(fd, size + 1)  # + 1: a file that grew since the stat is read whole (below)
-    if len(data) <= size:
-        return data
-    parts = [data]
-    while part := os.read(fd, 1 << 16):
+def header_of(read_at, size: int) -> _Header:
+    """What an AIFF/AIFC or WAV header of a file of ``size`` bytes declares (``frames``, ``rate``,
+    ``channels``; all None for other formats), ``read_at(pos, n)`` returning the file's bytes.
+
+    Pure Python (no libsndfile): also used where no decoder may run, e.g.
+    :mod:`pipeline.data.rfcx` checking boxes against recording lengths.
+    """
+    return _read_header(read_at, size)
+
+
+def _read_fd(fd: int, size: int) -> Optional[bytes]:
+    """The whole of an open file of ``size`` bytes (by its fstat) in one read, or None when it holds more.
+
+    One ``os.read``: Python's buffered file object adds an ioctl and a seek and
+    read per header chunk, a quarter of decoding a 2 s clip. At most ``size +
+    1`` bytes are read: a file that grew since the fstat (being written, or
+    growing without bound) is refused rather than read to its end. A file that
+    shrank gives fewer bytes, judged as truncated by the header.
+    """
+    parts, total = [], 0
+    while total <= size:  # a regular file may return less than asked (e.g. a network file system)
+        part = os.read(fd, size + 1 - total)
+        if not part:
+            break
         parts.append(part)
-    return b"".join(parts)
+        total += len(part)
+    if total > size:
+        return None
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _file_reader(fh):

@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from typing import Optional, Tuple
 
 import numpy as np
 import pandas as pd
@@ -181,21 +182,20 @@ def frame_defaults(manifest: pd.DataFrame) -> np.ndarray:
 def _check_boxes_inside_recordings(tables: dict, root: str, train_dir: str) -> None:
     """DataError naming the CSV rows whose box ends after its recording or above its Nyquist frequency.
 
-    Only the audio headers are read (``soundfile.info``); recordings that are
-    missing, remote or unreadable are left to the decoder, which reports them.
+    Only the first bytes of each recording are read, and parsed here
+    (:func:`recording_length`: FLAC STREAMINFO, WAV, AIFF), never decoded by a
+    C library in the queue's process; recordings that are missing, remote,
+    not regular files or in a format not parsed here are left unchecked: the
+    decoder judges them and reports the bad ones.
     """
     if io.is_remote(train_dir):
         return
-    import soundfile as sf
-
     info = {}
     for rec in sorted(set().union(*(set(t["recording_id"]) for t in tables.values()))):
-        try:
-            meta = sf.info(os.path.join(train_dir, rec + AUDIO_SUFFIX))
-        except Exception:  # noqa: BLE001 - missing or bad audio: the decoder says which and why
-            continue
-        if meta.samplerate > 0 and meta.frames > 0:
-            info[rec] = (meta.frames / meta.samplerate, meta.samplerate)
+        length = recording_length(os.path.join(train_dir, rec + AUDIO_SUFFIX))
+        if length is not None:
+            frames, rate = length
+            info[rec] = (frames / rate, rate)
     for name, table in tables.items():
         seconds = table["recording_id"].map(lambda r: info.get(r, (np.inf, np.inf))[0])
         rate = table["recording_id"].map(lambda r: info.get(r, (np.inf, np.inf))[1])
@@ -211,6 +211,71 @@ def _check_boxes_inside_recordings(tables: dict, root: str, train_dir: str) -> N
             raise DataError(f"{os.path.join(root, name)}: row(s) {rows} hold boxes above their recording's highest "
                             f"frequency (f_max {table['f_max'][high].head(3).tolist()} Hz, sample rate / 2 = "
                             f"{(rate[high] / 2).head(3).tolist()} Hz)")
+
+
+# Bytes read from the start of a recording to find its header (an ID3v2 tag before a FLAC's is skipped).
+_HEADER_BYTES = 4096
+
+
+def recording_length(path: str) -> Optional[Tuple[int, int]]:
+    """``(frames, sample rate)`` from a local audio file's header, or None when it cannot be told.
+
+    Pure Python over the first bytes (FLAC STREAMINFO; WAV and AIFF through
+    :func:`pipeline.data.audio.header_of`): no decoder runs in the queue's
+    process, so a hostile header cannot crash or hang it. Only regular files
+    are opened (stat, then an ``O_NONBLOCK`` open whose descriptor is
+    fstat-checked: a named pipe never blocks). None for a missing or
+    unreadable file, another format, or a header without a frame count.
+    """
+    import stat
+
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        head = os.pread(fd, _HEADER_BYTES, 0)
+        if head[:4] == b"fLaC" or head[:3] == b"ID3":
+            length = _flac_length(fd, head)
+        else:
+            from pipeline.data.audio import header_of
+
+            header = header_of(lambda pos, n: os.pread(fd, n, pos), info.st_size)
+            length = (header.frames, header.rate) if header.frames and header.rate else None
+    except Exception:  # noqa: BLE001 - a header not understood only skips this courtesy check
+        return None
+    finally:
+        os.close(fd)
+    if length is None or not (length[0] > 0 and length[1] > 0):
+        return None
+    return int(length[0]), int(length[1])
+
+
+def _flac_length(fd: int, head: bytes) -> Optional[Tuple[int, int]]:
+    """``(total samples, sample rate)`` of a FLAC's STREAMINFO (None when unknown or not FLAC)."""
+    start = 0
+    if head[:3] == b"ID3" and len(head) >= 10:  # ID3v2: 10-byte header, size as 4 x 7 bits
+        size = 0
+        for byte in head[6:10]:
+            size = (size << 7) | (byte & 0x7F)
+        start = 10 + size + (10 if head[5] & 0x10 else 0)  # + footer
+        head = os.pread(fd, 42, start)
+    else:
+        head = head[:42]
+    # "fLaC", then the first metadata block: 1 byte (last flag, type 0 = STREAMINFO), 3 bytes length (34).
+    if len(head) < 42 or head[:4] != b"fLaC" or head[4] & 0x7F != 0 or int.from_bytes(head[5:8], "big") < 34:
+        return None
+    # STREAMINFO from byte 8: block sizes (2 + 2), frame sizes (3 + 3), then 20 bits sample rate,
+    # 3 bits channels - 1, 5 bits bits per sample - 1, 36 bits total samples (0: unknown).
+    bits = int.from_bytes(head[18:26], "big")
+    rate = bits >> 44
+    total = bits & ((1 << 36) - 1)
+    return (total, rate) if total and rate else None
 
 
 def _flac_names(folder: str) -> set:
