@@ -100,7 +100,29 @@ def read_status(exp_dir: str) -> dict:
         status = io.read_json(path)
     except (OSError, ValueError):
         return {}
-    return status if isinstance(status, dict) else {}
+    return _valid_status(status) if isinstance(status, dict) else {}
+
+
+# The type of each status.json field the pipeline reads; a field edited into another type is dropped on reading.
+_STATUS_FIELDS = {"state": str, "stage": str, "config_hash": str, "error": str, "traceback": str, "started": str,
+                  "finished": str, "updated": str, "data": dict, "timings": dict, "wall_seconds": (int, float)}
+
+
+def _valid_status(status: dict) -> dict:
+    """``status`` without the fields whose value is not of the type the pipeline writes (an edited status.json
+    costs only those fields, never a traceback); ``timings`` keeps only its numeric entries."""
+    out = {}
+    for key, value in status.items():
+        kind = _STATUS_FIELDS.get(key)
+        if kind is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            continue
+        if key == "wall_seconds" and not np.isfinite(value):
+            continue
+        if key == "timings":
+            value = {str(k): v for k, v in value.items()
+                     if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)}
+        out[key] = value
+    return out
 
 
 def write_status(exp_dir: str, **fields) -> dict:
@@ -167,7 +189,7 @@ def run_experiment(exp: Experiment, paths: Paths, *, force: bool = False) -> dic
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
     started = time.time()
-    timings: Dict[str, float] = dict(status.get("timings", {})) if same_config and not changed else {}
+    timings: Dict[str, float] = dict(status.get("timings") or {}) if same_config and not changed else {}
     write_status(exp_dir, state=RUNNING, stage="start", config_hash=config_hash, started=_now(), error=None,
                  timings=timings, **data_fields)
     try:
@@ -390,7 +412,7 @@ def write_queue_oof(queue: Queue, paths: Paths,
 
     done = finished(queue, paths, current)
     if not done:
-        return None
+        return _no_queue_oof(paths)
     key = None
     table = None
     for exp in done:
@@ -411,9 +433,19 @@ def write_queue_oof(queue: Queue, paths: Paths,
             continue
         table = table.merge(part[["id", *new]], on="id", how="outer")
     if table is None:
-        return None
+        return _no_queue_oof(paths)
     io.write_csv(os.path.join(paths.output, layout.QUEUE_OOF), table)
     return table
+
+
+def _no_queue_oof(paths: Paths) -> None:
+    """No experiment is current: an ``output/oof.csv`` of an earlier run (stale predictions and labels) is removed,
+    so that nothing (the report's correlation plot) presents it as current. The output folder is the pipeline's."""
+    path = os.path.join(paths.output, layout.QUEUE_OOF)
+    if io.isfile(path):
+        log.warning("%s: no experiment is finished on the current data; the earlier table is removed", path)
+        io.remove(path)
+    return None
 
 
 def _queue_oof_part(name: str, exp_dir: str) -> Optional[Tuple[pd.DataFrame, List[str]]]:
