@@ -790,7 +790,7 @@ def _run_locked(queue: Queue, paths: Paths, names: List[str], *, force: bool, bl
         summary = write_summary(queue, paths, current)
         from pipeline.blend import run_blend
 
-        run_blend(queue, paths)
+        run_blend(queue, paths, current)
         print("\n" + format_summary(summary) + "\n", flush=True)
         from pipeline.report import write_report_safely
 
