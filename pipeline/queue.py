@@ -740,7 +740,7 @@ def run(queue: Queue, *, only: Optional[List[str]] = None, force: bool = False, 
     from pipeline.distribute import worker_output
 
     paths = Paths(worker_output(queue.output_dir))  # non-chief workers of a TF_CONFIG cluster write apart
-    names = [e.name for e in queue.experiments] if not only else list(only)
+    names = [e.name for e in queue.experiments] if only is None else list(only)  # [] runs none, never all
     problems = ownership.check_output(queue, names=names, blend_only=blend_only)
     if problems:  # also checked by run_queue.py before this; here for callers of run() itself
         print(f"error: {ConfigError(queue.source, problems)}", file=sys.stderr)
