@@ -482,7 +482,8 @@ def _queue_oof_part(name: str, exp_dir: str) -> Optional[Tuple[pd.DataFrame, Lis
     return oof.rename(columns=name_of), list(name_of.values())
 
 
-def write_summary(queue: Queue, paths: Paths, current: Optional[Dict[str, object]] = None) -> pd.DataFrame:
+def write_summary(queue: Queue, paths: Paths, current: Optional[Dict[str, object]] = None,
+                  failures: Optional[Dict[str, str]] = None) -> pd.DataFrame:
     """``output/summary.csv``: the leaderboard, one row per experiment of the queue, best first.
 
     An experiment finished with another config, or on data that changed since
@@ -491,7 +492,10 @@ def write_summary(queue: Queue, paths: Paths, current: Optional[Dict[str, object
 
     Columns: experiment, model, features, status, oof_auc, ``oof_<blend.metric>``
     (when the blend metric is not auc), fold_mean / fold_std (AUC over the
-    folds), epochs (mean over folds), wall_seconds, error. Rows are sorted by
+    folds), epochs (mean over folds), wall_seconds, error. ``failures``
+    (``{experiment: error}``) are this run's failures, shown as ``failed`` with
+    their error even when no status.json could be written (an experiment
+    folder refused as not the pipeline's is never written into). Rows are sorted by
     the blend metric (best first; unfinished experiments last). The output
     folder and metric are kept in ``summary.attrs`` for :func:`format_summary`.
     """
@@ -524,6 +528,8 @@ def write_summary(queue: Queue, paths: Paths, current: Optional[Dict[str, object
             reason = stale_reason(exp, paths, current)
             if reason:
                 row.update(status="stale", error=reason)
+        if failures and exp.name in failures:
+            row.update(status=FAILED, error=failures[exp.name])
         if row["status"] == DONE:
             row.update(_summary_scores(exp_dir, metric, metric_col))
         rows.append(row)
@@ -775,7 +781,7 @@ def run(queue: Queue, *, only: Optional[List[str]] = None, force: bool = False, 
 def _run_locked(queue: Queue, paths: Paths, names: List[str], *, force: bool, blend_only: bool) -> int:
     """The queue's work, while this process holds the output folder's lock."""
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    failed = []
+    failed: Dict[str, str] = {}
     try:
         if not blend_only:
             log.info("queue %s: %d experiment(s)", queue.source, len(names))
@@ -784,10 +790,10 @@ def _run_locked(queue: Queue, paths: Paths, names: List[str], *, force: bool, bl
                     continue
                 status = run_experiment(exp, paths, force=force)
                 if status.get("state") == FAILED:
-                    failed.append(exp.name)
+                    failed[exp.name] = str(status.get("error") or "failed")
         current = current_data(queue)  # after the runs: what they ran on is compared with the data as it is now
         write_queue_oof(queue, paths, current)
-        summary = write_summary(queue, paths, current)
+        summary = write_summary(queue, paths, current, failed)
         from pipeline.blend import run_blend
 
         run_blend(queue, paths, current)

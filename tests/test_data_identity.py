@@ -427,3 +427,26 @@ def test_output_oof_is_removed_when_no_experiment_is_current(tmp_path, monkeypat
     (tmp_path / "output" / "small" / "oof.csv").write_text("garbage\n")
     assert q.write_queue_oof(queue, paths) is None
     assert not table.exists()
+
+
+def test_an_experiment_refused_by_ownership_is_failed_in_the_summary(tmp_path, monkeypatch):
+    """A folder of the user's under the experiment's name (appearing after the check): nothing is written into
+    it, and the summary says FAILED with the reason instead of "not run"."""
+    import pipeline.queue as q
+
+    root = whale(tmp_path)
+    queue = _queue(tmp_path, root)
+    paths = q.Paths(queue.output_dir)
+    monkeypatch.setattr(q, "_stages", _fake_stages([]))
+    monkeypatch.setattr("pipeline.report.write_report_safely", lambda *a, **k: None)
+    (tmp_path / "output").mkdir()
+    (tmp_path / "output" / "small").mkdir()
+    (tmp_path / "output" / "small" / "thesis.tex").write_bytes(b"mine\n")
+    from pipeline import ownership
+
+    ownership.mark(str(tmp_path / "output"))
+    assert q._run_locked(queue, paths, ["small"], force=False, blend_only=False) == 1
+    assert sorted(os.listdir(tmp_path / "output" / "small")) == ["thesis.tex"]
+    assert (tmp_path / "output" / "small" / "thesis.tex").read_bytes() == b"mine\n"
+    row = pd.read_csv(tmp_path / "output" / "summary.csv").iloc[0]
+    assert row["status"] == "failed" and "not created by the pipeline" in row["error"]
