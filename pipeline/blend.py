@@ -319,6 +319,11 @@ def load_predictions(exp_dir: str) -> Dict[str, object]:
             or not scores["targets"] or not all(isinstance(t, str) for t in scores["targets"]):
         raise BlendError(f"{scores_path}: 'task' must be binary, multiclass or multilabel and 'targets' a list of "
                          f"names; found task={scores['task']!r}, targets={scores['targets']!r}")
+    all_test_ids = scores.get("all_test_ids")
+    if all_test_ids is not None and not (isinstance(all_test_ids, list) and all(
+            isinstance(i, (str, int)) and not isinstance(i, bool) for i in all_test_ids)):
+        raise BlendError(f"{scores_path}: 'all_test_ids' must be a list of test ids; found "
+                         f"{type(all_test_ids).__name__}")
     oof = _read(os.path.join(exp_dir, "oof.csv"), lambda p: io.read_csv(p, dtype={"id": str}))
     test_path = os.path.join(exp_dir, "test.csv")
     test = _read(test_path, lambda p: io.read_csv(p, dtype={"id": str})) if io.isfile(test_path) else None

@@ -661,7 +661,7 @@ def _blend_line(folder: str) -> str:
             return line
         if io.isfile(error_path):
             return f"blend: refused: {io.read_json(error_path).get('error')}"
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # an edited file: never a traceback
         return "blend: unreadable blend/scores.json"
     return ""
 

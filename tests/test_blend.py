@@ -465,3 +465,29 @@ def test_the_blend_uses_the_data_loaded_for_the_summary(tmp_path, rng, monkeypat
     assert q._run_locked(queue, paths, [e.name for e in queue.experiments], force=False, blend_only=True) == 0
     assert len(calls) == 1
     assert (tmp_path / "output" / "blend" / "scores.json").is_file()
+
+
+@pytest.mark.parametrize("value", [5, [[1]], "t0.aiff", [True]])
+def test_edited_all_test_ids_refuses_the_blend_naming_the_file(tmp_path, rng, value):
+    from pipeline.blend import run_blend
+    from pipeline.queue import Paths
+
+    path = write_finished_queue(tmp_path, rng, method="mean")
+    queue = load_queue(path)
+    scores_path = tmp_path / "output" / "good" / "scores.json"
+    scores_path.write_text(json.dumps(dict(json.loads(scores_path.read_text()), all_test_ids=value)))
+    assert run_blend(queue, Paths(queue.output_dir)) is None
+    error = json.loads((tmp_path / "output" / "blend" / "error.json").read_text())["error"]
+    assert str(scores_path) in error and "all_test_ids" in error
+
+
+def test_an_edited_blend_error_json_never_breaks_the_printed_summary(tmp_path, rng):
+    import pipeline.queue as q
+
+    path = write_finished_queue(tmp_path, rng, method="mean")
+    queue = load_queue(path)
+    paths = q.Paths(queue.output_dir)
+    summary = q.write_summary(queue, paths)
+    (tmp_path / "output" / "blend").mkdir()
+    (tmp_path / "output" / "blend" / "error.json").write_text("[1, 2]")
+    assert "blend: unreadable" in q.format_summary(summary)
