@@ -319,6 +319,11 @@ def load_predictions(exp_dir: str) -> Dict[str, object]:
             or not scores["targets"] or not all(isinstance(t, str) for t in scores["targets"]):
         raise BlendError(f"{scores_path}: 'task' must be binary, multiclass or multilabel and 'targets' a list of "
                          f"names; found task={scores['task']!r}, targets={scores['targets']!r}")
+    all_test_ids = scores.get("all_test_ids")
+    if all_test_ids is not None and not (isinstance(all_test_ids, list) and all(
+            isinstance(i, (str, int)) and not isinstance(i, bool) for i in all_test_ids)):
+        raise BlendError(f"{scores_path}: 'all_test_ids' must be a list of test ids; found "
+                         f"{type(all_test_ids).__name__}")
     oof = _read(os.path.join(exp_dir, "oof.csv"), lambda p: io.read_csv(p, dtype={"id": str}))
     test_path = os.path.join(exp_dir, "test.csv")
     test = _read(test_path, lambda p: io.read_csv(p, dtype={"id": str})) if io.isfile(test_path) else None
@@ -524,7 +529,7 @@ def blend(names: List[str], loaded: List[dict], method: str, params=None, metric
     return {"oof": oof, "test": test, "weights": weights, "scores": scores, "meta": meta}
 
 
-def select_experiments(queue, paths) -> List[str]:
+def select_experiments(queue, paths, current=None) -> List[str]:
     """Names of the experiments to blend: finished ones (of ``blend.include`` if given) on the first one's folds.
 
     Without ``blend.include``, experiments on other data or folds are left out with a warning; when
@@ -533,7 +538,7 @@ def select_experiments(queue, paths) -> List[str]:
     from pipeline.folds import fold_key
     from pipeline.queue import finished
 
-    done = finished(queue, paths)
+    done = finished(queue, paths, current)  # current: the data as loaded once for the summary (None: load it)
     if queue.blend.include is not None:
         done = [e for e in done if e.name in queue.blend.include]
         missing = set(queue.blend.include) - {e.name for e in done}
@@ -619,7 +624,25 @@ def _clear(folder: str) -> None:
             io.remove(path)
 
 
-def run_blend(queue, paths) -> dict | None:
+def run_blend(queue, paths, current=None) -> dict | None:
+    """Blend and write ``blend/`` (see :func:`_run_blend`); a ``blend/`` the pipeline cannot write (not its own
+    folder, a file of that name, a permission or disk error) is logged naming the path, nothing is written over
+    it, and None is returned: the summary and the report still follow.
+
+    ``current``: :func:`pipeline.queue.current_data` as computed for the summary, so the data is loaded once
+    and the blend agrees with the summary on which experiments are current.
+    """
+    folder = os.path.join(paths.output, layout.BLEND)
+    try:
+        return _run_blend(queue, paths, current, folder)
+    except ownership.OwnershipError as err:
+        log.error("blend: not written: %s", err)
+    except OSError as err:
+        log.error("blend: not written: %s: %s", getattr(err, "filename", None) or folder, err)
+    return None
+
+
+def _run_blend(queue, paths, current, folder) -> dict | None:
     """Blend the queue's finished experiments (``blend.include`` or all on the main data) and write blend/.
 
     A refused blend (:class:`BlendError`: experiments that do not match, or a
@@ -629,7 +652,6 @@ def run_blend(queue, paths) -> dict | None:
     never holds a stale submission, and nothing of a new blend is written
     before all of it is known to be valid. Returns the :func:`blend` result or None.
     """
-    folder = os.path.join(paths.output, layout.BLEND)
     method = queue.blend.method
     names: List[str] = []
     if io.isdir(folder) and not ownership.is_owned(folder) and ownership.entries(folder) and not _only_blend_files(folder):
@@ -637,7 +659,7 @@ def run_blend(queue, paths) -> dict | None:
                   folder, ", ".join(ownership.entries(folder)[:3]))
         return None
     try:
-        names = select_experiments(queue, paths)
+        names = select_experiments(queue, paths, current)
         if not names or method is None:
             log.info("blend: no finished experiments to blend")
             if io.isdir(folder):

@@ -32,8 +32,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_CONFIG
     only = None
-    if args.only:
+    if args.only is not None:  # given: exactly these experiments, never "all" (with --force that deletes results)
         only = [n.strip() for n in args.only.split(",") if n.strip()]
+        if not only:
+            print(f"error: --only: no experiment names given ({args.only!r}); name one or more experiments, "
+                  f"comma-separated", file=sys.stderr)
+            return EXIT_CONFIG
         unknown = [n for n in only if n not in {e.name for e in queue.experiments}]
         if unknown:
             names = ", ".join(e.name for e in queue.experiments)

@@ -131,23 +131,134 @@ def is_legacy_experiment(path: str) -> bool:
 
 
 def is_legacy_output(path: str) -> bool:
-    """An output folder written before the marker existed: queue-level names and legacy experiment folders only."""
-    for name in entries(path):
-        if name in layout.QUEUE_LEVEL_NAMES or is_atomic_leftover(name):
-            continue
-        if not is_legacy_experiment(io.join(path, name)):
-            return False
-    return True
+    """An output folder written before the marker existed, judged by content, never by names alone.
+
+    Every entry must be recognised by its content (:func:`_legacy_entry_ok`: a legacy experiment folder, a
+    ``blend/`` holding only blend files, a feature cache of shards and manifests, a fold table folder of
+    ``<key>.csv`` files, ...), and there must be positive evidence that the pipeline wrote the folder: a
+    ``queue.log`` written by it, a legacy experiment folder, or a non-empty ``cache/`` or ``folds/``. A
+    user's folder that merely holds an ``oof.csv`` and a ``blend/submission.csv`` is not adopted.
+    """
+    names = entries(path)
+    if not all(is_atomic_leftover(n) or _legacy_entry_ok(path, n) for n in names):
+        return False
+    return any(_is_evidence(path, n) for n in names)
+
+
+def legacy_output_foreign(path: str) -> List[str]:
+    """The entries of the unmarked folder ``path`` that are not recognised as an older pipeline's output."""
+    return [n for n in entries(path) if not is_atomic_leftover(n) and not _legacy_entry_ok(path, n)]
+
+
+# Files of blend/ (pipeline.blend.BLEND_FILES and error.json; a test keeps the two lists equal).
+BLEND_FILE_NAMES = frozenset({"oof.csv", "test.csv", "weights.json", "scores.json", "submission.csv", "error.json"})
+_KEY = re.compile(r"[0-9a-f]{8,64}")  # pipeline.config.stable_hash
+_WORKER = re.compile(r"[A-Za-z_]+-\d+")
+_LOG_LINE = re.compile(rb"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d")
+_QUEUE_FILES = {layout.QUEUE_OOF, layout.SUMMARY, layout.REPORT, layout.SCREENSHOT, layout.QUEUE_LOG, layout.LOCK,
+                MARKER}
+_QUEUE_FOLDERS = {layout.BLEND, layout.QUEUE_PLOTS, layout.CACHE, layout.FOLDS, layout.WORKERS}
+
+
+def _head(path: str, n: int = 4096) -> bytes:
+    """The first ``n`` bytes of a regular file (b"" for anything else: a named pipe is never opened)."""
+    if not io.isfile(path):
+        return b""
+    try:
+        with io.open_file(path, "rb") as f:
+            return f.read(n)
+    except OSError:
+        return b""
+
+
+def _csv_header(path: str) -> List[str]:
+    head = _head(path).split(b"\n", 1)[0].strip(b"\r")
+    return [c.strip('"') for c in head.decode("utf-8", "replace").split(",")]
+
+
+def is_blend_folder(path: str) -> bool:
+    """A ``blend/`` folder of the pipeline's: marked, or holding nothing but the blend's own files."""
+    return io.isdir(path) and (is_owned(path) or only_names(
+        path, lambda n: n in BLEND_FILE_NAMES and io.isfile(io.join(path, n))))
+
+
+def _is_cache_folder(path: str) -> bool:
+    """``cache/``: only ``features/``, whose entries are ``<key>`` (or ``<key>.building``) folders of shards and
+    manifests."""
+    def shards(folder):
+        return io.isdir(folder) and only_names(folder, lambda n: n == "manifest.json"
+                                               or n.endswith((".tfrecord", ".partial")))
+
+    def features(folder):
+        return io.isdir(folder) and only_names(folder, lambda n: bool(_KEY.fullmatch(n.removesuffix(".building")))
+                                               and shards(io.join(folder, n)))
+
+    return io.isdir(path) and only_names(path, lambda n: n == "features" and features(io.join(path, n)))
+
+
+def _is_folds_folder(path: str) -> bool:
+    """``folds/``: only ``<key>.csv`` fold tables (an ``id`` and a ``fold`` column)."""
+    def table(n):
+        full = io.join(path, n)
+        return (n.endswith(".csv") and bool(_KEY.fullmatch(n[:-4])) and io.isfile(full)
+                and {"id", "fold"} <= set(_csv_header(full)))
+
+    return io.isdir(path) and only_names(path, table)
+
+
+def _legacy_entry_ok(output: str, name: str) -> bool:
+    """Whether ``output/name`` is, by its content, something an older pipeline version wrote there."""
+    path = io.join(output, name)
+    if name not in layout.QUEUE_LEVEL_NAMES:
+        return is_legacy_experiment(path)
+    if name in _QUEUE_FILES and not io.isfile(path):
+        return False
+    if name in _QUEUE_FOLDERS and not io.isdir(path):
+        return False
+    if name == layout.QUEUE_OOF:
+        return {"id", "fold"} <= set(_csv_header(path))
+    if name == layout.SUMMARY:
+        return _csv_header(path)[0] == "experiment"
+    if name == layout.QUEUE_LOG:
+        head = _head(path, 64)
+        return not head.strip() or bool(_LOG_LINE.match(head))
+    if name == layout.REPORT:
+        return b"<html" in _head(path, 1024).lower()
+    if name == layout.SCREENSHOT:
+        return _head(path, 8) == b"\x89PNG\r\n\x1a\n"
+    if name == layout.QUEUE_PLOTS:
+        return only_names(path, lambda n: n.endswith(".png") and _head(io.join(path, n), 8) == b"\x89PNG\r\n\x1a\n")
+    if name == layout.BLEND:
+        return is_blend_folder(path)
+    if name == layout.CACHE:
+        return _is_cache_folder(path)
+    if name == layout.FOLDS:
+        return _is_folds_folder(path)
+    if name == layout.WORKERS:
+        return only_names(path, lambda n: bool(_WORKER.fullmatch(n)) and io.isdir(io.join(path, n)) and (
+            is_owned(io.join(path, n)) or not entries(io.join(path, n)) or is_legacy_output(io.join(path, n))))
+    return True  # the lock file
+
+
+def _is_evidence(output: str, name: str) -> bool:
+    """An entry that only the pipeline writes: its queue.log, an experiment folder, a non-empty cache or folds."""
+    path = io.join(output, name)
+    if name == layout.QUEUE_LOG:
+        return bool(_LOG_LINE.match(_head(path, 64)))
+    if name in (layout.CACHE, layout.FOLDS):
+        return bool(entries(path))
+    return name not in layout.QUEUE_LEVEL_NAMES and not is_atomic_leftover(name)
 
 
 def adopt_output(path: str) -> List[str]:
     """Create (or take over) the output folder ``path`` and mark what an older pipeline version wrote in it.
 
     Marks the output folder, every legacy experiment folder and the legacy
-    ``blend/`` folder, so that later deletions find their marker. Returns the
-    folders that were adopted (for the log). Raises :class:`OwnershipError`
-    when ``path`` is not the pipeline's (see :func:`check_output`, which
-    reports the same problems without writing).
+    ``blend/`` folder, so that later deletions find their marker; each is
+    checked by its content just before it is marked. Returns the folders
+    that were adopted (for the log). Raises :class:`OwnershipError` when
+    ``path`` is not the pipeline's (see :func:`check_output`, which reports
+    the same problems without writing).
     """
     adopted = []
     legacy = not is_owned(path) and bool(entries(path))
@@ -156,7 +267,12 @@ def adopt_output(path: str) -> List[str]:
         adopted.append(path)
         for name in entries(path):
             sub = io.join(path, name)
-            if io.isdir(sub) and (name == layout.BLEND or name not in layout.QUEUE_LEVEL_NAMES):
+            if not io.isdir(sub) or is_owned(sub):
+                continue
+            if name == layout.BLEND and is_blend_folder(sub):
+                mark(sub)
+                adopted.append(sub)
+            elif name not in layout.QUEUE_LEVEL_NAMES and is_legacy_experiment(sub):
                 mark(sub)
                 adopted.append(sub)
     return adopted
@@ -223,12 +339,27 @@ def _output_folder_problems(output: str) -> List[str]:
             what = "is an existing file" if probe == output else f"lies under {probe}, which is a file"
             return [f"output: {output} {what}; expected a folder"]
     if io.isdir(output) and not is_owned(output) and entries(output) and not is_legacy_output(output):
-        foreign = [n for n in entries(output)
-                   if n not in layout.QUEUE_LEVEL_NAMES and not is_atomic_leftover(n)
-                   and not is_legacy_experiment(io.join(output, n))]
+        foreign = legacy_output_foreign(output) or entries(output)
         return [f"output: {output} exists, is not empty and was not created by the pipeline (no {MARKER} file; "
                 f"it holds {_some(foreign)}); choose a new or empty folder"]
-    return []
+    return _queue_level_problems(output) if is_owned(output) else []
+
+
+def _queue_level_problems(output: str) -> List[str]:
+    """Queue-level names in the pipeline's output folder that the pipeline could not write over: a folder where
+    it writes a file (``oof.csv``, ``summary.csv``, ...), a file where it makes a folder, a ``blend/`` holding
+    files it did not write."""
+    problems = []
+    for name in sorted(set(entries(output)) & layout.QUEUE_LEVEL_NAMES):
+        path = io.join(output, name)
+        if name in _QUEUE_FILES and io.isdir(path):
+            problems.append(f"output: {path} is a folder; the pipeline writes a file of that name there. Move it away")
+        elif name in _QUEUE_FOLDERS and not io.isdir(path):
+            problems.append(f"output: {path} is a file; the pipeline makes a folder of that name there. Move it away")
+        elif name == layout.BLEND and entries(path) and not is_blend_folder(path):
+            problems.append(f"output: {path} was not created by the pipeline (no {MARKER} file; it holds "
+                            f"{_some(entries(path))}); the blend would replace its files. Move it away")
+    return problems
 
 
 def _data_paths(i: int, exp) -> Iterator[Tuple[str, str, str]]:

@@ -100,7 +100,29 @@ def read_status(exp_dir: str) -> dict:
         status = io.read_json(path)
     except (OSError, ValueError):
         return {}
-    return status if isinstance(status, dict) else {}
+    return _valid_status(status) if isinstance(status, dict) else {}
+
+
+# The type of each status.json field the pipeline reads; a field edited into another type is dropped on reading.
+_STATUS_FIELDS = {"state": str, "stage": str, "config_hash": str, "error": str, "traceback": str, "started": str,
+                  "finished": str, "updated": str, "data": dict, "timings": dict, "wall_seconds": (int, float)}
+
+
+def _valid_status(status: dict) -> dict:
+    """``status`` without the fields whose value is not of the type the pipeline writes (an edited status.json
+    costs only those fields, never a traceback); ``timings`` keeps only its numeric entries."""
+    out = {}
+    for key, value in status.items():
+        kind = _STATUS_FIELDS.get(key)
+        if kind is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            continue
+        if key == "wall_seconds" and not np.isfinite(value):
+            continue
+        if key == "timings":
+            value = {str(k): v for k, v in value.items()
+                     if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)}
+        out[key] = value
+    return out
 
 
 def write_status(exp_dir: str, **fields) -> dict:
@@ -167,7 +189,7 @@ def run_experiment(exp: Experiment, paths: Paths, *, force: bool = False) -> dic
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
     started = time.time()
-    timings: Dict[str, float] = dict(status.get("timings", {})) if same_config and not changed else {}
+    timings: Dict[str, float] = dict(status.get("timings") or {}) if same_config and not changed else {}
     write_status(exp_dir, state=RUNNING, stage="start", config_hash=config_hash, started=_now(), error=None,
                  timings=timings, **data_fields)
     try:
@@ -390,7 +412,7 @@ def write_queue_oof(queue: Queue, paths: Paths,
 
     done = finished(queue, paths, current)
     if not done:
-        return None
+        return _no_queue_oof(paths)
     key = None
     table = None
     for exp in done:
@@ -411,9 +433,19 @@ def write_queue_oof(queue: Queue, paths: Paths,
             continue
         table = table.merge(part[["id", *new]], on="id", how="outer")
     if table is None:
-        return None
+        return _no_queue_oof(paths)
     io.write_csv(os.path.join(paths.output, layout.QUEUE_OOF), table)
     return table
+
+
+def _no_queue_oof(paths: Paths) -> None:
+    """No experiment is current: an ``output/oof.csv`` of an earlier run (stale predictions and labels) is removed,
+    so that nothing (the report's correlation plot) presents it as current. The output folder is the pipeline's."""
+    path = os.path.join(paths.output, layout.QUEUE_OOF)
+    if io.isfile(path):
+        log.warning("%s: no experiment is finished on the current data; the earlier table is removed", path)
+        io.remove(path)
+    return None
 
 
 def _queue_oof_part(name: str, exp_dir: str) -> Optional[Tuple[pd.DataFrame, List[str]]]:
@@ -450,7 +482,8 @@ def _queue_oof_part(name: str, exp_dir: str) -> Optional[Tuple[pd.DataFrame, Lis
     return oof.rename(columns=name_of), list(name_of.values())
 
 
-def write_summary(queue: Queue, paths: Paths, current: Optional[Dict[str, object]] = None) -> pd.DataFrame:
+def write_summary(queue: Queue, paths: Paths, current: Optional[Dict[str, object]] = None,
+                  failures: Optional[Dict[str, str]] = None) -> pd.DataFrame:
     """``output/summary.csv``: the leaderboard, one row per experiment of the queue, best first.
 
     An experiment finished with another config, or on data that changed since
@@ -459,7 +492,10 @@ def write_summary(queue: Queue, paths: Paths, current: Optional[Dict[str, object
 
     Columns: experiment, model, features, status, oof_auc, ``oof_<blend.metric>``
     (when the blend metric is not auc), fold_mean / fold_std (AUC over the
-    folds), epochs (mean over folds), wall_seconds, error. Rows are sorted by
+    folds), epochs (mean over folds), wall_seconds, error. ``failures``
+    (``{experiment: error}``) are this run's failures, shown as ``failed`` with
+    their error even when no status.json could be written (an experiment
+    folder refused as not the pipeline's is never written into). Rows are sorted by
     the blend metric (best first; unfinished experiments last). The output
     folder and metric are kept in ``summary.attrs`` for :func:`format_summary`.
     """
@@ -492,6 +528,8 @@ def write_summary(queue: Queue, paths: Paths, current: Optional[Dict[str, object
             reason = stale_reason(exp, paths, current)
             if reason:
                 row.update(status="stale", error=reason)
+        if failures and exp.name in failures:
+            row.update(status=FAILED, error=failures[exp.name])
         if row["status"] == DONE:
             row.update(_summary_scores(exp_dir, metric, metric_col))
         rows.append(row)
@@ -623,7 +661,7 @@ def _blend_line(folder: str) -> str:
             return line
         if io.isfile(error_path):
             return f"blend: refused: {io.read_json(error_path).get('error')}"
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # an edited file: never a traceback
         return "blend: unreadable blend/scores.json"
     return ""
 
@@ -708,7 +746,7 @@ def run(queue: Queue, *, only: Optional[List[str]] = None, force: bool = False, 
     from pipeline.distribute import worker_output
 
     paths = Paths(worker_output(queue.output_dir))  # non-chief workers of a TF_CONFIG cluster write apart
-    names = [e.name for e in queue.experiments] if not only else list(only)
+    names = [e.name for e in queue.experiments] if only is None else list(only)  # [] runs none, never all
     problems = ownership.check_output(queue, names=names, blend_only=blend_only)
     if problems:  # also checked by run_queue.py before this; here for callers of run() itself
         print(f"error: {ConfigError(queue.source, problems)}", file=sys.stderr)
@@ -743,7 +781,7 @@ def run(queue: Queue, *, only: Optional[List[str]] = None, force: bool = False, 
 def _run_locked(queue: Queue, paths: Paths, names: List[str], *, force: bool, blend_only: bool) -> int:
     """The queue's work, while this process holds the output folder's lock."""
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    failed = []
+    failed: Dict[str, str] = {}
     try:
         if not blend_only:
             log.info("queue %s: %d experiment(s)", queue.source, len(names))
@@ -752,13 +790,13 @@ def _run_locked(queue: Queue, paths: Paths, names: List[str], *, force: bool, bl
                     continue
                 status = run_experiment(exp, paths, force=force)
                 if status.get("state") == FAILED:
-                    failed.append(exp.name)
+                    failed[exp.name] = str(status.get("error") or "failed")
         current = current_data(queue)  # after the runs: what they ran on is compared with the data as it is now
         write_queue_oof(queue, paths, current)
-        summary = write_summary(queue, paths, current)
+        summary = write_summary(queue, paths, current, failed)
         from pipeline.blend import run_blend
 
-        run_blend(queue, paths)
+        run_blend(queue, paths, current)
         print("\n" + format_summary(summary) + "\n", flush=True)
         from pipeline.report import write_report_safely
 

@@ -195,10 +195,27 @@ def render_in_browser(html_path: str, *, screenshot: Optional[str] = None, chrom
 
 
 def _read_json(path: str) -> Optional[dict]:
+    """A JSON object from ``path``; None when missing, unreadable or edited into something not an object."""
     try:
-        return io.read_json(path)
+        value = io.read_json(path)
     except (OSError, ValueError):
         return None
+    return value if isinstance(value, dict) else None
+
+
+def _read_summary(path: str) -> Optional[pd.DataFrame]:
+    """summary.csv, or None (with a warning) when missing, unreadable or lacking its columns."""
+    if not io.isfile(path):
+        return None
+    try:
+        summary = io.read_csv(path, dtype={"experiment": str, "status": str, "error": str})
+    except (OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as err:
+        log.warning("report: %s unreadable (%s); experiments are listed from their folders", path, err)
+        return None
+    if not {"experiment", "status"} <= set(summary.columns):
+        log.warning("report: %s lacks the experiment/status columns; experiments are listed from their folders", path)
+        return None
+    return summary
 
 
 def _read_text(path: str) -> Optional[str]:
@@ -269,7 +286,7 @@ class _Builder:
         self.n_images = 0
         self._gallery_memo: Dict[str, bytes] = {}
         summary_path = os.path.join(output_dir, layout.SUMMARY)
-        self.summary = io.read_csv(summary_path) if io.isfile(summary_path) else None
+        self.summary = _read_summary(summary_path)
         self.blend_scores = _read_json(os.path.join(output_dir, layout.BLEND, "scores.json"))
         self.blend_weights = _read_json(os.path.join(output_dir, layout.BLEND, "weights.json"))
         self.blend_error = _read_json(os.path.join(output_dir, layout.BLEND, "error.json"))
@@ -423,7 +440,11 @@ class _Builder:
         path = os.path.join(self.output, layout.QUEUE_OOF)
         if not io.isfile(path):
             return None
-        oof = io.read_csv(path, dtype={"id": str})
+        try:
+            oof = io.read_csv(path, dtype={"id": str})
+        except (OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as err:
+            log.warning("report: %s unreadable (%s); no correlation figure", path, err)
+            return None
         groups: Dict[str, List[str]] = {}
         for col in oof.columns:
             exp = col.split(":", 1)[0]
@@ -477,11 +498,16 @@ class _Builder:
         status = _read_json(os.path.join(exp_dir, "status.json")) or {}
         scores = _read_json(os.path.join(exp_dir, "scores.json"))
         config_text = _read_text(os.path.join(exp_dir, "config.yaml"))
-        state = status.get("state", "not run")
+        state, error = status.get("state", "not run"), status.get("error")
+        row = self._summary_row(name)
+        if row is not None:  # the summary judged it against the current config and data (stale, ...)
+            state, error = row.get("status") or state, row.get("error") or None
+        if state != "done":  # a stale or unfinished experiment's scores are not shown as results
+            scores = None
         parts = [f"<section class=\"experiment\" id=\"exp-{esc(name)}\"><h2>{esc(name)} "
                  f"<span class=\"status {esc(state)}\">{esc(state)}</span></h2>"]
-        if status.get("error"):
-            parts.append(f"<p class=\"error\">{esc(status['error'])}</p>")
+        if error:
+            parts.append(f"<p class=\"error\">{esc(error)}</p>")
         if scores:
             parts.append(_scores_table(scores))
         figures = []
@@ -522,6 +548,14 @@ class _Builder:
             parts.append(f"<details><summary>resolved config (config.yaml)</summary><pre>{esc(config_text)}</pre></details>")
         parts.append("</section>")
         return "".join(parts)
+
+    def _summary_row(self, name: str) -> Optional[dict]:
+        """The experiment's row of summary.csv (its status as judged by the queue), None without one."""
+        if self.summary is None:
+            return None
+        rows = self.summary[self.summary["experiment"].astype(str) == name]
+        return None if rows.empty else {k: (None if pd.isna(v) else str(v)) if k in ("status", "error") else v
+                                        for k, v in rows.iloc[0].items()}
 
     def _gallery(self, cache: Tuple[str, dict], scores: dict, oof_path: str) -> bytes:
         folder, manifest = cache

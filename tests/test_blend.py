@@ -429,3 +429,65 @@ def test_blend_parameters_reach_the_method(tmp_path):
     blend_settings = load_queue(str(path)).blend
     assert blend_settings.metric == "lwlrap"
     assert blend_settings.method.params == schema.StackingBlendParams(model="ridge", regularization=2.5)
+
+
+def test_a_blend_path_the_pipeline_cannot_write_is_logged_not_a_traceback(tmp_path, rng, capsys, caplog):
+    """output/blend a regular file (or any OwnershipError / OSError in the blend): logged naming the path,
+    nothing written over it, and the queue still prints its summary and writes the report."""
+    import pipeline.queue as q
+    from pipeline.blend import run_blend
+
+    path = write_finished_queue(tmp_path, rng, method="mean")
+    queue = load_queue(path)
+    paths = q.Paths(queue.output_dir)
+    blend_path = tmp_path / "output" / "blend"
+    blend_path.write_bytes(b"my own blend\n")
+    with caplog.at_level("ERROR", logger="pipeline"):
+        assert run_blend(queue, paths) is None
+    assert str(blend_path) in caplog.text
+    assert blend_path.read_bytes() == b"my own blend\n"
+    assert q._run_locked(queue, paths, [e.name for e in queue.experiments], force=False, blend_only=True) == 0
+    assert "good" in capsys.readouterr().out  # the summary was printed
+    assert blend_path.read_bytes() == b"my own blend\n"
+    assert (tmp_path / "output" / "summary.csv").is_file()
+
+
+def test_the_blend_uses_the_data_loaded_for_the_summary(tmp_path, rng, monkeypatch):
+    import pipeline.queue as q
+
+    path = write_finished_queue(tmp_path, rng, method="mean")
+    queue = load_queue(path)
+    paths = q.Paths(queue.output_dir)
+    calls = []
+    real = q.current_data
+    monkeypatch.setattr(q, "current_data", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr("pipeline.report.write_report_safely", lambda *a, **k: None)
+    assert q._run_locked(queue, paths, [e.name for e in queue.experiments], force=False, blend_only=True) == 0
+    assert len(calls) == 1
+    assert (tmp_path / "output" / "blend" / "scores.json").is_file()
+
+
+@pytest.mark.parametrize("value", [5, [[1]], "t0.aiff", [True]])
+def test_edited_all_test_ids_refuses_the_blend_naming_the_file(tmp_path, rng, value):
+    from pipeline.blend import run_blend
+    from pipeline.queue import Paths
+
+    path = write_finished_queue(tmp_path, rng, method="mean")
+    queue = load_queue(path)
+    scores_path = tmp_path / "output" / "good" / "scores.json"
+    scores_path.write_text(json.dumps(dict(json.loads(scores_path.read_text()), all_test_ids=value)))
+    assert run_blend(queue, Paths(queue.output_dir)) is None
+    error = json.loads((tmp_path / "output" / "blend" / "error.json").read_text())["error"]
+    assert str(scores_path) in error and "all_test_ids" in error
+
+
+def test_an_edited_blend_error_json_never_breaks_the_printed_summary(tmp_path, rng):
+    import pipeline.queue as q
+
+    path = write_finished_queue(tmp_path, rng, method="mean")
+    queue = load_queue(path)
+    paths = q.Paths(queue.output_dir)
+    summary = q.write_summary(queue, paths)
+    (tmp_path / "output" / "blend").mkdir()
+    (tmp_path / "output" / "blend" / "error.json").write_text("[1, 2]")
+    assert "blend: unreadable" in q.format_summary(summary)

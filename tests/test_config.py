@@ -126,6 +126,23 @@ def test_only_unknown_name(tmp_path, capsys):
     assert not (tmp_path / "output").exists()
 
 
+@pytest.mark.parametrize("only", ["", ",", " , ,"])
+def test_only_without_names_is_refused_not_all(tmp_path, capsys, only):
+    """`--only ","` must not mean "every experiment" (with --force that would delete every result)."""
+    assert main([write(tmp_path, GOOD), "--only", only, "--force"]) == 2
+    assert "--only: no experiment names given" in capsys.readouterr().err
+    assert not (tmp_path / "output").exists()
+
+
+def test_run_with_an_empty_only_runs_no_experiment(tmp_path, capsys):
+    from pipeline.queue import run
+
+    queue = load_queue(write(tmp_path, GOOD))
+    assert run(queue, only=[], dry_run=True) == 0
+    out = capsys.readouterr().out
+    assert "0 experiment(s)" in out and "  a:" not in out and "  b:" not in out
+
+
 def test_schema_defaults_are_valid():
     """Every schema dataclass can be built with its defaults (no contradictory rules)."""
     for kinds in (*schema.COMPONENT_SECTIONS.values(), schema.BLEND_METHODS):

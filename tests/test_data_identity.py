@@ -360,3 +360,93 @@ def test_edited_data_reruns_what_depends_on_it(tmp_path, capsys):
     assert "train999.aiff" in manifest["splits"]["train"]["ids"]
     assert "train999.aiff" in set(pd.read_csv(tmp_path / "output" / "oof.csv")["id"])
     assert "train999.aiff" in set(pd.read_csv(tmp_path / "output" / "small" / "oof.csv")["id"])
+
+
+@pytest.mark.parametrize("damage", ["truncated_clips", "text_size", "data_not_dict", "timings_not_dict",
+                                    "status_fields_edited"])
+def test_damaged_data_clips_or_edited_status_never_crash_the_queue(tmp_path, monkeypatch, damage):
+    """A cut data_clips.csv or a status.json edited into other types is "not recorded", never a traceback, at
+    every place that reads them (run_experiment, finished, write_summary, write_queue_oof, plan)."""
+    import pipeline.queue as q
+
+    root = whale(tmp_path)
+    queue = _queue(tmp_path, root)
+    exp = queue.experiments[0]
+    paths = q.Paths(queue.output_dir)
+    calls = []
+    monkeypatch.setattr(q, "_stages", _fake_stages(calls))
+    assert q.run_experiment(exp, paths)["state"] == "done"
+    exp_dir = tmp_path / "output" / "small"
+    clips = exp_dir / q.DATA_CLIPS
+    status_path = exp_dir / "status.json"
+    status = json.loads(status_path.read_text())
+    if damage == "truncated_clips":
+        lines = clips.read_text().splitlines()
+        clips.write_text("\n".join([*lines[:-1], ",".join(lines[-1].split(",")[:3]) + ","]) + "\n")  # cut row
+    elif damage == "text_size":
+        lines = clips.read_text().splitlines()
+        cells = lines[1].split(",")
+        cells[3] = "big"
+        clips.write_text("\n".join([lines[0], ",".join(cells), *lines[2:]]) + "\n")
+    elif damage == "data_not_dict":
+        status["data"] = "x"
+    elif damage == "timings_not_dict":
+        status.update(timings=5, state="running")  # an unfinished run on the same data resumes with its timings
+    else:
+        status.update(wall_seconds="soon", error=["x"], timings={"data": "a", "train": 1.5}, state=7)
+    if damage != "truncated_clips" and damage != "text_size":
+        status_path.write_text(json.dumps(status))
+    if damage != "timings_not_dict":
+        flip_labels(root, 3)  # so that the recorded data is compared with the current one
+    current = q.current_data(queue)
+    assert q.finished(queue, paths, current) == []
+    summary = q.write_summary(queue, paths, current)
+    assert summary.loc[0, "status"] in ("stale", "not run", "running")
+    q.write_queue_oof(queue, paths, current)
+    q.plan(queue, paths, ["small"], force=False)
+    assert q.run_experiment(exp, paths)["state"] == "done" and len(calls) == 2
+
+
+def test_output_oof_is_removed_when_no_experiment_is_current(tmp_path, monkeypatch):
+    import pipeline.queue as q
+
+    root = whale(tmp_path)
+    queue = _queue(tmp_path, root)
+    paths = q.Paths(queue.output_dir)
+    monkeypatch.setattr(q, "_stages", _fake_stages([]))
+    q.run_experiment(queue.experiments[0], paths)
+    assert q.write_queue_oof(queue, paths) is not None
+    table = tmp_path / "output" / "oof.csv"
+    assert table.is_file()
+    flip_labels(root, 3)
+    assert q.write_queue_oof(queue, paths) is None
+    assert not table.exists()  # stale predictions and labels are not left for the report to read
+    # Likewise when the only current experiment's oof.csv is unreadable.
+    q.run_experiment(queue.experiments[0], paths)
+    assert q.write_queue_oof(queue, paths) is not None
+    (tmp_path / "output" / "small" / "oof.csv").write_text("garbage\n")
+    assert q.write_queue_oof(queue, paths) is None
+    assert not table.exists()
+
+
+def test_an_experiment_refused_by_ownership_is_failed_in_the_summary(tmp_path, monkeypatch):
+    """A folder of the user's under the experiment's name (appearing after the check): nothing is written into
+    it, and the summary says FAILED with the reason instead of "not run"."""
+    import pipeline.queue as q
+
+    root = whale(tmp_path)
+    queue = _queue(tmp_path, root)
+    paths = q.Paths(queue.output_dir)
+    monkeypatch.setattr(q, "_stages", _fake_stages([]))
+    monkeypatch.setattr("pipeline.report.write_report_safely", lambda *a, **k: None)
+    (tmp_path / "output").mkdir()
+    (tmp_path / "output" / "small").mkdir()
+    (tmp_path / "output" / "small" / "thesis.tex").write_bytes(b"mine\n")
+    from pipeline import ownership
+
+    ownership.mark(str(tmp_path / "output"))
+    assert q._run_locked(queue, paths, ["small"], force=False, blend_only=False) == 1
+    assert sorted(os.listdir(tmp_path / "output" / "small")) == ["thesis.tex"]
+    assert (tmp_path / "output" / "small" / "thesis.tex").read_bytes() == b"mine\n"
+    row = pd.read_csv(tmp_path / "output" / "summary.csv").iloc[0]
+    assert row["status"] == "failed" and "not created by the pipeline" in row["error"]

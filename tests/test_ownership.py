@@ -246,11 +246,16 @@ def legacy_output(out, names=("a",)):
         (d / "status.json").write_text(json.dumps({"state": "done", "config_hash": "abc"}))
         (d / "oof.csv").write_text("id,fold,label,pred\n")
         (d / "config.yaml").write_text("name: x\n")
-    (out / "cache" / "features" / "0123").mkdir(parents=True)
+    (out / "cache" / "features" / "0123456789abcdef").mkdir(parents=True)
+    (out / "cache" / "features" / "0123456789abcdef" / "manifest.json").write_text("{}")
+    (out / "cache" / "features" / "0123456789abcdef" / "train-00000.tfrecord").write_bytes(b"x")
+    (out / "folds").mkdir()
+    (out / "folds" / "fedcba9876543210.csv").write_text("id,fold,label\n")
     (out / "blend").mkdir()
     (out / "blend" / "scores.json").write_text("{}")
-    (out / "summary.csv").write_text("experiment\n")
-    (out / "queue.log").write_text("log\n")
+    (out / "summary.csv").write_text("experiment,status\n")
+    (out / "oof.csv").write_text("id,fold,label,a\n")
+    (out / "queue.log").write_text("2025-01-02 03:04:05,678 INFO pipeline: queue q.yaml: 1 experiment(s)\n")
 
 
 def test_an_output_of_an_earlier_version_is_adopted_and_kept(tmp_path):
@@ -291,6 +296,107 @@ def test_an_earlier_versions_folder_with_a_user_file_is_not_adopted(tmp_path, ca
     with pytest.raises(ownership.OwnershipError):
         ownership.adopt_output(str(out))
     assert snapshot(tmp_path) == before
+
+
+def _user_out(out, files):
+    for name, content in files.items():
+        p = out / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(content)
+
+
+_USER_BLEND = {"oof.csv": b"id,fold,label,mine\n1,0,1,0.9\n", "blend/submission.csv": b"clip,probability\nx,0.1\n",
+               "blend/weights.json": b'{"mine": 1}\n'}
+
+
+@pytest.mark.parametrize("files", [
+    _USER_BLEND,  # queue-level names only: no evidence that the pipeline wrote the folder
+    {**_USER_BLEND, "queue.log": b"my own notes\n"},  # a queue.log that is not the pipeline's log
+    {**_USER_BLEND, "cache/readme.txt": b"mine\n"},
+    {"folds/notes.txt": b"mine\n", "report.html": b"<html>mine</html>"},
+    {"report/": None},
+], ids=["blend_and_oof", "own_queue_log", "own_cache", "own_folds", "empty_report"])
+def test_a_user_folder_of_queue_level_names_is_not_adopted(tmp_path, capsys, files):
+    out = tmp_path / "output"
+    if "report/" in files:
+        (out / "report").mkdir(parents=True)
+        (out / "oof.csv").write_bytes(b"id,fold\n")
+    else:
+        _user_out(out, files)
+    path = write(tmp_path, f"""
+        defaults:
+          data: {quick_data(tmp_path)}
+          features: mel
+          model: inceptiontime
+        experiments: [{{name: a}}]
+    """)
+    before = snapshot(tmp_path)
+    refused(capsys, [path], "output: ", "not created by the pipeline")
+    assert not ownership.is_legacy_output(str(out))
+    with pytest.raises(ownership.OwnershipError):
+        ownership.adopt_output(str(out))
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("files", [
+    {"blend/my_weights.json": b"mine\n"},
+    {"blend/submission.csv": b"mine\n", "blend/notes/x.txt": b"mine\n"},
+    {"oof.csv": b"my own table\n"},
+    {"summary.csv": b"name,score\n"},
+    {"cache/features/0123456789abcdef/thesis.tex": b"mine\n"},
+    {"folds/0123456789abcdef.csv": b"name,score\n"},
+    {"report.png": b"not a png"},
+    {"report/plot.png": b"not a png"},
+], ids=lambda f: ",".join(f))
+def test_an_earlier_versions_output_with_a_user_entry_of_a_queue_level_name_is_not_adopted(tmp_path, capsys, files):
+    out = tmp_path / "output"
+    legacy_output(out)
+    _user_out(out, files)
+    path = write(tmp_path, f"""
+        defaults:
+          data: {quick_data(tmp_path)}
+          features: mel
+          model: inceptiontime
+        experiments: [{{name: a}}]
+    """)
+    before = snapshot(tmp_path)
+    refused(capsys, [path], "output: ", "not created by the pipeline", repr(next(iter(files)).split("/")[0]))
+    with pytest.raises(ownership.OwnershipError):
+        ownership.adopt_output(str(out))
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("name,kind", [("blend", "file"), ("oof.csv", "dir"), ("summary.csv", "dir"),
+                                       ("queue.log", "dir"), ("cache", "file"), ("folds", "file"),
+                                       ("blend", "foreign")])
+def test_queue_level_names_the_pipeline_cannot_write_are_refused_in_its_own_output(tmp_path, capsys, name, kind):
+    out = tmp_path / "output"
+    ownership.make_owned_dir(str(out))
+    if kind == "file":
+        (out / name).write_text("mine\n")
+    elif kind == "dir":
+        (out / name).mkdir()
+        (out / name / "x.txt").write_text("mine\n")
+    else:
+        (out / name).mkdir()
+        (out / name / "submission.csv").write_text("mine\n")
+        (out / name / "thesis.tex").write_text("mine\n")
+    path = write(tmp_path, f"""
+        defaults:
+          data: {quick_data(tmp_path)}
+          features: mel
+          model: inceptiontime
+        experiments: [{{name: a}}]
+    """)
+    before = snapshot(tmp_path)
+    refused(capsys, [path], f"output: {out / name} ")
+    assert snapshot(tmp_path) == before
+
+
+def test_blend_file_names_agree():
+    from pipeline.blend import BLEND_FILES
+
+    assert ownership.BLEND_FILE_NAMES == set(BLEND_FILES) | {"error.json"}
 
 
 # ----------------------------------------------------------------------------- the primitives

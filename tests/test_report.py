@@ -235,3 +235,36 @@ def test_browser_check_detects_broken_pages(tmp_path):
     assert check.images_bad == 1 and check.js_errors == 1
     assert any("undefinedFunction" in line for line in check.console_errors)
     assert not check.ok
+
+
+def _section(page, name):
+    start = page.index(f'id="exp-{name}"')
+    end = page.find('<section class="experiment"', start)
+    return page[start:end if end > 0 else len(page)]
+
+
+def test_a_stale_experiment_is_not_shown_as_done_with_scores(tmp_path):
+    path = make_output(tmp_path, np.random.default_rng(5), caches=False)
+    output = tmp_path / "output"
+    assert main([path, "--blend-only"]) == 0
+    assert "OOF (" in _section((output / "report.html").read_text(), "mel_model")
+    status_path = output / "mel_model" / "status.json"
+    status = json.loads(status_path.read_text())
+    status_path.write_text(json.dumps(dict(status, config_hash="an older config")))
+    assert main([path, "--blend-only"]) == 0
+    section = _section((output / "report.html").read_text(), "mel_model")
+    assert 'class="status stale"' in section and 'class="status done"' not in section
+    assert "OOF (" not in section  # no scores presented as results
+
+
+def test_damaged_queue_level_files_cost_their_part_not_the_report(tmp_path):
+    path = make_output(tmp_path, np.random.default_rng(6), caches=False)
+    output = tmp_path / "output"
+    assert main([path, "--blend-only"]) == 0
+    (output / "summary.csv").write_text("garbage\n\"unclosed\n")
+    (output / "oof.csv").write_bytes(b"\xff\xfe\x00garbage")
+    (output / "mel_model" / "status.json").write_text("[1, 2]")
+    (output / "blend" / "scores.json").write_text('"x"')
+    report.write_report(str(output), screenshot=False)
+    page = (output / "report.html").read_text()
+    assert "complexity_model" in page and "mel_model" in page

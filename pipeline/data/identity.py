@@ -205,6 +205,14 @@ def read_clips(path: str) -> Optional[pd.DataFrame]:
         return None
     if list(table.columns) != list(CLIP_COLUMNS):
         return None
+    # An edited or truncated table (a cut last row, a size that is not a number) is "not recorded", never a crash.
+    for column in ("size", "mtime_ns"):
+        values = pd.to_numeric(table[column], errors="coerce")
+        if values.isna().any() or not np.isfinite(values.to_numpy(dtype=float)).all():
+            return None
+        if not (values == values.round()).all():
+            return None
+        table[column] = values.astype(np.int64)
     return table
 
 
@@ -227,7 +235,7 @@ def describe_changes(recorded: Optional[dict], current: DataIdentity, old_clips:
     str
         e.g. ``12 labels changed, 1 audio file changed (train/x.aiff), 1 clip added (train/new.aiff)``.
     """
-    if not recorded:
+    if not recorded or not isinstance(recorded, dict):  # missing, or status.json edited into something else
         return "the earlier run did not record which data it used"
     differing = [k for k in CHECKED_PARTS if recorded.get(k) != current.parts[k]]
     if not differing:
