@@ -27,6 +27,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 from concurrent.futures.process import BrokenProcessPool
+import ctypes
 import dataclasses
 import functools
 import logging
@@ -606,7 +607,28 @@ def tune_allocator() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
 
 
+def _die_with_parent() -> None:
+    """Have the kernel SIGKILL this worker when its parent dies (Linux ``PR_SET_PDEATHSIG``).
+
+    A pool worker waits for tasks on a pipe whose write end it also holds, so
+    it never sees EOF: without this, the workers of a SIGKILLed runner (power
+    cut of the parent, OOM killer) would wait forever, holding memory.
+    Under a fork server the parent is the server, which ends with the runner.
+    """
+    parent = os.getppid()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the pipe's EOF ends the solo processes; pool workers may linger
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(0)
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
 def _init_worker(limits: Optional["WorkerLimits"] = None) -> None:
+    _die_with_parent()
     # A forked worker inherits the queue's SIGTERM handler (which raises in the
     # main loop); a worker should just end, as a spawned one does.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)

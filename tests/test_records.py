@@ -11,8 +11,11 @@ from concurrent.futures.process import BrokenProcessPool
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import textwrap
+import time
 
 import numpy as np
 import pandas as pd
@@ -741,3 +744,39 @@ def test_a_pool_task_blocked_in_io_is_stopped_and_only_its_blocked_clip_lost(tmp
     assert result["ids"] == ["clip0.aiff", "clip2.aiff"]
     assert result["skipped"] == [("clip1.aiff", paths[1],
                                   "decoding took more than 2 s of wall time (blocked I/O?); stopped")]
+
+
+# A runner stand-in: starts a feature pool, makes sure its workers run, says their pids, then waits to be killed.
+POOL_HOLDER = textwrap.dedent("""
+    import time
+    from pipeline import records
+    pool = records._pool(2)
+    assert pool.submit(sum, [1, 2]).result() == 3
+    print(" ".join(str(pid) for pid in pool._processes), flush=True)
+    time.sleep(60)
+""")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            return "\tZ" not in next(line for line in fh if line.startswith("State:"))
+    except (FileNotFoundError, StopIteration):
+        return False
+
+
+def test_feature_workers_end_with_a_killed_runner():
+    """A SIGKILLed runner's pool workers (blocked reading a pipe they also hold) must not live on."""
+    runner = subprocess.Popen([sys.executable, "-c", POOL_HOLDER], stdout=subprocess.PIPE, text=True,
+                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    workers = [int(pid) for pid in runner.stdout.readline().split()]
+    assert workers and all(_alive(pid) for pid in workers)
+    runner.kill()
+    runner.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and any(_alive(pid) for pid in workers):
+        time.sleep(0.05)
+    left = [pid for pid in workers if _alive(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"workers {left} outlived their runner"
