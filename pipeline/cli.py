@@ -44,10 +44,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"error: --only: {', '.join(map(repr, unknown))} not in {args.queue}; experiments are: {names}",
                   file=sys.stderr)
             return EXIT_CONFIG
+    from pipeline.data import root_problem
     from pipeline.ownership import check_output
 
     # The output folder against the filesystem (ownership, overlap with the data): read-only, also for --dry-run.
-    problems = check_output(queue, names=only, blend_only=args.blend_only)
+    problems = check_output(queue, names=only, blend_only=args.blend_only, root_problem=root_problem)
     if problems:
         print(f"error: {ConfigError(args.queue, problems)}", file=sys.stderr)
         return EXIT_CONFIG

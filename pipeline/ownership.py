@@ -281,7 +281,8 @@ def adopt_output(path: str) -> List[str]:
 # ----------------------------------------------------------------------------- checks before a run
 
 
-def check_output(queue, *, names: Optional[Iterable[str]] = None, blend_only: bool = False) -> List[str]:
+def check_output(queue, *, names: Optional[Iterable[str]] = None, blend_only: bool = False,
+                 root_problem: Optional[Callable[[str, object], Optional[str]]] = None) -> List[str]:
     """Problems with the queue's output folder, one ``key.path: message`` line each ([] when it is safe).
 
     Read-only (run by ``run_queue.py`` before anything is written, also for
@@ -295,9 +296,12 @@ def check_output(queue, *, names: Optional[Iterable[str]] = None, blend_only: bo
     * an output folder that overlaps a data path in either direction (equal,
       output inside a data folder, a data folder or file inside output),
       naming ``output`` and the data key;
-    * a synthetic data root that holds anything the generator did not write
-      (only for the experiments that will run, ``names`` or all, and not
-      with ``blend_only``: otherwise no data is generated).
+    * a data root that its source may not write: ``root_problem(data name,
+      data params)`` (:func:`pipeline.data.root_problem`, passed in because
+      this bottom-layer module imports no data source) says why, e.g. a
+      synthetic root holding files its generator did not write; asked only
+      for the experiments that will run (``names`` or all, and not with
+      ``blend_only``: otherwise no data is generated).
     """
     problems: List[str] = []
     output = queue.output_dir
@@ -318,7 +322,7 @@ def check_output(queue, *, names: Optional[Iterable[str]] = None, blend_only: bo
                 problems.append(f"output: {output} {problem} {key} ({path}); the pipeline writes and deletes in "
                                 f"its output folder, so it must be apart from the data. Choose another output")
         will_run = not blend_only and (names is None or exp.name in names)
-        problem = _synthetic_root_problem(exp) if will_run else None
+        problem = root_problem(exp.data.name, exp.data.params) if will_run and root_problem else None
         if problem:
             problems.append(f"experiments[{i}].data.root: {problem}")
     return list(dict.fromkeys(problems))
@@ -415,17 +419,3 @@ def _within(child: str, parent: str) -> bool:
         if up == c:
             return False
         c = up
-
-
-def _synthetic_root_problem(exp) -> Optional[str]:
-    """Why a synthetic generator could not write its dataset to ``data.root`` (None: it can)."""
-    if exp.data.name not in ("synthetic_whale", "synthetic_rfcx") or exp.data.params.root is None:
-        return None
-    root = exp.data.params.root
-    if io.is_remote(root):
-        return None  # refused with its own message by the data source
-    if exp.data.name == "synthetic_whale":
-        from pipeline.data.synthetic import root_problem
-    else:
-        from pipeline.data.synthetic_rfcx import root_problem
-    return root_problem(root)

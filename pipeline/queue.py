@@ -747,7 +747,9 @@ def run(queue: Queue, *, only: Optional[List[str]] = None, force: bool = False, 
 
     paths = Paths(worker_output(queue.output_dir))  # non-chief workers of a TF_CONFIG cluster write apart
     names = [e.name for e in queue.experiments] if only is None else list(only)  # [] runs none, never all
-    problems = ownership.check_output(queue, names=names, blend_only=blend_only)
+    from pipeline.data import root_problem
+
+    problems = ownership.check_output(queue, names=names, blend_only=blend_only, root_problem=root_problem)
     if problems:  # also checked by run_queue.py before this; here for callers of run() itself
         print(f"error: {ConfigError(queue.source, problems)}", file=sys.stderr)
         return EXIT_CONFIG

@@ -9,6 +9,7 @@ in :mod:`pipeline.data.audio` and is shared by every source.
 from __future__ import annotations
 
 import logging
+from typing import Optional
 from collections import Counter
 
 import numpy as np
@@ -122,6 +123,22 @@ def load_dataset(name: str, params) -> Dataset:
     # Every source: one audio file under several ids (opposite labels would train against each other).
     check_duplicate_files(dataset.manifest, dataset.targets)
     return dataset
+
+
+def root_problem(name: str, params) -> Optional[str]:
+    """Why the source ``name`` may not write its data at ``params.root`` (None: it may, or it writes nothing).
+
+    Only the synthetic generators write, and only into a missing or empty
+    folder or a dataset they wrote themselves - never a folder of the user's.
+    """
+    root = getattr(params, "root", None)
+    if root is None or "://" in root:
+        return None  # a remote synthetic root is refused with its own message when the data is read
+    if name == "synthetic_whale":
+        return synthetic.root_problem(root)
+    if name == "synthetic_rfcx":
+        return synthetic_rfcx.root_problem(root)
+    return None
 
 
 def needs_generation(name: str, params) -> bool:
