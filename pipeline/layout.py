@@ -42,3 +42,83 @@ MAX_NAME_LENGTH = 100
 def is_reserved(name: str) -> bool:
     """Whether ``name`` (as an experiment name) would collide with a queue-level output, ignoring case."""
     return name.lower() in RESERVED_NAMES
+
+
+# ----------------------------------------------------------------------------- output/<experiment>/
+# Every file name inside an experiment folder and its fold folders. Nothing outside this
+# module spells them; writers and readers ask for the path.
+
+CONFIG = "config.yaml"  # the resolved experiment, as run
+STATUS = "status.json"  # state, stage timings, data identity
+RUN_LOG = "run.log"
+CLIPS = "data_clips.csv"  # per-clip identity of the data the experiment ran on
+OOF = "oof.csv"  # id, fold, <targets>, pred columns (experiment and fold level)
+TEST = "test.csv"  # id, pred columns (experiment: mean over folds; fold: that fold's model)
+SCORES = "scores.json"
+SUBMISSION = "submission.csv"
+PLOTS = "plots"  # output/<experiment>/plots/*.png
+
+FOLD_PREFIX = "fold"  # output/<experiment>/fold<k>/
+DONE = "done.json"  # a fold's commit point: written last, after its predictions and model
+MODEL = "model.keras"
+HISTORY = "history.csv"
+STATE = "state"  # fold<k>/state/: resume checkpoints, removed when the fold is done
+TENSORBOARD = "tb"
+
+EXPERIMENT_FILES = frozenset({CONFIG, STATUS, RUN_LOG, CLIPS, OOF, TEST, SCORES, SUBMISSION, PLOTS})
+FOLD_FILES = frozenset({DONE, OOF, TEST, MODEL, HISTORY, STATE, TENSORBOARD})
+
+PRED = "pred"  # prediction columns of experiment and fold files: ``pred`` or ``pred:<class>``
+
+
+def experiment_dir(output: str, name: str) -> str:
+    """``output/<name>/``."""
+    return _join(output, name)
+
+
+def experiment_file(exp_dir: str, name: str) -> str:
+    """A file of the experiment folder; ``name`` is one of :data:`EXPERIMENT_FILES`."""
+    if name not in EXPERIMENT_FILES:
+        raise ValueError(f"{name!r} is not an experiment output; one of {sorted(EXPERIMENT_FILES)}")
+    return _join(exp_dir, name)
+
+
+def fold_dir(exp_dir: str, k: int) -> str:
+    """``output/<experiment>/fold<k>/``."""
+    return _join(exp_dir, f"{FOLD_PREFIX}{int(k)}")
+
+
+def fold_file(exp_dir: str, k: int, name: str) -> str:
+    """A file of fold ``k``; ``name`` is one of :data:`FOLD_FILES`."""
+    if name not in FOLD_FILES:
+        raise ValueError(f"{name!r} is not a fold output; one of {sorted(FOLD_FILES)}")
+    return _join(fold_dir(exp_dir, k), name)
+
+
+def fold_index(folder_name: str):
+    """``k`` for a folder named ``fold<k>``, else None."""
+    rest = folder_name[len(FOLD_PREFIX):]
+    return int(rest) if folder_name.startswith(FOLD_PREFIX) and rest.isdigit() else None
+
+
+def prediction_columns(targets, task: str, prefix: str = PRED) -> list:
+    """Prediction column names: ``pred`` for binary tasks, ``pred:<class>`` otherwise.
+
+    With ``prefix`` an experiment's name these are its columns in ``output/oof.csv``
+    (``<experiment>`` or ``<experiment>:<class>``). Targets never take the names
+    ``pred`` or ``pred:...`` (:func:`pipeline.data.base.reserved_targets`), so an
+    experiment's own files cannot mix labels and predictions.
+    """
+    if task == "binary":
+        return [prefix]
+    return [f"{prefix}:{t}" for t in targets]
+
+
+def prediction_columns_of(columns, prefix: str = PRED) -> list:
+    """The prediction columns among ``columns`` of an experiment or fold file (``pred``, ``pred:<class>``)."""
+    return [c for c in columns if c == prefix or str(c).startswith(prefix + ":")]
+
+
+def _join(folder: str, name: str) -> str:
+    # gs:// paths join like local ones; os.path.join would do too, but keep the separator explicit.
+    return folder.rstrip("/") + "/" + name if folder else name
