@@ -85,6 +85,7 @@ class Experiment:
     schedule: Component = Component("constant", schema.ConstantScheduleParams())
     augment: schema.AugmentSettings = schema.AugmentSettings()
     crops: schema.CropSettings = schema.CropSettings()
+    predict: schema.PredictSettings = schema.PredictSettings()
 
     def to_dict(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {"name": self.name}

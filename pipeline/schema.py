@@ -476,6 +476,23 @@ class CropSettings:
     aggregate: str = rule("max", choices=("max", "mean"))
 
 
+@dataclass(frozen=True)
+class PredictSettings:
+    """Clips longer than ``audio.duration``: OOF and test predictions by sliding windows.
+
+    Training sees each clip's first ``audio.duration`` seconds (as the cache holds
+    them). A longer clip is predicted over windows of ``audio.duration`` every
+    ``hop_seconds`` (default: half a window; the last window ends at the clip's
+    end) and the windows' predictions are combined by ``aggregate``. At most
+    ``max_seconds`` of a clip are read (longer clips are noted in the cache
+    manifest). Long recordings with event boxes use ``crops.window_*`` instead.
+    """
+
+    hop_seconds: Optional[float] = rule(None, min_exclusive=0.0, max=3600.0)
+    aggregate: str = rule("max", choices=("max", "mean"))
+    max_seconds: float = rule(600.0, min_exclusive=0.0, max=86400.0)
+
+
 # ----------------------------------------------------------------------------- blending
 
 
@@ -539,6 +556,7 @@ PLAIN_SECTIONS = {
     "train": TrainSettings,
     "augment": AugmentSettings,
     "crops": CropSettings,
+    "predict": PredictSettings,
 }
 # Components that must be given (no default component).
 REQUIRED_COMPONENTS = ("data", "features", "model")
