@@ -1,4 +1,5 @@
-"""pipeline.data.synthetic: layout, determinism, regeneration, safety and learnability."""
+"""pipeline.data.synthetic and its store (pipeline.data.generated_store): layout, determinism, regeneration,
+safety and learnability; the rfcx generator's bytes are pinned here too."""
 
 import hashlib
 import json
@@ -15,7 +16,9 @@ from sklearn.metrics import roc_auc_score
 from pipeline.data import synthetic
 from pipeline.data.audio import load_clip
 from pipeline.data.base import DataError
+from pipeline.data.generated_store import GENERATED_MTIME_NS
 from pipeline.data.synthetic import Recipe, ensure_synthetic_whale, read_synthetic_whale, synthesize_clip
+from pipeline.data.synthetic_rfcx import ensure_synthetic_rfcx
 
 SMALL = {"n_train": 20, "n_test": 8, "positive_fraction": 0.3, "seed": 3}
 
@@ -103,6 +106,43 @@ def test_same_parameters_give_byte_identical_files(tmp_path, small):
     other = str(tmp_path / "again")
     ensure_synthetic_whale(other, **SMALL)
     assert digest(other) == digest(small)
+
+
+def content_digest(root):
+    """One sha256 over every file of a dataset: audio as its decoded 16-bit samples, other files as bytes.
+
+    Decoded samples, not file bytes: AIFF/FLAC headers (the FLAC encoder's
+    vendor string) depend on the libsndfile build, the samples only on the generator.
+    """
+    total = hashlib.sha256()
+    for relative in sorted(digest(root)):
+        path = os.path.join(root, relative)
+        total.update(relative.encode())
+        if relative.endswith((".aiff", ".flac")):
+            total.update(sf.read(path, dtype="int16")[0].tobytes())
+        else:
+            total.update(open(path, "rb").read())
+    return total.hexdigest()
+
+
+# Generator output pinned: a change to what either generator writes for the same parameters must also bump
+# its FORMAT_VERSION (so existing datasets are regenerated) and then update these digests.
+PINNED = {
+    "whale": "e869d5457210c30a64627370014aab36a369150ac3157e73692d6a3ad7e06d7a",
+    "rfcx": "f6e783836a96e1aeba53cd8196e6ea6a2513feaa30ad90b5900968c642e5367c",
+}
+
+
+@pytest.mark.parametrize("source", ["whale", "rfcx"])
+def test_generated_datasets_are_pinned_to_their_bytes_and_fixed_mtime(tmp_path, source):
+    root = str(tmp_path / source)
+    if source == "whale":
+        ensure_synthetic_whale(root, n_train=6, n_test=2, positive_fraction=0.5, seed=3)
+    else:
+        ensure_synthetic_rfcx(root, n_train=4, n_test=1, duration=2.0, sample_rate=8000, seed=3)
+    assert content_digest(root) == PINNED[source]
+    # The data's identity (file sizes and mtimes) is a function of the parameters too.
+    assert set(mtimes(root).values()) == {GENERATED_MTIME_NS}
 
 
 def test_clip_depends_only_on_its_own_seed():
@@ -322,8 +362,6 @@ def test_synthetic_data_larger_than_the_free_disk_is_refused_before_writing(tmp_
     """A data.n_train that cannot fit fails at once, naming the keys, with nothing written (not after filling the disk)."""
     import collections
     import shutil
-
-    from pipeline.data.synthetic_rfcx import ensure_synthetic_rfcx
 
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 50_000, 50_000))

@@ -44,12 +44,12 @@ import numpy as np
 from pipeline import ownership
 from pipeline.data.base import DataError, Dataset
 from pipeline.data.rfcx import BOX_COLUMNS, N_SPECIES, read_kaggle_rfcx
-from pipeline.data.synthetic import GeneratedLayout, check_free_space, write_csv, write_into_place, write_pcm16
+from pipeline.data.generated_store import (SPEC_FILE, GeneratedLayout, check_free_space, count_files, read_spec,
+                                           write_csv, write_into_place, write_pcm16)
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-SPEC_FILE = "synthetic.json"
 SHAPES = ("upsweep", "downsweep", "trill", "fm")
 _SPLIT_CODES = {"train": 0, "test": 1}
 ANNOTATE_PROBABILITY = 0.7
@@ -218,7 +218,7 @@ LAYOUT = GeneratedLayout(generator=__name__,
 
 def root_problem(root: str) -> Optional[str]:
     """Why the generator may not write (or replace) its dataset at ``root``; None when it may (see
-    :class:`pipeline.data.synthetic.GeneratedLayout`: never a folder of the user's)."""
+    :class:`pipeline.data.generated_store.GeneratedLayout`: never a folder of the user's)."""
     return LAYOUT.root_problem(root)
 
 
@@ -257,24 +257,8 @@ def _write_dataset(folder: str, params: dict, spec: dict) -> None:
         json.dump(spec, fh, indent=2, sort_keys=True)
 
 
-
-
-def _read_spec(root: str) -> Optional[dict]:
-    try:
-        with open(os.path.join(root, SPEC_FILE), encoding="utf-8") as fh:
-            return json.load(fh)
-    except (OSError, ValueError):
-        return None
-
-
 def _is_current(root: str, spec: dict) -> bool:
     """``root`` holds the finished dataset ``spec`` describes."""
     counts = {split: spec["params"][f"n_{split}"] for split in ("train", "test")}
-    return _read_spec(root) == spec and all(_count(root, split) == n for split, n in counts.items())
-
-
-def _count(root: str, split: str) -> int:
-    try:
-        return sum(1 for e in os.scandir(os.path.join(root, split)) if e.name.endswith(".flac"))
-    except OSError:
-        return -1
+    return read_spec(root) == spec and all(count_files(os.path.join(root, split), ".flac") == n
+                                           for split, n in counts.items())
