@@ -65,7 +65,8 @@ def make_dataset(paths, test_paths=()):
     return Dataset(manifest=pd.DataFrame(rows), task="binary", targets=("label",), submission="table")
 
 
-def make_exp(tmp_path, *, workers=1, chunk_size=4, shard_mb=100.0, features=FEATURES, max_bad_fraction=0.2):
+def make_exp(tmp_path, *, workers=1, chunk_size=4, shard_mb=100.0, features=FEATURES, max_bad_fraction=0.2,
+             predict=None):
     raw = {
         "experiments": [{
             "name": "t",
@@ -74,6 +75,7 @@ def make_exp(tmp_path, *, workers=1, chunk_size=4, shard_mb=100.0, features=FEAT
             "features": features,
             "model": "inceptiontime",
             "cache": {"workers": workers, "chunk_size": chunk_size, "shard_mb": shard_mb},
+            "predict": predict or {},
         }]
     }
     return parse_queue(raw, source="test", base_dir=str(tmp_path)).experiments[0]
@@ -171,6 +173,23 @@ def test_round_trip_ids_shapes_and_values(tmp_path, clips):
         assert cache.count(split) == len(paths)
         np.testing.assert_allclose(x, expected_features(paths, exp), rtol=0, atol=1e-6)
     assert cache.manifest["complete"] and cache.manifest["total_files"] == len(train) + len(test)
+
+
+def test_main_shards_hold_exactly_the_records_of_the_features_and_no_windows(tmp_path, clips):
+    # Clips of exactly audio.duration: the shards are the framed records of their features, byte for
+    # byte, as before extra windows existed, and the cache has no windows.
+    train, test = clips
+    exp = make_exp(tmp_path, chunk_size=3)
+    cache = build_cache(make_dataset(train, test), exp, str(tmp_path / "cache"))
+    for split, paths in (("train", train), ("test", test)):
+        (shard,) = cache.files(split)
+        with open(shard, "rb") as f:
+            assert f.read() == encode.frame_examples([os.path.basename(p) for p in paths],
+                                                     expected_features(paths, exp))[0]
+        assert cache.window_count(split) == 0 and cache.extra_windows(split) is None
+    assert sorted(os.listdir(cache.folder)) == ["manifest.json", "test-00000-of-00001.tfrecord",
+                                                "train-00000-of-00001.tfrecord"]
+    assert cache.manifest["window_notes"] == []
 
 
 def test_shards_are_named_split_index_of_count(tmp_path, clips):
@@ -788,3 +807,132 @@ def test_feature_workers_end_with_a_killed_runner():
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert not left, f"workers {left} outlived their runner"
+
+
+# ----------------------------------------------------------------------------- extra windows of long clips
+
+
+@pytest.mark.parametrize("length,hop,starts", [(4000, 2000, []), (3000, 2000, []), (6000, 2000, [2000]),
+                                               (7000, 2000, [2000, 3000]), (8000, 2000, [2000, 4000]),
+                                               (4001, 2000, [1]), (10000, 3000, [3000, 6000])])
+def test_window_starts_step_by_hop_and_end_at_the_clip_end(length, hop, starts):
+    assert featurise.window_starts(length, N, hop) == starts
+
+
+def write_long_clips(folder, rng):
+    """A 3 s and a 3.5 s clip, the 2 s clip cut from samples [1 s, 3 s] of the 3 s one, and two 2 s clips."""
+    os.makedirs(folder, exist_ok=True)
+    t = np.arange(7000) / SR
+    y = (0.3 * np.sin(2 * np.pi * (60 + 40 * t) * t) + 0.05 * rng.standard_normal(7000)).astype(np.float32)
+    parts = {"long3.aiff": y[:6000], "long3_5.aiff": y, "cut.aiff": y[2000:6000]}
+    paths = {}
+    for name, samples in parts.items():
+        paths[name] = str(folder / name)
+        sf.write(paths[name], samples, SR, format="AIFF", subtype="PCM_16")
+    normal = write_clips(folder, rng, 2)
+    return paths, normal
+
+
+def test_a_long_clip_has_extra_windows_featurised_like_clips_of_their_audio(tmp_path, rng):
+    paths, normal = write_long_clips(tmp_path / "audio", rng)
+    # Tiny shards: the windows span several, and must still come back in order.
+    exp = make_exp(tmp_path, shard_mb=0.003, chunk_size=2, predict={"hop_seconds": 1.0})
+    test = [paths["long3.aiff"], normal[0], paths["long3_5.aiff"], normal[1]]
+    cache = build_cache(make_dataset([paths["cut.aiff"]], test), exp, str(tmp_path / "c"))
+
+    # The main shards are as ever: each clip's first 2 s (read interleaved from the tiny shards).
+    assert cache.ids("test") == ["long3.aiff", "clip0.aiff", "long3_5.aiff", "clip1.aiff"]
+    main = dict(zip(*cache.load("test")))
+    np.testing.assert_array_equal(main["long3.aiff"], expected_features([paths["long3.aiff"]], exp)[0])
+    # long3 (3 s): one window, [1 s, 3 s], whose features are those of the 2 s clip of that audio.
+    # long3_5 (3.5 s): windows at 1 s and 1.5 s (the last ends at the clip's end); 2 s clips: none.
+    windows = [(i.decode(), w) for i, w in cache.extra_windows("test").as_numpy_iterator()]
+    assert [i for i, _ in windows] == ["long3.aiff", "long3_5.aiff", "long3_5.aiff"]
+    assert cache.window_count("test") == 3 and cache.ids("test.windows") == ["long3.aiff"] + ["long3_5.aiff"] * 2
+    assert len(cache.files("test.windows")) > 1
+    (cut,) = cache.load("train")[1]
+    np.testing.assert_array_equal(windows[0][1], cut)
+    np.testing.assert_array_equal(windows[1][1], cut)  # long3_5's samples [1 s, 3 s] are the same audio
+    y, _ = sf.read(paths["long3_5.aiff"], dtype="float32")
+    last = compute_features(exp.features.name, exp.features.params, y[None, 3000:7000], sample_rate=SR)[0]
+    np.testing.assert_array_equal(windows[2][1], last)
+    assert cache.window_count("train") == 0 and cache.extra_windows("train") is None
+    assert cache.manifest["window_notes"] == []
+
+
+def test_a_clip_longer_than_max_seconds_is_windowed_up_to_it_with_a_note(tmp_path, rng):
+    paths, _ = write_long_clips(tmp_path / "audio", rng)
+    exp = make_exp(tmp_path, predict={"hop_seconds": 1.0, "max_seconds": 2.5})
+    cache = build_cache(make_dataset([paths["long3.aiff"]]), exp, str(tmp_path / "c"))
+    (window,) = [w for _, w in cache.extra_windows("train").as_numpy_iterator()]
+    y, _ = sf.read(paths["long3.aiff"], dtype="float32")
+    expected = compute_features(exp.features.name, exp.features.params, y[None, 1000:5000], sample_rate=SR)[0]
+    np.testing.assert_array_equal(window, expected)  # the window ends at 2.5 s, not at 3 s
+    assert cache.manifest["window_notes"] == [
+        {"id": "long3.aiff", "split": "train",
+         "note": "read the first 2.5 s (predict.max_seconds): the extra windows stop there"}]
+
+
+def test_only_files_longer_than_the_clip_are_read_twice(tmp_path, rng, monkeypatch):
+    # Normal clips must cost no more than before: one decode each; a long one is read on.
+    from pipeline.data import audio
+
+    paths, normal = write_long_clips(tmp_path / "audio", rng)
+    calls = []
+    real = audio.load_clip
+    monkeypatch.setattr(audio, "load_clip", lambda path, **kw: calls.append(os.path.basename(path)) or real(path, **kw))
+    exp = make_exp(tmp_path)
+    rows = [(os.path.basename(p), p) for p in [*normal, paths["long3.aiff"]]]
+    result = featurise.featurise_chunk((rows, exp.features.name, exp.features.params, exp.audio, 256,
+                                        build.window_spec(exp.audio, exp.predict)))
+    assert calls == ["clip0.aiff", "clip1.aiff", "long3.aiff", "long3.aiff"]
+    assert result["window_ids"] == ["long3.aiff"]  # default hop: half of audio.duration, so the window at 1 s
+
+
+def test_an_extra_window_with_non_finite_features_is_left_out_alone(tmp_path, rng, monkeypatch):
+    import pipeline.features
+
+    paths, normal = write_long_clips(tmp_path / "audio", rng)
+    exp = make_exp(tmp_path, predict={"hop_seconds": 1.0})
+    y, _ = sf.read(paths["long3_5.aiff"], dtype="float32")
+    real = pipeline.features.compute_features
+
+    def nan_for_the_window_at_1_5_s(name, params, batch, *, sample_rate):
+        out = real(name, params, batch, sample_rate=sample_rate)
+        for i, row in enumerate(batch):
+            if np.array_equal(row, y[3000:7000]):
+                out[i, 0, 0] = np.nan
+        return out
+
+    monkeypatch.setattr(pipeline.features, "compute_features", nan_for_the_window_at_1_5_s)
+    rows = [(os.path.basename(p), p) for p in [paths["long3_5.aiff"], normal[0]]]
+    result = featurise.featurise_chunk((rows, exp.features.name, exp.features.params, exp.audio, 256,
+                                        build.window_spec(exp.audio, exp.predict)))
+    assert result["ids"] == ["long3_5.aiff", "clip0.aiff"] and result["skipped"] == []
+    assert result["window_ids"] == ["long3_5.aiff"]  # the window at 1 s stays
+    assert result["window_notes"] == [("long3_5.aiff", "extra window at 1.5 s left out: non-finite features: the "
+                                                       "complexity features hold NaN or infinity")]
+
+
+def test_window_settings_are_part_of_the_cache_key(tmp_path):
+    exp = make_exp(tmp_path)
+    key = build.cache_key(exp.data, exp.audio, exp.features, exp.predict, "files")
+    same_hop = schema.PredictSettings(hop_seconds=1.0, aggregate="mean")  # half of audio.duration, as the default
+    assert build.cache_key(exp.data, exp.audio, exp.features, same_hop, "files") == key
+    for other in (schema.PredictSettings(hop_seconds=0.5), schema.PredictSettings(max_seconds=60.0)):
+        assert build.cache_key(exp.data, exp.audio, exp.features, other, "files") != key
+
+
+def test_worker_memory_covers_the_longest_read_within_the_machine(monkeypatch):
+    from pipeline.data.audio import MAX_FILE_RATE, MAX_WINDOW_BYTES, window_frames
+
+    audio = schema.AudioSettings(sample_rate=SR, duration=2.0)
+    page = 4096
+    for ram, expected_long in ((64 << 30, (2 << 30) + 6 * MAX_WINDOW_BYTES), (4 << 30, (4 << 30) // 3)):
+        monkeypatch.setattr(workers.os, "sysconf", lambda name: page if name == "SC_PAGE_SIZE" else ram // page)
+        short, long = workers.worker_limits(audio, 2, 2.0), workers.worker_limits(audio, 2, 600.0)
+        # 600 s at 2 MHz would be 4.8 GB a window: capped, and never beyond a third of the RAM (2 workers + queue).
+        assert long.memory_bytes == expected_long
+        assert short.memory_bytes == min(ram // 3, (2 << 30) + 6 * 4 * window_frames(MAX_FILE_RATE, sample_rate=SR,
+                                                                                    duration=2.0))
+        assert short.clip_cpu_seconds == long.clip_cpu_seconds == 34.0  # per clip of audio.duration
