@@ -7,7 +7,7 @@ last one ending at the clip's end), featurised exactly as a clip made of
 that audio and written to separate shards, so that the prediction stage can
 see the whole clip while the main shards stay as they were. Only a file
 whose header (or frames read) says it is longer than the clip is read
-further, so normal clips cost nothing more.
+further (or one of unknown length), so normal clips cost nothing more.
 """
 
 from __future__ import annotations
