@@ -12,7 +12,7 @@ output [126, 4] float32 per clip.
 
 Measured in one run, on the same clips:
 
-- **pipeline**: ``pipeline.records.ensure_features`` into a fresh cache folder
+- **pipeline**: ``pipeline.cache.build.ensure_features`` into a fresh cache folder
   (decode -> mel + complexity -> TFRecord shards + manifest), run in a child
   process with the pipeline modules already imported; the time covers the
   whole call, including starting the worker pool. Its peak memory is sampled
@@ -35,7 +35,7 @@ seconds apart, so they see about the same machine speed) is printed too,
 with its median: a second estimate of pipeline / naive that a fast spell
 during only one of the two best runs does not move. The floor
 and the naive reference run with the allocator settings of the feature
-workers (:func:`pipeline.records.tune_allocator`), so the floor is the same
+workers (:func:`pipeline.cache.workers.tune_allocator`), so the floor is the same
 arithmetic under the same conditions, minus decoding, serialisation and
 the pool.
 
@@ -144,7 +144,8 @@ def _stage_child(root: str, n: int, workers: int, cache_root: str, conn, with_te
         import tensorflow  # noqa: F401
     from pipeline.data import load_dataset
     from pipeline.features import check_settings
-    from pipeline.records import ensure_features, start_method
+    from pipeline.cache.build import ensure_features
+    from pipeline.cache.workers import start_method
 
     exp = experiment(root, n, workers)
     # What the queue's data stage does before the feature stage.
@@ -155,7 +156,8 @@ def _stage_child(root: str, n: int, workers: int, cache_root: str, conn, with_te
     conn.send({"ready": time.time()})
     cpu0, parent0 = _cpu_seconds(), _cpu_seconds(resource.RUSAGE_SELF)
     t0 = time.time()
-    cache = ensure_features(dataset, exp, cache_root, progress=False)
+    cache = ensure_features(dataset, cache_root, data=exp.data, audio=exp.audio, features=exp.features,
+                            cache=exp.cache, predict=exp.predict, label=exp.name, progress=False)
     t1 = time.time()
     cpu = _cpu_seconds() - cpu0  # the pool's workers have exited: their time is in RUSAGE_CHILDREN
     parent_cpu = _cpu_seconds(resource.RUSAGE_SELF) - parent0
@@ -285,7 +287,7 @@ def cached_features(folder: str, ids):
     """The cached features of ``ids`` (reads the shards with TensorFlow)."""
     import numpy as np
 
-    from pipeline.records import FeatureCache
+    from pipeline.cache.read import FeatureCache
 
     got_ids, x = FeatureCache(folder).load("train")
     index = {i: k for k, i in enumerate(got_ids)}
@@ -333,7 +335,7 @@ def main(argv=None) -> int:
     ids = list(train["clip_name"])
     report = {"n": args.n, "features": FEATURES, "audio": AUDIO, "load_before": _load()}
 
-    from pipeline.records import tune_allocator
+    from pipeline.cache.workers import tune_allocator
 
     tune_allocator()  # as in the feature workers (see the module doc)
     y = decode_all(paths, exp)

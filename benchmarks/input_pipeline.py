@@ -55,7 +55,7 @@ def build_cache(data_dir: str, n: int, features: dict):
     """The synthetic whale data of ``n`` clips and its feature cache (built with the pipeline, reused)."""
     from pipeline.config import parse_queue
     from pipeline.data import load_dataset
-    from pipeline.records import ensure_features
+    from pipeline.cache.build import ensure_features
 
     from benchmarks.features import ensure_data
 
@@ -69,7 +69,9 @@ def build_cache(data_dir: str, n: int, features: dict):
     }]}
     exp = parse_queue(raw, source="benchmarks/input_pipeline.py", base_dir=root).experiments[0]
     dataset = load_dataset(exp.data.name, exp.data.params)
-    cache = ensure_features(dataset, exp, os.path.join(data_dir, "cache"), progress=False)
+    cache = ensure_features(dataset, os.path.join(data_dir, "cache"), data=exp.data, audio=exp.audio,
+                            features=exp.features, cache=exp.cache, predict=exp.predict, label=exp.name,
+                            progress=False)
     return dataset, cache
 
 
@@ -115,7 +117,7 @@ def compare(name, builder, dataset, cache, *, epochs: int, batch: int) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from pipeline.records import fits_in_memory, labelled
+    from pipeline.cache.read import fits_in_memory, labelled
 
     ids = cache.ids("train")
     table = dataset.train.set_index("id")

@@ -26,8 +26,6 @@ directory. All problems are collected and raised together as one
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 import re
 import reprlib
@@ -38,6 +36,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import yaml
 
 from pipeline import config_checks, layout, queue_yaml, schema
+from pipeline.hashing import stable_hash
 
 # Experiment names become folders under output/ and column names in output/oof.csv. Matched with
 # fullmatch: with `$`, re.match accepts a trailing newline ("cache\n").
@@ -120,12 +119,6 @@ class Queue:
             if exp.name == name:
                 return exp
         raise KeyError(name)
-
-
-def stable_hash(obj: Any, length: int = 16) -> str:
-    """Short sha256 of a JSON-serialisable object with sorted keys."""
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
 def _plain(obj):

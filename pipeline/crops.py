@@ -142,7 +142,7 @@ def crop_examples(ds, *, n_frames: int, length: int, positive_probability: float
 
 
 def pack_labels(defaults: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """[n, C] frame defaults and [n, B, 6] box tables -> [n, C + B * 6] rows for :func:`pipeline.records.labelled`."""
+    """[n, C] frame defaults and [n, B, 6] box tables -> [n, C + B * 6] rows for :func:`pipeline.cache.read.labelled`."""
     return np.concatenate([defaults, boxes.reshape(len(boxes), -1)], axis=1).astype(np.float32)
 
 

@@ -18,7 +18,8 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from pipeline import io
-from pipeline.config import Experiment, stable_hash
+from pipeline.config import Experiment
+from pipeline.hashing import stable_hash
 from pipeline.data.base import Dataset
 
 log = logging.getLogger(__name__)

@@ -122,3 +122,10 @@ def prediction_columns_of(columns, prefix: str = PRED) -> list:
 def _join(folder: str, name: str) -> str:
     # gs:// paths join like local ones; os.path.join would do too, but keep the separator explicit.
     return folder.rstrip("/") + "/" + name if folder else name
+
+
+# ----------------------------------------------------------------------------- output/cache/features/<key>/
+# The feature cache (pipeline.cache): shards <split>-NNNNN-of-NNNNN.tfrecord and this manifest, written
+# last (a folder without it is an interrupted build).
+
+CACHE_MANIFEST = "manifest.json"

@@ -152,7 +152,7 @@ def legacy_output_foreign(path: str) -> List[str]:
 
 # Files of blend/ (pipeline.blend.BLEND_FILES and error.json; a test keeps the two lists equal).
 BLEND_FILE_NAMES = frozenset({"oof.csv", "test.csv", "weights.json", "scores.json", "submission.csv", "error.json"})
-_KEY = re.compile(r"[0-9a-f]{8,64}")  # pipeline.config.stable_hash
+_KEY = re.compile(r"[0-9a-f]{8,64}")  # pipeline.hashing.stable_hash
 _WORKER = re.compile(r"[A-Za-z_]+-\d+")
 _LOG_LINE = re.compile(rb"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d")
 _QUEUE_FILES = {layout.QUEUE_OOF, layout.SUMMARY, layout.REPORT, layout.SCREENSHOT, layout.QUEUE_LOG, layout.LOCK,
@@ -186,7 +186,7 @@ def _is_cache_folder(path: str) -> bool:
     """``cache/``: only ``features/``, whose entries are ``<key>`` (or ``<key>.building``) folders of shards and
     manifests."""
     def shards(folder):
-        return io.isdir(folder) and only_names(folder, lambda n: n == "manifest.json"
+        return io.isdir(folder) and only_names(folder, lambda n: n == layout.CACHE_MANIFEST
                                                or n.endswith((".tfrecord", ".partial")))
 
     def features(folder):

@@ -28,7 +28,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline import io, layout, ownership
-from pipeline.config import ConfigError, Experiment, Queue, dump_experiment, stable_hash
+from pipeline.config import ConfigError, Experiment, Queue, dump_experiment
+from pipeline.hashing import stable_hash
 
 log = logging.getLogger("pipeline")
 
@@ -251,7 +252,7 @@ def _stages(exp: Experiment, paths: Paths, exp_dir: str, timings: dict, data) ->
     from pipeline.data import submission_frame
     from pipeline.features import check_settings
     from pipeline.folds import ensure_folds
-    from pipeline.records import ensure_features
+    from pipeline.cache.build import ensure_features
 
     done = _stage(exp_dir, timings, "data")
     dataset, load_error, load_seconds = data
@@ -270,7 +271,8 @@ def _stages(exp: Experiment, paths: Paths, exp_dir: str, timings: dict, data) ->
     done()
 
     done = _stage(exp_dir, timings, "features")
-    cache = ensure_features(dataset, exp, paths.cache)
+    cache = ensure_features(dataset, paths.cache, data=exp.data, audio=exp.audio, features=exp.features,
+                            cache=exp.cache, predict=exp.predict, label=exp.name)
     done()
 
     done = _stage(exp_dir, timings, "folds")
@@ -693,7 +695,7 @@ def setup_logging(output_dir: str) -> None:
 def plan(queue: Queue, paths: Paths, names: List[str], force: bool) -> str:
     """Human-readable plan for --dry-run (reads only; writes nothing)."""
     from pipeline.folds import table_key
-    from pipeline.records import MANIFEST, cache_key
+    from pipeline.cache.build import cache_key
 
     lines = [f"queue {queue.source}: {len(names)} experiment(s), output {paths.output}"]
     current = current_data(queue)
@@ -724,8 +726,8 @@ def plan(queue: Queue, paths: Paths, names: List[str], force: bool) -> str:
             cache = folds = "unknown"
             key = "?"
         else:
-            key = cache_key(exp, data.identity.audio)
-            cache = "hit" if io.isfile(os.path.join(paths.cache, key, MANIFEST)) else "build"
+            key = cache_key(exp.data, exp.audio, exp.features, exp.predict, data.identity.audio)
+            cache = "hit" if io.isfile(os.path.join(paths.cache, key, layout.CACHE_MANIFEST)) else "build"
             folds = "exists" if io.isfile(os.path.join(paths.folds, table_key(exp, data) + ".csv")) else "build"
         lines.append(
             f"  {exp.name}: {action}; data {exp.data.name}, features {exp.features.name} (cache {key}: {cache}), "

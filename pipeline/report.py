@@ -248,7 +248,7 @@ def _histories(exp_dir: str) -> Dict[int, pd.DataFrame]:
 
 def _caches(output_dir: str) -> List[Tuple[str, dict]]:
     out = []
-    for path in sorted(io.glob(os.path.join(output_dir, layout.CACHE, "features", "*", "manifest.json"))):
+    for path in sorted(io.glob(os.path.join(output_dir, layout.CACHE, "features", "*", layout.CACHE_MANIFEST))):
         manifest = _read_json(path)
         if manifest is not None:
             out.append((os.path.dirname(path), manifest))
@@ -579,7 +579,7 @@ def gallery_examples(cache_folder: str, oof: pd.DataFrame, task: str, targets: L
     (any target) / ``negative``; multiclass one group per class.
     Returns [(clip id, label text, feature array)].
     """
-    from pipeline.records import FeatureCache
+    from pipeline.cache.read import FeatureCache
 
     labels = oof.set_index("id")[targets]
     if task == "multiclass":

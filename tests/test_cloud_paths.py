@@ -189,10 +189,13 @@ def test_local_feature_cache_never_loads_tensorflow(tmp_path):
         import sys
         from pipeline.config import load_queue
         from pipeline.data import load_dataset
-        from pipeline.records import ensure_features, start_method
+        from pipeline.cache.build import ensure_features
+        from pipeline.cache.workers import start_method
         exp = load_queue("queue.yaml").experiments[0]
         assert start_method() == "fork"
-        cache = ensure_features(load_dataset(exp.data.name, exp.data.params), exp, "out/cache", progress=False)
+        cache = ensure_features(load_dataset(exp.data.name, exp.data.params), "out/cache", data=exp.data,
+                                audio=exp.audio, features=exp.features, cache=exp.cache, predict=exp.predict,
+                                progress=False)
         assert cache.count("train") == 12
         assert "tensorflow" not in sys.modules, "the local feature stage imported TensorFlow"
     """)

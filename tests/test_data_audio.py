@@ -189,6 +189,16 @@ def test_long_clip_is_cropped_from_the_start(tmp_path):
     np.testing.assert_array_equal(out.samples, x[:N])
 
 
+def test_the_whole_files_length_is_known_without_decoding_beyond_the_clip(tmp_path):
+    # The feature cache reads a file further (for its extra windows) only when it is longer than the clip.
+    cases = [("padded.wav", tone(n=1900), 2000, "WAV", 1900), ("cropped.wav", tone(n=5000), 2000, "WAV", 5000),
+             ("exact.aiff", tone(n=N), 2000, "AIFF", N), ("long.flac", tone(sr=4000, n=24000), 4000, "FLAC", 12000)]
+    for name, x, sr, fmt, expected in cases:
+        out = load(write(tmp_path / name, x, sr=sr, format=fmt))
+        assert out.ok and out.samples.shape == (N,) and out.file_samples == expected, name
+    assert load(str(tmp_path / "missing.wav")).file_samples is None
+
+
 @pytest.mark.parametrize("sample_rate,duration,expected", [(2000, 2.0, 4000), (22050, 5.0, 110250), (1000, 0.0015, 2)])
 def test_output_length_is_round_duration_times_rate(tmp_path, sample_rate, duration, expected):
     assert clip_length(sample_rate=sample_rate, duration=duration) == expected

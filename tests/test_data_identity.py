@@ -143,15 +143,16 @@ def test_remote_files_are_statted_through_gfile(tmp_path):
 
 
 def test_feature_cache_key_covers_the_files_not_the_labels(tmp_path):
-    from pipeline.records import cache_key
+    from pipeline.cache.build import cache_key
 
     root = whale(tmp_path)
     exp = _queue(tmp_path, root).experiments[0]
-    key = cache_key(exp, read(root).identity.audio)
+    specs = (exp.data, exp.audio, exp.features, exp.predict)
+    key = cache_key(*specs, read(root).identity.audio)
     flip_labels(root, 4)
-    assert cache_key(exp, read(root).identity.audio) == key
+    assert cache_key(*specs, read(root).identity.audio) == key
     rewrite_audio(root / "train" / "train1.aiff")
-    assert cache_key(exp, read(root).identity.audio) != key
+    assert cache_key(*specs, read(root).identity.audio) != key
 
 
 def test_fold_table_for_other_labels_is_not_reused(tmp_path):

@@ -44,7 +44,7 @@ def test_duplicates_sharing_a_group_land_in_one_fold(rng):
 
 def test_training_stream_holds_only_training_clips(tmp_path, rng):
     tf = pytest.importorskip("tensorflow")
-    from pipeline.records import labelled
+    from pipeline.cache.read import labelled
 
     ids = [f"c{i}" for i in range(50)]
     x = rng.normal(size=(50, 3, 2)).astype("float32")
@@ -111,7 +111,7 @@ def test_training_never_opens_test_labels(tmp_path, monkeypatch):
 
 
 def test_disk_guard_fails_before_writing(tmp_path, monkeypatch):
-    from pipeline import records
+    from pipeline.cache import build
     from pipeline.config import parse_queue
 
     queue = parse_queue({"experiments": [{"name": "a", "data": {"name": "synthetic_whale", "n_train": 20, "n_test": 0},
@@ -121,7 +121,8 @@ def test_disk_guard_fails_before_writing(tmp_path, monkeypatch):
     frame = pd.DataFrame({"id": [f"c{i}" for i in range(20)], "path": "x", "split": "train", "label": [0.0, 1.0] * 10})
     ds = Dataset(manifest=frame, task="binary", targets=("label",), submission="whale")
     usage = collections.namedtuple("usage", "total used free")
-    monkeypatch.setattr(records.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
-    with pytest.raises(records.CacheError, match="needs about .* GB but only .* GB are free"):
-        records.ensure_features(ds, exp, str(tmp_path / "cache"))
+    monkeypatch.setattr(build.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(build.CacheError, match="needs about .* GB but only .* GB are free"):
+        build.ensure_features(ds, str(tmp_path / "cache"), data=exp.data, audio=exp.audio, features=exp.features,
+                              cache=exp.cache, predict=exp.predict)
     assert not any((tmp_path / "cache").glob("*/*.tfrecord"))

@@ -446,7 +446,7 @@ def test_ownership_on_a_remote_filesystem(tmp_path):
 
 
 def test_cache_folders_are_recognised_by_their_content(tmp_path):
-    from pipeline.records import _only_cache_files
+    from pipeline.cache.build import _only_cache_files
 
     cache = tmp_path / "abc.building"
     cache.mkdir()

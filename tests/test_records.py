@@ -22,7 +22,8 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from pipeline import records, schema
+from pipeline import layout, schema
+from pipeline.cache import build, encode, featurise, read, workers
 from pipeline.config import parse_queue
 from pipeline.data.audio import load_clip
 from pipeline.data.base import Dataset
@@ -64,7 +65,8 @@ def make_dataset(paths, test_paths=()):
     return Dataset(manifest=pd.DataFrame(rows), task="binary", targets=("label",), submission="table")
 
 
-def make_exp(tmp_path, *, workers=1, chunk_size=4, shard_mb=100.0, features=FEATURES, max_bad_fraction=0.2):
+def make_exp(tmp_path, *, workers=1, chunk_size=4, shard_mb=100.0, features=FEATURES, max_bad_fraction=0.2,
+             predict=None):
     raw = {
         "experiments": [{
             "name": "t",
@@ -73,6 +75,7 @@ def make_exp(tmp_path, *, workers=1, chunk_size=4, shard_mb=100.0, features=FEAT
             "features": features,
             "model": "inceptiontime",
             "cache": {"workers": workers, "chunk_size": chunk_size, "shard_mb": shard_mb},
+            "predict": predict or {},
         }]
     }
     return parse_queue(raw, source="test", base_dir=str(tmp_path)).experiments[0]
@@ -85,6 +88,12 @@ def clips(tmp_path, rng):
     return train, test
 
 
+def build_cache(dataset, exp, root):
+    """The feature cache of ``dataset`` under ``root`` with ``exp``'s specs (no progress bar)."""
+    return build.ensure_features(dataset, root, data=exp.data, audio=exp.audio, features=exp.features, cache=exp.cache,
+                                 predict=exp.predict, label=exp.name, progress=False)
+
+
 def expected_features(paths, exp):
     y = np.stack([load_clip(p, sample_rate=SR, duration=N / SR).samples for p in paths])
     return compute_features(exp.features.name, exp.features.params, y, sample_rate=SR)
@@ -94,10 +103,10 @@ def expected_features(paths, exp):
 
 
 def test_crc32c_matches_the_definition(rng):
-    assert records.crc32c(b"123456789") == 0xE3069283  # the standard check value
+    assert encode.crc32c(b"123456789") == 0xE3069283  # the standard check value
     for n in (4, 5, 255, 256, 257, 1000, 4097):
         data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
-        assert records.crc32c(data) == slow_crc32c(data), n
+        assert encode.crc32c(data) == slow_crc32c(data), n
 
 
 def test_frames_are_what_tensorflow_writes_and_reads(tmp_path, rng):
@@ -105,13 +114,13 @@ def test_frames_are_what_tensorflow_writes_and_reads(tmp_path, rng):
 
     ids = ["a", "clip_with_a_longer_name.aiff", "é"]
     x = rng.standard_normal((3, 126, 4)).astype(np.float32)
-    framed, sizes = records.frame_examples(ids, x)
+    framed, sizes = encode.frame_examples(ids, x)
     assert sum(sizes) == len(framed)
 
     path = str(tmp_path / "tf.tfrecord")
     with tf.io.TFRecordWriter(path) as writer:
         for i, clip_id in enumerate(ids):
-            writer.write(records.example_bytes(clip_id, x[i]))
+            writer.write(encode.example_bytes(clip_id, x[i]))
     with open(path, "rb") as f:
         assert f.read() == framed
 
@@ -135,7 +144,7 @@ def test_long_records_are_what_tensorflow_reads(tmp_path, rng):
     import tensorflow as tf
 
     x = rng.standard_normal((2, 300_000)).astype(np.float32)  # 1.2 MB a record: several pieces of blocks
-    framed, _ = records.frame_examples(["long0", "long1"], x)
+    framed, _ = encode.frame_examples(["long0", "long1"], x)
     path = tmp_path / "long.tfrecord"
     path.write_bytes(framed)
     got = [tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(str(path))]  # verifies CRCs
@@ -144,9 +153,9 @@ def test_long_records_are_what_tensorflow_reads(tmp_path, rng):
 
 
 def test_chunks_of_long_clips_hold_few_clips():
-    assert records.chunk_clips(64, N) == 64
-    assert records.chunk_clips(64, 60 * 48000) == 5  # 60 s at 48 kHz: 11.5 MB a clip
-    assert records.chunk_clips(64, 10**9) == 1
+    assert build.chunk_clips(64, N) == 64
+    assert build.chunk_clips(64, 60 * 48000) == 5  # 60 s at 48 kHz: 11.5 MB a clip
+    assert build.chunk_clips(64, 10**9) == 1
 
 
 # ----------------------------------------------------------------------------- building
@@ -155,7 +164,7 @@ def test_chunks_of_long_clips_hold_few_clips():
 def test_round_trip_ids_shapes_and_values(tmp_path, clips):
     train, test = clips
     exp = make_exp(tmp_path)
-    cache = records.ensure_features(make_dataset(train, test), exp, str(tmp_path / "cache"), progress=False)
+    cache = build_cache(make_dataset(train, test), exp, str(tmp_path / "cache"))
 
     assert cache.shape == (126, 4)
     for split, paths in (("train", train), ("test", test)):
@@ -166,11 +175,28 @@ def test_round_trip_ids_shapes_and_values(tmp_path, clips):
     assert cache.manifest["complete"] and cache.manifest["total_files"] == len(train) + len(test)
 
 
+def test_main_shards_hold_exactly_the_records_of_the_features_and_no_windows(tmp_path, clips):
+    # Clips of exactly audio.duration: the shards are the framed records of their features, byte for
+    # byte, as before extra windows existed, and the cache has no windows.
+    train, test = clips
+    exp = make_exp(tmp_path, chunk_size=3)
+    cache = build_cache(make_dataset(train, test), exp, str(tmp_path / "cache"))
+    for split, paths in (("train", train), ("test", test)):
+        (shard,) = cache.files(split)
+        with open(shard, "rb") as f:
+            assert f.read() == encode.frame_examples([os.path.basename(p) for p in paths],
+                                                     expected_features(paths, exp))[0]
+        assert cache.window_count(split) == 0 and cache.extra_windows(split) is None
+    assert sorted(os.listdir(cache.folder)) == ["manifest.json", "test-00000-of-00001.tfrecord",
+                                                "train-00000-of-00001.tfrecord"]
+    assert cache.manifest["window_notes"] == []
+
+
 def test_shards_are_named_split_index_of_count(tmp_path, clips):
     train, test = clips
     # ~2 KB per record and 5 KB shards: a few records per shard.
     exp = make_exp(tmp_path, shard_mb=0.005)
-    cache = records.ensure_features(make_dataset(train, test), exp, str(tmp_path / "cache"), progress=False)
+    cache = build_cache(make_dataset(train, test), exp, str(tmp_path / "cache"))
     names = sorted(os.listdir(cache.folder))
     assert "manifest.json" in names
     shards = [n for n in names if n != "manifest.json"]
@@ -190,15 +216,15 @@ def test_interrupted_build_without_manifest_is_rebuilt(tmp_path, clips):
     train, test = clips
     exp = make_exp(tmp_path)
     root = str(tmp_path / "cache")
-    cache = records.ensure_features(make_dataset(train, test), exp, root, progress=False)
+    cache = build_cache(make_dataset(train, test), exp, root)
     ids, x = cache.load("train")
     # A kill before the manifest is written leaves shards without it (and maybe a .building folder).
-    os.remove(os.path.join(cache.folder, records.MANIFEST))
+    os.remove(os.path.join(cache.folder, layout.CACHE_MANIFEST))
     with open(os.path.join(cache.folder, "train-00000.partial"), "wb") as f:
         f.write(b"half a record")
     os.makedirs(cache.folder + ".building")
-    again = records.ensure_features(make_dataset(train, test), exp, root, progress=False)
-    assert os.path.isfile(os.path.join(again.folder, records.MANIFEST))
+    again = build_cache(make_dataset(train, test), exp, root)
+    assert os.path.isfile(os.path.join(again.folder, layout.CACHE_MANIFEST))
     assert sorted(os.listdir(again.folder)) == ["manifest.json", "test-00000-of-00001.tfrecord",
                                                 "train-00000-of-00001.tfrecord"]
     ids2, x2 = again.load("train")
@@ -210,19 +236,17 @@ def test_complete_cache_is_reused(tmp_path, clips):
     train, _ = clips
     exp = make_exp(tmp_path)
     root = str(tmp_path / "cache")
-    first = records.ensure_features(make_dataset(train), exp, root, progress=False)
+    first = build_cache(make_dataset(train), exp, root)
     stamp = os.path.getmtime(first.files("train")[0])
-    second = records.ensure_features(make_dataset(train), exp, root, progress=False)
+    second = build_cache(make_dataset(train), exp, root)
     assert second.folder == first.folder and os.path.getmtime(second.files("train")[0]) == stamp
 
 
 def test_pool_gives_the_same_records_as_one_worker(tmp_path, clips):
     train, test = clips
     dataset = make_dataset(train, test)
-    one = records.ensure_features(dataset, make_exp(tmp_path, workers=1, chunk_size=3), str(tmp_path / "one"),
-                                  progress=False)
-    two = records.ensure_features(dataset, make_exp(tmp_path, workers=2, chunk_size=2), str(tmp_path / "two"),
-                                  progress=False)
+    one = build_cache(dataset, make_exp(tmp_path, workers=1, chunk_size=3), str(tmp_path / "one"))
+    two = build_cache(dataset, make_exp(tmp_path, workers=2, chunk_size=2), str(tmp_path / "two"))
     assert one.manifest["splits"] == two.manifest["splits"]
     for split in ("train", "test"):
         for a, b in zip(one.files(split), two.files(split), strict=True):
@@ -239,7 +263,7 @@ def test_bad_files_are_skipped_and_listed_with_reasons(tmp_path, clips):
     sf.write(silent, np.zeros(N, np.float32), SR, format="AIFF", subtype="PCM_16")
     paths = train[:3] + [missing, str(text), silent] + train[3:5]
     exp = make_exp(tmp_path, chunk_size=2, max_bad_fraction=0.5)
-    cache = records.ensure_features(make_dataset(paths), exp, str(tmp_path / "c"), progress=False)
+    cache = build_cache(make_dataset(paths), exp, str(tmp_path / "c"))
     skipped = {s["id"]: s for s in cache.skipped}
     assert set(skipped) == {"missing.aiff", "text.aiff", "silent.aiff"}
     assert skipped["missing.aiff"]["reason"] == "missing file"
@@ -248,15 +272,15 @@ def test_bad_files_are_skipped_and_listed_with_reasons(tmp_path, clips):
     assert all(s["split"] == "train" and s["path"] for s in skipped.values())
     good = [os.path.basename(p) for p in train[:5]]
     assert cache.ids("train") == good and cache.load("train")[0] == good
-    with open(os.path.join(cache.folder, records.MANIFEST)) as f:
+    with open(os.path.join(cache.folder, layout.CACHE_MANIFEST)) as f:
         assert len(json.load(f)["skipped"]) == 3
 
 
 def test_too_many_bad_files_stop_the_build(tmp_path, clips):
     train, _ = clips
     paths = train[:2] + [str(tmp_path / f"missing{i}.aiff") for i in range(3)]
-    with pytest.raises(records.CacheError, match="max_bad_fraction"):
-        records.ensure_features(make_dataset(paths), make_exp(tmp_path), str(tmp_path / "c"), progress=False)
+    with pytest.raises(build.CacheError, match="max_bad_fraction"):
+        build_cache(make_dataset(paths), make_exp(tmp_path), str(tmp_path / "c"))
 
 
 class _RecordingPool:
@@ -285,7 +309,7 @@ class _RecordingPool:
 def test_at_most_window_jobs_are_in_flight():
     pool = _RecordingPool()
     out = []
-    for result in records._run_jobs(list(range(20)), pool, window=3):
+    for result in workers.run_jobs(list(range(20)), pool, window=3):
         assert pool.submitted - len(out) <= 3 + 1  # plus the result being handed over
         out.append(result)
     assert out == [10 * j for j in range(20)]  # in order
@@ -297,11 +321,11 @@ def test_at_most_window_jobs_are_in_flight():
 
 def test_labelled_keeps_listed_ids_in_order_with_their_labels(tmp_path, clips):
     train, _ = clips
-    cache = records.ensure_features(make_dataset(train), make_exp(tmp_path), str(tmp_path / "c"), progress=False)
+    cache = build_cache(make_dataset(train), make_exp(tmp_path), str(tmp_path / "c"))
     all_ids, x = cache.load("train")
     wanted = [all_ids[i] for i in (7, 1, 4)]
     labels = np.array([[0.25], [0.5], [0.75]], np.float32)
-    got = list(records.labelled(cache.dataset("train"), wanted, labels).as_numpy_iterator())
+    got = list(read.labelled(cache.dataset("train"), wanted, labels).as_numpy_iterator())
     assert [g[0].decode() for g in got] == [all_ids[1], all_ids[4], all_ids[7]]  # the cache's order
     by_id = dict(zip(wanted, labels))
     for clip_id, xi, yi in got:
@@ -314,7 +338,7 @@ def test_mel_cache_round_trip(tmp_path, clips):
     train, _ = clips
     exp = make_exp(tmp_path, features={"name": "mel", "n_fft": 256, "hop_length": 64, "n_mels": 32},
                    max_bad_fraction=0.5)
-    cache = records.ensure_features(make_dataset(train), exp, str(tmp_path / "c"), progress=False)
+    cache = build_cache(make_dataset(train), exp, str(tmp_path / "c"))
     assert cache.shape == (63, 32)
     ids, x = cache.load("train")
     np.testing.assert_allclose(x, expected_features(train, exp), rtol=0, atol=1e-4)
@@ -326,7 +350,7 @@ import resource, sys
 import numpy as np
 from pipeline import schema
 from pipeline.features import compute_features
-from pipeline.records import tune_allocator
+from pipeline.cache.workers import tune_allocator
 if sys.argv[1] == "tuned" and not tune_allocator():
     print("no glibc")
     sys.exit()
@@ -359,7 +383,7 @@ def test_tuned_allocator_reuses_memory_between_chunks():
 
 @pytest.mark.parametrize("n,largest,workers", [(5000, 256, 2), (10, 4, 2), (1, 256, 4), (0, 8, 2), (777, 5, 1), (100000, 256, 8)])
 def test_task_bounds_cover_every_clip_once_and_shrink_at_the_end(n, largest, workers):
-    bounds = records.task_bounds(n, largest, workers)
+    bounds = build.task_bounds(n, largest, workers)
     assert [i for a, b in bounds for i in range(a, b)] == list(range(n))  # in order, no gaps, no overlap
     sizes = [b - a for a, b in bounds]
     assert all(0 < s <= largest for s in sizes)
@@ -371,7 +395,8 @@ def test_task_bounds_cover_every_clip_once_and_shrink_at_the_end(n, largest, wor
 _THREADS_IN_A_WORKER = """
 import os
 import numpy as np
-from pipeline import records, schema
+from pipeline import schema
+from pipeline.cache import workers
 from pipeline.features import compute_features
 
 
@@ -388,8 +413,8 @@ def probe(_):
 
 a = np.random.default_rng(0).standard_normal((300, 300))
 a @ a  # this process has started OpenBLAS' threads, as a queue's earlier steps may have
-pool = records._pool(2)
-print(records.start_method(), *pool.map(probe, range(4)))
+pool = workers._pool(2)
+print(workers.start_method(), *pool.map(probe, range(4)))
 pool.shutdown()
 """
 
@@ -411,15 +436,16 @@ def test_feature_workers_start_no_threads():
 _CRASHING_DECODER = """
 import json, os, signal, sys, pathlib
 import numpy as np
-from test_records import make_dataset, make_exp, write_clips
-from pipeline import records
+from test_records import build_cache, make_dataset, make_exp, write_clips
+from pipeline.cache import build
+from pipeline.cache.workers import WorkerLimits
 from pipeline.data import audio
 
 folder = pathlib.Path(sys.argv[1])
 rng = np.random.default_rng(0)
 train = write_clips(folder / "audio", rng, 9)
 test = write_clips(folder / "audio", rng, 3, prefix="test")
-real_decoder, real_limits = audio._load_clip, getattr(records, "worker_limits", None)
+real_decoder, real_limits = audio._load_clip, build.worker_limits
 how = None
 
 
@@ -441,14 +467,13 @@ def hostile(path, **kwargs):
 audio._load_clip = hostile
 for scenario in sys.argv[2:]:
     workers, how = scenario.split(":")
-    records.worker_limits = real_limits
+    build.worker_limits = real_limits
     if how == "endless":
-        records.worker_limits = lambda spec, n: records.WorkerLimits(clip_cpu_seconds=0.5, memory_bytes=2 << 30)
+        build.worker_limits = lambda audio, n, read_seconds: WorkerLimits(clip_cpu_seconds=0.5, memory_bytes=2 << 30)
     exp = make_exp(folder, workers=int(workers), chunk_size=3, max_bad_fraction=0.5)
-    culprit = records.ensure_features(make_dataset(train, test), exp, str(folder / scenario / "with"),
-                                      progress=False)
-    clean = records.ensure_features(make_dataset([p for p in train if "clip4" not in p], test), exp,
-                                    str(folder / scenario / "without"), progress=False)
+    culprit = build_cache(make_dataset(train, test), exp, str(folder / scenario / "with"))
+    clean = build_cache(make_dataset([p for p in train if "clip4" not in p], test), exp,
+                        str(folder / scenario / "without"))
     shards = {name: [open(p, "rb").read().hex() for p in cache.files("train") + cache.files("test")]
               for name, cache in (("with", culprit), ("without", clean))}
     print(json.dumps({"scenario": scenario, "skipped": culprit.manifest["skipped"],
@@ -511,7 +536,7 @@ def test_a_named_pipe_among_the_clips_is_skipped_without_blocking(tmp_path, clip
     previous = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, 60)
     try:
-        cache = records.ensure_features(make_dataset(paths), make_exp(tmp_path), str(tmp_path / "c"), progress=False)
+        cache = build_cache(make_dataset(paths), make_exp(tmp_path), str(tmp_path / "c"))
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
@@ -529,7 +554,7 @@ def test_float_audio_of_absurd_magnitude_never_reaches_the_cache(tmp_path, clips
     sf.write(huge, y, SR, format="WAV", subtype="FLOAT")
     exp = make_exp(tmp_path, features={"name": "mel", "n_fft": 256, "hop_length": 64, "n_mels": 32},
                    max_bad_fraction=0.5)
-    cache = records.ensure_features(make_dataset(train[:3] + [str(huge)]), exp, str(tmp_path / "c"), progress=False)
+    cache = build_cache(make_dataset(train[:3] + [str(huge)]), exp, str(tmp_path / "c"))
     assert [s["id"] for s in cache.skipped] == ["huge.wav"]
     assert cache.skipped[0]["reason"].startswith("absurd sample values: up to 1.0e+30")
     ids, x = cache.load("train")
@@ -543,8 +568,9 @@ def test_clips_with_non_finite_features_are_skipped_not_cached(tmp_path, clips, 
 
     train, _ = clips
     exp = make_exp(tmp_path)
-    job = ([(os.path.basename(p), p) for p in train[:5]], exp.features.name, exp.features.params, exp.audio, 256)
-    expected = records._featurise_chunk(job)
+    job = ([(os.path.basename(p), p) for p in train[:5]], exp.features.name, exp.features.params, exp.audio, 256,
+           build.window_spec(exp.audio, exp.predict))
+    expected = featurise.featurise_chunk(job)
     real = pipeline.features.compute_features
 
     def nan_in_row_2(name, params, y, *, sample_rate):
@@ -553,7 +579,7 @@ def test_clips_with_non_finite_features_are_skipped_not_cached(tmp_path, clips, 
         return out
 
     monkeypatch.setattr(pipeline.features, "compute_features", nan_in_row_2)
-    got = records._featurise_chunk(job)
+    got = featurise.featurise_chunk(job)
     assert got["ids"] == [expected["ids"][i] for i in (0, 1, 3, 4)]
     assert got["skipped"] == [("clip2.aiff", train[2], "non-finite features: the complexity features hold NaN or infinity")]
     sizes = expected["sizes"]
@@ -567,7 +593,7 @@ def test_clips_with_non_finite_features_are_skipped_not_cached(tmp_path, clips, 
 
     batch = np.stack([load_clip(p, sample_rate=SR, duration=N / SR).samples for p in train[:5]])
     monkeypatch.setattr(pipeline.features, "compute_features", raises_for_clip_3)
-    got = records._featurise_chunk(job)
+    got = featurise.featurise_chunk(job)
     assert got["ids"] == [expected["ids"][i] for i in (0, 1, 2, 4)]
     assert got["skipped"] == [("clip3.aiff", train[3], "features failed: ValueError: y must be finite")]
 
@@ -623,7 +649,7 @@ def test_a_broken_pool_is_replaced_once_and_its_lost_jobs_rerun_alone(at_submit)
     # Window 2: job 3 is submitted after job 1's result, with job 2 in flight.
     lost = {2} if at_submit else {2, 3}
     out = []
-    for result in records._run_jobs(list(range(8)), pool, window=2):
+    for result in workers.run_jobs(list(range(8)), pool, window=2):
         out.append(result)
         if len(out) > 8:
             break
@@ -636,7 +662,8 @@ def test_a_broken_pool_is_replaced_once_and_its_lost_jobs_rerun_alone(at_submit)
 
 def _solo_job(path):
     audio = schema.AudioSettings(sample_rate=SR, duration=N / SR)
-    return (((os.path.basename(path), path),), "mel", schema.MelParams(n_fft=256, hop_length=32, n_mels=64), audio, 1)
+    return (((os.path.basename(path), path),), "mel", schema.MelParams(n_fft=256, hop_length=32, n_mels=64), audio, 1,
+            featurise.Windows(hop=N // 2, max_samples=600 * SR))
 
 
 _SOLO_UNDER_A_FORK_SERVER = """
@@ -644,14 +671,14 @@ import json, os, sys, time, types
 sys.modules["tensorflow"] = types.ModuleType("tensorflow")  # TensorFlow "loaded": workers come from a fork server
 import numpy as np
 from test_records import _solo_job, write_clips
-from pipeline import records
+from pipeline.cache import workers
 
 path = write_clips(sys.argv[1], np.random.default_rng(0), 1)[0]
-solo = records._Solo(records.WorkerLimits(clip_cpu_seconds=30, memory_bytes=2 << 30))
+solo = workers._Solo(workers.WorkerLimits(clip_cpu_seconds=30, memory_bytes=2 << 30))
 first = solo.run(_solo_job(path))
 time.sleep(2.5)  # idle longer than the solo process's 1 s poll
 second = solo.run(_solo_job(path))
-print(json.dumps({"method": records.start_method(), "pid": solo.process.pid,
+print(json.dumps({"method": workers.start_method(), "pid": solo.process.pid,
                   "results": [r if isinstance(r, str) else r["ids"] for r in (first, second)]}), flush=True)
 os._exit(0)  # the queue dies without closing its solo process
 """
@@ -682,7 +709,7 @@ def test_a_solo_process_that_died_idle_is_restarted_and_its_next_clip_kept(tmp_p
     import time
 
     path = write_clips(tmp_path, rng, 1)[0]
-    solo = records._Solo(None)
+    solo = workers._Solo(None)
     try:
         assert solo.run(_solo_job(path))["ids"] == ["clip0.aiff"]
         os.kill(solo.process.pid, signal.SIGKILL)  # dies while idle: not a culprit
@@ -700,12 +727,12 @@ def test_a_clip_blocked_in_io_is_stopped_after_the_wall_time_limit(tmp_path, rng
     import time
     from pipeline.data import audio
 
-    assert records.solo_wall_seconds(records.WorkerLimits(clip_cpu_seconds=30, memory_bytes=1)) == 180
+    assert workers.solo_wall_seconds(workers.WorkerLimits(clip_cpu_seconds=30, memory_bytes=1)) == 180
     path = write_clips(tmp_path, rng, 1)[0]
-    monkeypatch.setattr(records, "start_method", lambda: "fork")  # even if TensorFlow was loaded by earlier tests
+    monkeypatch.setattr(workers, "start_method", lambda: "fork")  # even if TensorFlow was loaded by earlier tests
     monkeypatch.setattr(audio, "_load_clip", lambda *a, **k: time.sleep(60))  # the forked child inherits it
-    monkeypatch.setattr(records, "solo_wall_seconds", lambda limits: 1.0)
-    solo = records._Solo(None)
+    monkeypatch.setattr(workers, "solo_wall_seconds", lambda limits: 1.0)
+    solo = workers._Solo(None)
     try:
         start = time.monotonic()
         reason = solo.run(_solo_job(path))
@@ -728,16 +755,16 @@ def test_a_pool_task_blocked_in_io_is_stopped_and_only_its_blocked_clip_lost(tmp
             time.sleep(60)
         return real(path, **kwargs)
 
-    monkeypatch.setattr(records, "start_method", lambda: "fork")  # the forked workers inherit the patch
+    monkeypatch.setattr(workers, "start_method", lambda: "fork")  # the forked workers inherit the patch
     monkeypatch.setattr(audio, "_load_clip", blocks_on_clip1)
-    monkeypatch.setattr(records, "solo_wall_seconds", lambda limits: 2.0)
+    monkeypatch.setattr(workers, "solo_wall_seconds", lambda limits: 2.0)
     job = _solo_job(paths[0])
-    records._featurise_chunk(job)  # imports librosa's mel filters here, so forked workers start warm
+    featurise.featurise_chunk(job)  # imports librosa's mel filters here, so forked workers start warm
     job = (tuple((os.path.basename(p), p) for p in paths), *job[1:])
-    pool = records._Workers(1, None)
+    pool = workers.Workers(1, None)
     try:
         start = time.monotonic()
-        (result,) = list(records._run_jobs([job], pool, window=2))
+        (result,) = list(workers.run_jobs([job], pool, window=2))
         assert time.monotonic() - start < 30
     finally:
         pool.shutdown(wait=False)
@@ -749,8 +776,8 @@ def test_a_pool_task_blocked_in_io_is_stopped_and_only_its_blocked_clip_lost(tmp
 # A runner stand-in: starts a feature pool, makes sure its workers run, says their pids, then waits to be killed.
 POOL_HOLDER = textwrap.dedent("""
     import time
-    from pipeline import records
-    pool = records._pool(2)
+    from pipeline.cache import workers
+    pool = workers._pool(2)
     assert pool.submit(sum, [1, 2]).result() == 3
     print(" ".join(str(pid) for pid in pool._processes), flush=True)
     time.sleep(60)
@@ -780,3 +807,132 @@ def test_feature_workers_end_with_a_killed_runner():
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert not left, f"workers {left} outlived their runner"
+
+
+# ----------------------------------------------------------------------------- extra windows of long clips
+
+
+@pytest.mark.parametrize("length,hop,starts", [(4000, 2000, []), (3000, 2000, []), (6000, 2000, [2000]),
+                                               (7000, 2000, [2000, 3000]), (8000, 2000, [2000, 4000]),
+                                               (4001, 2000, [1]), (10000, 3000, [3000, 6000])])
+def test_window_starts_step_by_hop_and_end_at_the_clip_end(length, hop, starts):
+    assert featurise.window_starts(length, N, hop) == starts
+
+
+def write_long_clips(folder, rng):
+    """A 3 s and a 3.5 s clip, the 2 s clip cut from samples [1 s, 3 s] of the 3 s one, and two 2 s clips."""
+    os.makedirs(folder, exist_ok=True)
+    t = np.arange(7000) / SR
+    y = (0.3 * np.sin(2 * np.pi * (60 + 40 * t) * t) + 0.05 * rng.standard_normal(7000)).astype(np.float32)
+    parts = {"long3.aiff": y[:6000], "long3_5.aiff": y, "cut.aiff": y[2000:6000]}
+    paths = {}
+    for name, samples in parts.items():
+        paths[name] = str(folder / name)
+        sf.write(paths[name], samples, SR, format="AIFF", subtype="PCM_16")
+    normal = write_clips(folder, rng, 2)
+    return paths, normal
+
+
+def test_a_long_clip_has_extra_windows_featurised_like_clips_of_their_audio(tmp_path, rng):
+    paths, normal = write_long_clips(tmp_path / "audio", rng)
+    # Tiny shards: the windows span several, and must still come back in order.
+    exp = make_exp(tmp_path, shard_mb=0.003, chunk_size=2, predict={"hop_seconds": 1.0})
+    test = [paths["long3.aiff"], normal[0], paths["long3_5.aiff"], normal[1]]
+    cache = build_cache(make_dataset([paths["cut.aiff"]], test), exp, str(tmp_path / "c"))
+
+    # The main shards are as ever: each clip's first 2 s (read interleaved from the tiny shards).
+    assert cache.ids("test") == ["long3.aiff", "clip0.aiff", "long3_5.aiff", "clip1.aiff"]
+    main = dict(zip(*cache.load("test")))
+    np.testing.assert_array_equal(main["long3.aiff"], expected_features([paths["long3.aiff"]], exp)[0])
+    # long3 (3 s): one window, [1 s, 3 s], whose features are those of the 2 s clip of that audio.
+    # long3_5 (3.5 s): windows at 1 s and 1.5 s (the last ends at the clip's end); 2 s clips: none.
+    windows = [(i.decode(), w) for i, w in cache.extra_windows("test").as_numpy_iterator()]
+    assert [i for i, _ in windows] == ["long3.aiff", "long3_5.aiff", "long3_5.aiff"]
+    assert cache.window_count("test") == 3 and cache.ids("test.windows") == ["long3.aiff"] + ["long3_5.aiff"] * 2
+    assert len(cache.files("test.windows")) > 1
+    (cut,) = cache.load("train")[1]
+    np.testing.assert_array_equal(windows[0][1], cut)
+    np.testing.assert_array_equal(windows[1][1], cut)  # long3_5's samples [1 s, 3 s] are the same audio
+    y, _ = sf.read(paths["long3_5.aiff"], dtype="float32")
+    last = compute_features(exp.features.name, exp.features.params, y[None, 3000:7000], sample_rate=SR)[0]
+    np.testing.assert_array_equal(windows[2][1], last)
+    assert cache.window_count("train") == 0 and cache.extra_windows("train") is None
+    assert cache.manifest["window_notes"] == []
+
+
+def test_a_clip_longer_than_max_seconds_is_windowed_up_to_it_with_a_note(tmp_path, rng):
+    paths, _ = write_long_clips(tmp_path / "audio", rng)
+    exp = make_exp(tmp_path, predict={"hop_seconds": 1.0, "max_seconds": 2.5})
+    cache = build_cache(make_dataset([paths["long3.aiff"]]), exp, str(tmp_path / "c"))
+    (window,) = [w for _, w in cache.extra_windows("train").as_numpy_iterator()]
+    y, _ = sf.read(paths["long3.aiff"], dtype="float32")
+    expected = compute_features(exp.features.name, exp.features.params, y[None, 1000:5000], sample_rate=SR)[0]
+    np.testing.assert_array_equal(window, expected)  # the window ends at 2.5 s, not at 3 s
+    assert cache.manifest["window_notes"] == [
+        {"id": "long3.aiff", "split": "train",
+         "note": "read the first 2.5 s (predict.max_seconds): the extra windows stop there"}]
+
+
+def test_only_files_longer_than_the_clip_are_read_twice(tmp_path, rng, monkeypatch):
+    # Normal clips must cost no more than before: one decode each; a long one is read on.
+    from pipeline.data import audio
+
+    paths, normal = write_long_clips(tmp_path / "audio", rng)
+    calls = []
+    real = audio.load_clip
+    monkeypatch.setattr(audio, "load_clip", lambda path, **kw: calls.append(os.path.basename(path)) or real(path, **kw))
+    exp = make_exp(tmp_path)
+    rows = [(os.path.basename(p), p) for p in [*normal, paths["long3.aiff"]]]
+    result = featurise.featurise_chunk((rows, exp.features.name, exp.features.params, exp.audio, 256,
+                                        build.window_spec(exp.audio, exp.predict)))
+    assert calls == ["clip0.aiff", "clip1.aiff", "long3.aiff", "long3.aiff"]
+    assert result["window_ids"] == ["long3.aiff"]  # default hop: half of audio.duration, so the window at 1 s
+
+
+def test_an_extra_window_with_non_finite_features_is_left_out_alone(tmp_path, rng, monkeypatch):
+    import pipeline.features
+
+    paths, normal = write_long_clips(tmp_path / "audio", rng)
+    exp = make_exp(tmp_path, predict={"hop_seconds": 1.0})
+    y, _ = sf.read(paths["long3_5.aiff"], dtype="float32")
+    real = pipeline.features.compute_features
+
+    def nan_for_the_window_at_1_5_s(name, params, batch, *, sample_rate):
+        out = real(name, params, batch, sample_rate=sample_rate)
+        for i, row in enumerate(batch):
+            if np.array_equal(row, y[3000:7000]):
+                out[i, 0, 0] = np.nan
+        return out
+
+    monkeypatch.setattr(pipeline.features, "compute_features", nan_for_the_window_at_1_5_s)
+    rows = [(os.path.basename(p), p) for p in [paths["long3_5.aiff"], normal[0]]]
+    result = featurise.featurise_chunk((rows, exp.features.name, exp.features.params, exp.audio, 256,
+                                        build.window_spec(exp.audio, exp.predict)))
+    assert result["ids"] == ["long3_5.aiff", "clip0.aiff"] and result["skipped"] == []
+    assert result["window_ids"] == ["long3_5.aiff"]  # the window at 1 s stays
+    assert result["window_notes"] == [("long3_5.aiff", "extra window at 1.5 s left out: non-finite features: the "
+                                                       "complexity features hold NaN or infinity")]
+
+
+def test_window_settings_are_part_of_the_cache_key(tmp_path):
+    exp = make_exp(tmp_path)
+    key = build.cache_key(exp.data, exp.audio, exp.features, exp.predict, "files")
+    same_hop = schema.PredictSettings(hop_seconds=1.0, aggregate="mean")  # half of audio.duration, as the default
+    assert build.cache_key(exp.data, exp.audio, exp.features, same_hop, "files") == key
+    for other in (schema.PredictSettings(hop_seconds=0.5), schema.PredictSettings(max_seconds=60.0)):
+        assert build.cache_key(exp.data, exp.audio, exp.features, other, "files") != key
+
+
+def test_worker_memory_covers_the_longest_read_within_the_machine(monkeypatch):
+    from pipeline.data.audio import MAX_FILE_RATE, MAX_WINDOW_BYTES, window_frames
+
+    audio = schema.AudioSettings(sample_rate=SR, duration=2.0)
+    page = 4096
+    for ram, expected_long in ((64 << 30, (2 << 30) + 6 * MAX_WINDOW_BYTES), (4 << 30, (4 << 30) // 3)):
+        monkeypatch.setattr(workers.os, "sysconf", lambda name: page if name == "SC_PAGE_SIZE" else ram // page)
+        short, long = workers.worker_limits(audio, 2, 2.0), workers.worker_limits(audio, 2, 600.0)
+        # 600 s at 2 MHz would be 4.8 GB a window: capped, and never beyond a third of the RAM (2 workers + queue).
+        assert long.memory_bytes == expected_long
+        assert short.memory_bytes == min(ram // 3, (2 << 30) + 6 * 4 * window_frames(MAX_FILE_RATE, sample_rate=SR,
+                                                                                    duration=2.0))
+        assert short.clip_cpu_seconds == long.clip_cpu_seconds == 34.0  # per clip of audio.duration

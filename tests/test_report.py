@@ -43,9 +43,11 @@ def _write_cache(output, exp, ids, test_ids, y, rng):
     ``tf.train.Example(id: bytes, x: raw float32)`` plus ``manifest.json``."""
     import tensorflow as tf
 
-    from pipeline.records import MANIFEST, cache_key, cache_settings
+    from pipeline import layout
+    from pipeline.cache.build import cache_key, cache_settings
 
-    key = cache_key(exp, "hand-made")
+    specs = (exp.data, exp.audio, exp.features, exp.predict)
+    key = cache_key(*specs, "hand-made")
     folder = output / "cache" / "features" / key
     folder.mkdir(parents=True, exist_ok=True)
     width = 16 if exp.features.name == "mel" else 4
@@ -61,11 +63,11 @@ def _write_cache(output, exp, ids, test_ids, y, rng):
                            "x": tf.train.Feature(bytes_list=tf.train.BytesList(value=[x.tobytes()]))}
                 writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
         splits[split] = {"count": len(split_ids), "shards": [shard], "ids": list(split_ids)}
-    manifest = {"complete": True, "key": key, "settings": cache_settings(exp), "feature": exp.features.name,
+    manifest = {"complete": True, "key": key, "settings": cache_settings(*specs), "feature": exp.features.name,
                 "shape": [FRAMES, width], "dtype": "float32", "total_files": len(ids) + len(test_ids) + 1,
                 "splits": splits, "repaired": [],
                 "skipped": [{"id": "bad.aiff", "split": "train", "path": "/data/bad.aiff", "reason": EVIL_REASON}]}
-    (folder / MANIFEST).write_text(json.dumps(manifest))
+    (folder / layout.CACHE_MANIFEST).write_text(json.dumps(manifest))
 
 
 def make_output(folder, rng, *, caches=True):

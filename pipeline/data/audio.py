@@ -131,11 +131,19 @@ class Decoded:
     notes : tuple of str
         Repairs applied to a usable clip, in order, e.g.
         ``("stereo mixed down", "resampled 4000->2000 Hz", "padded 1900->4000 samples")``.
+    file_samples : int or None
+        The whole file's length in samples at the requested sample rate (as
+        if all of it were decoded and resampled), known from the header or
+        the frames read without decoding beyond the window; None when the
+        file was skipped or its length is unknown (a stream longer than the
+        window). The feature cache reads a longer window only when this
+        exceeds the clip (:mod:`pipeline.cache.featurise`).
     """
 
     samples: Optional[np.ndarray]
     reason: Optional[str]
     notes: tuple = ()
+    file_samples: Optional[int] = None
 
     @property
     def ok(self) -> bool:
@@ -247,7 +255,7 @@ def load_clip(
             max_nonfinite_fraction=float(max_nonfinite_fraction),
             res_type=res_type,
         )
-    except MemoryError:  # e.g. the feature worker's address-space limit (pipeline.records)
+    except MemoryError:  # e.g. the feature worker's address-space limit (pipeline.cache.workers)
         return _skip("too large: decoding ran out of memory")
     except Exception as exc:  # the contract is "bad audio never stops a run"
         logger.warning("unexpected error decoding %s", path, exc_info=True)
@@ -568,19 +576,20 @@ def _finish(mono: Optional[np.ndarray], frames: int, channels: int, nonfinite: i
     if len(mono) < min_samples:
         return _skip(f"too short: {len(mono)} samples at {sample_rate} Hz < min_samples={min_samples}")
 
+    # The whole file's length at sample_rate, as if all of it had been decoded.
+    full = len(mono) if whole else (None if total is None else _resampled_length(total, file_rate, sample_rate))
     n_out = clip_length(sample_rate=sample_rate, duration=duration)
     if len(mono) < n_out:
         notes.append(f"padded {len(mono)}->{n_out} samples")
         mono = np.pad(mono, (0, n_out - len(mono)))
     elif len(mono) > n_out or not whole:
-        # The note gives the whole file's length, as if all of it had been decoded.
-        full = len(mono) if whole else (None if total is None else _resampled_length(total, file_rate, sample_rate))
         notes.append(f"cropped {full}->{n_out} samples" if full is not None else f"cropped to {n_out} samples")
         mono = mono[:n_out]
         if _all_zero(mono):
             return _skip(f"silent: all zero in the first {duration:g} s")
 
-    return Decoded(samples=np.ascontiguousarray(mono, dtype=np.float32), reason=None, notes=tuple(notes))
+    return Decoded(samples=np.ascontiguousarray(mono, dtype=np.float32), reason=None, notes=tuple(notes),
+                   file_samples=full)
 
 
 def _all_zero(x: np.ndarray) -> bool:
