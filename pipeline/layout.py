@@ -171,13 +171,19 @@ def blend_file(blend_folder: str, name: str) -> str:
 
 
 def queue_figure(output: str, name: str) -> str:
-    """``output/report/<name>``: a figure of the whole queue."""
-    return _join(_join(output, QUEUE_PLOTS), name)
+    """``output/report/<name>``: a figure of the whole queue; ``name`` is one of :data:`FIGURES`."""
+    return _join(_join(output, QUEUE_PLOTS), _figure(name))
 
 
 def experiment_figure(exp_dir: str, name: str) -> str:
-    """``output/<experiment>/plots/<name>``: a figure of one experiment."""
-    return _join(experiment_file(exp_dir, PLOTS), name)
+    """``output/<experiment>/plots/<name>``: a figure of one experiment; ``name`` is one of :data:`FIGURES`."""
+    return _join(experiment_file(exp_dir, PLOTS), _figure(name))
+
+
+def _figure(name: str) -> str:
+    if name not in FIGURES:
+        raise ValueError(f"{name!r} is not a report figure; one of {sorted(FIGURES)}")
+    return name
 
 
 def cache_root(output: str) -> str:

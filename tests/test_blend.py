@@ -392,6 +392,28 @@ def test_include_of_experiments_on_other_folds_is_refused(tmp_path, rng):
     assert "different data or folds" in error and "weak" in error
 
 
+def test_experiments_on_other_folds_are_left_out_of_the_queue_oof_and_the_blend(tmp_path, rng, caplog):
+    """One rule for both tables (pipeline.results.on_shared_folds): the first finished experiment's folds."""
+    import pipeline.queue as q
+    from pipeline.blend.stage import run_blend
+
+    path = write_finished_queue(tmp_path, rng, method="mean")
+    text = (tmp_path / "queue.yaml").read_text()
+    weak = "model: {name: inceptiontime, depth: 2}"
+    (tmp_path / "queue.yaml").write_text(text.replace(weak, weak + "\n    folds: {n_splits: 4}"))
+    queue = load_queue(path)
+    for exp in queue.experiments:  # the hand-made runs belong to the edited configs
+        status_path = tmp_path / "output" / exp.name / "status.json"
+        status_path.write_text(json.dumps(dict(json.loads(status_path.read_text()), config_hash=exp.config_hash())))
+    with caplog.at_level("WARNING", logger="pipeline"):
+        table = q.write_queue_oof(queue, q.Paths(queue.output_dir))
+        result = run_blend(queue, queue.output_dir)
+    assert "good" in table.columns and "weak" not in table.columns
+    assert result["weights"]["experiments"] == ["good"]
+    assert "weak uses other data or folds than good; left out of output/oof.csv" in caplog.text
+    assert "blend: weak use other data or folds than good; left out" in caplog.text
+
+
 def test_blend_submission_lists_test_clips_without_predictions(tmp_path, rng):
     from pipeline.blend.stage import write_blend
 
