@@ -86,3 +86,30 @@ def test_pending_modules_still_exist():
     """A pending module that is gone (rewritten, merged) must leave the list, so that the list stays honest."""
     missing = [m for m in sorted(_PENDING) if not (PACKAGE.parent / m).is_file()]
     assert not missing, f"remove from _PENDING: {missing}"
+
+
+def _imported_modules(path: pathlib.Path) -> set:
+    """Every ``pipeline...`` module a file imports, at module level or inside functions (``from pipeline import x``
+    counts as ``pipeline.x``)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+            out.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return {m for m in out if m.startswith("pipeline.")}
+
+
+@pytest.mark.parametrize("package, forbidden", [
+    ("blend", ("pipeline.queue", "pipeline.report")),
+    ("report", ("pipeline.queue", "pipeline.blend")),
+])
+def test_blend_and_report_import_neither_the_queue_nor_each_other(package, forbidden):
+    """The queue runs the blend and the report; they share only bottom modules (layout, status, results)."""
+    found = []
+    for path in sorted((PACKAGE / package).rglob("*.py")):
+        for module in sorted(_imported_modules(path)):
+            if module.startswith(forbidden):
+                found.append(f"{path.relative_to(PACKAGE.parent).as_posix()} imports {module}")
+    assert not found, "\n".join(found)
