@@ -124,8 +124,99 @@ def _join(folder: str, name: str) -> str:
     return folder.rstrip("/") + "/" + name if folder else name
 
 
-# ----------------------------------------------------------------------------- output/cache/features/<key>/
-# The feature cache (pipeline.cache): shards <split>-NNNNN-of-NNNNN.tfrecord and this manifest, written
-# last (a folder without it is an interrupted build).
+# ----------------------------------------------------------------------------- output/: blend, figures, cache, folds
+# The rest of output/ by path: what the queue, the blend and the report write and read beside the
+# experiment folders. Like the names above, spelled here only.
 
-CACHE_MANIFEST = "manifest.json"
+WEIGHTS = "weights.json"  # blend/: the blend's weights (or stacker coefficients)
+BLEND_ERROR = "error.json"  # blend/: why the blend was refused, instead of a blend
+BLEND_FILES = (OOF, TEST, WEIGHTS, SCORES, SUBMISSION)  # a blend (scores.json is written last: see pipeline.blend)
+BLEND_FOLDER_FILES = frozenset(BLEND_FILES) | {BLEND_ERROR}  # everything the pipeline writes into blend/
+
+# Report figures: output/report/<name> (queue level) and output/<experiment>/plots/<name>.
+SCORES_FIGURE = "scores.png"
+CORRELATION_FIGURE = "correlation.png"
+ROC_FIGURE = "roc.png"
+PRECISION_FIGURE = "average_precision.png"
+CONFUSION_FIGURE = "confusion.png"
+TRAINING_FIGURE = "training.png"
+EXAMPLES_FIGURE = "examples.png"
+FIGURES = frozenset({SCORES_FIGURE, CORRELATION_FIGURE, ROC_FIGURE, PRECISION_FIGURE, CONFUSION_FIGURE,
+                     TRAINING_FIGURE, EXAMPLES_FIGURE})
+
+FEATURES = "features"  # output/cache/features/<key>/
+CACHE_MANIFEST = "manifest.json"  # a feature cache's index, written last: a cache without it is incomplete
+FOLD_TABLE_SUFFIX = ".csv"  # output/folds/<key>.csv
+
+QUEUE_FILES = frozenset({QUEUE_OOF, SUMMARY, REPORT, SCREENSHOT, QUEUE_LOG})
+
+
+def queue_file(output: str, name: str) -> str:
+    """A file at the top of the output folder; ``name`` is one of :data:`QUEUE_FILES`."""
+    if name not in QUEUE_FILES:
+        raise ValueError(f"{name!r} is not a queue-level output file; one of {sorted(QUEUE_FILES)}")
+    return _join(output, name)
+
+
+def blend_dir(output: str) -> str:
+    """``output/blend/``."""
+    return _join(output, BLEND)
+
+
+def blend_file(blend_folder: str, name: str) -> str:
+    """A file of the blend folder (:func:`blend_dir`); ``name`` is one of :data:`BLEND_FOLDER_FILES`."""
+    if name not in BLEND_FOLDER_FILES:
+        raise ValueError(f"{name!r} is not a blend output; one of {sorted(BLEND_FOLDER_FILES)}")
+    return _join(blend_folder, name)
+
+
+def queue_figure(output: str, name: str) -> str:
+    """``output/report/<name>``: a figure of the whole queue; ``name`` is one of :data:`FIGURES`."""
+    return _join(_join(output, QUEUE_PLOTS), _figure(name))
+
+
+def experiment_figure(exp_dir: str, name: str) -> str:
+    """``output/<experiment>/plots/<name>``: a figure of one experiment; ``name`` is one of :data:`FIGURES`."""
+    return _join(experiment_file(exp_dir, PLOTS), _figure(name))
+
+
+def _figure(name: str) -> str:
+    if name not in FIGURES:
+        raise ValueError(f"{name!r} is not a report figure; one of {sorted(FIGURES)}")
+    return name
+
+
+def cache_root(output: str) -> str:
+    """``output/cache/features/``: one folder per feature cache (``<key>/``)."""
+    return _join(_join(output, CACHE), FEATURES)
+
+
+def folds_dir(output: str) -> str:
+    """``output/folds/``: the fold tables shared by the experiments."""
+    return _join(output, FOLDS)
+
+
+def fold_table(folds_folder: str, key: str) -> str:
+    """``output/folds/<key>.csv``."""
+    return _join(folds_folder, key + FOLD_TABLE_SUFFIX)
+
+
+def queue_oof_column(column: str, experiment: str) -> str:
+    """An experiment's prediction column as named in ``output/oof.csv``: ``pred`` -> ``<experiment>``,
+    ``pred:<class>`` -> ``<experiment>:<class>`` (the names :func:`prediction_columns` gives with that prefix)."""
+    return experiment + column[len(PRED):]
+
+
+def queue_column_clash(name: str, targets, task: str) -> list:
+    """The columns experiment ``name`` would write into ``output/oof.csv`` that its labels already use.
+
+    ``output/oof.csv`` holds ``id, fold, <targets>`` beside ``<experiment>`` or
+    ``<experiment>:<class>``: an experiment named like a target (``label``), or
+    whose ``name:class`` spells a class (a class named ``a:b`` and an experiment
+    ``a`` with a class ``b``), would overwrite the labels with its predictions.
+    A multiclass experiment named like a class (``dog``) is refused too: readers
+    of that table (the report) take ``dog`` and ``dog:<class>`` for one
+    experiment's columns.
+    """
+    columns = set(prediction_columns(targets, task, prefix=name)) | {name}
+    return sorted(columns & ({"id", "fold"} | set(map(str, targets))))

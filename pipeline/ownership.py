@@ -108,10 +108,6 @@ def _some(names: Iterable[str], n: int = 3) -> str:
 
 # ----------------------------------------------------------------------------- experiment and output folders
 
-# What run_experiment and the fold loop write into output/<experiment>/.
-_EXPERIMENT_FILES = {"config.yaml", "status.json", "run.log", "oof.csv", "test.csv", "scores.json", "submission.csv",
-                     "plots"}
-_FOLD = re.compile(r"fold\d+")
 
 
 def is_legacy_experiment(path: str) -> bool:
@@ -122,12 +118,12 @@ def is_legacy_experiment(path: str) -> bool:
     pipeline's fields) is not taken for one.
     """
     try:
-        status = io.read_json(io.join(path, "status.json"))
+        status = io.read_json(layout.experiment_file(path, layout.STATUS))
     except (OSError, ValueError):
         return False
     if not isinstance(status, dict) or "state" not in status or "config_hash" not in status:
         return False
-    return only_names(path, lambda n: n in _EXPERIMENT_FILES or bool(_FOLD.fullmatch(n)))
+    return only_names(path, lambda n: n in layout.EXPERIMENT_FILES or layout.fold_index(n) is not None)
 
 
 def is_legacy_output(path: str) -> bool:
@@ -150,8 +146,6 @@ def legacy_output_foreign(path: str) -> List[str]:
     return [n for n in entries(path) if not is_atomic_leftover(n) and not _legacy_entry_ok(path, n)]
 
 
-# Files of blend/ (pipeline.blend.BLEND_FILES and error.json; a test keeps the two lists equal).
-BLEND_FILE_NAMES = frozenset({"oof.csv", "test.csv", "weights.json", "scores.json", "submission.csv", "error.json"})
 _KEY = re.compile(r"[0-9a-f]{8,64}")  # pipeline.hashing.stable_hash
 _WORKER = re.compile(r"[A-Za-z_]+-\d+")
 _LOG_LINE = re.compile(rb"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d")
@@ -179,7 +173,7 @@ def _csv_header(path: str) -> List[str]:
 def is_blend_folder(path: str) -> bool:
     """A ``blend/`` folder of the pipeline's: marked, or holding nothing but the blend's own files."""
     return io.isdir(path) and (is_owned(path) or only_names(
-        path, lambda n: n in BLEND_FILE_NAMES and io.isfile(io.join(path, n))))
+        path, lambda n: n in layout.BLEND_FOLDER_FILES and io.isfile(io.join(path, n))))
 
 
 def _is_cache_folder(path: str) -> bool:
@@ -193,14 +187,15 @@ def _is_cache_folder(path: str) -> bool:
         return io.isdir(folder) and only_names(folder, lambda n: bool(_KEY.fullmatch(n.removesuffix(".building")))
                                                and shards(io.join(folder, n)))
 
-    return io.isdir(path) and only_names(path, lambda n: n == "features" and features(io.join(path, n)))
+    return io.isdir(path) and only_names(path, lambda n: n == layout.FEATURES and features(io.join(path, n)))
 
 
 def _is_folds_folder(path: str) -> bool:
     """``folds/``: only ``<key>.csv`` fold tables (an ``id`` and a ``fold`` column)."""
     def table(n):
         full = io.join(path, n)
-        return (n.endswith(".csv") and bool(_KEY.fullmatch(n[:-4])) and io.isfile(full)
+        key = n.removesuffix(layout.FOLD_TABLE_SUFFIX)
+        return (key != n and bool(_KEY.fullmatch(key)) and io.isfile(full)
                 and {"id", "fold"} <= set(_csv_header(full)))
 
     return io.isdir(path) and only_names(path, table)

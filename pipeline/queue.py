@@ -27,16 +27,13 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import pandas as pd
 
-from pipeline import io, layout, ownership
+from pipeline import io, layout, ownership, results
 from pipeline.config import ConfigError, Experiment, Queue, dump_experiment
-from pipeline.hashing import stable_hash
+from pipeline.status import DONE, FAILED, INTERRUPTED, RUNNING, now, read_status, write_status
 
 log = logging.getLogger("pipeline")
 
-DONE, FAILED, RUNNING, INTERRUPTED = "done", "failed", "running", "interrupted"
 EXIT_CONFIG = 2  # as pipeline.cli: a queue whose output cannot be used is refused like an invalid file
-# Per-clip identity of the data an experiment ran on (pipeline.data.identity), beside its status.json.
-DATA_CLIPS = "data_clips.csv"
 
 
 class StageError(RuntimeError):
@@ -52,89 +49,14 @@ class Paths:
 
     @property
     def cache(self):
-        return os.path.join(self.output, layout.CACHE, "features")
+        return layout.cache_root(self.output)
 
     @property
     def folds(self):
-        return os.path.join(self.output, layout.FOLDS)
+        return layout.folds_dir(self.output)
 
     def experiment(self, name):
-        return os.path.join(self.output, name)
-
-
-def prediction_columns(targets, task, prefix="pred") -> List[str]:
-    """Prediction column names: ``pred`` for binary tasks, ``pred:<class>`` otherwise.
-
-    With ``prefix`` an experiment's name these are its columns in ``output/oof.csv``
-    (``<experiment>`` or ``<experiment>:<class>``). Targets never take the names
-    ``pred`` or ``pred:...`` (:func:`pipeline.data.base.reserved_targets`), so an
-    experiment's own files cannot mix labels and predictions; see
-    :func:`queue_column_clash` for the queue-level table.
-    """
-    if task == "binary":
-        return [prefix]
-    return [f"{prefix}:{t}" for t in targets]
-
-
-def queue_column_clash(name: str, targets, task) -> List[str]:
-    """The columns experiment ``name`` would write into ``output/oof.csv`` that its labels already use.
-
-    ``output/oof.csv`` holds ``id, fold, <targets>`` beside ``<experiment>`` or
-    ``<experiment>:<class>``: an experiment named like a target (``label``), or
-    whose ``name:class`` spells a class (a class named ``a:b`` and an experiment
-    ``a`` with a class ``b``), would overwrite the labels with its predictions.
-    A multiclass experiment named like a class (``dog``) is refused too: readers
-    of that table (the report) take ``dog`` and ``dog:<class>`` for one
-    experiment's columns.
-    """
-    columns = set(prediction_columns(targets, task, prefix=name)) | {name}
-    return sorted(columns & ({"id", "fold"} | set(map(str, targets))))
-
-
-# ----------------------------------------------------------------------------- status
-
-
-def read_status(exp_dir: str) -> dict:
-    """The experiment's status.json; {} when it is missing, truncated or edited into something not a dict."""
-    path = os.path.join(exp_dir, "status.json")
-    try:
-        status = io.read_json(path)
-    except (OSError, ValueError):
-        return {}
-    return _valid_status(status) if isinstance(status, dict) else {}
-
-
-# The type of each status.json field the pipeline reads; a field edited into another type is dropped on reading.
-_STATUS_FIELDS = {"state": str, "stage": str, "config_hash": str, "error": str, "traceback": str, "started": str,
-                  "finished": str, "updated": str, "data": dict, "timings": dict, "wall_seconds": (int, float)}
-
-
-def _valid_status(status: dict) -> dict:
-    """``status`` without the fields whose value is not of the type the pipeline writes (an edited status.json
-    costs only those fields, never a traceback); ``timings`` keeps only its numeric entries."""
-    out = {}
-    for key, value in status.items():
-        kind = _STATUS_FIELDS.get(key)
-        if kind is not None and (not isinstance(value, kind) or isinstance(value, bool)):
-            continue
-        if key == "wall_seconds" and not np.isfinite(value):
-            continue
-        if key == "timings":
-            value = {str(k): v for k, v in value.items()
-                     if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)}
-        out[key] = value
-    return out
-
-
-def write_status(exp_dir: str, **fields) -> dict:
-    status = read_status(exp_dir)
-    status.update(fields, updated=_now())
-    io.write_json(os.path.join(exp_dir, "status.json"), status)
-    return status
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        return layout.experiment_dir(self.output, name)
 
 
 # ----------------------------------------------------------------------------- one experiment
@@ -164,7 +86,7 @@ def run_experiment(exp: Experiment, paths: Paths, *, force: bool = False) -> dic
                  "regenerated from the same parameters)", exp.name)
         return status
     dataset, load_error, load_seconds = _load_data(exp)
-    changed = data_changes(exp_dir, status, dataset) if same_config and dataset is not None else ""
+    changed = results.data_changes(exp_dir, status, dataset) if same_config and dataset is not None else ""
     if status.get("state") == DONE and same_config and not force and dataset is not None and not changed:
         log.info("%s: finished earlier with the same config; skipped (data unchanged)", exp.name)
         return status
@@ -179,24 +101,24 @@ def run_experiment(exp: Experiment, paths: Paths, *, force: bool = False) -> dic
     except ownership.OwnershipError as err:
         log.error("%s: FAILED: %s", exp.name, err)  # nothing of the folder's was touched, so no status is written
         return {"state": FAILED, "error": str(err)}
-    io.write_text(os.path.join(exp_dir, "config.yaml"), dump_experiment(exp))
+    io.write_text(layout.experiment_file(exp_dir, layout.CONFIG), dump_experiment(exp))
     data_fields = {}
     if dataset is not None:  # the per-clip table first: a status naming data always has its table beside it
-        write_clips(os.path.join(exp_dir, DATA_CLIPS), dataset.identity)
+        write_clips(layout.experiment_file(exp_dir, layout.CLIPS), dataset.identity)
         data_fields["data"] = dataset.identity.checked()
 
-    handler = io.log_handler(os.path.join(exp_dir, "run.log"))
+    handler = io.log_handler(layout.experiment_file(exp_dir, layout.RUN_LOG))
     handler.setLevel(logging.DEBUG)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
     started = time.time()
     timings: Dict[str, float] = dict(status.get("timings") or {}) if same_config and not changed else {}
-    write_status(exp_dir, state=RUNNING, stage="start", config_hash=config_hash, started=_now(), error=None,
+    write_status(exp_dir, state=RUNNING, stage="start", config_hash=config_hash, started=now(), error=None,
                  timings=timings, **data_fields)
     try:
         _stages(exp, paths, exp_dir, timings, (dataset, load_error, load_seconds))
         wall = time.time() - started + sum(v for k, v in timings.items() if k == "previous_runs")
-        status = write_status(exp_dir, state=DONE, stage="done", finished=_now(), timings=timings,
+        status = write_status(exp_dir, state=DONE, stage="done", finished=now(), timings=timings,
                               wall_seconds=round(wall, 2))
         log.info("%s: done in %.0f s", exp.name, time.time() - started)
     except KeyboardInterrupt:
@@ -207,7 +129,7 @@ def run_experiment(exp: Experiment, paths: Paths, *, force: bool = False) -> dic
         log.error("%s: FAILED: %s", exp.name, message)
         log.debug("%s", traceback.format_exc())
         status = write_status(exp_dir, state=FAILED, error=message, traceback=traceback.format_exc(),
-                              finished=_now(), timings=timings)
+                              finished=now(), timings=timings)
     finally:
         logging.getLogger().removeHandler(handler)
         handler.close()
@@ -241,13 +163,6 @@ def _load_data(exp: Experiment):
         return None, err, time.time() - t0
 
 
-def data_changes(exp_dir: str, status: dict, dataset) -> str:
-    """What changed in the data since the run recorded in ``exp_dir`` (its status and per-clip table); '' if nothing."""
-    from pipeline.data.identity import describe_changes, read_clips
-
-    return describe_changes(status.get("data"), dataset.identity, read_clips(os.path.join(exp_dir, DATA_CLIPS)))
-
-
 def _stages(exp: Experiment, paths: Paths, exp_dir: str, timings: dict, data) -> None:
     from pipeline.data import submission_frame
     from pipeline.features import check_settings
@@ -262,7 +177,7 @@ def _stages(exp: Experiment, paths: Paths, exp_dir: str, timings: dict, data) ->
     train = dataset.train
     log.info("%s: %s data: %d train, %d test clips, task %s, targets %s", exp.name, exp.data.name, len(train),
              len(dataset.test), dataset.task, ",".join(dataset.targets))
-    clash = queue_column_clash(exp.name, dataset.targets, dataset.task)
+    clash = layout.queue_column_clash(exp.name, dataset.targets, dataset.task)
     if clash:  # refused before training, not after hours of it
         raise StageError(f"experiments: the name {exp.name!r} would give output/oof.csv the column(s) {clash}, "
                          f"which hold the labels of the data ({exp.data.name}); rename the experiment")
@@ -294,8 +209,8 @@ def _write_experiment_outputs(exp, dataset, oof: pd.DataFrame, test: Optional[pd
     from pipeline.metrics import score
 
     targets = list(dataset.targets)
-    pred_cols = prediction_columns(targets, dataset.task)
-    io.write_csv(os.path.join(exp_dir, "oof.csv"), oof)
+    pred_cols = layout.prediction_columns(targets, dataset.task)
+    io.write_csv(layout.experiment_file(exp_dir, layout.OOF), oof)
     per_fold = {}
     for k, part in oof.groupby("fold"):
         per_fold[int(k)] = score(dataset.task, part[targets].to_numpy(), part[pred_cols].to_numpy())
@@ -315,91 +230,17 @@ def _write_experiment_outputs(exp, dataset, oof: pd.DataFrame, test: Optional[pd
         # Every test id, also those whose audio was skipped: a submission must list them all.
         "all_test_ids": [str(i) for i in dataset.test["id"]],
     }
-    io.write_json(os.path.join(exp_dir, "scores.json"), scores)
+    io.write_json(layout.experiment_file(exp_dir, layout.SCORES), scores)
     log.info("%s: OOF AUC %.4f (folds %.4f +- %.4f)", exp.name, overall["auc"], scores["fold_mean"], scores["fold_std"])
     if "lwlrap" in overall:
         log.info("%s: OOF LWLRAP %.4f (random ranking %.4f)", exp.name, overall["lwlrap"], overall["lwlrap_random"])
     if test is not None and len(test):
-        io.write_csv(os.path.join(exp_dir, "test.csv"), test)
+        io.write_csv(layout.experiment_file(exp_dir, layout.TEST), test)
         sub = submission_frame(dataset, list(test["id"]), test[pred_cols].to_numpy())
-        io.write_csv(os.path.join(exp_dir, "submission.csv"), sub)
+        io.write_csv(layout.experiment_file(exp_dir, layout.SUBMISSION), sub)
 
 
 # ----------------------------------------------------------------------------- queue-level outputs
-
-
-def current_data(queue: Queue) -> Dict[str, object]:
-    """The data each experiment of ``queue`` would use now, loaded once per distinct data block, writing nothing.
-
-    Returns ``{data key: value}`` (key: :func:`_data_key`) where value is a
-    :class:`~pipeline.data.base.Dataset`, ``None`` for synthetic data not on
-    disk (a function of the config, so unchanged by definition), or the error
-    message (str) when the data cannot be read.
-    """
-    from pipeline.data import load_dataset, needs_generation
-
-    out: Dict[str, object] = {}
-    # The sources' own messages (clip counts, missing files) were logged when the experiments loaded the data.
-    sources = logging.getLogger("pipeline.data")
-    level = sources.level
-    sources.setLevel(logging.ERROR)
-    try:
-        for exp in queue.experiments:
-            key = _data_key(exp)
-            if key in out:
-                continue
-            if needs_generation(exp.data.name, exp.data.params):
-                out[key] = None
-                continue
-            try:
-                dataset = load_dataset(exp.data.name, exp.data.params)
-                _ = dataset.identity
-                out[key] = dataset
-            except Exception as err:  # noqa: BLE001 - unreadable data is reported per experiment, never a crash
-                out[key] = f"{type(err).__name__}: {err}"
-    finally:
-        sources.setLevel(level)
-    return out
-
-
-def _data_key(exp: Experiment) -> str:
-    return stable_hash(exp.data.to_dict())
-
-
-def stale_reason(exp: Experiment, paths: Paths, current: Dict[str, object]) -> str:
-    """Why a finished experiment's results are not results on the current data; '' when they are.
-
-    ``current`` comes from :func:`current_data`.
-    """
-    data = current.get(_data_key(exp))
-    if data is None:
-        return ""
-    if isinstance(data, str):
-        return f"its data cannot be read now, so its results cannot be checked: {data}"
-    exp_dir = paths.experiment(exp.name)
-    changed = data_changes(exp_dir, read_status(exp_dir), data)
-    return f"data changed since this run: {changed}" if changed else ""
-
-
-def finished(queue: Queue, paths: Paths, current: Optional[Dict[str, object]] = None) -> List[Experiment]:
-    """Experiments finished with their current config on the current data (:func:`stale_reason` empty).
-
-    Only these reach ``output/oof.csv``, the summary's scores and the blend.
-    ``current``: :func:`current_data` of the queue, computed here when None.
-    """
-    if current is None:
-        current = current_data(queue)
-    out = []
-    for exp in queue.experiments:
-        status = read_status(paths.experiment(exp.name))
-        if status.get("state") == DONE and status.get("config_hash") == exp.config_hash():
-            reason = stale_reason(exp, paths, current)
-            if reason:
-                log.warning("%s: %s; its results are stale and left out (rerun the queue to update them)",
-                            exp.name, reason)
-                continue
-            out.append(exp)
-    return out
 
 
 def write_queue_oof(queue: Queue, paths: Paths,
@@ -407,26 +248,21 @@ def write_queue_oof(queue: Queue, paths: Paths,
     """``output/oof.csv``: one row per training clip, one prediction column (set) per finished experiment.
 
     Only experiments on the same data and folds as the queue's first finished
-    experiment can share this table; others are left out with a warning, as
-    are experiments whose data changed since they ran (:func:`finished`).
+    experiment can share this table (:func:`pipeline.results.on_shared_folds`);
+    others are left out with a warning, as are experiments whose data changed
+    since they ran (:func:`pipeline.results.finished`).
     """
-    from pipeline.folds import fold_key
-
-    done = finished(queue, paths, current)
-    if not done:
-        return _no_queue_oof(paths)
-    key = None
+    done, other_folds = results.on_shared_folds(results.finished(queue, paths.output, current))
+    for exp in other_folds:
+        log.warning("%s uses other data or folds than %s; left out of output/oof.csv", exp.name, done[0].name)
     table = None
     for exp in done:
-        if key is not None and fold_key(exp) != key:
-            log.warning("%s uses other data or folds than %s; left out of output/oof.csv", exp.name, first)
-            continue
         got = _queue_oof_part(exp.name, paths.experiment(exp.name))
         if got is None:
             continue
         part, new = got
         if table is None:
-            key, first, table = fold_key(exp), exp.name, part
+            table = part
             continue
         taken = sorted(set(new) & set(table.columns))
         if taken:
@@ -436,14 +272,14 @@ def write_queue_oof(queue: Queue, paths: Paths,
         table = table.merge(part[["id", *new]], on="id", how="outer")
     if table is None:
         return _no_queue_oof(paths)
-    io.write_csv(os.path.join(paths.output, layout.QUEUE_OOF), table)
+    io.write_csv(layout.queue_file(paths.output, layout.QUEUE_OOF), table)
     return table
 
 
 def _no_queue_oof(paths: Paths) -> None:
     """No experiment is current: an ``output/oof.csv`` of an earlier run (stale predictions and labels) is removed,
     so that nothing (the report's correlation plot) presents it as current. The output folder is the pipeline's."""
-    path = os.path.join(paths.output, layout.QUEUE_OOF)
+    path = layout.queue_file(paths.output, layout.QUEUE_OOF)
     if io.isfile(path):
         log.warning("%s: no experiment is finished on the current data; the earlier table is removed", path)
         io.remove(path)
@@ -454,9 +290,7 @@ def _queue_oof_part(name: str, exp_dir: str) -> Optional[Tuple[pd.DataFrame, Lis
     """An experiment's oof.csv with its prediction columns renamed for output/oof.csv (``pred`` -> ``<name>``,
     ``pred:<class>`` -> ``<name>:<class>``), and those new names; None, with a warning naming the file, when
     it is missing, unreadable or lacks the columns a finished experiment writes."""
-    from pipeline.blend import prediction_columns as pred_columns
-
-    path = os.path.join(exp_dir, "oof.csv")
+    path = layout.experiment_file(exp_dir, layout.OOF)
     try:
         oof = io.read_csv(path, dtype={"id": str})
     except FileNotFoundError:
@@ -466,7 +300,7 @@ def _queue_oof_part(name: str, exp_dir: str) -> Optional[Tuple[pd.DataFrame, Lis
     except (OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as err:
         log.warning("%s: unreadable (%s); left out of output/oof.csv", path, err)
         return None
-    pred = pred_columns(oof)
+    pred = layout.prediction_columns_of(oof.columns)
     lacking = [c for c in ("id", "fold") if c not in oof.columns] + ([] if pred else ["pred or pred:<class>"])
     if lacking:
         log.warning("%s: no column(s) %s; left out of output/oof.csv", path, lacking)
@@ -475,7 +309,7 @@ def _queue_oof_part(name: str, exp_dir: str) -> Optional[Tuple[pd.DataFrame, Lis
         log.warning("%s: repeats ids (e.g. %s); left out of output/oof.csv", path,
                     oof.loc[oof["id"].duplicated(), "id"].iloc[:3].tolist())
         return None
-    name_of = {c: name if c == "pred" else f"{name}:{c[5:]}" for c in pred}
+    name_of = {c: layout.queue_oof_column(c, name) for c in pred}
     clash = sorted((set(name_of.values()) | {name}) & (set(oof.columns) - set(pred)))
     if clash:
         log.warning("%s: the experiment's column(s) %s in output/oof.csv would replace its label column(s) of the "
@@ -506,7 +340,7 @@ def write_summary(queue: Queue, paths: Paths, current: Optional[Dict[str, object
     metric = queue.blend.metric
     metric_col = f"oof_{metric}"
     if current is None:
-        current = current_data(queue)
+        current = results.current_data(queue)
     rows = []
     for exp in queue.experiments:
         exp_dir = paths.experiment(exp.name)
@@ -527,7 +361,7 @@ def write_summary(queue: Queue, paths: Paths, current: Optional[Dict[str, object
         if status.get("config_hash") not in (None, exp.config_hash()):
             row["status"] = "stale"
         elif row["status"] == DONE:
-            reason = stale_reason(exp, paths, current)
+            reason = results.stale_reason(exp, paths.output, current)
             if reason:
                 row.update(status="stale", error=reason)
         if failures and exp.name in failures:
@@ -538,7 +372,7 @@ def write_summary(queue: Queue, paths: Paths, current: Optional[Dict[str, object
     summary = pd.DataFrame(rows)
     summary = summary.sort_values(metric_col, ascending=not metrics.GREATER_IS_BETTER[metric], na_position="last",
                                   kind="stable").reset_index(drop=True)
-    io.write_csv(os.path.join(paths.output, layout.SUMMARY), summary)
+    io.write_csv(layout.queue_file(paths.output, layout.SUMMARY), summary)
     summary.attrs.update(output=paths.output, metric=metric)
     return summary
 
@@ -549,7 +383,7 @@ def _summary_scores(exp_dir: str, metric: str, metric_col: str) -> dict:
     A missing, truncated or edited file costs only its numbers: they stay empty,
     the ``error`` column names the file and a warning is logged.
     """
-    path = os.path.join(exp_dir, "scores.json")
+    path = layout.experiment_file(exp_dir, layout.SCORES)
     out = {}
     try:
         scores = io.read_json(path)
@@ -585,15 +419,14 @@ def _oof_metric(exp_dir: str, scores: dict, metric: str) -> float:
     """A metric that scores.json lacks (e.g. lwlrap), computed from the experiment's oof.csv; NaN if it does not
     apply or the file cannot be read (with a warning naming it)."""
     from pipeline import metrics
-    from pipeline import blend
 
-    path = os.path.join(exp_dir, "oof.csv")
+    path = layout.experiment_file(exp_dir, layout.OOF)
     try:
         oof = io.read_csv(path, dtype={"id": str})
     except (OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as err:
         log.warning("%s: unreadable (%s); no OOF %s in the summary", path, err, metric)
         return float("nan")
-    pred = blend.prediction_columns(oof)
+    pred = layout.prediction_columns_of(oof.columns)
     try:
         return metrics.metric_value(metric, scores["task"], oof[list(scores["targets"])].to_numpy(),
                                     oof[pred].to_numpy())
@@ -602,12 +435,10 @@ def _oof_metric(exp_dir: str, scores: dict, metric: str) -> float:
 
 
 def _fold_done_files(exp_dir):
-    out = []
-    for name in io.listdir(exp_dir):
-        path = os.path.join(exp_dir, name, "done.json")
-        if name.startswith("fold") and io.isfile(path):
-            out.append(path)
-    return out
+    """The ``done.json`` of every finished fold of the experiment."""
+    folds = [layout.fold_index(name) for name in io.listdir(exp_dir)]
+    paths = [layout.fold_file(exp_dir, k, layout.DONE) for k in folds if k is not None]
+    return [path for path in paths if io.isfile(path)]
 
 
 def format_summary(summary: pd.DataFrame) -> str:
@@ -616,7 +447,7 @@ def format_summary(summary: pd.DataFrame) -> str:
     The blend line is read from ``<output>/blend/scores.json`` (or ``error.json``)
     when ``summary.attrs`` names the output folder (see :func:`write_summary`).
     """
-    from pipeline.report import format_duration
+    from pipeline.report.formatting import format_duration
 
     metric = summary.attrs.get("metric", "auc")
     metric_col = f"oof_{metric}"
@@ -638,7 +469,7 @@ def format_summary(summary: pd.DataFrame) -> str:
     lines = [shown.to_string(index=False)] if len(shown) else ["(no experiments)"]
     output = summary.attrs.get("output")
     if output:
-        lines.append(_blend_line(os.path.join(output, layout.BLEND)))
+        lines.append(_blend_line(output))
     for _, row in summary.iterrows():
         if row["status"] == FAILED:
             lines.append(f"FAILED {row['experiment']}: {row['error']}")
@@ -649,8 +480,9 @@ def _fmt(fmt):
     return lambda v: "" if pd.isna(v) else fmt.format(v)
 
 
-def _blend_line(folder: str) -> str:
-    scores_path, error_path = os.path.join(folder, "scores.json"), os.path.join(folder, "error.json")
+def _blend_line(output: str) -> str:
+    folder = layout.blend_dir(output)
+    scores_path, error_path = layout.blend_file(folder, layout.SCORES), layout.blend_file(folder, layout.BLEND_ERROR)
     try:
         if io.isfile(scores_path):
             s = io.read_json(scores_path)
@@ -682,7 +514,7 @@ def setup_logging(output_dir: str) -> None:
     console = logging.StreamHandler(sys.stdout)
     console.setLevel(logging.INFO)
     console.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-    file = io.log_handler(os.path.join(output_dir, layout.QUEUE_LOG))
+    file = io.log_handler(layout.queue_file(output_dir, layout.QUEUE_LOG))
     file.setLevel(logging.INFO)
     file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     for h in (console, file):
@@ -698,16 +530,16 @@ def plan(queue: Queue, paths: Paths, names: List[str], force: bool) -> str:
     from pipeline.cache.build import cache_key
 
     lines = [f"queue {queue.source}: {len(names)} experiment(s), output {paths.output}"]
-    current = current_data(queue)
+    current = results.current_data(queue)
     for exp in queue.experiments:
         if exp.name not in names:
             continue
         exp_dir = paths.experiment(exp.name)
         status = read_status(exp_dir)
         same = status.get("config_hash") == exp.config_hash()
-        data = current[_data_key(exp)]
+        data = current[results.data_key(exp)]
         readable = data is not None and not isinstance(data, str)
-        changed = data_changes(exp_dir, status, data) if same and readable else ""
+        changed = results.data_changes(exp_dir, status, data) if same and readable else ""
         if isinstance(data, str):
             action = f"fail: the data cannot be read ({data})"
         elif status.get("state") == DONE and same and not force and not changed:
@@ -728,7 +560,7 @@ def plan(queue: Queue, paths: Paths, names: List[str], force: bool) -> str:
         else:
             key = cache_key(exp.data, exp.audio, exp.features, exp.predict, data.identity.audio)
             cache = "hit" if io.isfile(os.path.join(paths.cache, key, layout.CACHE_MANIFEST)) else "build"
-            folds = "exists" if io.isfile(os.path.join(paths.folds, table_key(exp, data) + ".csv")) else "build"
+            folds = "exists" if io.isfile(layout.fold_table(paths.folds, table_key(exp, data))) else "build"
         lines.append(
             f"  {exp.name}: {action}; data {exp.data.name}, features {exp.features.name} (cache {key}: {cache}), "
             f"model {exp.model.name}, {exp.folds.n_splits} folds (table: {folds}), {exp.train.epochs} epochs max"
@@ -795,14 +627,14 @@ def _run_locked(queue: Queue, paths: Paths, names: List[str], *, force: bool, bl
                 status = run_experiment(exp, paths, force=force)
                 if status.get("state") == FAILED:
                     failed[exp.name] = str(status.get("error") or "failed")
-        current = current_data(queue)  # after the runs: what they ran on is compared with the data as it is now
+        current = results.current_data(queue)  # after the runs: what they ran on is compared with the data as it is now
         write_queue_oof(queue, paths, current)
         summary = write_summary(queue, paths, current, failed)
-        from pipeline.blend import run_blend
+        from pipeline.blend.stage import run_blend
 
-        run_blend(queue, paths, current)
+        run_blend(queue, paths.output, current)
         print("\n" + format_summary(summary) + "\n", flush=True)
-        from pipeline.report import write_report_safely
+        from pipeline.report.build import write_report_safely
 
         write_report_safely(paths.output, title=f"Queue report: {os.path.basename(queue.source)}")
     except KeyboardInterrupt:

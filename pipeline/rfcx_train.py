@@ -91,7 +91,7 @@ def run_folds_rfcx(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str, rt=No
     from pipeline.models import sed
     from pipeline.models.registry import build_model, check_model, prior_bias
     from pipeline.predict import collect_folds
-    from pipeline.queue import prediction_columns
+    from pipeline.layout import prediction_columns
     from pipeline.cache.read import fits_in_memory, labelled
     from pipeline.schedules import make_optimizer, make_schedule
     from pipeline.train import (clear_state, epoch_seed, features_and_targets, finish_fold, fold_members, pending_folds,

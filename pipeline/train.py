@@ -351,7 +351,7 @@ def _run_folds(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str, rt):
     from pipeline.models.registry import build_model, check_model, prior_bias
     from pipeline.schedules import make_optimizer, make_schedule
     from pipeline.predict import collect_folds, predict_with_ids
-    from pipeline.queue import prediction_columns
+    from pipeline.layout import prediction_columns
     from pipeline.cache.read import fits_in_memory, labelled
 
     # Same seed, same result, also across a kill and resume: op determinism is switched on by

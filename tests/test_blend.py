@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 from sklearn.metrics import label_ranking_average_precision_score, roc_auc_score
 
-from pipeline import blend as blend_mod
-from pipeline import metrics, ownership, schema
-from pipeline.blend import BlendError, blend, check_compatible, greedy_weights, load_predictions
+from pipeline import metrics, ownership, results, schema
+from pipeline.blend.methods import METHODS, BlendError, greedy_weights
+from pipeline.blend.predictions import check_compatible, load_predictions
+from pipeline.blend.stage import blend
 from pipeline.config import load_queue
 
 
@@ -21,7 +22,7 @@ from pipeline.config import load_queue
 
 def experiment(ids, folds, y, pred, test_ids=None, test_pred=None, *, task="binary", targets=("label",),
                submission="whale"):
-    """An in-memory :func:`pipeline.blend.load_predictions` result. y, pred: [n] or [n, C]."""
+    """An in-memory :func:`pipeline.blend.predictions.load_predictions` result. y, pred: [n] or [n, C]."""
     y = np.asarray(y, float).reshape(len(ids), -1)
     pred = np.asarray(pred, float).reshape(len(ids), -1)
     cols = ["pred"] if task == "binary" else [f"pred:{t}" for t in targets]
@@ -61,7 +62,7 @@ def best_single(result):
 
 
 def test_registry_matches_schema():
-    assert set(blend_mod.METHODS.names()) == set(schema.BLEND_METHODS)
+    assert set(METHODS.names()) == set(schema.BLEND_METHODS)
 
 
 def test_mean_and_rank_mean_values():
@@ -348,19 +349,19 @@ def test_blend_only_writes_files_and_never_opens_test_labels(tmp_path, rng, monk
 
 
 def test_refused_blend_removes_stale_files_and_records_the_reason(tmp_path, rng, capsys):
-    from pipeline.blend import run_blend
+    from pipeline.blend.stage import run_blend
     from pipeline.queue import Paths
 
     path = write_finished_queue(tmp_path, rng, method="mean")
     queue = load_queue(path)
     paths = Paths(queue.output_dir)
-    assert run_blend(queue, paths) is not None
+    assert run_blend(queue, paths.output) is not None
     assert (tmp_path / "output" / "blend" / "submission.csv").is_file()
     oof_path = tmp_path / "output" / "weak" / "oof.csv"
     oof = pd.read_csv(oof_path)
     oof.loc[0, "fold"] = 2 - oof.loc[0, "fold"] if oof.loc[0, "fold"] != 1 else 0
     oof.to_csv(oof_path, index=False)
-    assert run_blend(queue, paths) is None
+    assert run_blend(queue, paths.output) is None
     folder = tmp_path / "output" / "blend"
     assert not (folder / "submission.csv").exists() and not (folder / "scores.json").exists()
     assert "folds differ" in json.loads((folder / "error.json").read_text())["error"]
@@ -374,8 +375,7 @@ def test_load_predictions_reads_only_prediction_files(tmp_path, rng):
 
 
 def test_include_of_experiments_on_other_folds_is_refused(tmp_path, rng):
-    from pipeline.blend import run_blend
-    from pipeline.queue import Paths
+    from pipeline.blend.stage import run_blend
 
     path = write_finished_queue(tmp_path, rng, method="mean")
     text = (tmp_path / "queue.yaml").read_text()
@@ -387,13 +387,35 @@ def test_include_of_experiments_on_other_folds_is_refused(tmp_path, rng):
         status_path = tmp_path / "output" / exp.name / "status.json"
         status = json.loads(status_path.read_text())
         status_path.write_text(json.dumps(dict(status, config_hash=exp.config_hash())))
-    assert run_blend(queue, Paths(queue.output_dir)) is None
+    assert run_blend(queue, queue.output_dir) is None
     error = json.loads((tmp_path / "output" / "blend" / "error.json").read_text())["error"]
     assert "different data or folds" in error and "weak" in error
 
 
+def test_experiments_on_other_folds_are_left_out_of_the_queue_oof_and_the_blend(tmp_path, rng, caplog):
+    """One rule for both tables (pipeline.results.on_shared_folds): the first finished experiment's folds."""
+    import pipeline.queue as q
+    from pipeline.blend.stage import run_blend
+
+    path = write_finished_queue(tmp_path, rng, method="mean")
+    text = (tmp_path / "queue.yaml").read_text()
+    weak = "model: {name: inceptiontime, depth: 2}"
+    (tmp_path / "queue.yaml").write_text(text.replace(weak, weak + "\n    folds: {n_splits: 4}"))
+    queue = load_queue(path)
+    for exp in queue.experiments:  # the hand-made runs belong to the edited configs
+        status_path = tmp_path / "output" / exp.name / "status.json"
+        status_path.write_text(json.dumps(dict(json.loads(status_path.read_text()), config_hash=exp.config_hash())))
+    with caplog.at_level("WARNING", logger="pipeline"):
+        table = q.write_queue_oof(queue, q.Paths(queue.output_dir))
+        result = run_blend(queue, queue.output_dir)
+    assert "good" in table.columns and "weak" not in table.columns
+    assert result["weights"]["experiments"] == ["good"]
+    assert "weak uses other data or folds than good; left out of output/oof.csv" in caplog.text
+    assert "blend: weak use other data or folds than good; left out" in caplog.text
+
+
 def test_blend_submission_lists_test_clips_without_predictions(tmp_path, rng):
-    from pipeline.blend import write_blend
+    from pipeline.blend.stage import write_blend
 
     names, loaded = binary_problem(rng, n=40, n_test=5)
     for item in loaded:  # scores.json lists one more test clip, whose audio was skipped
@@ -435,7 +457,7 @@ def test_a_blend_path_the_pipeline_cannot_write_is_logged_not_a_traceback(tmp_pa
     """output/blend a regular file (or any OwnershipError / OSError in the blend): logged naming the path,
     nothing written over it, and the queue still prints its summary and writes the report."""
     import pipeline.queue as q
-    from pipeline.blend import run_blend
+    from pipeline.blend.stage import run_blend
 
     path = write_finished_queue(tmp_path, rng, method="mean")
     queue = load_queue(path)
@@ -443,7 +465,7 @@ def test_a_blend_path_the_pipeline_cannot_write_is_logged_not_a_traceback(tmp_pa
     blend_path = tmp_path / "output" / "blend"
     blend_path.write_bytes(b"my own blend\n")
     with caplog.at_level("ERROR", logger="pipeline"):
-        assert run_blend(queue, paths) is None
+        assert run_blend(queue, paths.output) is None
     assert str(blend_path) in caplog.text
     assert blend_path.read_bytes() == b"my own blend\n"
     assert q._run_locked(queue, paths, [e.name for e in queue.experiments], force=False, blend_only=True) == 0
@@ -459,9 +481,9 @@ def test_the_blend_uses_the_data_loaded_for_the_summary(tmp_path, rng, monkeypat
     queue = load_queue(path)
     paths = q.Paths(queue.output_dir)
     calls = []
-    real = q.current_data
-    monkeypatch.setattr(q, "current_data", lambda *a, **k: calls.append(1) or real(*a, **k))
-    monkeypatch.setattr("pipeline.report.write_report_safely", lambda *a, **k: None)
+    real = results.current_data
+    monkeypatch.setattr(results, "current_data", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr("pipeline.report.build.write_report_safely", lambda *a, **k: None)
     assert q._run_locked(queue, paths, [e.name for e in queue.experiments], force=False, blend_only=True) == 0
     assert len(calls) == 1
     assert (tmp_path / "output" / "blend" / "scores.json").is_file()
@@ -469,14 +491,13 @@ def test_the_blend_uses_the_data_loaded_for_the_summary(tmp_path, rng, monkeypat
 
 @pytest.mark.parametrize("value", [5, [[1]], "t0.aiff", [True]])
 def test_edited_all_test_ids_refuses_the_blend_naming_the_file(tmp_path, rng, value):
-    from pipeline.blend import run_blend
-    from pipeline.queue import Paths
+    from pipeline.blend.stage import run_blend
 
     path = write_finished_queue(tmp_path, rng, method="mean")
     queue = load_queue(path)
     scores_path = tmp_path / "output" / "good" / "scores.json"
     scores_path.write_text(json.dumps(dict(json.loads(scores_path.read_text()), all_test_ids=value)))
-    assert run_blend(queue, Paths(queue.output_dir)) is None
+    assert run_blend(queue, queue.output_dir) is None
     error = json.loads((tmp_path / "output" / "blend" / "error.json").read_text())["error"]
     assert str(scores_path) in error and "all_test_ids" in error
 

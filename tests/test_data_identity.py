@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline import layout, results
 from pipeline.config import load_queue
 from pipeline.data import load_dataset
 from pipeline.data.identity import compute_identity, describe_changes
@@ -228,11 +229,11 @@ def test_changed_data_is_rerun_and_never_shown_as_current(tmp_path, monkeypatch,
     before = {p: p.read_bytes() for p in exp_dir.rglob("*") if p.is_file()}
     assert q.run_experiment(exp, paths)["state"] == "done" and calls == ["small"]
     assert {p: p.read_bytes() for p in exp_dir.rglob("*") if p.is_file()} == before
-    assert [e.name for e in q.finished(queue, paths)] == ["small"]
+    assert [e.name for e in results.finished(queue, paths.output)] == ["small"]
 
     # Flipped labels: not finished any more, stale in the summary and the plan, out of oof.csv.
     flip_labels(root, 5)
-    assert q.finished(queue, paths) == []
+    assert results.finished(queue, paths.output) == []
     summary = q.write_summary(queue, paths)
     assert summary.loc[0, "status"] == "stale" and "5 labels changed" in summary.loc[0, "error"]
     assert pd.isna(summary.loc[0, "oof_auc"])
@@ -247,7 +248,7 @@ def test_changed_data_is_rerun_and_never_shown_as_current(tmp_path, monkeypatch,
     assert status["state"] == "done" and calls == ["small", "small"]
     assert "small: starting afresh (data changed since the last run: 5 labels changed)" in caplog.text
     assert not (exp_dir / "fold0").exists()
-    assert [e.name for e in q.finished(queue, paths)] == ["small"]
+    assert [e.name for e in results.finished(queue, paths.output)] == ["small"]
     assert q.write_summary(queue, paths).loc[0, "status"] == "done"
 
 
@@ -286,7 +287,7 @@ def test_results_whose_data_cannot_be_read_are_not_presented_as_current(tmp_path
     monkeypatch.setattr(q, "_stages", _fake_stages([]))
     q.run_experiment(exp, paths)
     (root / "train.csv").unlink()
-    assert q.finished(queue, paths) == []
+    assert results.finished(queue, paths.output) == []
     row = q.write_summary(queue, paths).loc[0]
     assert row["status"] == "stale" and "train.csv not found" in row["error"]
     assert "small: fail: the data cannot be read (DataError: " in q.plan(queue, paths, ["small"], force=False)
@@ -310,12 +311,12 @@ def test_a_finished_run_on_synthetic_data_not_on_disk_is_skipped_without_generat
     shutil.rmtree(data_root)
     assert q.run_experiment(exp, paths)["state"] == "done" and calls == ["small"]
     assert not data_root.exists()  # a skipped experiment writes nothing, not even its input
-    assert [e.name for e in q.finished(queue, paths)] == ["small"]
+    assert [e.name for e in results.finished(queue, paths.output)] == ["small"]
     # Regenerated, the data is the same data (same bytes and, by design, the same mtimes): still current.
     load_dataset(exp.data.name, exp.data.params)
     assert json.loads((tmp_path / "output" / "small" / "status.json").read_text())["data"] == recorded
-    assert q.current_data(queue)[q._data_key(exp)].identity.checked() == recorded
-    assert [e.name for e in q.finished(queue, paths)] == ["small"]
+    assert results.current_data(queue)[results.data_key(exp)].identity.checked() == recorded
+    assert [e.name for e in results.finished(queue, paths.output)] == ["small"]
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -378,7 +379,7 @@ def test_damaged_data_clips_or_edited_status_never_crash_the_queue(tmp_path, mon
     monkeypatch.setattr(q, "_stages", _fake_stages(calls))
     assert q.run_experiment(exp, paths)["state"] == "done"
     exp_dir = tmp_path / "output" / "small"
-    clips = exp_dir / q.DATA_CLIPS
+    clips = exp_dir / layout.CLIPS
     status_path = exp_dir / "status.json"
     status = json.loads(status_path.read_text())
     if damage == "truncated_clips":
@@ -399,8 +400,8 @@ def test_damaged_data_clips_or_edited_status_never_crash_the_queue(tmp_path, mon
         status_path.write_text(json.dumps(status))
     if damage != "timings_not_dict":
         flip_labels(root, 3)  # so that the recorded data is compared with the current one
-    current = q.current_data(queue)
-    assert q.finished(queue, paths, current) == []
+    current = results.current_data(queue)
+    assert results.finished(queue, paths.output, current) == []
     summary = q.write_summary(queue, paths, current)
     assert summary.loc[0, "status"] in ("stale", "not run", "running")
     q.write_queue_oof(queue, paths, current)
@@ -439,7 +440,7 @@ def test_an_experiment_refused_by_ownership_is_failed_in_the_summary(tmp_path, m
     queue = _queue(tmp_path, root)
     paths = q.Paths(queue.output_dir)
     monkeypatch.setattr(q, "_stages", _fake_stages([]))
-    monkeypatch.setattr("pipeline.report.write_report_safely", lambda *a, **k: None)
+    monkeypatch.setattr("pipeline.report.build.write_report_safely", lambda *a, **k: None)
     (tmp_path / "output").mkdir()
     (tmp_path / "output" / "small").mkdir()
     (tmp_path / "output" / "small" / "thesis.tex").write_bytes(b"mine\n")

@@ -393,10 +393,15 @@ def test_queue_level_names_the_pipeline_cannot_write_are_refused_in_its_own_outp
     assert snapshot(tmp_path) == before
 
 
-def test_blend_file_names_agree():
-    from pipeline.blend import BLEND_FILES
+def test_an_unmarked_blend_folder_of_every_blend_file_is_recognised_and_cleared(tmp_path):
+    """An older version's blend/ (no marker) holding every file the blend writes, error.json included, is the
+    pipeline's: ownership and the blend take the names from the same list (pipeline.layout)."""
+    from pipeline.blend.stage import _clear
 
-    assert ownership.BLEND_FILE_NAMES == set(BLEND_FILES) | {"error.json"}
+    folder = user_folder(tmp_path / "blend", (*layout.BLEND_FILES, layout.BLEND_ERROR))
+    assert ownership.is_blend_folder(str(folder))
+    _clear(str(folder))
+    assert sorted(os.listdir(folder)) == [layout.MARKER]
 
 
 # ----------------------------------------------------------------------------- the primitives
@@ -460,7 +465,7 @@ def test_cache_folders_are_recognised_by_their_content(tmp_path):
 
 
 def test_blend_never_clears_a_folder_it_did_not_write(tmp_path):
-    from pipeline.blend import _clear
+    from pipeline.blend.stage import _clear
 
     blend = user_folder(tmp_path / "blend", ("scores.json", "my_weights.json"))
     before = snapshot(tmp_path)

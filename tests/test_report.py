@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import report
+from pipeline.report import browser, build, sections, template
 from pipeline.cli import main
 from pipeline.config import dump_experiment, load_queue
 
@@ -168,12 +168,12 @@ def test_summary_csv_and_printed_leaderboard(built, tmp_path, capsys):
 
 
 def test_report_renders_in_chromium(built, tmp_path):
-    chromium = report.find_chromium()
+    chromium = browser.find_chromium()
     if chromium is None:
         pytest.skip("chromium is not installed (CI installs it: apt-get install chromium)")
     output, _ = built
     shot = tmp_path / "shot.png"
-    check = report.render_in_browser(str(output / "report.html"), screenshot=str(shot), chromium=chromium)
+    check = browser.render_in_browser(str(output / "report.html"), screenshot=str(shot), chromium=chromium)
     assert 'data-state="loaded"' in check.dom, check.dom[-2000:]
     assert '<table id="leaderboard">' in check.dom and "mel_model" in check.dom
     assert check.images_ok == 11 and check.images_bad == 0
@@ -195,15 +195,15 @@ def test_report_failure_is_logged_not_raised(built, monkeypatch, caplog):
     def broken(self, title):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(report._Builder, "page", broken)
+    monkeypatch.setattr(sections.PageBuilder, "page", broken)
     with caplog.at_level(logging.ERROR):
-        assert report.write_report_safely(str(output), screenshot=False) is None
+        assert build.write_report_safely(str(output), screenshot=False) is None
     assert "report: failed: RuntimeError: disk on fire" in caplog.text
 
 
 def test_queue_survives_a_broken_report(tmp_path, monkeypatch, caplog):
     path = make_output(tmp_path, np.random.default_rng(3), caches=False)
-    monkeypatch.setattr(report._Builder, "page", lambda self, title: 1 / 0)
+    monkeypatch.setattr(sections.PageBuilder, "page", lambda self, title: 1 / 0)
     assert main([path, "--blend-only"]) == 0
     assert "report: failed: ZeroDivisionError" in (tmp_path / "output" / "queue.log").read_text()
     assert (tmp_path / "output" / "blend" / "scores.json").is_file()
@@ -215,7 +215,7 @@ def test_a_bad_file_costs_one_figure_not_the_report(tmp_path):
     assert main([path, "--blend-only"]) == 0
     # Corrupt one experiment's OOF after the blend: its figures fail, the rest of the report stays.
     (output / "mel_model" / "oof.csv").write_text("id,fold,label,pred\na,0,1,not-a-number\n")
-    report.write_report(str(output), screenshot=False)
+    build.write_report(str(output), screenshot=False)
     page = (output / "report.html").read_text()
     assert "could not be drawn" in page or "could not be built" in page
     assert '<table id="leaderboard">' in page and "complexity_model" in page
@@ -224,16 +224,16 @@ def test_a_bad_file_costs_one_figure_not_the_report(tmp_path):
 
 def test_browser_check_detects_broken_pages(tmp_path):
     """The checker itself: a JavaScript error and an undecodable image must be reported."""
-    chromium = report.find_chromium()
+    chromium = browser.find_chromium()
     if chromium is None:
         pytest.skip("chromium is not installed (CI installs it: apt-get install chromium)")
     page = tmp_path / "broken.html"
     page.write_text(
-        "<!DOCTYPE html><html><head><script>" + report._ERROR_SCRIPT + "</script></head><body>"
+        "<!DOCTYPE html><html><head><script>" + template.asset("error_count.js") + "</script></head><body>"
         '<img src="data:image/png;base64,bm90IGEgcG5n" alt="not a png"><script>undefinedFunction();</script>'
-        '<div id="render-check" data-state="pending" hidden></div><script>' + report._CHECK_SCRIPT
+        '<div id="render-check" data-state="pending" hidden></div><script>' + template.asset("render_check.js")
         + "</script></body></html>")
-    check = report.render_in_browser(str(page), chromium=chromium)
+    check = browser.render_in_browser(str(page), chromium=chromium)
     assert check.images_bad == 1 and check.js_errors == 1
     assert any("undefinedFunction" in line for line in check.console_errors)
     assert not check.ok
@@ -267,6 +267,6 @@ def test_damaged_queue_level_files_cost_their_part_not_the_report(tmp_path):
     (output / "oof.csv").write_bytes(b"\xff\xfe\x00garbage")
     (output / "mel_model" / "status.json").write_text("[1, 2]")
     (output / "blend" / "scores.json").write_text('"x"')
-    report.write_report(str(output), screenshot=False)
+    build.write_report(str(output), screenshot=False)
     page = (output / "report.html").read_text()
     assert "complexity_model" in page and "mel_model" in page

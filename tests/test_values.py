@@ -19,7 +19,9 @@ import pytest
 import soundfile as sf
 
 from pipeline import io, ownership, schema
-from pipeline.blend import BlendError, blend, check_compatible, write_blend
+from pipeline.blend.methods import BlendError
+from pipeline.blend.predictions import check_compatible
+from pipeline.blend.stage import blend, write_blend
 from pipeline.config import ConfigError, load_queue
 from pipeline.data import load_dataset
 from pipeline.data.base import DataError, Dataset
@@ -63,7 +65,7 @@ def test_dataset_contract_refuses_reserved_target_names():
 
 
 def test_experiment_named_like_a_target_is_refused_before_training():
-    from pipeline.queue import queue_column_clash
+    from pipeline.layout import queue_column_clash
 
     assert queue_column_clash("label", ("label",), "binary") == ["label"]
     assert queue_column_clash("a", ("b", "a:b"), "multiclass") == ["a:b"]

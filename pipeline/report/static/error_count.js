@@ -1,0 +1,1 @@
+window.reportErrors = []; window.addEventListener('error', function (e) { window.reportErrors.push(String(e.message)); });
