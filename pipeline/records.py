@@ -1093,6 +1093,15 @@ class FeatureCache:
         ds = ds.batch(_PARSE_BATCH).map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return ds.unbatch()
 
+    def extra_windows(self, split: str):
+        """Later windows of clips longer than ``audio.duration``: None, since this cache holds each
+        clip's first ``audio.duration`` seconds only (the prediction stage then predicts clips as they are)."""
+        return None
+
+    def window_count(self, split: str) -> int:
+        """Number of :meth:`extra_windows` of ``split``."""
+        return 0
+
     def load(self, split: str) -> Tuple[List[str], np.ndarray]:
         """All of a split in memory: (ids, x [n, *shape]); for small data, plots and tests."""
         ds = self.dataset(split)
