@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import io, layout, schema
+from pipeline.config import Component
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +44,10 @@ class FoldJob:
     exp_dir: str  # output/<experiment>/
     task: str
     targets: Tuple[str, ...]
-    features: object  # config.Component (name, params)
-    model: object  # config.Component
-    loss: object  # config.Component
-    schedule: object  # config.Component
+    features: Component
+    model: Component
+    loss: Component
+    schedule: Component
     audio: schema.AudioSettings
     train: schema.TrainSettings
     augment: schema.AugmentSettings

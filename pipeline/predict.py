@@ -44,16 +44,6 @@ def _combine(stacked: np.ndarray, aggregate: str) -> np.ndarray:
     return stacked.max(0) if aggregate == "max" else stacked.mean(0)
 
 
-def _predict_batches(model, examples, batch_size: int) -> Tuple[List[str], List[np.ndarray]]:
-    """``(id, x)`` examples predicted ``batch_size`` at a time: (ids, list of [b, C] arrays)."""
-    ids: List[str] = []
-    outs: List[np.ndarray] = []
-    for batch_ids, x in examples.batch(batch_size):
-        ids.extend(v.decode() for v in batch_ids.numpy())
-        outs.append(_clipwise(model.predict_on_batch(x)))
-    return ids, outs
-
-
 def predict_examples(model, examples, *, batch_size: int, window: Optional[int] = None, hop: Optional[int] = None,
                      aggregate: str = "max", extra_windows=None) -> Tuple[List[str], np.ndarray]:
     """Predict ``(id, x)`` examples with a fold model: (ids in dataset order, predictions [n, C] float32).
@@ -101,18 +91,16 @@ def _with_extra_windows(model, ids: List[str], preds: np.ndarray, extra_windows,
     """``preds`` [n, C] of the first windows, each clip with extra windows combined with theirs."""
     from pipeline.records import labelled
 
-    # Only the windows of these clips (e.g. one fold's validation clips); labelled keeps the dataset order.
-    mine = labelled(extra_windows, ids, np.zeros((len(ids), 0), np.float32)).map(lambda i, x, y: (i, x))
-    window_ids, outs = _predict_batches(model, mine, batch_size)
-    if not outs:
-        return preds
-    rows: Dict[str, List[np.ndarray]] = {}
-    for clip, p in zip(window_ids, np.concatenate(outs)):
-        rows.setdefault(clip, []).append(p)
+    # Only the windows of these clips (e.g. one fold's validation clips), each labelled with its clip's row.
+    rows = np.arange(len(ids), dtype=np.float32)[:, None]
+    windows = labelled(extra_windows, ids, rows).map(lambda i, x, row: (row, x))
+    per_clip: Dict[int, List[np.ndarray]] = {}
+    for row, x in windows.batch(batch_size):
+        for n, p in zip(row.numpy()[:, 0].astype(int), _clipwise(model.predict_on_batch(x))):
+            per_clip.setdefault(n, []).append(p)
     combined = preds.copy()
-    for n, clip in enumerate(ids):
-        if clip in rows:
-            combined[n] = _combine(np.stack([preds[n], *rows[clip]]), aggregate)
+    for n, extra in per_clip.items():
+        combined[n] = _combine(np.stack([preds[n], *extra]), aggregate)
     return combined
 
 

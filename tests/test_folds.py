@@ -85,11 +85,11 @@ def test_shared_table_reused_and_rebuilt_when_stale(tmp_path, rng):
 
 
 def test_finished_folds_are_read_back_and_jobs_refuse_an_empty_side(tmp_path):
-    # The fold loop's pieces (pipeline.fold_loop.fold_job, pipeline.fold_job.finished_fold).
-    from types import SimpleNamespace
+    # The fold loop's pieces (pipeline.fold_loop.FoldPlan.job, pipeline.fold_job.finished_fold).
+    import dataclasses
 
     from pipeline.fold_job import finished_fold
-    from pipeline.fold_loop import fold_job
+    from pipeline.fold_loop import FoldPlan
     from pipeline.train import TrainingError
 
     queue = parse_queue({"experiments": [{"name": "e", "data": "synthetic_whale", "features": "mel",
@@ -106,11 +106,13 @@ def test_finished_folds_are_read_back_and_jobs_refuse_an_empty_side(tmp_path):
     oof, test = finished_fold(str(tmp_path), 1, with_test=False)  # fold 1 finished earlier
     assert oof["id"].tolist() == ["c1", "c4"] and test is None
 
-    common = dict(strategy="clips", unit="clips", cache=SimpleNamespace(folder="cache"), exp_dir=str(tmp_path),
-                  task="binary", targets=["label"], ids=ids, labels=y, y=y, test_ids=["t0"], in_memory=True)
-    job = fold_job(exp, 2, fold_arr=np.array([0, 1, 2, 0, 1, 2]), **common)
+    plan = FoldPlan(exp=exp, strategy="clips", unit="clips", cache_dir="cache", exp_dir=str(tmp_path), task="binary",
+                    targets=("label",), ids=tuple(ids), fold_arr=np.array([0, 1, 2, 0, 1, 2]), labels=y, y=y,
+                    test_ids=("t0",), in_memory=True)
+    job = plan.job(2)
     assert job.valid_ids == ("c2", "c5") and job.train_ids == ("c0", "c1", "c3", "c4")
     assert job.train_labels[:, 0].tolist() == [0, 1, 3, 4] and job.valid_targets[:, 0].tolist() == [2, 5]
-    assert job.fold == 2 and job.n_folds == 3 and job.test_ids == ("t0",)
+    assert job.fold == 2 and job.n_folds == 3 and job.test_ids == ("t0",) and job.exp_dir == str(tmp_path)
+    empty = dataclasses.replace(plan, unit="recordings", fold_arr=np.array([0, 1, 0, 1, 0, 1]))
     with pytest.raises(TrainingError, match="fold 2 has no validation recordings left"):
-        fold_job(exp, 2, fold_arr=np.array([0, 1, 0, 1, 0, 1]), **dict(common, unit="recordings"))
+        empty.job(2)
