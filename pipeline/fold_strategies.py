@@ -15,7 +15,7 @@ only the questions whose answer depends on the data:
   validation recordings never reach the training pipeline (each fold's label
   rows are cut from its training ids only), and test labels are never read.
 
-Methods named ``spec`` take either the :class:`pipeline.config.Experiment` (in
+An argument ``spec`` is either the :class:`pipeline.config.Experiment` (in
 the loop, before any fold trains) or a :class:`pipeline.fold_job.FoldJob`
 (inside the job): both carry the sections ``features``, ``audio``, ``crops``,
 ``loss``, ``model``, ``augment``, ``train`` and ``predict``.
@@ -87,14 +87,17 @@ class ClipStrategy:
         return y
 
     def framewise(self, spec) -> bool:
+        """Whether an SED model trains its framewise output too (clips have clip labels only)."""
         return False
 
     def metrics(self, spec, task: str) -> list:
+        """Keras metrics logged every epoch (``val_auc`` can be the monitor)."""
         import keras
 
         return [keras.metrics.AUC(name="auc", multi_label=task == "multilabel")]
 
     def fold_data(self, job, cache, batch: int, rt, in_memory: bool) -> FoldData:
+        """Every training clip once per epoch (shuffled, augmented, optionally class-weighted); validation clips."""
         from pipeline.distribute import with_shard_policy
         from pipeline.records import labelled
         from pipeline.train import class_weights, input_pipelines
@@ -123,11 +126,13 @@ class ClipStrategy:
         return cache.extra_windows(split)
 
     def score(self, y: np.ndarray, preds: np.ndarray) -> float:
+        """The fold's score in done.json: ROC AUC of the held-out clips."""
         from pipeline.metrics import auc
 
         return auc(y, preds)
 
     def describe(self, spec, shape) -> str:
+        """What the experiment's log line adds for this kind of data (nothing for clips)."""
         return ""
 
 
@@ -183,17 +188,21 @@ class CropStrategy:
         return crops.pack_labels(frame_defaults(rows), table)
 
     def bias_targets(self, y: np.ndarray) -> np.ndarray:
+        """Unknown (NaN) labels count as absent for the output bias."""
         return np.nan_to_num(y)
 
     def framewise(self, spec) -> bool:
+        """The sed loss trains the framewise output on the boxes' framewise targets."""
         return spec.loss.name == "sed"
 
     def metrics(self, spec, task: str) -> list:
+        """NaN-aware ROC AUC and LWLRAP, logged every epoch."""
         from pipeline.keras_metrics import LWLRAP, MaskedAUC
 
         return [MaskedAUC(name="auc", multi_label=True), LWLRAP(name="lwlrap")]
 
     def fold_data(self, job, cache, batch: int, rt, in_memory: bool) -> FoldData:
+        """``crops.per_recording`` random crops per recording and epoch; one fixed crop per validation recording."""
         import tensorflow as tf
 
         from pipeline import augment as aug
@@ -239,11 +248,13 @@ class CropStrategy:
         return None
 
     def score(self, y: np.ndarray, preds: np.ndarray) -> float:
+        """The fold's score in done.json: LWLRAP of the held-out recordings."""
         from pipeline.metrics import lwlrap
 
         return lwlrap(y, preds)
 
     def describe(self, spec, shape) -> str:
+        """Crop, window and target settings for the experiment's log line."""
         crop, window, hop = crop_lengths(spec, int(shape[0]))
         rate = spec.audio.sample_rate / spec.features.params.hop_length
         return (f"; crops of {crop} frames ({crop / rate:.1f} s), windows of {window} every {hop} frames, "
