@@ -16,7 +16,7 @@ each way and prints examples/s and their ratio (target >= 0.95):
 
 Feeds:
 
-- **tfrecord**: exactly what ``pipeline.train.run_folds`` builds:
+- **tfrecord**: exactly what ``pipeline.fold_strategies.ClipStrategy.fold_data`` builds:
   ``labelled(cache.dataset("train"), ids, y)`` -> ``(x, y)`` -> ``cache()``
   when it fits in memory -> ``shuffle(2048, seed per epoch)`` -> ``batch`` ->
   ``prefetch``, a new dataset per epoch. The first epoch reads the shards and

@@ -6,7 +6,7 @@ written, with a message that named a function argument (``n_samples``,
 the queue is validated, so they end in exit status 2 naming the key path. It
 mirrors checks that stay where they are as a last line of defence:
 ``pipeline.features.check_settings`` / ``feature_shape``,
-``pipeline.augment.check_settings``, ``pipeline.rfcx_train.check_settings``,
+``pipeline.augment.check_settings``, ``pipeline.fold_strategies.CropStrategy.check``,
 ``pipeline.models.*`` input checks. Pure arithmetic: the mel filter bank's
 empty bands are found the way librosa builds it, without numpy.
 """
@@ -123,7 +123,7 @@ def _check_spectral(name, params, sample_rate, n_samples, clip, origin, problems
 
 
 def _check_rfcx(exp, shape, origin, problems) -> Optional[tuple]:
-    """rfcx rules (see pipeline.rfcx_train.check_settings); returns the training crop's shape."""
+    """rfcx rules (see pipeline.fold_strategies.CropStrategy.check); returns the training crop's shape."""
     if exp.features.name not in ("mel", "complexity"):
         problems.append(f"{origin('features', 'name')}: rfcx crops need time-major features [frames, bins] "
                         f"(mel or complexity); got {exp.features.name}")

@@ -1,4 +1,7 @@
-"""Crops of long recordings with event boxes: training examples, framewise targets, sliding windows.
+"""Crops of long recordings with event boxes: training examples and their framewise targets.
+
+Their OOF and test predictions slide windows over the whole recording
+(:func:`pipeline.predict.predict_examples`).
 
 The feature cache holds each whole recording as a time-major array [frames, bins]
 (frame ``i`` is centred at ``i * hop_length / sample_rate`` s, see
@@ -24,7 +27,7 @@ bounds), is_tp. Padding rows have species -1.
 from __future__ import annotations
 
 import math
-from typing import List, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -145,39 +148,3 @@ def pack_labels(defaults: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """[n, C] frame defaults and [n, B, 6] box tables -> [n, C + B * 6] rows for :func:`pipeline.cache.read.labelled`."""
     return np.concatenate([defaults, boxes.reshape(len(boxes), -1)], axis=1).astype(np.float32)
 
-
-def window_starts(n_frames: int, window: int, hop: int) -> List[int]:
-    """Starts of windows of ``window`` frames every ``hop`` frames; the last window ends at the last frame."""
-    if window >= n_frames:
-        return [0]
-    starts = list(range(0, n_frames - window + 1, hop))
-    if starts[-1] != n_frames - window:
-        starts.append(n_frames - window)
-    return starts
-
-
-def predict_windows(model, batches, *, window: int, hop: int, aggregate: str = "max", batch_size: int = 64):
-    """Recording-level predictions by sliding windows: (ids, [n, C]).
-
-    batches : dataset of (id, x [frames, D]) batches (whole recordings). Each recording is cut
-    into windows (:func:`window_starts`), the model predicts each window (a packed SED output
-    [1 + T, C] contributes its clipwise row), and the windows are combined by ``max`` or ``mean``.
-    """
-    if aggregate not in ("max", "mean"):
-        raise ValueError(f"aggregate must be 'max' or 'mean'. Received: aggregate={aggregate!r}")
-    ids, out = [], []
-    for batch_ids, xs in batches:
-        xs = xs.numpy()
-        for rid, x in zip(batch_ids.numpy(), xs):
-            starts = window_starts(len(x), window, hop)
-            windows = np.stack([x[s: s + window] for s in starts])
-            preds = []
-            for b in range(0, len(windows), batch_size):
-                p = np.asarray(model.predict_on_batch(windows[b: b + batch_size]), np.float32)
-                preds.append(p[:, 0] if p.ndim == 3 else p)
-            preds = np.concatenate(preds)
-            out.append(preds.max(0) if aggregate == "max" else preds.mean(0))
-            ids.append(rid.decode())
-    if not out:
-        return [], np.zeros((0, int(model.outputs[0].shape[-1])), np.float32)
-    return ids, np.stack(out)

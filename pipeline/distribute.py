@@ -355,7 +355,7 @@ def logical_cpus(n: int) -> List[str]:
 
 
 def prediction_model(model, rt: Optional[Runtime]):
-    """A model that :func:`pipeline.predict.predict_with_ids` can call batch by batch.
+    """A model that :func:`pipeline.predict.predict_examples` can call batch by batch.
 
     Keras runs ``predict_on_batch`` of a model built under a multi-replica
     strategy on every replica with the whole batch and concatenates the

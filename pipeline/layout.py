@@ -119,6 +119,22 @@ def prediction_columns_of(columns, prefix: str = PRED) -> list:
     return [c for c in columns if c == prefix or str(c).startswith(prefix + ":")]
 
 
+# ----------------------------------------------------------------------------- fold<k>/state/ (pipeline.train)
+# The resume checkpoints of a fold in training; state.json, written last after every epoch, names the current ones.
+
+STATE_FILE = "state.json"
+
+
+def checkpoint_name(epoch: int) -> str:
+    """The full model (with optimizer state) after ``epoch`` (1-based), inside fold<k>/state/."""
+    return f"epoch{int(epoch)}.keras"
+
+
+def best_weights_name(epoch: int) -> str:
+    """The best weights so far, reached in ``epoch`` (1-based), inside fold<k>/state/."""
+    return f"best-epoch{int(epoch)}.weights.h5"
+
+
 def _join(folder: str, name: str) -> str:
     # gs:// paths join like local ones; os.path.join would do too, but keep the separator explicit.
     return folder.rstrip("/") + "/" + name if folder else name

@@ -1,26 +1,107 @@
-"""Fold models -> predictions: OOF on the held-out fold, test averaged over folds."""
+"""The prediction stage: a fold model -> predictions for any examples, and the gathering over folds.
+
+:func:`predict_examples` is the one place where a trained fold model meets
+examples; the OOF and test predictions of every kind of data go through it:
+
+* an example as long as the model's input (a clip cut to ``audio.duration``)
+  is predicted in batches across examples;
+* an example longer than the window (a whole rfcx recording) is cut into
+  sliding windows (:func:`window_starts`), predicted a recording at a time, and
+  the windows are combined by ``max`` or ``mean``;
+* a clip longer than ``audio.duration`` has its later windows in the feature
+  cache (``FeatureCache.extra_windows``); their predictions are combined with
+  the clip's own (first-window) prediction the same way.
+"""
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 
+AGGREGATES = ("max", "mean")
 
-def predict_with_ids(model, batches) -> Tuple[List[str], np.ndarray]:
-    """Run ``model`` over a dataset of ``(id, x)`` batches.
 
-    Returns (ids in dataset order, predictions [n, C] float32).
+def window_starts(n_frames: int, window: int, hop: int) -> List[int]:
+    """Starts of windows of ``window`` frames every ``hop`` frames; the last window ends at the last frame."""
+    if window >= n_frames:
+        return [0]
+    starts = list(range(0, n_frames - window + 1, hop))
+    if starts[-1] != n_frames - window:
+        starts.append(n_frames - window)
+    return starts
+
+
+def _clipwise(predictions) -> np.ndarray:
+    """Model output -> [n, C] float32; a packed SED output [n, 1 + T, C] contributes its clipwise row."""
+    p = np.asarray(predictions, np.float32)
+    return p[:, 0] if p.ndim == 3 else p
+
+
+def _combine(stacked: np.ndarray, aggregate: str) -> np.ndarray:
+    """Predictions of one example's windows [w, C] -> [C]."""
+    return stacked.max(0) if aggregate == "max" else stacked.mean(0)
+
+
+def predict_examples(model, examples, *, batch_size: int, window: Optional[int] = None, hop: Optional[int] = None,
+                     aggregate: str = "max", extra_windows=None) -> Tuple[List[str], np.ndarray]:
+    """Predict ``(id, x)`` examples with a fold model: (ids in dataset order, predictions [n, C] float32).
+
+    examples : tf.data.Dataset of ``(id: string, x: float32 [T, ...])``, unbatched; every example
+        has the same time axis T (frames, or samples of a waveform).
+    window : time steps per window (default: the model's input length). When ``T > window`` each
+        example is cut into windows every ``hop`` steps (default ``window // 2``; the last window
+        ends at the example's end), a recording's windows are predicted ``batch_size`` at a time
+        and combined by ``aggregate``. Otherwise the examples are predicted ``batch_size`` at a time.
+    extra_windows : None, or tf.data.Dataset of ``(id, x [T, ...])`` with the later windows of clips
+        longer than the cache's clip length (``FeatureCache.extra_windows``; a clip's windows
+        consecutive). Windows of ids among ``examples`` are predicted ``batch_size`` at a time and
+        each clip's prediction becomes ``aggregate`` over its first window and its extra windows.
+    aggregate : ``max`` or ``mean``.
     """
+    if aggregate not in AGGREGATES:
+        raise ValueError(f"aggregate must be 'max' or 'mean'. Received: aggregate={aggregate!r}")
+    n_outputs = int(model.outputs[0].shape[-1])
+    window = window or model.inputs[0].shape[1]
     ids: List[str] = []
     outs: List[np.ndarray] = []
-    for batch_ids, x in batches:
-        ids.extend(v.decode() for v in batch_ids.numpy())
-        outs.append(np.asarray(model.predict_on_batch(x), dtype=np.float32))
+    for batch_ids, xs in examples.batch(batch_size):
+        if window is None or xs.shape[1] <= window:
+            ids.extend(v.decode() for v in batch_ids.numpy())
+            outs.append(_clipwise(model.predict_on_batch(xs)))
+            continue
+        for rid, x in zip(batch_ids.numpy(), xs.numpy()):
+            starts = window_starts(len(x), window, hop or max(1, window // 2))
+            windows = np.stack([x[s: s + window] for s in starts])
+            preds = np.concatenate([_clipwise(model.predict_on_batch(windows[b: b + batch_size]))
+                                    for b in range(0, len(windows), batch_size)])
+            outs.append(_combine(preds, aggregate)[None])
+            ids.append(rid.decode())
     if not outs:
-        return [], np.zeros((0, int(model.outputs[0].shape[-1])), np.float32)
-    return ids, np.concatenate(outs)
+        return [], np.zeros((0, n_outputs), np.float32)
+    preds = np.concatenate(outs)
+    if extra_windows is not None:
+        preds = _with_extra_windows(model, ids, preds, extra_windows, batch_size=batch_size, aggregate=aggregate)
+    return ids, preds
+
+
+def _with_extra_windows(model, ids: List[str], preds: np.ndarray, extra_windows, *, batch_size: int,
+                        aggregate: str) -> np.ndarray:
+    """``preds`` [n, C] of the first windows, each clip with extra windows combined with theirs."""
+    from pipeline.cache.read import labelled
+
+    # Only the windows of these clips (e.g. one fold's validation clips), each labelled with its clip's row.
+    rows = np.arange(len(ids), dtype=np.float32)[:, None]
+    windows = labelled(extra_windows, ids, rows).map(lambda i, x, row: (row, x))
+    per_clip: Dict[int, List[np.ndarray]] = {}
+    for row, x in windows.batch(batch_size):
+        for n, p in zip(row.numpy()[:, 0].astype(int), _clipwise(model.predict_on_batch(x))):
+            per_clip.setdefault(n, []).append(p)
+    combined = preds.copy()
+    for n, extra in per_clip.items():
+        combined[n] = _combine(np.stack([preds[n], *extra]), aggregate)
+    return combined
 
 
 def mean_over_folds(per_fold: List[np.ndarray]) -> np.ndarray:

@@ -195,7 +195,7 @@ def _stages(exp: Experiment, paths: Paths, exp_dir: str, timings: dict, data) ->
     done()
 
     done = _stage(exp_dir, timings, "train")
-    from pipeline.train import run_folds
+    from pipeline.fold_loop import run_folds
 
     oof, test = run_folds(exp, dataset, cache, folds, exp_dir)
     done()

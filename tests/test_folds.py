@@ -84,27 +84,35 @@ def test_shared_table_reused_and_rebuilt_when_stale(tmp_path, rng):
     assert ensure_folds(ds, a, str(tmp_path)).equals(first)
 
 
-def test_pending_folds_skips_finished_folds_and_refuses_an_empty_side(tmp_path):
-    # The fold loop shared by the whale and rfcx trainers (pipeline.train.pending_folds).
-    from types import SimpleNamespace
+def test_finished_folds_are_read_back_and_jobs_refuse_an_empty_side(tmp_path):
+    # The fold loop's pieces (pipeline.fold_loop.FoldPlan.job, pipeline.fold_job.finished_fold).
+    import dataclasses
 
-    from pipeline.queue import StageError
-    from pipeline.train import pending_folds
+    from pipeline.fold_job import finished_fold
+    from pipeline.fold_loop import FoldPlan
+    from pipeline.train import TrainingError
 
-    exp = SimpleNamespace(name="e", folds=SimpleNamespace(n_splits=3))
+    queue = parse_queue({"experiments": [{"name": "e", "data": "synthetic_whale", "features": "mel",
+                                          "model": "inceptiontime", "folds": {"n_splits": 3}}]},
+                        source="q.yaml", base_dir=str(tmp_path))
+    exp = queue.experiments[0]
     ids = [f"c{i}" for i in range(6)]
-    fold_arr = np.array([0, 1, 2, 0, 1, 2])
+    y = np.arange(6, dtype=np.float32)[:, None]
     done = tmp_path / "fold1"
     done.mkdir()
     pd.DataFrame({"id": ["c1", "c4"], "fold": 1, "p": [0.1, 0.9]}).to_csv(done / "oof.csv", index=False)
     (done / "done.json").write_text("{}")
-    oof_parts = []
-    got = list(pending_folds(exp, str(tmp_path), ids, fold_arr, oof_parts, None, "clips"))
-    assert [g[0] for g in got] == [0, 2]  # fold 1 finished earlier
-    assert oof_parts[0]["id"].tolist() == ["c1", "c4"]
-    k, fold_dir, tr, va, tr_ids, va_ids = got[1]
-    assert fold_dir == str(tmp_path / "fold2") and (tmp_path / "fold2").is_dir()
-    assert va_ids == ["c2", "c5"] and tr_ids == ["c0", "c1", "c3", "c4"]
-    assert tr.tolist() == [0, 1, 3, 4] and va.tolist() == [2, 5]
-    with pytest.raises(StageError, match="fold 2 has no validation recordings left"):
-        list(pending_folds(exp, str(tmp_path / "b"), ids, np.array([0, 1, 0, 1, 0, 1]), [], None, "recordings"))
+    assert finished_fold(str(tmp_path), 0, with_test=False) is None
+    oof, test = finished_fold(str(tmp_path), 1, with_test=False)  # fold 1 finished earlier
+    assert oof["id"].tolist() == ["c1", "c4"] and test is None
+
+    plan = FoldPlan(exp=exp, strategy="clips", unit="clips", cache_dir="cache", exp_dir=str(tmp_path), task="binary",
+                    targets=("label",), ids=tuple(ids), fold_arr=np.array([0, 1, 2, 0, 1, 2]), labels=y, y=y,
+                    test_ids=("t0",), in_memory=True)
+    job = plan.job(2)
+    assert job.valid_ids == ("c2", "c5") and job.train_ids == ("c0", "c1", "c3", "c4")
+    assert job.train_labels[:, 0].tolist() == [0, 1, 3, 4] and job.valid_targets[:, 0].tolist() == [2, 5]
+    assert job.fold == 2 and job.n_folds == 3 and job.test_ids == ("t0",) and job.exp_dir == str(tmp_path)
+    empty = dataclasses.replace(plan, unit="recordings", fold_arr=np.array([0, 1, 0, 1, 0, 1]))
+    with pytest.raises(TrainingError, match="fold 2 has no validation recordings left"):
+        empty.job(2)

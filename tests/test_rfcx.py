@@ -188,8 +188,10 @@ def test_crops_always_contain_a_box_at_probability_one():
 
 
 def test_window_starts_cover_the_recording():
-    assert crops.window_starts(100, 30, 15) == [0, 15, 30, 45, 60, 70]
-    assert crops.window_starts(20, 30, 15) == [0]
+    from pipeline.predict import window_starts
+
+    assert window_starts(100, 30, 15) == [0, 15, 30, 45, 60, 70]
+    assert window_starts(20, 30, 15) == [0]
 
 
 # ----------------------------------------------------------------------------- folds
@@ -377,6 +379,8 @@ def test_tiny_rfcx_queue(tmp_path):
         scores = json.loads((out / name / "scores.json").read_text())
         assert 0 <= scores["oof"]["lwlrap"] <= 1 and set(scores["folds"]) == {"0", "1"}
         assert "lwlrap" in scores["folds"]["0"] and len(scores["oof"]["ap"]) == 24
+        done = json.loads((out / name / "fold0" / "done.json").read_text())
+        assert done["metric"] == "lwlrap" and done["score"] == done["lwlrap"]
     test_ids = sorted(f[:-5] for f in os.listdir(tmp_path / "input" / "synthetic_rfcx" / "test"))
     for sub_path in (out / "sed_tiny" / "submission.csv", out / "blend" / "submission.csv"):
         sub = pd.read_csv(sub_path)

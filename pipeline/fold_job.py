@@ -1,0 +1,166 @@
+"""A fold is a job: everything one fold needs, picklable, run anywhere with :func:`run_fold_job`.
+
+A :class:`FoldJob` holds the experiment's sections the fold uses (frozen
+config objects), the fold's training and validation ids with their label
+rows, the test ids, the cache folder and the experiment's output folder; no
+open file, dataset or model. So it can be pickled and run in this process, a
+worker process or on another machine that sees the same folders, with the same
+result: training is seeded per epoch and resumes after the last finished
+epoch (:func:`pipeline.train.train_fold`).
+
+A job writes only inside ``output/<experiment>/fold<k>/`` and in this order:
+the OOF and test predictions, the model, the training history, ``done.json``
+(the fold's commit point), then it removes the resume state.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import numpy as np
+import pandas as pd
+
+from pipeline import io, layout, schema
+from pipeline.config import Component
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class FoldJob:
+    """One fold of one experiment (arrays: one row per id, float32; NaN marks an unknown label).
+
+    The section attributes carry the same names as :class:`pipeline.config.Experiment`'s,
+    so the fold strategies read either.
+    """
+
+    name: str  # the experiment's name (log messages)
+    fold: int
+    n_folds: int
+    strategy: str  # a name in pipeline.fold_strategies.FOLD_STRATEGIES
+    cache_dir: str  # a complete feature cache folder (pipeline.cache.read.FeatureCache)
+    exp_dir: str  # output/<experiment>/
+    task: str
+    targets: Tuple[str, ...]
+    features: Component
+    model: Component
+    loss: Component
+    schedule: Component
+    audio: schema.AudioSettings
+    train: schema.TrainSettings
+    augment: schema.AugmentSettings
+    crops: schema.CropSettings
+    predict: schema.PredictSettings
+    train_ids: Tuple[str, ...]
+    train_labels: np.ndarray  # [n_train, L]: what the input pipeline joins to each example (strategy.label_rows)
+    train_targets: np.ndarray  # [n_train, C]: the clip-level targets (output bias, class weights)
+    valid_ids: Tuple[str, ...]
+    valid_labels: np.ndarray  # [n_valid, L]
+    valid_targets: np.ndarray  # [n_valid, C]: written beside the OOF predictions, scored
+    test_ids: Tuple[str, ...]
+    in_memory: bool  # the fold's examples fit in memory: tf.data caches them after the first epoch
+
+
+def run_fold_job(job: FoldJob) -> Tuple[pd.DataFrame, Optional[pd.DataFrame]]:
+    """Train (or resume) the fold, predict its validation clips and the test set, write its folder.
+
+    Runs under the experiment's strategy, dtype policy, XLA setting and op
+    determinism (:func:`pipeline.distribute.experiment_runtime`).
+
+    Returns (OOF DataFrame ``id, fold, <targets>, <pred columns>`` in cache order,
+    test DataFrame ``id, <pred columns>`` of this fold's model or None without a test set);
+    predictions are float64 so that the written files round-trip exactly.
+    """
+    from pipeline import distribute
+
+    with distribute.experiment_runtime(job.train, name=job.name) as rt:
+        return _run(job, rt)
+
+
+def _run(job: FoldJob, rt) -> Tuple[pd.DataFrame, Optional[pd.DataFrame]]:
+    import keras
+
+    from pipeline.distribute import prediction_model
+    from pipeline.fold_strategies import FOLD_STRATEGIES
+    from pipeline.losses import make_loss
+    from pipeline.models import sed
+    from pipeline.models.registry import build_model, prior_bias
+    from pipeline.predict import predict_examples
+    from pipeline.cache.read import FeatureCache, labelled
+    from pipeline.schedules import make_optimizer, make_schedule
+    from pipeline.train import save_model, train_fold
+
+    strategy = FOLD_STRATEGIES.get(job.strategy)()
+    cache = FeatureCache(job.cache_dir)
+    k, targets = job.fold, list(job.targets)
+    fold_dir = layout.fold_dir(job.exp_dir, k)
+    io.makedirs(fold_dir)
+    batch = rt.global_batch(job.train.batch_size)  # train.batch_size is per replica
+    data = strategy.fold_data(job, cache, batch, rt, job.in_memory)
+    input_shape = strategy.input_shape(job, cache.shape)
+    bias = prior_bias(strategy.bias_targets(job.train_targets), job.task)
+
+    def build():
+        model = build_model(job.model.name, job.model.params, input_shape=input_shape, n_outputs=len(targets),
+                            task=job.task, output_bias=bias)
+        if isinstance(model.output, dict):
+            # SED: the clipwise output (and with framewise targets the framewise one) is trained and saved.
+            model = sed.training_view(model, framewise=strategy.framewise(job))
+        return model
+
+    def compile_model(model):
+        schedule = make_schedule(job.schedule.name, job.schedule.params, learning_rate=job.train.learning_rate,
+                                 steps_per_epoch=data.train_steps, epochs=job.train.epochs)
+        model.compile(optimizer=make_optimizer(job.train, schedule),
+                      loss=make_loss(job.loss.name, job.loss.params, job.task),
+                      metrics=strategy.metrics(job, job.task), jit_compile=rt.jit_compile)
+
+    result = train_fold(build=build, compile_model=compile_model, train_data=data.train_data,
+                        valid_data=data.valid_batches, train_steps=data.train_steps, valid_steps=data.valid_steps,
+                        fold_dir=fold_dir, fold=k, epochs=job.train.epochs, patience=job.train.patience,
+                        monitor=job.train.monitor, seed=job.train.seed, strategy=rt.strategy)
+
+    predictor = prediction_model(result.model, rt)
+    windows = strategy.windows(job, cache.shape)
+    pred_cols = layout.prediction_columns(targets, job.task)
+    valid = labelled(cache.dataset("train"), job.valid_ids, job.valid_targets).map(lambda i, x, y: (i, x))
+    got_ids, preds = predict_examples(predictor, valid, batch_size=batch,
+                                      extra_windows=strategy.extra_windows(cache, "train"), **windows)
+    row_of = {clip: n for n, clip in enumerate(job.valid_ids)}
+    oof = pd.DataFrame({"id": got_ids, "fold": k})
+    oof = oof.join(pd.DataFrame(job.valid_targets[[row_of[i] for i in got_ids]], columns=targets))
+    # float64 from here on: the fold files then round-trip exactly (io.write_csv), so a resumed run
+    # re-reads the very values an uninterrupted run keeps in memory and averages them the same way.
+    oof[pred_cols] = preds.astype(np.float64)
+    io.write_csv(layout.fold_file(job.exp_dir, k, layout.OOF), oof)
+    test = None
+    if job.test_ids:
+        t_ids, t_preds = predict_examples(predictor, cache.dataset("test"), batch_size=batch,
+                                          extra_windows=strategy.extra_windows(cache, "test"), **windows)
+        test = pd.DataFrame({"id": t_ids})
+        test[pred_cols] = t_preds.astype(np.float64)
+        io.write_csv(layout.fold_file(job.exp_dir, k, layout.TEST), test)
+
+    save_model(result.model, layout.fold_file(job.exp_dir, k, layout.MODEL))
+    io.write_csv(layout.fold_file(job.exp_dir, k, layout.HISTORY), result.history)
+    score = strategy.score(oof[targets].to_numpy(), preds)
+    io.write_json(layout.fold_file(job.exp_dir, k, layout.DONE),
+                  {"fold": k, strategy.metric: score, "metric": strategy.metric, "score": score,
+                   "epochs": result.epochs, "best_epoch": result.best_epoch, "best": result.best,
+                   "seconds": round(result.seconds, 2), "n_train": len(job.train_ids), "n_valid": len(job.valid_ids)})
+    io.rmtree(layout.fold_file(job.exp_dir, k, layout.STATE))
+    log.info("%s fold %d/%d: %s %.4f, %d epochs (best %d), %.0f s", job.name, k + 1, job.n_folds,
+             strategy.metric.upper(), score, result.epochs, result.best_epoch, result.seconds)
+    keras.backend.clear_session(free_memory=True)
+    return oof, test
+
+
+def finished_fold(exp_dir: str, k: int, with_test: bool) -> Optional[Tuple[pd.DataFrame, Optional[pd.DataFrame]]]:
+    """The saved (OOF, test or None) predictions of fold ``k`` if it finished in an earlier run (``done.json``)."""
+    if not io.isfile(layout.fold_file(exp_dir, k, layout.DONE)):
+        return None
+    oof = io.read_csv(layout.fold_file(exp_dir, k, layout.OOF), dtype={"id": str})
+    test = io.read_csv(layout.fold_file(exp_dir, k, layout.TEST), dtype={"id": str}) if with_test else None
+    return oof, test

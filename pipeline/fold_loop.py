@@ -1,0 +1,133 @@
+"""The fold loop: one fold job per fold of an experiment, for every kind of data, then the gathering.
+
+:func:`run_folds` is the training stage the queue calls. It chooses the fold
+strategy (:mod:`pipeline.fold_strategies`: clips, or crops of long recordings
+with event boxes), checks the settings before any fold trains, skips folds
+finished in an earlier run (their ``done.json`` written; their saved
+predictions are read back), runs a :class:`pipeline.fold_job.FoldJob` for
+each other fold and gathers OOF and test predictions
+(:func:`pipeline.predict.collect_folds`). The jobs are independent: each
+reads only the cache and its own fold folder.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import numpy as np
+import pandas as pd
+
+from pipeline import layout
+from pipeline.train import TrainingError
+
+log = logging.getLogger(__name__)
+
+
+def fold_members(dataset, cache, folds: pd.DataFrame):
+    """``(ids, fold_arr, train_table)``: the cached training ids that have a fold, in dataset order,
+    each one's fold number, and the dataset's training table indexed by id."""
+    fold_of = dict(zip(folds["id"], folds["fold"]))
+    ids = [i for i in cache.ids("train") if i in fold_of]
+    order = {i: n for n, i in enumerate(dataset.train["id"])}
+    ids.sort(key=order.__getitem__)
+    return ids, np.array([fold_of[i] for i in ids]), dataset.train.set_index("id")
+
+
+@dataclass(frozen=True, eq=False)
+class FoldPlan:
+    """An experiment's folds, ready to become jobs: ids in dataset order with their folds and label rows."""
+
+    exp: object  # pipeline.config.Experiment
+    strategy: str  # a name in pipeline.fold_strategies.FOLD_STRATEGIES
+    unit: str  # what one example is, for messages: clips, recordings
+    cache_dir: str
+    exp_dir: str
+    task: str
+    targets: Tuple[str, ...]
+    ids: Tuple[str, ...]
+    fold_arr: np.ndarray  # [n] fold of each id
+    labels: np.ndarray  # [n, L] the strategy's label rows of ids
+    y: np.ndarray  # [n, C] their targets (NaN: unknown)
+    test_ids: Tuple[str, ...]
+    in_memory: bool
+
+    def job(self, k: int):
+        """The :class:`pipeline.fold_job.FoldJob` of fold ``k``: training ids outside fold ``k``, validation ids in it.
+
+        Raises TrainingError when either side is empty.
+        """
+        from pipeline.fold_job import FoldJob
+
+        exp = self.exp
+        tr, va = np.flatnonzero(self.fold_arr != k), np.flatnonzero(self.fold_arr == k)
+        if len(tr) == 0 or len(va) == 0:
+            raise TrainingError(f"fold {k} has no {'training' if len(tr) == 0 else 'validation'} {self.unit} left "
+                                f"after skipping bad audio")
+        return FoldJob(
+            name=exp.name, fold=k, n_folds=exp.folds.n_splits, strategy=self.strategy, cache_dir=self.cache_dir,
+            exp_dir=self.exp_dir, task=self.task, targets=self.targets, features=exp.features, model=exp.model,
+            loss=exp.loss, schedule=exp.schedule, audio=exp.audio, train=exp.train, augment=exp.augment,
+            crops=exp.crops, predict=exp.predict, train_ids=tuple(self.ids[i] for i in tr),
+            train_labels=self.labels[tr], train_targets=self.y[tr], valid_ids=tuple(self.ids[i] for i in va),
+            valid_labels=self.labels[va], valid_targets=self.y[va], test_ids=self.test_ids, in_memory=self.in_memory,
+        )
+
+
+def plan_folds(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str) -> FoldPlan:
+    """Choose the fold strategy, check the settings before any fold trains and cut the label rows."""
+    from pipeline import augment as aug
+    from pipeline.fold_strategies import FOLD_STRATEGIES, strategy_name
+    from pipeline.losses import make_loss
+    from pipeline.models.registry import check_model
+    from pipeline.cache.read import fits_in_memory
+
+    name = strategy_name(dataset)
+    strategy = FOLD_STRATEGIES.get(name)()
+    task, targets = dataset.task, list(dataset.targets)
+    ids, fold_arr, train_table = fold_members(dataset, cache, folds)
+
+    # Settings that cannot work fail here, before any fold trains (weights files, augmentations, losses).
+    strategy.check(exp, cache.shape)
+    check_model(exp.model.name, exp.model.params)
+    aug.check_settings(exp.augment, feature=exp.features.name, shape=strategy.input_shape(exp, cache.shape))
+    make_loss(exp.loss.name, exp.loss.params, task)
+
+    rows = train_table.loc[ids]
+    in_memory = fits_in_memory(len(ids), cache.shape)
+    log.info("%s: %d training %s in %d folds; input %s%s", exp.name, len(ids), strategy.unit, exp.folds.n_splits,
+             "cached in memory" if in_memory else "streamed from shards (too large to cache in memory)",
+             strategy.describe(exp, cache.shape))
+    return FoldPlan(exp=exp, strategy=name, unit=strategy.unit, cache_dir=cache.folder, exp_dir=exp_dir, task=task,
+                    targets=tuple(targets), ids=tuple(ids), fold_arr=fold_arr,
+                    labels=strategy.label_rows(exp, rows.reset_index(), targets),
+                    y=rows[targets].to_numpy(np.float32), test_ids=tuple(cache.ids("test")), in_memory=in_memory)
+
+
+def run_folds(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str) -> Tuple[pd.DataFrame, Optional[pd.DataFrame]]:
+    """Train every fold of an experiment (skipping finished ones) and collect predictions.
+
+    Each fold runs as a :class:`pipeline.fold_job.FoldJob` under the experiment's
+    strategy, dtype policy and XLA setting (entered by the job).
+
+    Returns (oof DataFrame ``id, fold, <targets>, <pred columns>`` in manifest order,
+    test DataFrame ``id, <pred columns>`` averaged over folds, or None without a test set).
+    """
+    from pipeline.fold_job import finished_fold, run_fold_job
+    from pipeline.predict import collect_folds
+
+    plan = plan_folds(exp, dataset, cache, folds, exp_dir)
+    oof_parts, test_parts = [], []
+    for k in range(exp.folds.n_splits):
+        done = finished_fold(exp_dir, k, with_test=bool(plan.test_ids))
+        if done is not None:
+            log.info("%s fold %d/%d: finished earlier; skipped", exp.name, k + 1, exp.folds.n_splits)
+            oof, test = done
+        else:
+            oof, test = run_fold_job(plan.job(k))
+        oof_parts.append(oof)
+        if test is not None:
+            test_parts.append(test)
+    return collect_folds(oof_parts, test_parts, list(plan.ids), list(plan.test_ids),
+                         layout.prediction_columns(plan.targets, plan.task))

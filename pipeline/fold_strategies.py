@@ -1,0 +1,275 @@
+"""What differs between kinds of training data in the fold loop: a small registered strategy.
+
+The fold loop (:mod:`pipeline.fold_loop`) and the fold job
+(:mod:`pipeline.fold_job`) are the same for every dataset; a strategy answers
+only the questions whose answer depends on the data:
+
+* ``clips`` (whale-style clips, one label row per clip): every training clip once
+  per epoch, shuffled and augmented; validation on the clips; ROC AUC.
+* ``crops`` (long recordings with event boxes, rfcx): random crops of the cached
+  whole-recording features, redrawn every epoch, with framewise and clipwise
+  targets cut from the boxes (:mod:`pipeline.crops`; NaN marks unknown labels, so
+  the loss must ignore them); validation on one fixed crop per recording,
+  containing a tp box where it has one; predictions by sliding windows over
+  the whole recording; a NaN-aware ROC AUC and LWLRAP. Boxes and labels of
+  validation recordings never reach the training pipeline (each fold's label
+  rows are cut from its training ids only), and test labels are never read.
+
+An argument ``spec`` is either the :class:`pipeline.config.Experiment` (in
+the loop, before any fold trains) or a :class:`pipeline.fold_job.FoldJob`
+(inside the job): both carry the sections ``features``, ``audio``, ``crops``,
+``loss``, ``model``, ``augment``, ``train`` and ``predict``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from pipeline.registry import Registry
+
+log = logging.getLogger(__name__)
+
+FOLD_STRATEGIES = Registry("fold strategy")
+
+# Fixed seed of the rfcx validation crops: the same crops in every epoch and every run.
+_VALID_SEED = 7919
+
+
+@dataclass
+class FoldData:
+    """A fold's tf.data input to :func:`pipeline.train.train_fold`."""
+
+    train_data: Callable  # epoch -> tf.data.Dataset of training batches for that epoch
+    valid_batches: object  # tf.data.Dataset of validation batches (deterministic)
+    train_steps: int
+    valid_steps: int
+
+
+def strategy_name(dataset) -> str:
+    """The fold strategy of ``dataset``: ``crops`` for long recordings with event boxes, else ``clips``."""
+    from pipeline.data.rfcx import has_boxes
+
+    return "crops" if has_boxes(dataset) else "clips"
+
+
+def features_and_targets(ds):
+    """``(id, x, y)`` examples as Keras' ``(x, y)``."""
+    import tensorflow as tf
+
+    return ds.map(lambda i, x, y: (x, y), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+@FOLD_STRATEGIES.register("clips")
+class ClipStrategy:
+    """Clip data: one example per clip, labels are the clip's targets."""
+
+    unit = "clips"
+    metric = "auc"
+
+    def check(self, spec, shape) -> None:
+        """Settings only this kind of data refuses (none for clips)."""
+
+    def input_shape(self, spec, shape) -> tuple:
+        """The model's input: the cached clip features [shape]."""
+        return tuple(shape)
+
+    def label_rows(self, spec, rows: pd.DataFrame, targets) -> np.ndarray:
+        """What the input pipeline joins to each clip's features: its targets [n, C] float32."""
+        return rows[list(targets)].to_numpy(np.float32)
+
+    def bias_targets(self, y: np.ndarray) -> np.ndarray:
+        """The training targets the output bias is fitted to."""
+        return y
+
+    def framewise(self, spec) -> bool:
+        """Whether an SED model trains its framewise output too (clips have clip labels only)."""
+        return False
+
+    def metrics(self, spec, task: str) -> list:
+        """Keras metrics logged every epoch (``val_auc`` can be the monitor)."""
+        import keras
+
+        return [keras.metrics.AUC(name="auc", multi_label=task == "multilabel")]
+
+    def fold_data(self, job, cache, batch: int, rt, in_memory: bool) -> FoldData:
+        """Every training clip once per epoch (shuffled, augmented, optionally class-weighted); validation clips."""
+        from pipeline.distribute import with_shard_policy
+        from pipeline.cache.read import labelled
+        from pipeline.train import class_weights, input_pipelines
+
+        n_shards = len(cache.files("train"))
+        train_examples = features_and_targets(labelled(cache.dataset("train"), job.train_ids, job.train_labels))
+        valid_examples = features_and_targets(labelled(cache.dataset("train"), job.valid_ids, job.valid_labels))
+        base_train = with_shard_policy(train_examples, n_shards, rt)
+        base_valid = with_shard_policy(valid_examples, n_shards, rt)
+        if in_memory:
+            base_train, base_valid = base_train.cache(), base_valid.cache()
+        weights = class_weights(job.train_targets, job.task) if job.train.class_weight == "balanced" else None
+        train_data, valid_batches = input_pipelines(
+            base_train, base_valid, batch_size=batch, shuffle_buffer=job.train.shuffle_buffer, seed=job.train.seed,
+            fold=job.fold, augment=job.augment, feature=job.features.name, weights=weights,
+        )
+        return FoldData(train_data=train_data, valid_batches=valid_batches,
+                        train_steps=-(-len(job.train_ids) // batch), valid_steps=-(-len(job.valid_ids) // batch))
+
+    def windows(self, spec, shape) -> dict:
+        """Prediction settings of :func:`pipeline.predict.predict_examples` (window: the model's input)."""
+        return {"aggregate": spec.predict.aggregate}
+
+    def extra_windows(self, cache, split: str):
+        """The later windows of clips longer than ``audio.duration`` (None when there are none)."""
+        return cache.extra_windows(split)
+
+    def score(self, y: np.ndarray, preds: np.ndarray) -> float:
+        """The fold's score in done.json: ROC AUC of the held-out clips."""
+        from pipeline.metrics import auc
+
+        return auc(y, preds)
+
+    def describe(self, spec, shape) -> str:
+        """What the experiment's log line adds for this kind of data (nothing for clips)."""
+        return ""
+
+
+@FOLD_STRATEGIES.register("crops")
+class CropStrategy:
+    """Long recordings with event boxes: random crops for training, sliding windows for predictions."""
+
+    unit = "recordings"
+    metric = "lwlrap"
+
+    def check(self, spec, shape) -> None:
+        """Raise ValueError before any fold trains for settings crops of recordings cannot honour."""
+        problems = []
+        if spec.features.name not in ("mel", "complexity") or len(shape) != 2:
+            problems.append(f"features.name: rfcx crops need time-major features [frames, bins] (mel or "
+                            f"complexity); got {spec.features.name} {list(shape)}")
+        # A crop away from a tp species' boxes has an unknown (NaN) target for it in either
+        # `unknown` mode, so the loss must ignore NaN targets.
+        if spec.loss.name not in ("masked_bce", "sed"):
+            problems.append(f"loss.name: crops of recordings have unknown (NaN) labels; use masked_bce or sed, "
+                            f"not {spec.loss.name}")
+        if spec.loss.name == "sed" and spec.model.name != "sed":
+            problems.append(f"loss.name: sed needs model.name sed (framewise output); got model {spec.model.name}")
+        if spec.augment.mixup_alpha:
+            problems.append("augment.mixup_alpha: mixup cannot mix unknown (NaN) labels; set it to 0")
+        if spec.augment.time_shift:
+            problems.append("augment.time_shift: a circular shift would misalign the framewise targets; random "
+                            "crops already shift the calls - set it to 0")
+        if spec.train.class_weight != "none":
+            problems.append("train.class_weight: balanced weights need known labels; use none with rfcx crops")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def input_shape(self, spec, shape) -> tuple:
+        """The model's input: a crop [crop frames, bins]."""
+        crop, _, _ = crop_lengths(spec, int(shape[0]))
+        return (crop, *shape[1:])
+
+    def label_rows(self, spec, rows: pd.DataFrame, targets) -> np.ndarray:
+        """Per recording its frame defaults then its flattened box table [n, C + B * 6] (:func:`crops.pack_labels`).
+
+        rows : the recordings' manifest rows (with ``id`` and ``boxes``).
+        """
+        from pipeline import crops
+        from pipeline.data.rfcx import boxes_of, frame_defaults
+
+        boxes = boxes_of(rows)
+        late = [b for b in boxes if len(b) and b[:, 2].max() > spec.audio.duration]
+        if late:
+            log.warning("%s: %d recordings have boxes after audio.duration=%.1f s (is it the recordings' length?); "
+                        "those frames are cut off", spec.name, len(late), spec.audio.duration)
+        table = crops.box_table(boxes, sample_rate=spec.audio.sample_rate, hop_length=spec.features.params.hop_length)
+        return crops.pack_labels(frame_defaults(rows), table)
+
+    def bias_targets(self, y: np.ndarray) -> np.ndarray:
+        """Unknown (NaN) labels count as absent for the output bias."""
+        return np.nan_to_num(y)
+
+    def framewise(self, spec) -> bool:
+        """The sed loss trains the framewise output on the boxes' framewise targets."""
+        return spec.loss.name == "sed"
+
+    def metrics(self, spec, task: str) -> list:
+        """NaN-aware ROC AUC and LWLRAP, logged every epoch."""
+        from pipeline.keras_metrics import LWLRAP, MaskedAUC
+
+        return [MaskedAUC(name="auc", multi_label=True), LWLRAP(name="lwlrap")]
+
+    def fold_data(self, job, cache, batch: int, rt, in_memory: bool) -> FoldData:
+        """``crops.per_recording`` random crops per recording and epoch; one fixed crop per validation recording."""
+        import tensorflow as tf
+
+        from pipeline import augment as aug
+        from pipeline import crops
+        from pipeline.cache.read import labelled
+        from pipeline.train import epoch_seed
+
+        n_frames = int(cache.shape[0])
+        crop, _, _ = crop_lengths(job, n_frames)
+        n_classes = len(job.targets)
+        framewise = self.framewise(job)
+        base_train = features_and_targets(labelled(cache.dataset("train"), job.train_ids, job.train_labels))
+        base_valid = features_and_targets(labelled(cache.dataset("train"), job.valid_ids, job.valid_labels))
+        if in_memory:
+            base_train, base_valid = base_train.cache(), base_valid.cache()
+        valid_crops = crops.crop_examples(base_valid, n_frames=n_frames, length=crop, positive_probability=1.0,
+                                          seed=_VALID_SEED, n_classes=n_classes, framewise=framewise)
+        if in_memory:
+            valid_crops = valid_crops.cache()
+
+        def train_data(epoch):
+            # Shuffle order, crops and augmentation all follow the epoch seed (resumable, reproducible).
+            s = epoch_seed(job.train.seed, job.fold, epoch)
+            ds = base_train.repeat(job.crops.per_recording)
+            ds = ds.shuffle(job.train.shuffle_buffer, seed=s, reshuffle_each_iteration=False)
+            ds = crops.crop_examples(ds, n_frames=n_frames, length=crop,
+                                     positive_probability=job.crops.positive_probability, seed=s,
+                                     n_classes=n_classes, framewise=framewise)
+            ds = aug.training_batches(ds, job.augment, feature=job.features.name, batch_size=batch, seed=s)
+            return ds.prefetch(tf.data.AUTOTUNE)
+
+        return FoldData(train_data=train_data, valid_batches=valid_crops.batch(batch).prefetch(tf.data.AUTOTUNE),
+                        train_steps=-(-len(job.train_ids) * job.crops.per_recording // batch),
+                        valid_steps=-(-len(job.valid_ids) // batch))
+
+    def windows(self, spec, shape) -> dict:
+        """Sliding windows over the whole recording from ``crops.window_*`` (frames)."""
+        _, window, hop = crop_lengths(spec, int(shape[0]))
+        return {"window": window, "hop": hop, "aggregate": spec.crops.aggregate}
+
+    def extra_windows(self, cache, split: str):
+        """None: the whole recording is the example (cut into windows by the prediction stage)."""
+        return None
+
+    def score(self, y: np.ndarray, preds: np.ndarray) -> float:
+        """The fold's score in done.json: LWLRAP of the held-out recordings."""
+        from pipeline.metrics import lwlrap
+
+        return lwlrap(y, preds)
+
+    def describe(self, spec, shape) -> str:
+        """Crop, window and target settings for the experiment's log line."""
+        crop, window, hop = crop_lengths(spec, int(shape[0]))
+        rate = spec.audio.sample_rate / spec.features.params.hop_length
+        return (f"; crops of {crop} frames ({crop / rate:.1f} s), windows of {window} every {hop} frames, "
+                f"{spec.crops.aggregate} over windows; targets "
+                f"{'clipwise + framewise' if self.framewise(spec) else 'clipwise'}")
+
+
+def crop_lengths(spec, n_frames: int) -> tuple:
+    """(crop, window, hop) in frames from ``spec.crops`` and the feature's frame rate."""
+    rate = spec.audio.sample_rate / spec.features.params.hop_length
+
+    def frames(seconds, default):
+        return default if seconds is None else max(1, min(n_frames, int(round(seconds * rate))))
+
+    crop = frames(spec.crops.crop_seconds, n_frames)
+    window = frames(spec.crops.window_seconds, crop)
+    hop = frames(spec.crops.window_hop_seconds, max(1, window // 2))
+    return crop, window, hop
