@@ -27,6 +27,9 @@ from typing import Callable, Optional, Sequence
 
 import tensorflow as tf
 
+from pipeline.errors import QueueError
+
+
 def is_active(settings) -> bool:
     """Whether any transform is switched on."""
     return any((settings.time_shift, settings.gain_db, settings.noise_std, settings.time_mask,
@@ -34,7 +37,7 @@ def is_active(settings) -> bool:
 
 
 def check_settings(settings, *, feature: str, shape: Sequence[int]) -> None:
-    """Raise ValueError (before training) for a transform that makes no sense for these features.
+    """Raise QueueError (before training) for a transform that makes no sense for these features.
 
     feature : ``mel``, ``complexity`` or ``waveform``; shape : one example's shape.
     """
@@ -50,7 +53,7 @@ def check_settings(settings, *, feature: str, shape: Sequence[int]) -> None:
     if settings.gain_db and feature == "complexity":
         problems.append("augment.gain_db has no effect on complexity features (they are scale invariant); set it to 0")
     if problems:
-        raise ValueError("; ".join(problems))
+        raise QueueError("; ".join(problems))
 
 
 def _stateless_seed(seed: int, salt: int, index):

@@ -46,6 +46,7 @@ from scipy.stats import rankdata
 
 from pipeline import io, layout, metrics, ownership
 from pipeline import schema
+from pipeline.errors import BlendError
 from pipeline.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -53,10 +54,6 @@ log = logging.getLogger(__name__)
 METHODS = Registry("blend method", allowed=schema.BLEND_METHODS)
 
 BLEND_FILES = ("oof.csv", "test.csv", "weights.json", "scores.json", "submission.csv")
-
-
-class BlendError(ValueError):
-    """The selected experiments cannot be blended honestly."""
 
 
 @dataclasses.dataclass(frozen=True)

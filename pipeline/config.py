@@ -38,6 +38,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import yaml
 
 from pipeline import config_checks, layout, queue_yaml, schema
+from pipeline.errors import QueueError
 
 # Experiment names become folders under output/ and column names in output/oof.csv. Matched with
 # fullmatch: with `$`, re.match accepts a trailing newline ("cache\n").
@@ -49,7 +50,7 @@ KIND_NAMES = {"data": "data source", "features": "feature", "model": "model", "l
 BLEND_METRICS = ("auc", "log_loss", "lwlrap")
 
 
-class ConfigError(ValueError):
+class ConfigError(QueueError):
     """One or more problems in a queue file; ``problems`` holds one line each."""
 
     def __init__(self, source: str, problems: List[str]):

@@ -38,6 +38,8 @@ import os
 from dataclasses import dataclass
 from typing import Iterator, List, Optional
 
+from pipeline.errors import TrainingError
+
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
@@ -48,7 +50,7 @@ JIT_CHOICES = ("auto", "true", "false")
 _STRATEGIES: dict = {}
 
 
-class DistributeError(RuntimeError):
+class DistributeError(TrainingError):
     """The configured strategy or precision cannot be used on this machine; the message names the key."""
 
 

@@ -20,11 +20,12 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from pipeline import io
 from pipeline.config import Experiment, stable_hash
 from pipeline.data.base import Dataset
+from pipeline.errors import DataError
 
 log = logging.getLogger(__name__)
 
 
-class FoldError(ValueError):
+class FoldError(DataError):
     """The data cannot be split as configured."""
 
 

@@ -17,6 +17,7 @@ import keras
 from keras import ops
 
 from pipeline import schema
+from pipeline.errors import QueueError
 from pipeline.registry import Registry
 
 LOSSES = Registry("loss", allowed=schema.LOSSES)
@@ -193,7 +194,7 @@ def _focal(params, task: str):
 @LOSSES.register("masked_bce")
 def _masked_bce(params, task: str):
     if task == "multiclass":
-        raise ValueError("loss masked_bce needs binary or multilabel targets (one sigmoid per label). "
+        raise QueueError("loss masked_bce needs binary or multilabel targets (one sigmoid per label). "
                          f"Received: task={task!r}")
     return MaskedBinaryCrossentropy(label_smoothing=params.label_smoothing)
 

@@ -29,6 +29,7 @@ import pandas as pd
 
 from pipeline import io, layout, ownership
 from pipeline.config import ConfigError, Experiment, Queue, dump_experiment, stable_hash
+from pipeline.errors import PipelineError, QueueError
 
 log = logging.getLogger("pipeline")
 
@@ -38,7 +39,7 @@ EXIT_CONFIG = 2  # as pipeline.cli: a queue whose output cannot be used is refus
 DATA_CLIPS = "data_clips.csv"
 
 
-class StageError(RuntimeError):
+class StageError(QueueError):
     """An experiment failed in a known way; the message is enough (no traceback needed)."""
 
 
@@ -201,7 +202,11 @@ def run_experiment(exp: Experiment, paths: Paths, *, force: bool = False) -> dic
     except KeyboardInterrupt:
         write_status(exp_dir, state=INTERRUPTED, error="interrupted by the user or SIGTERM", timings=timings)
         raise
-    except Exception as err:  # a failing experiment never stops the queue
+    except PipelineError as err:  # a user's mistake: the message names what to fix, a traceback would bury it
+        message = f"{type(err).__name__}: {err}"
+        log.error("%s: FAILED: %s", exp.name, message)
+        status = write_status(exp_dir, state=FAILED, error=message, traceback=None, finished=_now(), timings=timings)
+    except Exception as err:  # a bug: a failing experiment never stops the queue, and its traceback is kept
         message = f"{type(err).__name__}: {err}"
         log.error("%s: FAILED: %s", exp.name, message)
         log.debug("%s", traceback.format_exc())

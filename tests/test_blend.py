@@ -12,7 +12,8 @@ from sklearn.metrics import label_ranking_average_precision_score, roc_auc_score
 
 from pipeline import blend as blend_mod
 from pipeline import metrics, ownership, schema
-from pipeline.blend import BlendError, blend, check_compatible, greedy_weights, load_predictions
+from pipeline.errors import BlendError
+from pipeline.blend import blend, check_compatible, greedy_weights, load_predictions
 from pipeline.config import load_queue
 
 

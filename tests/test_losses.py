@@ -8,6 +8,7 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from pipeline import schema  # noqa: E402
+from pipeline.errors import QueueError  # noqa: E402
 from pipeline.losses import LOSSES, make_loss  # noqa: E402
 from pipeline.schedules import SCHEDULES, make_optimizer, make_schedule  # noqa: E402
 
@@ -158,7 +159,7 @@ def test_dice_bce_hand_computed():
 
 
 def test_masked_bce_rejects_multiclass():
-    with pytest.raises(ValueError, match="binary or multilabel"):
+    with pytest.raises(QueueError, match="binary or multilabel"):
         make_loss("masked_bce", schema.MaskedBCEParams(), "multiclass")
 
 

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline import schema
-from pipeline.data.base import SUBMISSION_FORMATS, DataError, Dataset
+from pipeline.data.base import SUBMISSION_FORMATS, Dataset
+from pipeline.errors import DataError
 from pipeline.data.checks import check_duplicate_files
 from pipeline.data.rfcx import read_kaggle_rfcx
 from pipeline.data import synthetic, synthetic_rfcx

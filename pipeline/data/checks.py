@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import io
-from pipeline.data.base import DataError
+from pipeline.errors import DataError
 from pipeline.data.labels import csv_rows
 
 logger = logging.getLogger(__name__)

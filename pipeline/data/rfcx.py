@@ -40,7 +40,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline import io
-from pipeline.data.base import DataError, Dataset
+from pipeline.data.base import Dataset
+from pipeline.errors import DataError
 from pipeline.data.checks import refuse_outside
 
 logger = logging.getLogger(__name__)

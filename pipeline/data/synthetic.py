@@ -52,7 +52,8 @@ import numpy as np
 import soundfile as sf
 
 from pipeline import ownership
-from pipeline.data.base import DataError, Dataset
+from pipeline.data.base import Dataset
+from pipeline.errors import DataError
 from pipeline.data.whale import read_kaggle_whale
 
 logger = logging.getLogger(__name__)

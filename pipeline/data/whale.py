@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline import io
-from pipeline.data.base import DataError, Dataset
+from pipeline.data.base import Dataset
+from pipeline.errors import DataError
 from pipeline.data.checks import resolve_names
 from pipeline.data.labels import binary_labels
 

@@ -22,6 +22,7 @@ import os
 import keras
 from keras import layers
 
+from pipeline.errors import QueueError
 from pipeline.models.layers import BN_MOMENTUM, AttentionPooling, FrameInterpolation, PackSED
 from pipeline.models.registry import MODELS, classifier_head, register_check
 
@@ -48,7 +49,7 @@ def application_backbone(name: str, *, input_shape, weights, trainable: bool) ->
 
 def check_weights_file(path: str, family: str) -> None:
     if not os.path.isabs(os.path.expanduser(path)):
-        raise ValueError(f"{family}: weights must be null or an absolute path to a .h5 / .weights.h5 file. "
+        raise QueueError(f"{family}: weights must be null or an absolute path to a .h5 / .weights.h5 file. "
                          f"Received: weights={path!r}")
     if not os.path.isfile(os.path.expanduser(path)):
         raise FileNotFoundError(f"{family}: weights file not found: {path}")
@@ -70,7 +71,7 @@ def build_sed(params, *, input_shape, n_outputs, activation, output_bias=None) -
         for i, width in enumerate(params.widths):
             x = conv_block(x, width, name=f"block{i + 1}")
         if params.weights is not None:
-            raise ValueError("sed: weights apply to a keras.applications backbone; the built-in cnn starts "
+            raise QueueError("sed: weights apply to a keras.applications backbone; the built-in cnn starts "
                              f"from random weights. Received: weights={params.weights!r}")
     else:
         x = layers.Concatenate(axis=-1, name="to_rgb")([x, x, x])
@@ -118,6 +119,6 @@ def check_sed(params) -> None:
     if params.weights is None:
         return
     if params.backbone == "cnn":
-        raise ValueError("sed: weights apply to a keras.applications backbone; the built-in cnn starts "
+        raise QueueError("sed: weights apply to a keras.applications backbone; the built-in cnn starts "
                          f"from random weights. Received: weights={params.weights!r}")
     check_weights_file(params.weights, "sed")

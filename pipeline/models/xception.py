@@ -24,6 +24,7 @@ import os
 import keras
 from keras import layers
 
+from pipeline.errors import QueueError
 from pipeline.models.layers import BN_MOMENTUM
 from pipeline.models.registry import MODELS, classifier_head, register_check
 
@@ -52,7 +53,7 @@ def resolve_weights(weights):
         return path
     path = os.path.expanduser(weights)
     if not os.path.isabs(path):
-        raise ValueError(f"xception: weights must be null, imagenet or an absolute path to a .h5 / .weights.h5 "
+        raise QueueError(f"xception: weights must be null, imagenet or an absolute path to a .h5 / .weights.h5 "
                          f"file. Received: weights={weights!r}")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"xception: weights file not found: {path}")
@@ -75,7 +76,7 @@ def check_xception(params) -> None:
 def _check_layer(base, name, key, examples):
     if name not in [layer.name for layer in base.layers]:
         where = f" up to {base.layers[-1].name}" if base.name.endswith("_cut") else ""
-        raise ValueError(f"xception: {key} must name a backbone layer{where} (e.g. {examples}). "
+        raise QueueError(f"xception: {key} must name a backbone layer{where} (e.g. {examples}). "
                          f"Received: {key}={name!r}")
 
 
