@@ -47,11 +47,9 @@ from scipy.stats import rankdata
 from pipeline import io, layout, metrics, ownership
 from pipeline import schema
 from pipeline.errors import BlendError
-from pipeline.registry import Registry
 
 log = logging.getLogger(__name__)
 
-METHODS = Registry("blend method", allowed=schema.BLEND_METHODS)
 
 BLEND_FILES = ("oof.csv", "test.csv", "weights.json", "scores.json", "submission.csv")
 
@@ -112,22 +110,22 @@ class BlendOutput:
 # ----------------------------------------------------------------------------- methods
 
 
-@METHODS.register("mean")
-def _mean(params, data: BlendInput) -> BlendOutput:
+def blend_mean(params, data: BlendInput) -> BlendOutput:
+    """The mean method (see the module doc)."""
     w = np.full(len(data.oof), 1.0 / len(data.oof))
     return BlendOutput(oof=_weighted(w, data.oof), test=_weighted(w, data.test), weights=_named(data.names, w))
 
 
-@METHODS.register("rank_mean")
-def _rank_mean(params, data: BlendInput) -> BlendOutput:
+def blend_rank_mean(params, data: BlendInput) -> BlendOutput:
+    """The rank_mean method (see the module doc)."""
     w = np.full(len(data.oof), 1.0 / len(data.oof))
     test = None if data.test is None else _weighted(w, [column_ranks(p) for p in data.test])
     return BlendOutput(oof=_weighted(w, [column_ranks(p) for p in data.oof]), test=test,
                        weights=_named(data.names, w))
 
 
-@METHODS.register("weights")
-def _weights(params, data: BlendInput) -> BlendOutput:
+def blend_weights(params, data: BlendInput) -> BlendOutput:
+    """The weights method (see the module doc)."""
     w = greedy_weights(data.oof, data.score, data.metric, iterations=params.iterations)
     # Honest companion score: each fold blended with weights chosen on the other folds.
     held_out = np.zeros_like(data.oof[0])
@@ -143,8 +141,8 @@ def _weights(params, data: BlendInput) -> BlendOutput:
                        scores=extra, score_kind="OOF (weights chosen on the OOF)")
 
 
-@METHODS.register("stacking")
-def _stacking(params, data: BlendInput) -> BlendOutput:
+def blend_stacking(params, data: BlendInput) -> BlendOutput:
+    """The stacking method (see the module doc)."""
     fold_values = np.unique(data.folds)
     if len(fold_values) < 2:
         raise BlendError("stacking is scored by cross-validation over the folds, so it needs at least 2 folds; "
@@ -478,8 +476,9 @@ def blend(names: List[str], loaded: List[dict], method: str, params=None, metric
     UnknownNameError
         An unregistered method.
     """
-    fn = METHODS.get(method)
-    params = schema.BLEND_METHODS[method]() if params is None else params
+    entry = schema.BLEND_METHODS[method]
+    fn = entry.load()
+    params = entry.params() if params is None else params
     check_compatible(names, loaded)
     meta = loaded[0]["scores"]
     task, targets = meta["task"], list(meta["targets"])
@@ -542,14 +541,14 @@ def select_experiments(queue, paths, current=None) -> List[str]:
         if missing:
             log.warning("blend: %s not finished; blending the rest", ", ".join(sorted(missing)))
     if done:
-        key = fold_key(done[0])
-        left_out = [e.name for e in done if fold_key(e) != key]
+        key = fold_key(done[0].data, done[0].folds)
+        left_out = [e.name for e in done if fold_key(e.data, e.folds) != key]
         if left_out and queue.blend.include is not None:
             raise BlendError(f"blend.include names experiments on different data or folds ({done[0].name} vs "
                              f"{', '.join(left_out)}); their OOF predictions cannot be blended honestly")
         if left_out:
             log.warning("blend: %s use other data or folds than %s; left out", ", ".join(left_out), done[0].name)
-        done = [e for e in done if fold_key(e) == key]
+        done = [e for e in done if fold_key(e.data, e.folds) == key]
     return [e.name for e in done]
 
 

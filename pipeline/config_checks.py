@@ -16,13 +16,14 @@ from __future__ import annotations
 import math
 from typing import Callable, List, Optional
 
+from pipeline import schema
+
 # Longest clip the pipeline decodes: 100 M samples (400 MB as float32; an hour at 27.7 kHz).
 # Each feature worker holds a few clips of this size in memory.
 MAX_CLIP_SAMPLES = 100_000_000
 # Largest feature array per clip (values, float32): 1 GB. The cache holds one per clip.
 MAX_FEATURE_VALUES = 250_000_000
 RFCX_SOURCES = ("kaggle_rfcx", "synthetic_rfcx")
-SPECTROGRAM_MODELS = ("sed", "vit", "xception")  # they need [frames, bins], not a waveform
 # Every keras.applications family in schema.SED_BACKBONES refuses inputs under 32 x 32 (min_size).
 MIN_APPLICATION_INPUT = 32
 
@@ -160,9 +161,10 @@ def _check_rfcx(exp, shape, origin, problems) -> Optional[tuple]:
 
 def _check_model(exp, shape, origin, problems) -> None:
     model = exp.model
-    if model.name in SPECTROGRAM_MODELS and exp.features.name == "waveform":
-        problems.append(f"{origin('model', 'name')}: {model.name} needs a spectrogram [frames, bins] "
-                        f"(features mel or complexity); got features waveform")
+    takes = schema.MODELS[model.name].features
+    if exp.features.name not in takes:
+        problems.append(f"{origin('model', 'name')}: {model.name} takes features {' or '.join(takes)}; "
+                        f"got features {exp.features.name}")
     if model.name == "vit" and len(model.params.patch_size) != 2:
         problems.append(f"{origin('model', 'patch_size')}: must be [frames, mels] (two integers); "
                         f"got {list(model.params.patch_size)}")

@@ -25,7 +25,7 @@ up before anything else runs), so experiments of a queue share it.
 ``train.precision`` sets the global Keras dtype policy while the experiment's
 models are built and is restored afterwards, so one experiment never leaks its
 policy into the next. Classifier heads are float32 layers
-(:func:`pipeline.models.registry.classifier_head`), so predictions and losses
+(:func:`pipeline.models.heads.classifier_head`), so predictions and losses
 stay float32 under any policy.
 """
 

@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import pandas as pd
 
-from pipeline import io, layout, ownership
+from pipeline import io, layout, ownership, schema
 from pipeline.config import ConfigError, Experiment, Queue, dump_experiment, stable_hash
 from pipeline.errors import PipelineError, QueueError
 
@@ -279,7 +279,7 @@ def _stages(exp: Experiment, paths: Paths, exp_dir: str, timings: dict, data) ->
     done()
 
     done = _stage(exp_dir, timings, "folds")
-    folds = ensure_folds(dataset, exp, paths.folds)
+    folds = ensure_folds(dataset, exp.data, exp.folds, paths.folds)
     done()
 
     done = _stage(exp_dir, timings, "train")
@@ -421,7 +421,7 @@ def write_queue_oof(queue: Queue, paths: Paths,
     key = None
     table = None
     for exp in done:
-        if key is not None and fold_key(exp) != key:
+        if key is not None and fold_key(exp.data, exp.folds) != key:
             log.warning("%s uses other data or folds than %s; left out of output/oof.csv", exp.name, first)
             continue
         got = _queue_oof_part(exp.name, paths.experiment(exp.name))
@@ -429,7 +429,7 @@ def write_queue_oof(queue: Queue, paths: Paths,
             continue
         part, new = got
         if table is None:
-            key, first, table = fold_key(exp), exp.name, part
+            key, first, table = fold_key(exp.data, exp.folds), exp.name, part
             continue
         taken = sorted(set(new) & set(table.columns))
         if taken:
@@ -517,7 +517,7 @@ def write_summary(queue: Queue, paths: Paths, current: Optional[Dict[str, object
         row = {
             "experiment": exp.name,
             "status": status.get("state", "not run"),
-            "model": exp.model.name + ("_residual" if getattr(exp.model.params, "residual", False) else ""),
+            "model": schema.MODELS[exp.model.name].describe(exp.model.params),
             "features": exp.features.name,
             "oof_auc": np.nan,
             metric_col: np.nan,
@@ -731,7 +731,7 @@ def plan(queue: Queue, paths: Paths, names: List[str], force: bool) -> str:
         else:
             key = cache_key(exp, data.identity.audio)
             cache = "hit" if io.isfile(os.path.join(paths.cache, key, MANIFEST)) else "build"
-            folds = "exists" if io.isfile(os.path.join(paths.folds, table_key(exp, data) + ".csv")) else "build"
+            folds = "exists" if io.isfile(os.path.join(paths.folds, table_key(exp.data, exp.folds, data) + ".csv")) else "build"
         lines.append(
             f"  {exp.name}: {action}; data {exp.data.name}, features {exp.features.name} (cache {key}: {cache}), "
             f"model {exp.model.name}, {exp.folds.n_splits} folds (table: {folds}), {exp.train.epochs} epochs max"

@@ -89,7 +89,8 @@ def run_folds_rfcx(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str, rt=No
     from pipeline.losses import make_loss
     from pipeline.metrics import lwlrap
     from pipeline.models import sed
-    from pipeline.models.registry import build_model, check_model, prior_bias
+    from pipeline.models.build import build_model, check_model
+    from pipeline.models.heads import prior_bias
     from pipeline.predict import collect_folds
     from pipeline.queue import prediction_columns
     from pipeline.records import fits_in_memory, labelled

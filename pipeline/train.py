@@ -348,7 +348,8 @@ def _run_folds(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str, rt):
     from pipeline import augment as aug
     from pipeline.losses import make_loss
     from pipeline.models import sed
-    from pipeline.models.registry import build_model, check_model, prior_bias
+    from pipeline.models.build import build_model, check_model
+    from pipeline.models.heads import prior_bias
     from pipeline.schedules import make_optimizer, make_schedule
     from pipeline.predict import collect_folds, predict_with_ids
     from pipeline.queue import prediction_columns

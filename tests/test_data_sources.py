@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 
 from pipeline import schema
-from pipeline.data import SOURCES, format_submission, load_dataset, submission_frame
+from pipeline.data import format_submission, load_dataset, submission_frame
 from pipeline.data.audio import load_clip
 from pipeline.data.base import Dataset
 from pipeline.errors import DataError
@@ -33,10 +33,6 @@ def write_csv(path, text):
 
 
 # ----------------------------------------------------------------------------- registry
-
-
-def test_every_schema_source_is_registered():
-    assert set(SOURCES.names()) == set(schema.DATA_SOURCES)
 
 
 def test_unknown_source_lists_the_choices():

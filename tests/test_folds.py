@@ -72,16 +72,16 @@ def test_shared_table_reused_and_rebuilt_when_stale(tmp_path, rng):
         source="q.yaml", base_dir=str(tmp_path),
     )
     a, b = queue.experiments
-    assert fold_key(a) == fold_key(b)  # different features, same data and folds -> one table
+    assert fold_key(a.data, a.folds) == fold_key(b.data, b.folds)  # different features, same data and folds -> one table
     ds = dataset(rng)
-    first = ensure_folds(ds, a, str(tmp_path))
-    path = tmp_path / f"{table_key(a, ds)}.csv"
+    first = ensure_folds(ds, a.data, a.folds, str(tmp_path))
+    path = tmp_path / f"{table_key(a.data, a.folds, ds)}.csv"
     assert path.is_file()
     stamp = path.stat().st_mtime_ns
-    assert ensure_folds(ds, b, str(tmp_path)).equals(first)
+    assert ensure_folds(ds, b.data, b.folds, str(tmp_path)).equals(first)
     assert path.stat().st_mtime_ns == stamp
     path.write_text("id,fold\nnot-a-clip,0\n")  # stale/corrupt table: rebuilt
-    assert ensure_folds(ds, a, str(tmp_path)).equals(first)
+    assert ensure_folds(ds, a.data, a.folds, str(tmp_path)).equals(first)
 
 
 def test_pending_folds_skips_finished_folds_and_refuses_an_empty_side(tmp_path):

@@ -268,7 +268,7 @@ def test_masked_entries_have_no_gradient(loss_name):
 
     from pipeline.losses import make_loss
 
-    params = schema.LOSSES[loss_name]()
+    params = schema.LOSSES[loss_name].params()
     loss = make_loss(loss_name, params, "multilabel")
     rng = np.random.default_rng(0)
     shape = (4, 6, 24) if loss_name == "sed" else (4, 24)

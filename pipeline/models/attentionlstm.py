@@ -13,10 +13,9 @@ import keras
 from keras import layers
 
 from pipeline.models.layers import BN_MOMENTUM
-from pipeline.models.registry import MODELS, classifier_head
+from pipeline.models.heads import classifier_head
 
 
-@MODELS.register("attentionlstm")
 def build_attentionlstm(params, *, input_shape, n_outputs, activation, output_bias=None) -> keras.Model:
     """input_shape: (T, C) or (T,); returns a keras.Model -> [B, n_outputs]."""
     if len(input_shape) not in (1, 2):

@@ -24,7 +24,7 @@ from keras import layers
 
 from pipeline.errors import QueueError
 from pipeline.models.layers import BN_MOMENTUM, AttentionPooling, FrameInterpolation, PackSED
-from pipeline.models.registry import MODELS, classifier_head, register_check
+from pipeline.models.heads import classifier_head
 
 
 def conv_block(x, filters, *, name):
@@ -55,7 +55,6 @@ def check_weights_file(path: str, family: str) -> None:
         raise FileNotFoundError(f"{family}: weights file not found: {path}")
 
 
-@MODELS.register("sed")
 def build_sed(params, *, input_shape, n_outputs, activation, output_bias=None) -> keras.Model:
     """input_shape: (frames, mels). Returns a keras.Model with outputs clipwise [B, C] and framewise [B, frames, C]."""
     if len(input_shape) != 2:
@@ -113,7 +112,6 @@ def training_view(model: keras.Model, *, framewise: bool = False) -> keras.Model
     return keras.Model(model.input, outputs["clipwise"], name=f"{model.name}_clipwise")
 
 
-@register_check("sed")
 def check_sed(params) -> None:
     """Fail before training when the backbone weights cannot be loaded."""
     if params.weights is None:

@@ -26,7 +26,7 @@ from keras import layers
 
 from pipeline.errors import QueueError
 from pipeline.models.layers import BN_MOMENTUM
-from pipeline.models.registry import MODELS, classifier_head, register_check
+from pipeline.models.heads import classifier_head
 
 IMAGENET_FILE = "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"
 
@@ -60,7 +60,6 @@ def resolve_weights(weights):
     return path
 
 
-@register_check("xception")
 def check_xception(params) -> None:
     """Fail before training when the configured weights cannot be loaded or fine_tune_from names no layer."""
     resolve_weights(params.weights)
@@ -85,7 +84,6 @@ def _truncate(base, name):
     return keras.Model(base.input, base.get_layer(name).output, name=f"{base.name}_cut")
 
 
-@MODELS.register("xception")
 def build_xception(params, *, input_shape, n_outputs, activation, output_bias=None) -> keras.Model:
     """input_shape: (frames, mels); returns a keras.Model -> [B, n_outputs]."""
     if len(input_shape) != 2:
