@@ -334,6 +334,20 @@ LATE = [
     ("rfcx-sed-loss-model", queue_with(RFCX_AUDIO, data=RFCX, experiment="model: cnn1d\nloss: sed\n"
                                        "features: {name: mel, n_fft: 1024, hop_length: 512, n_mels: 32}"),
      "experiments[0].loss.name", "needs model.name sed"),
+    # Checks that pipeline.rfcx_train and pipeline.augment ran only after the features were built.
+    ("rfcx-time_shift", queue_with(RFCX_AUDIO + "\naugment: {time_shift: 0.2}", data=RFCX, experiment=RFCX_OK),
+     "defaults.augment.time_shift", "misalign the framewise targets"),
+    ("rfcx-class_weight", queue_with(RFCX_AUDIO + "\ntrain: {class_weight: balanced}", data=RFCX,
+                                     experiment=RFCX_OK).replace("  train: {epochs: 1}\n", ""),
+     "defaults.train.class_weight", "need known labels"),
+    ("rfcx-waveform", queue_with(RFCX_AUDIO, data=RFCX, experiment="model: cnn1d\nloss: masked_bce\nfeatures: waveform"),
+     "experiments[0].features.name", "time-major features"),
+    ("sed-weights-cnn", queue_with("model: {name: sed, weights: queue.yaml}", features="mel", experiment=""),
+     "defaults.model.weights", "built-in cnn starts from random weights"),
+    ("predict-hop>window", queue_with("predict: {hop_seconds: 3.0}"), "defaults.predict.hop_seconds",
+     "never predicted"),
+    ("predict-max<window", queue_with("predict: {max_seconds: 1.0}"), "defaults.predict.max_seconds",
+     ">= audio.duration (2 s"),
 ]
 
 
@@ -343,6 +357,21 @@ def test_values_that_failed_late_exit_2_naming_the_key(tmp_path, capsys, text, k
     assert code == 2, err
     lines = [line.strip() for line in err.splitlines()]
     assert any(line.startswith(key_path + ":") and words in line for line in lines), err
+
+
+@pytest.mark.parametrize("classes, refused", [("[dog, cat, bird]", True), ("[0, 1]", False), (None, False)])
+def test_masked_bce_on_declared_multiclass_table_exits_2(tmp_path, capsys, classes, refused):
+    """A table's declared classes fix the task at config time; an inferred task is checked at training."""
+    (tmp_path / "train.csv").write_text("file,label\na.wav,dog\n")
+    declared = "" if classes is None else f", classes: {classes}"
+    text = queue_with(data=f"{{name: table, csv: train.csv, audio_dir: .{declared}}}",
+                      experiment="model: inceptiontime\nloss: masked_bce")
+    if refused:
+        code, err, _ = run_main(tmp_path, capsys, text)
+        assert code == 2 and "experiments[0].loss.name: masked_bce needs binary or multilabel targets" in err
+        assert "declares 3 classes" in err
+    else:
+        load_queue(write(tmp_path, text))
 
 
 def test_cross_section_problems_are_reported_together_with_the_rest(tmp_path):
