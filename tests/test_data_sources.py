@@ -12,9 +12,9 @@ from pipeline import schema
 from pipeline.data import format_submission, load_dataset, submission_frame
 from pipeline.data.audio import load_clip
 from pipeline.data.base import Dataset
-from pipeline.errors import DataError
 from pipeline.data.table import read_table
 from pipeline.data.whale import read_kaggle_whale
+from pipeline.errors import DataError
 from pipeline.registry import UnknownNameError
 
 SR = 2000

@@ -11,9 +11,9 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from pipeline import schema  # noqa: E402
+from pipeline.errors import QueueError  # noqa: E402
 from pipeline.models.build import build_model, check_model  # noqa: E402
 from pipeline.models.heads import prior_bias  # noqa: E402
-from pipeline.errors import QueueError  # noqa: E402
 from pipeline.registry import UnknownNameError  # noqa: E402
 
 # Families too large for both tasks at test speed run the binary case only.

@@ -23,7 +23,6 @@ ENTRIES = [pytest.param(section, entry, id=f"{section}:{entry.name}")
 
 @pytest.mark.parametrize("section, entry", ENTRIES)
 def test_every_entry_loads_its_builder_and_preset(section, entry):
-    assert entry.params in [e.params for e in REGISTRIES[section].entries()]
     assert dataclasses.is_dataclass(entry.params) and entry.params.__dataclass_params__.frozen
     assert callable(entry.load())  # a mistyped import path fails here, not in a run
     tiny = entry.tiny()  # the preset's keys exist and its values pass the class

@@ -14,8 +14,8 @@ from sklearn.metrics import roc_auc_score
 
 from pipeline.data import synthetic
 from pipeline.data.audio import load_clip
-from pipeline.errors import DataError
 from pipeline.data.synthetic import Recipe, ensure_synthetic_whale, read_synthetic_whale, synthesize_clip
+from pipeline.errors import DataError
 
 SMALL = {"n_train": 20, "n_test": 8, "positive_fraction": 0.3, "seed": 3}
 

@@ -23,10 +23,10 @@ from pipeline.blend import blend, check_compatible, write_blend
 from pipeline.config import ConfigError, load_queue
 from pipeline.data import load_dataset
 from pipeline.data.base import Dataset
-from pipeline.errors import BlendError, DataError
 from pipeline.data.rfcx import read_kaggle_rfcx
 from pipeline.data.table import read_table
 from pipeline.data.whale import read_kaggle_whale
+from pipeline.errors import BlendError, DataError
 from test_blend import binary_problem, write_finished_queue
 
 

@@ -17,7 +17,6 @@ import pandas as pd
 
 from pipeline import schema
 from pipeline.data.base import SUBMISSION_FORMATS, Dataset
-from pipeline.errors import DataError
 from pipeline.data.checks import check_duplicate_files
 from pipeline.data.rfcx import read_kaggle_rfcx
 from pipeline.data import synthetic, synthetic_rfcx
@@ -25,9 +24,10 @@ from pipeline.data.synthetic import read_synthetic_whale
 from pipeline.data.synthetic_rfcx import read_synthetic_rfcx
 from pipeline.data.table import read_table
 from pipeline.data.whale import read_kaggle_whale
+from pipeline.errors import DataError
 
-__all__ = ["DataError", "Dataset", "format_submission", "load_dataset", "needs_generation",
-           "submission_frame"]
+__all__ = ["Dataset", "format_submission", "load_dataset", "load_kaggle_rfcx", "load_kaggle_whale",
+           "load_synthetic_rfcx", "load_synthetic_whale", "load_table", "needs_generation", "submission_frame"]
 
 logger = logging.getLogger(__name__)
 

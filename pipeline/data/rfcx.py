@@ -41,8 +41,8 @@ import pandas as pd
 
 from pipeline import io
 from pipeline.data.base import Dataset
-from pipeline.errors import DataError
 from pipeline.data.checks import refuse_outside
+from pipeline.errors import DataError
 
 logger = logging.getLogger(__name__)
 

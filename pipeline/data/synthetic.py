@@ -53,8 +53,8 @@ import soundfile as sf
 
 from pipeline import ownership
 from pipeline.data.base import Dataset
-from pipeline.errors import DataError
 from pipeline.data.whale import read_kaggle_whale
+from pipeline.errors import DataError
 
 logger = logging.getLogger(__name__)
 

@@ -43,9 +43,9 @@ import numpy as np
 
 from pipeline import ownership
 from pipeline.data.base import Dataset
-from pipeline.errors import DataError
 from pipeline.data.rfcx import BOX_COLUMNS, N_SPECIES, read_kaggle_rfcx
 from pipeline.data.synthetic import GeneratedLayout, check_free_space, write_csv, write_into_place, write_pcm16
+from pipeline.errors import DataError
 
 logger = logging.getLogger(__name__)
 

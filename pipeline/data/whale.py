@@ -21,9 +21,9 @@ import pandas as pd
 
 from pipeline import io
 from pipeline.data.base import Dataset
-from pipeline.errors import DataError
 from pipeline.data.checks import resolve_names
 from pipeline.data.labels import binary_labels
+from pipeline.errors import DataError
 
 logger = logging.getLogger(__name__)
 

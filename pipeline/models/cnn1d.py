@@ -11,8 +11,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from pipeline.models.layers import BN_MOMENTUM
 from pipeline.models.heads import classifier_head
+from pipeline.models.layers import BN_MOMENTUM
 
 
 def build_cnn1d(params, *, input_shape, n_outputs, activation, output_bias=None) -> keras.Model:

@@ -23,8 +23,8 @@ import keras
 from keras import layers
 
 from pipeline.errors import QueueError
-from pipeline.models.layers import BN_MOMENTUM, AttentionPooling, FrameInterpolation, PackSED
 from pipeline.models.heads import classifier_head
+from pipeline.models.layers import BN_MOMENTUM, AttentionPooling, FrameInterpolation, PackSED
 
 
 def conv_block(x, filters, *, name):

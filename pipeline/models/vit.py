@@ -15,8 +15,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from pipeline.models.layers import BN_MOMENTUM, ClassToken, PositionEmbedding
 from pipeline.models.heads import classifier_head
+from pipeline.models.layers import BN_MOMENTUM, ClassToken, PositionEmbedding
 
 
 def encoder_block(x, *, num_heads, mlp_dim, dropout, name):

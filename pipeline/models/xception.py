@@ -25,8 +25,8 @@ import keras
 from keras import layers
 
 from pipeline.errors import QueueError
-from pipeline.models.layers import BN_MOMENTUM
 from pipeline.models.heads import classifier_head
+from pipeline.models.layers import BN_MOMENTUM
 
 IMAGENET_FILE = "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"
 
