@@ -731,7 +731,8 @@ def plan(queue: Queue, paths: Paths, names: List[str], force: bool) -> str:
         else:
             key = cache_key(exp, data.identity.audio)
             cache = "hit" if io.isfile(os.path.join(paths.cache, key, MANIFEST)) else "build"
-            folds = "exists" if io.isfile(os.path.join(paths.folds, table_key(exp.data, exp.folds, data) + ".csv")) else "build"
+            table = os.path.join(paths.folds, table_key(exp.data, exp.folds, data) + ".csv")
+            folds = "exists" if io.isfile(table) else "build"
         lines.append(
             f"  {exp.name}: {action}; data {exp.data.name}, features {exp.features.name} (cache {key}: {cache}), "
             f"model {exp.model.name}, {exp.folds.n_splits} folds (table: {folds}), {exp.train.epochs} epochs max"
