@@ -202,9 +202,10 @@ def run_experiment(exp: Experiment, paths: Paths, *, force: bool = False) -> dic
     except KeyboardInterrupt:
         write_status(exp_dir, state=INTERRUPTED, error="interrupted by the user or SIGTERM", timings=timings)
         raise
-    except PipelineError as err:  # a user's mistake: the message names what to fix, a traceback would bury it
+    except PipelineError as err:  # a user's mistake: the message names the fix; the traceback only in run.log
         message = f"{type(err).__name__}: {err}"
         log.error("%s: FAILED: %s", exp.name, message)
+        log.debug("%s", traceback.format_exc())
         status = write_status(exp_dir, state=FAILED, error=message, traceback=None, finished=_now(), timings=timings)
     except Exception as err:  # a bug: a failing experiment never stops the queue, and its traceback is kept
         message = f"{type(err).__name__}: {err}"
