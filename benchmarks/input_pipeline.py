@@ -96,7 +96,7 @@ def mel_cnn(input_shape):
 
 def inceptiontime(input_shape):
     from pipeline import schema
-    from pipeline.models.registry import build_model
+    from pipeline.models.build import build_model
 
     return build_model("inceptiontime", schema.InceptionTimeParams(**INCEPTIONTIME), input_shape=input_shape,
                        n_outputs=1, task="binary")

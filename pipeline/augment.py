@@ -23,34 +23,15 @@ axis (``freq_mask`` is an error); its time mask covers samples.
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import tensorflow as tf
+
 
 def is_active(settings) -> bool:
     """Whether any transform is switched on."""
     return any((settings.time_shift, settings.gain_db, settings.noise_std, settings.time_mask,
                 settings.freq_mask, settings.mixup_alpha))
-
-
-def check_settings(settings, *, feature: str, shape: Sequence[int]) -> None:
-    """Raise ValueError (before training) for a transform that makes no sense for these features.
-
-    feature : ``mel``, ``complexity`` or ``waveform``; shape : one example's shape.
-    """
-    problems = []
-    if settings.freq_mask and len(shape) < 2:
-        problems.append(f"augment.freq_mask needs features with a frequency axis; {feature} is {list(shape)}")
-    # tensorflow-io needs room to place the widest mask: width < axis length
-    if settings.freq_mask and len(shape) == 2 and settings.freq_mask >= shape[1]:
-        problems.append(f"augment.freq_mask must be smaller than the {shape[1]} feature channels; "
-                        f"got {settings.freq_mask}")
-    if settings.time_mask and settings.time_mask >= shape[0]:
-        problems.append(f"augment.time_mask must be smaller than the {shape[0]} frames; got {settings.time_mask}")
-    if settings.gain_db and feature == "complexity":
-        problems.append("augment.gain_db has no effect on complexity features (they are scale invariant); set it to 0")
-    if problems:
-        raise ValueError("; ".join(problems))
 
 
 def _stateless_seed(seed: int, salt: int, index):

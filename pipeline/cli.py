@@ -7,8 +7,10 @@ import sys
 from typing import List, Optional
 
 from pipeline.config import ConfigError, load_queue
+from pipeline.errors import PipelineError
 
 EXIT_CONFIG = 2
+EXIT_FAILED = 1  # as pipeline.queue.run when an experiment failed
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -54,4 +56,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return EXIT_CONFIG
     from pipeline.queue import run  # imports TensorFlow lazily: config errors stay fast
 
-    return run(queue, only=only, force=args.force, dry_run=args.dry_run, blend_only=args.blend_only)
+    try:
+        return run(queue, only=only, force=args.force, dry_run=args.dry_run, blend_only=args.blend_only)
+    except PipelineError as err:  # a user's mistake outside any one experiment: its message, not a traceback
+        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+        return EXIT_FAILED

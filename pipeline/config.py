@@ -37,6 +37,7 @@ import yaml
 
 from pipeline import config_checks, layout, queue_yaml, schema
 from pipeline.hashing import stable_hash
+from pipeline.errors import QueueError
 
 # Experiment names become folders under output/ and column names in output/oof.csv. Matched with
 # fullmatch: with `$`, re.match accepts a trailing newline ("cache\n").
@@ -48,7 +49,7 @@ KIND_NAMES = {"data": "data source", "features": "feature", "model": "model", "l
 BLEND_METRICS = ("auc", "log_loss", "lwlrap")
 
 
-class ConfigError(ValueError):
+class ConfigError(QueueError):
     """One or more problems in a queue file; ``problems`` holds one line each."""
 
     def __init__(self, source: str, problems: List[str]):
@@ -274,7 +275,7 @@ def _parse_experiment(i, raw_exp, defaults, base_dir, problems, seen) -> Optiona
             else:
                 if section in schema.REQUIRED_COMPONENTS:
                     problems.append(
-                        f"{where}.{section}: required; one of: {', '.join(sorted(registry))} "
+                        f"{where}.{section}: required; one of: {', '.join(registry)} "
                         f"(in the experiment or in defaults)"
                     )
                 continue
@@ -330,18 +331,18 @@ def _parse_component(section, merged, origin, base_dir, problems, experiment_nam
     registry = schema.COMPONENT_SECTIONS[section]
     name = merged.get("name")
     if not isinstance(name, str):
-        problems.append(f"{origin(section, 'name')}: required; one of: {', '.join(sorted(registry))}")
+        problems.append(f"{origin(section, 'name')}: required; one of: {', '.join(registry)}")
         return None
     if name not in registry:
         problems.append(
             f"{origin(section, 'name')}: {name!r} is not a {KIND_NAMES[section]}; "
-            f"choose one of: {', '.join(sorted(registry))}"
+            f"choose one of: {', '.join(registry)}"
         )
         return None
     params = {k: v for k, v in merged.items() if k != "name"}
     if section == "data" and name in ("synthetic_whale", "synthetic_rfcx") and params.get("root") is None:
         params["root"] = f"input/{name}"
-    built = _build(registry[name], params, lambda key: origin(section, key), base_dir, problems)
+    built = _build(registry[name].params, params, lambda key: origin(section, key), base_dir, problems)
     return None if built is None else Component(name=name, params=built)
 
 
@@ -458,11 +459,11 @@ def _parse_blend(raw, names, problems) -> BlendSettings:
     elif method["name"] not in schema.BLEND_METHODS:
         problems.append(
             f"blend.method.name: {method['name']!r} is not a blend method; "
-            f"choose one of: {', '.join(sorted(schema.BLEND_METHODS))}"
+            f"choose one of: {', '.join(schema.BLEND_METHODS)}"
         )
     else:
         params = {k: v for k, v in method.items() if k != "name"}
-        built = _build(schema.BLEND_METHODS[method["name"]], params, lambda k: f"blend.method.{k}", "", problems)
+        built = _build(schema.BLEND_METHODS[method["name"]].params, params, lambda k: f"blend.method.{k}", "", problems)
         if built is not None:
             component = Component(method["name"], built)
     include = raw.get("include")

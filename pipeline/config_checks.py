@@ -5,9 +5,11 @@ written, with a message that named a function argument (``n_samples``,
 ``fmin and fmax``) instead of the key. :func:`check_experiment` runs them while
 the queue is validated, so they end in exit status 2 naming the key path. It
 mirrors checks that stay where they are as a last line of defence:
-``pipeline.features.check_settings`` / ``feature_shape``,
-``pipeline.augment.check_settings``, ``pipeline.fold_strategies.CropStrategy.check``,
-``pipeline.models.*`` input checks. Pure arithmetic: the mel filter bank's
+``pipeline.features.check_settings`` / ``feature_shape`` and
+``pipeline.models.*`` input checks. What needs the data or TensorFlow stays at
+training time: the task of a table without declared classes (the loss is made
+once before the first fold) and an Xception layer name or local ImageNet file
+(``pipeline.models.build.check_model``). Pure arithmetic: the mel filter bank's
 empty bands are found the way librosa builds it, without numpy.
 """
 
@@ -16,13 +18,14 @@ from __future__ import annotations
 import math
 from typing import Callable, List, Optional
 
+from pipeline import schema
+
 # Longest clip the pipeline decodes: 100 M samples (400 MB as float32; an hour at 27.7 kHz).
 # Each feature worker holds a few clips of this size in memory.
 MAX_CLIP_SAMPLES = 100_000_000
 # Largest feature array per clip (values, float32): 1 GB. The cache holds one per clip.
 MAX_FEATURE_VALUES = 250_000_000
 RFCX_SOURCES = ("kaggle_rfcx", "synthetic_rfcx")
-SPECTROGRAM_MODELS = ("sed", "vit", "xception")  # they need [frames, bins], not a waveform
 # Every keras.applications family in schema.SED_BACKBONES refuses inputs under 32 x 32 (min_size).
 MIN_APPLICATION_INPUT = 32
 
@@ -61,8 +64,11 @@ def check_experiment(exp, origin: Callable[..., str], problems: List[str]) -> No
         problems.append(f"{origin('train', 'monitor')}: val_lwlrap is logged for rfcx data only "
                         f"(data.name {', '.join(RFCX_SOURCES)}); use val_auc or val_loss with {exp.data.name}")
     _check_model(exp, shape, origin, problems)
+    _check_loss(exp, origin, problems)
     if shape is not None:
         _check_augment(exp, shape, origin, problems)
+    if not is_rfcx:  # recordings with boxes are predicted by crops.window_*, not by predict.*
+        _check_predict(exp, origin, problems)
 
 
 def _check_folds(exp, origin, problems) -> None:
@@ -160,9 +166,10 @@ def _check_rfcx(exp, shape, origin, problems) -> Optional[tuple]:
 
 def _check_model(exp, shape, origin, problems) -> None:
     model = exp.model
-    if model.name in SPECTROGRAM_MODELS and exp.features.name == "waveform":
-        problems.append(f"{origin('model', 'name')}: {model.name} needs a spectrogram [frames, bins] "
-                        f"(features mel or complexity); got features waveform")
+    takes = schema.MODELS[model.name].features
+    if exp.features.name not in takes:
+        problems.append(f"{origin('model', 'name')}: {model.name} takes features {' or '.join(takes)}; "
+                        f"got features {exp.features.name}")
     if model.name == "vit" and len(model.params.patch_size) != 2:
         problems.append(f"{origin('model', 'patch_size')}: must be [frames, mels] (two integers); "
                         f"got {list(model.params.patch_size)}")
@@ -178,6 +185,29 @@ def _check_model(exp, shape, origin, problems) -> None:
     if exp.loss.name == "sed" and model.name != "sed" and exp.data.name in RFCX_SOURCES:
         problems.append(f"{origin('loss', 'name')}: sed needs model.name sed (framewise output); "
                         f"got model {model.name}")
+
+
+def _check_loss(exp, origin, problems) -> None:
+    """A loss that cannot take the targets, where the config already fixes the task (a table's declared classes)."""
+    data = exp.data
+    if exp.loss.name != "masked_bce" or data.name != "table" or data.params.classes is None:
+        return
+    classes = {str(c).strip() for c in data.params.classes}
+    if len(classes) > 2:  # binary needs exactly two classes (pipeline.data.labels)
+        problems.append(f"{origin('loss', 'name')}: masked_bce needs binary or multilabel targets (one sigmoid per "
+                        f"label); data.classes declares {len(classes)} classes, a multiclass task (one softmax): "
+                        f"use bce, focal, symmetric_ce or dice_bce")
+
+
+def _check_predict(exp, origin, problems) -> None:
+    """Windows over clips longer than audio.duration: every part of such a clip must be predicted."""
+    predict, duration = exp.predict, exp.audio.duration
+    if predict.hop_seconds is not None and predict.hop_seconds > duration:
+        problems.append(f"{origin('predict', 'hop_seconds')}: must be <= audio.duration ({duration:g} s, the "
+                        f"window), else parts of longer clips are never predicted; got {predict.hop_seconds:g}")
+    if predict.max_seconds < duration:
+        problems.append(f"{origin('predict', 'max_seconds')}: must be >= audio.duration ({duration:g} s, one "
+                        f"window); got {predict.max_seconds:g}")
 
 
 def _check_augment(exp, shape, origin, problems) -> None:

@@ -25,7 +25,7 @@ up before anything else runs), so experiments of a queue share it.
 ``train.precision`` sets the global Keras dtype policy while the experiment's
 models are built and is restored afterwards, so one experiment never leaks its
 policy into the next. Classifier heads are float32 layers
-(:func:`pipeline.models.registry.classifier_head`), so predictions and losses
+(:func:`pipeline.models.heads.classifier_head`), so predictions and losses
 stay float32 under any policy.
 """
 
@@ -38,6 +38,8 @@ import os
 from dataclasses import dataclass
 from typing import Iterator, List, Optional
 
+from pipeline.errors import TrainingError
+
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
@@ -48,7 +50,7 @@ JIT_CHOICES = ("auto", "true", "false")
 _STRATEGIES: dict = {}
 
 
-class DistributeError(RuntimeError):
+class DistributeError(TrainingError):
     """The configured strategy or precision cannot be used on this machine; the message names the key."""
 
 

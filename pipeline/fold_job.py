@@ -39,7 +39,7 @@ class FoldJob:
     name: str  # the experiment's name (log messages)
     fold: int
     n_folds: int
-    strategy: str  # a name in pipeline.fold_strategies.FOLD_STRATEGIES
+    strategy: str  # a name in pipeline.schema.FOLD_STRATEGIES
     cache_dir: str  # a complete feature cache folder (pipeline.cache.read.FeatureCache)
     exp_dir: str  # output/<experiment>/
     task: str
@@ -83,16 +83,17 @@ def _run(job: FoldJob, rt) -> Tuple[pd.DataFrame, Optional[pd.DataFrame]]:
     import keras
 
     from pipeline.distribute import prediction_model
-    from pipeline.fold_strategies import FOLD_STRATEGIES
+    from pipeline.schema import FOLD_STRATEGIES
     from pipeline.losses import make_loss
     from pipeline.models import sed
-    from pipeline.models.registry import build_model, prior_bias
+    from pipeline.models.build import build_model
+    from pipeline.models.heads import prior_bias
     from pipeline.predict import predict_examples
     from pipeline.cache.read import FeatureCache, labelled
     from pipeline.schedules import make_optimizer, make_schedule
     from pipeline.train import save_model, train_fold
 
-    strategy = FOLD_STRATEGIES.get(job.strategy)()
+    strategy = FOLD_STRATEGIES[job.strategy].load()()
     cache = FeatureCache(job.cache_dir)
     k, targets = job.fold, list(job.targets)
     fold_dir = layout.fold_dir(job.exp_dir, k)

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import layout
-from pipeline.train import TrainingError
+from pipeline.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class FoldPlan:
     """An experiment's folds, ready to become jobs: ids in dataset order with their folds and label rows."""
 
     exp: object  # pipeline.config.Experiment
-    strategy: str  # a name in pipeline.fold_strategies.FOLD_STRATEGIES
+    strategy: str  # a name in pipeline.schema.FOLD_STRATEGIES
     unit: str  # what one example is, for messages: clips, recordings
     cache_dir: str
     exp_dir: str
@@ -56,14 +56,14 @@ class FoldPlan:
     def job(self, k: int):
         """The :class:`pipeline.fold_job.FoldJob` of fold ``k``: training ids outside fold ``k``, validation ids in it.
 
-        Raises TrainingError when either side is empty.
+        Raises DataError when either side is empty.
         """
         from pipeline.fold_job import FoldJob
 
         exp = self.exp
         tr, va = np.flatnonzero(self.fold_arr != k), np.flatnonzero(self.fold_arr == k)
         if len(tr) == 0 or len(va) == 0:
-            raise TrainingError(f"fold {k} has no {'training' if len(tr) == 0 else 'validation'} {self.unit} left "
+            raise DataError(f"fold {k} has no {'training' if len(tr) == 0 else 'validation'} {self.unit} left "
                                 f"after skipping bad audio")
         return FoldJob(
             name=exp.name, fold=k, n_folds=exp.folds.n_splits, strategy=self.strategy, cache_dir=self.cache_dir,
@@ -77,21 +77,20 @@ class FoldPlan:
 
 def plan_folds(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str) -> FoldPlan:
     """Choose the fold strategy, check the settings before any fold trains and cut the label rows."""
-    from pipeline import augment as aug
-    from pipeline.fold_strategies import FOLD_STRATEGIES, strategy_name
+    from pipeline.fold_strategies import strategy_name
+    from pipeline.schema import FOLD_STRATEGIES
     from pipeline.losses import make_loss
-    from pipeline.models.registry import check_model
+    from pipeline.models.build import check_model
     from pipeline.cache.read import fits_in_memory
 
     name = strategy_name(dataset)
-    strategy = FOLD_STRATEGIES.get(name)()
+    strategy = FOLD_STRATEGIES[name].load()()
     task, targets = dataset.task, list(dataset.targets)
     ids, fold_arr, train_table = fold_members(dataset, cache, folds)
 
-    # Settings that cannot work fail here, before any fold trains (weights files, augmentations, losses).
-    strategy.check(exp, cache.shape)
+    # The queue's settings were checked when it was read (pipeline.config_checks); what needs the data or
+    # Keras fails here, before any fold trains: an Xception layer name or weights file, the loss for the task.
     check_model(exp.model.name, exp.model.params)
-    aug.check_settings(exp.augment, feature=exp.features.name, shape=strategy.input_shape(exp, cache.shape))
     make_loss(exp.loss.name, exp.loss.params, task)
 
     rows = train_table.loc[ids]

@@ -30,11 +30,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from pipeline.registry import Registry
-
 log = logging.getLogger(__name__)
-
-FOLD_STRATEGIES = Registry("fold strategy")
 
 # Fixed seed of the rfcx validation crops: the same crops in every epoch and every run.
 _VALID_SEED = 7919
@@ -64,15 +60,11 @@ def features_and_targets(ds):
     return ds.map(lambda i, x, y: (x, y), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
-@FOLD_STRATEGIES.register("clips")
 class ClipStrategy:
     """Clip data: one example per clip, labels are the clip's targets."""
 
     unit = "clips"
     metric = "auc"
-
-    def check(self, spec, shape) -> None:
-        """Settings only this kind of data refuses (none for clips)."""
 
     def input_shape(self, spec, shape) -> tuple:
         """The model's input: the cached clip features [shape]."""
@@ -136,35 +128,11 @@ class ClipStrategy:
         return ""
 
 
-@FOLD_STRATEGIES.register("crops")
 class CropStrategy:
     """Long recordings with event boxes: random crops for training, sliding windows for predictions."""
 
     unit = "recordings"
     metric = "lwlrap"
-
-    def check(self, spec, shape) -> None:
-        """Raise ValueError before any fold trains for settings crops of recordings cannot honour."""
-        problems = []
-        if spec.features.name not in ("mel", "complexity") or len(shape) != 2:
-            problems.append(f"features.name: rfcx crops need time-major features [frames, bins] (mel or "
-                            f"complexity); got {spec.features.name} {list(shape)}")
-        # A crop away from a tp species' boxes has an unknown (NaN) target for it in either
-        # `unknown` mode, so the loss must ignore NaN targets.
-        if spec.loss.name not in ("masked_bce", "sed"):
-            problems.append(f"loss.name: crops of recordings have unknown (NaN) labels; use masked_bce or sed, "
-                            f"not {spec.loss.name}")
-        if spec.loss.name == "sed" and spec.model.name != "sed":
-            problems.append(f"loss.name: sed needs model.name sed (framewise output); got model {spec.model.name}")
-        if spec.augment.mixup_alpha:
-            problems.append("augment.mixup_alpha: mixup cannot mix unknown (NaN) labels; set it to 0")
-        if spec.augment.time_shift:
-            problems.append("augment.time_shift: a circular shift would misalign the framewise targets; random "
-                            "crops already shift the calls - set it to 0")
-        if spec.train.class_weight != "none":
-            problems.append("train.class_weight: balanced weights need known labels; use none with rfcx crops")
-        if problems:
-            raise ValueError("; ".join(problems))
 
     def input_shape(self, spec, shape) -> tuple:
         """The model's input: a crop [crop frames, bins]."""

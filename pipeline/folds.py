@@ -10,6 +10,7 @@ never straddles two folds.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 
@@ -18,36 +19,37 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from pipeline import io
-from pipeline.config import Experiment
+from pipeline.config import Component
 from pipeline.hashing import stable_hash
 from pipeline.data.base import Dataset
+from pipeline.errors import DataError
+from pipeline.schema import FoldSettings
 
 log = logging.getLogger(__name__)
 
 
-class FoldError(ValueError):
+class FoldError(DataError):
     """The data cannot be split as configured."""
 
 
-def fold_key(exp: Experiment) -> str:
+def fold_key(data: Component, folds: FoldSettings) -> str:
     """The data source's and the fold settings' part of a fold table's identity.
 
+    data : the experiment's data component (source name and parameters); folds : its fold settings.
     Experiments with equal ``fold_key`` whose recorded data is the current data
     (:func:`pipeline.queue.finished`) were split by the same table; the table's
     file name (:func:`table_key`) also covers the data itself.
     """
-    import dataclasses
-
-    return stable_hash({"data": exp.data.to_dict(), "folds": dataclasses.asdict(exp.folds)})
+    return stable_hash({"data": data.to_dict(), "folds": dataclasses.asdict(folds)})
 
 
-def table_key(exp: Experiment, dataset: Dataset) -> str:
+def table_key(data: Component, folds: FoldSettings, dataset: Dataset) -> str:
     """Name of the fold table file: :func:`fold_key` plus the training clips' ids, labels and groups.
 
     A table made for other labels or groups (stratification and grouping
     depend on them) is never reused, even when the ids are the same.
     """
-    return stable_hash({"settings": fold_key(exp), "data": dataset.identity.folds})
+    return stable_hash({"settings": fold_key(data, folds), "data": dataset.identity.folds})
 
 
 def strata(dataset: Dataset, train: pd.DataFrame) -> np.ndarray:
@@ -121,22 +123,23 @@ def multilabel_folds(dataset: Dataset, *, n_splits: int, seed: int) -> pd.DataFr
     return pd.DataFrame({"id": train["id"].to_numpy(), "fold": [fold_of[g] for g in groups]})
 
 
-def ensure_folds(dataset: Dataset, exp: Experiment, folds_dir: str) -> pd.DataFrame:
+def ensure_folds(dataset: Dataset, data: Component, folds: FoldSettings, folds_dir: str) -> pd.DataFrame:
     """Load the shared fold table, or make and save it. A table that does not match the data is rebuilt.
 
+    dataset : the manifest read from ``data`` (the experiment's data component); folds : its fold settings.
     The file is ``<folds_dir>/<table_key>.csv``: changed labels or groups give another table.
     """
-    path = os.path.join(folds_dir, f"{table_key(exp, dataset)}.csv")
+    path = os.path.join(folds_dir, f"{table_key(data, folds, dataset)}.csv")
     expected = set(dataset.train["id"])
     if io.isfile(path):
         try:
             table = io.read_csv(path, dtype={"id": str, "fold": int})
-            if set(table["id"]) == expected and len(table) == len(expected) and table["fold"].between(0, exp.folds.n_splits - 1).all():
+            if set(table["id"]) == expected and len(table) == len(expected) and table["fold"].between(0, folds.n_splits - 1).all():
                 return table
             log.warning("fold table %s does not match the data; rebuilding it", path)
         except (ValueError, KeyError, pd.errors.ParserError) as err:
             log.warning("fold table %s is unreadable (%s); rebuilding it", path, err)
-    table = make_folds(dataset, n_splits=exp.folds.n_splits, seed=exp.folds.seed)
+    table = make_folds(dataset, n_splits=folds.n_splits, seed=folds.seed)
     io.write_csv(path, table)
-    log.info("fold table written: %s (%d clips, %d folds)", path, len(table), exp.folds.n_splits)
+    log.info("fold table written: %s (%d clips, %d folds)", path, len(table), folds.n_splits)
     return table

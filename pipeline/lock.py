@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from pipeline import io, layout
+from pipeline.errors import OutputError
 
 EXIT_BUSY = 3
 
@@ -57,7 +58,7 @@ def _close_inherited_locks() -> None:
 os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
-class LockBusy(RuntimeError):
+class LockBusy(OutputError):
     """Another live runner holds the output folder's lock."""
 
 

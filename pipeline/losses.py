@@ -1,4 +1,4 @@
-"""Loss registry: ``make_loss(name, params, task)`` for every loss in ``schema.LOSSES``.
+"""Losses: ``make_loss(name, params, task)`` for every loss in ``schema.LOSSES``.
 
 Every loss is a ``keras.losses.Loss`` (built-in, or a subclass here registered
 with ``keras.saving.register_keras_serializable``) whose ``get_config`` returns
@@ -17,9 +17,8 @@ import keras
 from keras import ops
 
 from pipeline import schema
-from pipeline.registry import Registry
+from pipeline.errors import QueueError
 
-LOSSES = Registry("loss", allowed=schema.LOSSES)
 PACKAGE = "pipeline"
 EPSILON = 1e-7
 
@@ -171,18 +170,18 @@ class DiceBCE(keras.losses.Loss):
                 "multiclass": self.multiclass}
 
 
-# ----------------------------------------------------------------------------- registry
+# ----------------------------------------------------------------------------- builders (see schema.LOSSES)
 
 
-@LOSSES.register("bce")
-def _bce(params, task: str):
+def build_bce(params, task: str):
+    """The bce loss for ``task`` (binary / multiclass / multilabel)."""
     if task == "multiclass":
         return keras.losses.CategoricalCrossentropy(label_smoothing=params.label_smoothing)
     return keras.losses.BinaryCrossentropy(label_smoothing=params.label_smoothing)
 
 
-@LOSSES.register("focal")
-def _focal(params, task: str):
+def build_focal(params, task: str):
+    """The focal loss for ``task`` (binary / multiclass / multilabel)."""
     kwargs = dict(gamma=params.gamma, alpha=params.alpha, label_smoothing=params.label_smoothing)
     if task == "multiclass":
         # Keras' categorical focal loss always applies alpha; alpha 1 is "no balancing".
@@ -190,31 +189,31 @@ def _focal(params, task: str):
     return keras.losses.BinaryFocalCrossentropy(apply_class_balancing=params.class_balancing, **kwargs)
 
 
-@LOSSES.register("masked_bce")
-def _masked_bce(params, task: str):
+def build_masked_bce(params, task: str):
+    """The masked_bce loss for ``task`` (binary / multiclass / multilabel)."""
     if task == "multiclass":
-        raise ValueError("loss masked_bce needs binary or multilabel targets (one sigmoid per label). "
+        raise QueueError("loss masked_bce needs binary or multilabel targets (one sigmoid per label). "
                          f"Received: task={task!r}")
     return MaskedBinaryCrossentropy(label_smoothing=params.label_smoothing)
 
 
-@LOSSES.register("sed")
-def _sed(params, task: str):
+def build_sed_loss(params, task: str):
+    """The sed loss for ``task`` (binary / multiclass / multilabel)."""
     return SEDTwoWayLoss(clipwise_weight=params.clipwise_weight, framewise_weight=params.framewise_weight,
                          multiclass=task == "multiclass")
 
 
-@LOSSES.register("symmetric_ce")
-def _symmetric(params, task: str):
+def build_symmetric_ce(params, task: str):
+    """The symmetric_ce loss for ``task`` (binary / multiclass / multilabel)."""
     return SymmetricCrossentropy(alpha=params.alpha, beta=params.beta, log_floor=params.log_floor,
                                  multiclass=task == "multiclass")
 
 
-@LOSSES.register("dice_bce")
-def _dice_bce(params, task: str):
+def build_dice_bce(params, task: str):
+    """The dice_bce loss for ``task`` (binary / multiclass / multilabel)."""
     return DiceBCE(dice_weight=params.dice_weight, smooth=params.smooth, multiclass=task == "multiclass")
 
 
 def make_loss(name: str, params, task: str) -> keras.losses.Loss:
     """The loss named ``name`` with its schema params, for ``task`` (binary / multiclass / multilabel)."""
-    return LOSSES.get(name)(params, task)
+    return schema.LOSSES[name].load()(params, task)

@@ -22,6 +22,7 @@ import re
 from typing import Callable, Iterable, Iterator, List, Optional, Tuple
 
 from pipeline import io, layout
+from pipeline.errors import OutputError
 
 MARKER = layout.MARKER
 _MARKER_TEXT = ("This folder was created by the audio pipeline (pipeline/ownership.py).\n"
@@ -31,7 +32,7 @@ _MARKER_TEXT = ("This folder was created by the audio pipeline (pipeline/ownersh
 _ATOMIC_TMP = re.compile(r"\..+\.tmp")
 
 
-class OwnershipError(RuntimeError):
+class OwnershipError(OutputError):
     """A folder the pipeline was about to delete, replace or adopt is not the pipeline's."""
 
 

@@ -15,7 +15,6 @@ blend, from the experiments finished on the data as it is then.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import signal
@@ -27,8 +26,9 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import pandas as pd
 
-from pipeline import io, layout, ownership, results
+from pipeline import io, layout, ownership, results, schema
 from pipeline.config import ConfigError, Experiment, Queue, dump_experiment
+from pipeline.errors import PipelineError, QueueError
 from pipeline.status import DONE, FAILED, INTERRUPTED, RUNNING, now, read_status, write_status
 
 log = logging.getLogger("pipeline")
@@ -36,7 +36,7 @@ log = logging.getLogger("pipeline")
 EXIT_CONFIG = 2  # as pipeline.cli: a queue whose output cannot be used is refused like an invalid file
 
 
-class StageError(RuntimeError):
+class StageError(QueueError):
     """An experiment failed in a known way; the message is enough (no traceback needed)."""
 
 
@@ -124,7 +124,12 @@ def run_experiment(exp: Experiment, paths: Paths, *, force: bool = False) -> dic
     except KeyboardInterrupt:
         write_status(exp_dir, state=INTERRUPTED, error="interrupted by the user or SIGTERM", timings=timings)
         raise
-    except Exception as err:  # a failing experiment never stops the queue
+    except PipelineError as err:  # a user's mistake: the message names the fix; the traceback only in run.log
+        message = f"{type(err).__name__}: {err}"
+        log.error("%s: FAILED: %s", exp.name, message)
+        log.debug("%s", traceback.format_exc())
+        status = write_status(exp_dir, state=FAILED, error=message, traceback=None, finished=now(), timings=timings)
+    except Exception as err:  # a bug: a failing experiment never stops the queue, and its traceback is kept
         message = f"{type(err).__name__}: {err}"
         log.error("%s: FAILED: %s", exp.name, message)
         log.debug("%s", traceback.format_exc())
@@ -191,7 +196,7 @@ def _stages(exp: Experiment, paths: Paths, exp_dir: str, timings: dict, data) ->
     done()
 
     done = _stage(exp_dir, timings, "folds")
-    folds = ensure_folds(dataset, exp, paths.folds)
+    folds = ensure_folds(dataset, exp.data, exp.folds, paths.folds)
     done()
 
     done = _stage(exp_dir, timings, "train")
@@ -348,7 +353,7 @@ def write_summary(queue: Queue, paths: Paths, current: Optional[Dict[str, object
         row = {
             "experiment": exp.name,
             "status": status.get("state", "not run"),
-            "model": exp.model.name + ("_residual" if getattr(exp.model.params, "residual", False) else ""),
+            "model": schema.MODELS[exp.model.name].describe(exp.model.params),
             "features": exp.features.name,
             "oof_auc": np.nan,
             metric_col: np.nan,
@@ -560,7 +565,8 @@ def plan(queue: Queue, paths: Paths, names: List[str], force: bool) -> str:
         else:
             key = cache_key(exp.data, exp.audio, exp.features, exp.predict, data.identity.audio)
             cache = "hit" if io.isfile(os.path.join(paths.cache, key, layout.CACHE_MANIFEST)) else "build"
-            folds = "exists" if io.isfile(layout.fold_table(paths.folds, table_key(exp, data))) else "build"
+            table = layout.fold_table(paths.folds, table_key(exp.data, exp.folds, data))
+            folds = "exists" if io.isfile(table) else "build"
         lines.append(
             f"  {exp.name}: {action}; data {exp.data.name}, features {exp.features.name} (cache {key}: {cache}), "
             f"model {exp.model.name}, {exp.folds.n_splits} folds (table: {folds}), {exp.train.epochs} epochs max"

@@ -30,6 +30,8 @@ from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, ScalarNode
 from yaml.resolver import Resolver
 
+from pipeline.errors import QueueError
+
 # A real queue file is a few kilobytes; these bounds are 100-1000x that and keep
 # reading any file under about a second.
 MAX_BYTES = 1_000_000
@@ -42,7 +44,7 @@ MAX_DEPTH = 32
 MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
-class QueueYAMLError(yaml.MarkedYAMLError):
+class QueueYAMLError(yaml.MarkedYAMLError, QueueError):
     """A document that is valid YAML but not acceptable as a queue file (message has the line)."""
 
 

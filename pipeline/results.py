@@ -114,6 +114,6 @@ def on_shared_folds(experiments: List[Experiment]) -> Tuple[List[Experiment], Li
 
     if not experiments:
         return [], []
-    key = fold_key(experiments[0])
-    kept = [e for e in experiments if fold_key(e) == key]
-    return kept, [e for e in experiments if fold_key(e) != key]
+    key = fold_key(experiments[0].data, experiments[0].folds)
+    kept = [e for e in experiments if fold_key(e.data, e.folds) == key]
+    return kept, [e for e in experiments if fold_key(e.data, e.folds) != key]

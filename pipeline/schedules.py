@@ -16,9 +16,7 @@ import keras
 from keras import ops
 
 from pipeline import schema
-from pipeline.registry import Registry
 
-SCHEDULES = Registry("schedule", allowed=schema.SCHEDULES)
 PACKAGE = "pipeline"
 
 
@@ -98,35 +96,35 @@ class TriangularCyclic(keras.optimizers.schedules.LearningRateSchedule):
         return {"low": self.low, "peak": self.peak, "half_cycle_steps": self.half_cycle_steps}
 
 
-@SCHEDULES.register("constant")
-def _constant(params, *, learning_rate, steps_per_epoch, epochs):
+def build_constant(params, *, learning_rate, steps_per_epoch, epochs):
+    """The constant schedule (:class:`pipeline.schema.ConstantScheduleParams`); durations in steps."""
     return learning_rate  # a plain float: the optimizer keeps it as a variable
 
 
-@SCHEDULES.register("cosine")
-def _cosine(params, *, learning_rate, steps_per_epoch, epochs):
+def build_cosine(params, *, learning_rate, steps_per_epoch, epochs):
+    """The cosine schedule (:class:`pipeline.schema.CosineScheduleParams`); durations in steps."""
     return WarmupCosine(learning_rate, total_steps=epochs * steps_per_epoch,
                         warmup_steps=int(round(params.warmup_epochs * steps_per_epoch)),
                         min_fraction=params.min_fraction)
 
 
-@SCHEDULES.register("ramp_sustain_decay")
-def _ramp(params, *, learning_rate, steps_per_epoch, epochs):
+def build_ramp_sustain_decay(params, *, learning_rate, steps_per_epoch, epochs):
+    """The ramp_sustain_decay schedule (:class:`pipeline.schema.RampSustainDecayParams`); durations in steps."""
     return RampSustainDecay(learning_rate, steps_per_epoch, start=learning_rate * params.start_fraction,
                             minimum=learning_rate * params.min_fraction, ramp_epochs=params.ramp_epochs,
                             sustain_epochs=params.sustain_epochs, decay=params.decay)
 
 
-@SCHEDULES.register("cyclic")
-def _cyclic(params, *, learning_rate, steps_per_epoch, epochs):
+def build_cyclic(params, *, learning_rate, steps_per_epoch, epochs):
+    """The cyclic schedule (:class:`pipeline.schema.CyclicScheduleParams`); durations in steps."""
     return TriangularCyclic(learning_rate * params.min_fraction, learning_rate,
                             half_cycle_steps=max(1, int(round(params.half_cycle_epochs * steps_per_epoch))))
 
 
 def make_schedule(name: str, params, *, learning_rate: float, steps_per_epoch: int, epochs: int):
     """The schedule ``name`` peaking at ``learning_rate``; durations in epochs become steps."""
-    return SCHEDULES.get(name)(params, learning_rate=float(learning_rate), steps_per_epoch=int(steps_per_epoch),
-                               epochs=int(epochs))
+    return schema.SCHEDULES[name].load()(params, learning_rate=float(learning_rate),
+                                         steps_per_epoch=int(steps_per_epoch), epochs=int(epochs))
 
 
 def make_optimizer(train, schedule) -> keras.optimizers.Optimizer:

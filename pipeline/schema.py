@@ -2,9 +2,10 @@
 
 This module is plain Python (no TensorFlow, no numpy) so that a queue file can be
 validated in a fraction of a second before any work starts. Each component kind
-(data source, features, model, loss, schedule, blend method) is a dict from name to a
-frozen dataclass of parameters; the stage that implements the component
-registers its implementation under the same name (a test checks both agree).
+(data source, features, model, loss, schedule, blend method) is one
+:class:`pipeline.registry.Registry`: name -> entry holding the frozen dataclass
+of parameters, the import path of the builder that implements it and a tiny
+preset for the tests (see :mod:`pipeline.registry` for why builders are paths).
 
 Field metadata carries the validation rules read by :mod:`pipeline.config`:
 ``min`` / ``max`` (inclusive), ``min_exclusive``, ``choices``, ``max_len`` and
@@ -25,6 +26,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Optional
+
+from pipeline.registry import Entry, ModelEntry, Registry
 
 
 # numpy's and TensorFlow's seeds are unsigned 32-bit integers.
@@ -105,13 +108,15 @@ class SyntheticRfcxParams:
     unknown: str = rule("mask", choices=RFCX_UNKNOWN)
 
 
-DATA_SOURCES = {
-    "kaggle_whale": KaggleWhaleParams,
-    "synthetic_whale": SyntheticWhaleParams,
-    "table": TableParams,
-    "kaggle_rfcx": KaggleRfcxParams,
-    "synthetic_rfcx": SyntheticRfcxParams,
-}
+DATA_SOURCES = Registry("data source", [
+    Entry("kaggle_whale", KaggleWhaleParams, "pipeline.data:load_kaggle_whale"),
+    Entry("synthetic_whale", SyntheticWhaleParams, "pipeline.data:load_synthetic_whale",
+          preset={"n_train": 12, "n_test": 3}),
+    Entry("table", TableParams, "pipeline.data:load_table"),
+    Entry("kaggle_rfcx", KaggleRfcxParams, "pipeline.data:load_kaggle_rfcx"),
+    Entry("synthetic_rfcx", SyntheticRfcxParams, "pipeline.data:load_synthetic_rfcx",
+          preset={"n_train": 4, "n_test": 1, "duration": 2.0, "sample_rate": 8000}),
+])
 
 
 @dataclass(frozen=True)
@@ -160,7 +165,12 @@ class WaveformParams:
     normalize: bool = rule(True)
 
 
-FEATURES = {"mel": MelParams, "complexity": ComplexityParams, "waveform": WaveformParams}
+FEATURES = Registry("feature", [
+    Entry("mel", MelParams, "pipeline.features:MEL", preset={"n_fft": 64, "hop_length": 32, "n_mels": 8}),
+    Entry("complexity", ComplexityParams, "pipeline.features:COMPLEXITY",
+          preset={"n_fft": 64, "hop_length": 32, "n_mels": 8}),
+    Entry("waveform", WaveformParams, "pipeline.features:WAVEFORM"),
+])
 
 
 @dataclass(frozen=True)
@@ -290,14 +300,34 @@ class ViTParams:
     conv_stem: int = rule(0, min=0, max=4096)
 
 
-MODELS = {
-    "inceptiontime": InceptionTimeParams,
-    "sed": SEDParams,
-    "cnn1d": CNN1DParams,
-    "xception": XceptionParams,
-    "attentionlstm": AttentionLSTMParams,
-    "vit": ViTParams,
-}
+def _inceptiontime_label(params: InceptionTimeParams) -> str:
+    return "inceptiontime_residual" if params.residual else "inceptiontime"
+
+
+# Models that need a spectrogram [frames, bins] take only these features.
+SPECTROGRAMS = ("mel", "complexity")
+# Tiny test inputs per example: a spectrogram whose frame count is no multiple of the models' strides,
+# a series [T, C] and a waveform [samples].
+_SPECTROGRAM, _SERIES, _WAVEFORM = (30, 16), (32, 4), (64,)
+
+MODELS = Registry("model", [
+    ModelEntry("inceptiontime", InceptionTimeParams, "pipeline.models.inceptiontime:build_inceptiontime",
+               preset={"filters": 4, "depth": 3, "bottleneck": 4}, preset_inputs=(_SERIES, _WAVEFORM),
+               label=_inceptiontime_label),
+    ModelEntry("sed", SEDParams, "pipeline.models.sed:build_sed", preset={"widths": (4, 8), "dense_units": 8},
+               features=SPECTROGRAMS, preset_inputs=(_SPECTROGRAM,), check="pipeline.models.sed:check_sed"),
+    ModelEntry("cnn1d", CNN1DParams, "pipeline.models.cnn1d:build_cnn1d",
+               preset={"filters": 4, "depth": 2, "kernel_size": 5}, preset_inputs=(_WAVEFORM, _SERIES)),
+    # A trainable Xception takes about a minute to trace: the preset freezes it.
+    ModelEntry("xception", XceptionParams, "pipeline.models.xception:build_xception",
+               preset={"image_size": 71, "dropout": 0.0, "base_trainable": False}, features=SPECTROGRAMS,
+               preset_inputs=(_SPECTROGRAM,), check="pipeline.models.xception:check_xception"),
+    ModelEntry("attentionlstm", AttentionLSTMParams, "pipeline.models.attentionlstm:build_attentionlstm",
+               preset={"lstm_units": 4, "num_heads": 2, "key_dim": 4, "dense_units": (8,)}, preset_inputs=(_SERIES,)),
+    ModelEntry("vit", ViTParams, "pipeline.models.vit:build_vit",
+               preset={"patch_size": (8, 8), "dim": 8, "depth": 1, "num_heads": 2, "mlp_dim": 16, "conv_stem": 4},
+               features=SPECTROGRAMS, preset_inputs=(_SPECTROGRAM,)),
+])
 
 
 # ----------------------------------------------------------------------------- losses
@@ -355,14 +385,14 @@ class DiceBCEParams:
     smooth: float = rule(1.0, min_exclusive=0.0, max=1e6)
 
 
-LOSSES = {
-    "bce": BCEParams,
-    "focal": FocalParams,
-    "masked_bce": MaskedBCEParams,
-    "sed": SEDLossParams,
-    "symmetric_ce": SymmetricCEParams,
-    "dice_bce": DiceBCEParams,
-}
+LOSSES = Registry("loss", [
+    Entry("bce", BCEParams, "pipeline.losses:build_bce"),
+    Entry("focal", FocalParams, "pipeline.losses:build_focal"),
+    Entry("masked_bce", MaskedBCEParams, "pipeline.losses:build_masked_bce"),
+    Entry("sed", SEDLossParams, "pipeline.losses:build_sed_loss"),
+    Entry("symmetric_ce", SymmetricCEParams, "pipeline.losses:build_symmetric_ce"),
+    Entry("dice_bce", DiceBCEParams, "pipeline.losses:build_dice_bce"),
+])
 
 
 # ----------------------------------------------------------------------------- learning-rate schedules
@@ -401,12 +431,12 @@ class CyclicScheduleParams:
     half_cycle_epochs: float = rule(2.0, min_exclusive=0.0, max=MAX_EPOCHS)
 
 
-SCHEDULES = {
-    "constant": ConstantScheduleParams,
-    "cosine": CosineScheduleParams,
-    "ramp_sustain_decay": RampSustainDecayParams,
-    "cyclic": CyclicScheduleParams,
-}
+SCHEDULES = Registry("schedule", [
+    Entry("constant", ConstantScheduleParams, "pipeline.schedules:build_constant"),
+    Entry("cosine", CosineScheduleParams, "pipeline.schedules:build_cosine"),
+    Entry("ramp_sustain_decay", RampSustainDecayParams, "pipeline.schedules:build_ramp_sustain_decay"),
+    Entry("cyclic", CyclicScheduleParams, "pipeline.schedules:build_cyclic"),
+])
 
 
 # ----------------------------------------------------------------------------- training
@@ -531,12 +561,21 @@ class StackingBlendParams:
     regularization: float = rule(1.0, min_exclusive=0.0, max=1e6)  # logistic: 1 / C; ridge: alpha
 
 
-BLEND_METHODS = {
-    "mean": MeanBlendParams,
-    "rank_mean": RankMeanBlendParams,
-    "weights": WeightsBlendParams,
-    "stacking": StackingBlendParams,
-}
+BLEND_METHODS = Registry("blend method", [
+    Entry("mean", MeanBlendParams, "pipeline.blend.methods:blend_mean"),
+    Entry("rank_mean", RankMeanBlendParams, "pipeline.blend.methods:blend_rank_mean"),
+    Entry("weights", WeightsBlendParams, "pipeline.blend.methods:blend_weights", preset={"iterations": 5}),
+    Entry("stacking", StackingBlendParams, "pipeline.blend.methods:blend_stacking"),
+])
+
+
+# How the one fold loop treats a kind of training data (pipeline.fold_strategies): the dataset decides
+# (recordings with event boxes: crops), not the queue file; the entry's parameters are the section that
+# configures its windows.
+FOLD_STRATEGIES = Registry("fold strategy", [
+    Entry("clips", PredictSettings, "pipeline.fold_strategies:ClipStrategy"),
+    Entry("crops", CropSettings, "pipeline.fold_strategies:CropStrategy"),
+])
 
 
 # ----------------------------------------------------------------------------- sections

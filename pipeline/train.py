@@ -24,12 +24,9 @@ import numpy as np
 import pandas as pd
 
 from pipeline import io, layout
+from pipeline.errors import TrainingError
 
 log = logging.getLogger(__name__)
-
-
-class TrainingError(RuntimeError):
-    """Training a fold failed for a reason the user can act on (e.g. NaN loss)."""
 
 
 @dataclass

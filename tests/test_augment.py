@@ -7,6 +7,7 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 
 from pipeline import augment  # noqa: E402
+from pipeline.errors import QueueError  # noqa: E402
 from pipeline.schema import AugmentSettings  # noqa: E402
 from pipeline.train import class_weights, input_pipelines, sample_weights  # noqa: E402
 
@@ -136,17 +137,6 @@ def test_no_augmentation_keeps_plain_shuffled_batches(rng):
     train_data, _ = input_pipelines(ds, ds, batch_size=8, shuffle_buffer=64, seed=0, fold=0)
     flat = np.concatenate([b[0] for b in collect(train_data(0))])
     assert sorted(map(bytes, flat)) == sorted(map(bytes, x))  # a permutation of the examples
-
-
-def test_check_settings_rejects_meaningless_transforms():
-    with pytest.raises(ValueError, match="freq_mask needs features with a frequency axis"):
-        augment.check_settings(AugmentSettings(freq_mask=4), feature="waveform", shape=(4000,))
-    with pytest.raises(ValueError, match="scale invariant"):
-        augment.check_settings(AugmentSettings(gain_db=3.0), feature="complexity", shape=(126, 4))
-    with pytest.raises(ValueError, match="time_mask must be"):
-        augment.check_settings(AugmentSettings(time_mask=200), feature="mel", shape=(63, 64))
-    augment.check_settings(ALL_ON, feature="mel", shape=(63, 64))
-    assert not augment.is_active(AugmentSettings()) and augment.is_active(ALL_ON)
 
 
 def test_class_weights_balance_the_classes():

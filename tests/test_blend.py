@@ -10,11 +10,13 @@ import pandas as pd
 import pytest
 from sklearn.metrics import label_ranking_average_precision_score, roc_auc_score
 
-from pipeline import metrics, ownership, results, schema
-from pipeline.blend.methods import METHODS, BlendError, greedy_weights
+from pipeline import layout, metrics, ownership, results, schema
+from pipeline.blend.methods import greedy_weights
 from pipeline.blend.predictions import check_compatible, load_predictions
 from pipeline.blend.stage import blend
+from pipeline.errors import BlendError
 from pipeline.config import load_queue
+from pipeline.registry import UnknownNameError
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -61,8 +63,17 @@ def best_single(result):
 # ----------------------------------------------------------------------------- mean, rank_mean
 
 
-def test_registry_matches_schema():
-    assert set(METHODS.names()) == set(schema.BLEND_METHODS)
+@pytest.mark.parametrize("method", list(schema.BLEND_METHODS))
+def test_every_method_blends_a_tiny_problem(rng, method):
+    """Generated from the registry: OOF and test predictions of the right shape, in [0, 1], scored."""
+    names, loaded = binary_problem(rng, n=40)
+    result = blend(names, loaded, method, schema.BLEND_METHODS[method].tiny())
+    oof, test = result["oof"], result["test"]
+    assert len(oof) == len(loaded[0]["oof"]) and len(test) == len(loaded[0]["test"])
+    for frame in (oof, test):
+        pred = frame[layout.prediction_columns_of(frame.columns)].to_numpy(float)
+        assert np.isfinite(pred).all() and ((pred >= 0) & (pred <= 1)).all()
+    assert np.isfinite(result["scores"]["blend"])
 
 
 def test_mean_and_rank_mean_values():
@@ -266,7 +277,7 @@ def test_refuses_duplicated_ids(rng):
 
 def test_unknown_method_lists_choices(rng):
     names, loaded = binary_problem(rng, n=40)
-    with pytest.raises(KeyError, match="stacking"):
+    with pytest.raises(UnknownNameError, match="'voting' is not a blend method; choose one of: .*stacking"):
         blend(names, loaded, "voting")
 
 

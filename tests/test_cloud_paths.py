@@ -164,7 +164,7 @@ def test_table_source_and_config_accept_remote_paths(tmp_path, ram_root):
 
     raw["experiments"][0]["data"] = {"name": "synthetic_whale", "root": io.join(ram_root, "synth")}
     exp = parse_queue(raw, source="q.yaml", base_dir=str(tmp_path)).experiments[0]
-    from pipeline.data.base import DataError
+    from pipeline.errors import DataError
 
     with pytest.raises(DataError, match=r"data.root: synthetic_whale generates its clips in a local folder"):
         load_dataset("synthetic_whale", exp.data.params)

@@ -146,8 +146,8 @@ def test_run_with_an_empty_only_runs_no_experiment(tmp_path, capsys):
 def test_schema_defaults_are_valid():
     """Every schema dataclass can be built with its defaults (no contradictory rules)."""
     for kinds in (*schema.COMPONENT_SECTIONS.values(), schema.BLEND_METHODS):
-        for cls in kinds.values():
-            cls()
+        for entry in kinds.entries():
+            entry.params()
     for cls in schema.PLAIN_SECTIONS.values():
         cls()
 
@@ -304,7 +304,7 @@ LATE = [
     ("kernel-size-list", queue_with(experiment="model: {name: inceptiontime, kernel_sizes: [4, 100000]}"),
      "experiments[0].model.kernel_sizes", "<= 1025"),
     ("vit-waveform", queue_with(features="waveform", experiment="model: vit"), "experiments[0].model.name",
-     "needs a spectrogram"),
+     "vit takes features mel or complexity; got features waveform"),
     ("vit-patch-3d", queue_with(features="mel", experiment="model: {name: vit, patch_size: [8, 8, 8]}"),
      "experiments[0].model.patch_size", "at most 2"),
     ("time_mask>=frames", queue_with("augment: {time_mask: 500}"), "defaults.augment.time_mask", "frames"),
@@ -334,6 +334,20 @@ LATE = [
     ("rfcx-sed-loss-model", queue_with(RFCX_AUDIO, data=RFCX, experiment="model: cnn1d\nloss: sed\n"
                                        "features: {name: mel, n_fft: 1024, hop_length: 512, n_mels: 32}"),
      "experiments[0].loss.name", "needs model.name sed"),
+    # Checks that pipeline.rfcx_train and pipeline.augment ran only after the features were built.
+    ("rfcx-time_shift", queue_with(RFCX_AUDIO + "\naugment: {time_shift: 0.2}", data=RFCX, experiment=RFCX_OK),
+     "defaults.augment.time_shift", "misalign the framewise targets"),
+    ("rfcx-class_weight", queue_with(RFCX_AUDIO + "\ntrain: {class_weight: balanced}", data=RFCX,
+                                     experiment=RFCX_OK).replace("  train: {epochs: 1}\n", ""),
+     "defaults.train.class_weight", "need known labels"),
+    ("rfcx-waveform", queue_with(RFCX_AUDIO, data=RFCX, experiment="model: cnn1d\nloss: masked_bce\nfeatures: waveform"),
+     "experiments[0].features.name", "time-major features"),
+    ("sed-weights-cnn", queue_with("model: {name: sed, weights: queue.yaml}", features="mel", experiment=""),
+     "defaults.model.weights", "built-in cnn starts from random weights"),
+    ("predict-hop>window", queue_with("predict: {hop_seconds: 3.0}"), "defaults.predict.hop_seconds",
+     "never predicted"),
+    ("predict-max<window", queue_with("predict: {max_seconds: 1.0}"), "defaults.predict.max_seconds",
+     ">= audio.duration (2 s"),
 ]
 
 
@@ -343,6 +357,21 @@ def test_values_that_failed_late_exit_2_naming_the_key(tmp_path, capsys, text, k
     assert code == 2, err
     lines = [line.strip() for line in err.splitlines()]
     assert any(line.startswith(key_path + ":") and words in line for line in lines), err
+
+
+@pytest.mark.parametrize("classes, refused", [("[dog, cat, bird]", True), ("[0, 1]", False), (None, False)])
+def test_masked_bce_on_declared_multiclass_table_exits_2(tmp_path, capsys, classes, refused):
+    """A table's declared classes fix the task at config time; an inferred task is checked at training."""
+    (tmp_path / "train.csv").write_text("file,label\na.wav,dog\n")
+    declared = "" if classes is None else f", classes: {classes}"
+    text = queue_with(data=f"{{name: table, csv: train.csv, audio_dir: .{declared}}}",
+                      experiment="model: inceptiontime\nloss: masked_bce")
+    if refused:
+        code, err, _ = run_main(tmp_path, capsys, text)
+        assert code == 2 and "experiments[0].loss.name: masked_bce needs binary or multilabel targets" in err
+        assert "declares 3 classes" in err
+    else:
+        load_queue(write(tmp_path, text))
 
 
 def test_cross_section_problems_are_reported_together_with_the_rest(tmp_path):
@@ -380,7 +409,7 @@ def _numeric_fields():
     import dataclasses
     import typing
 
-    classes = [c for kinds in (*schema.COMPONENT_SECTIONS.values(), schema.BLEND_METHODS) for c in kinds.values()]
+    classes = [e.params for kinds in (*schema.COMPONENT_SECTIONS.values(), schema.BLEND_METHODS) for e in kinds.entries()]
     classes += list(schema.PLAIN_SECTIONS.values())
     for cls in classes:
         hints = typing.get_type_hints(cls)

@@ -161,12 +161,12 @@ def test_fold_table_for_other_labels_is_not_reused(tmp_path):
 
     root = whale(tmp_path, n_train=40)
     exp = _queue(tmp_path, root).experiments[0]
-    first = ensure_folds(read(root), exp, str(tmp_path / "folds"))
+    first = ensure_folds(read(root), exp.data, exp.folds, str(tmp_path / "folds"))
     table = pd.read_csv(root / "train.csv")
     table["label"] = np.roll(table["label"].to_numpy(), 7)  # same ids, other labels
     table.to_csv(root / "train.csv", index=False)
     data = read(root)
-    second = ensure_folds(data, exp, str(tmp_path / "folds"))
+    second = ensure_folds(data, exp.data, exp.folds, str(tmp_path / "folds"))
     assert second.equals(make_folds(data, n_splits=exp.folds.n_splits, seed=exp.folds.seed))
     assert not second.equals(first)
     assert len(list((tmp_path / "folds").iterdir())) == 2

@@ -162,7 +162,7 @@ def test_mixed_precision_and_xla_train_on_cpu_with_float32_outputs(precision, ji
     import tensorflow as tf
 
     from pipeline.distribute import experiment_runtime
-    from pipeline.models.registry import build_model
+    from pipeline.models.build import build_model
     from pipeline.schema import CNN1DParams, InceptionTimeParams, TrainSettings
 
     from tensorflow.python.framework import config as tf_config
@@ -352,11 +352,10 @@ def test_non_chief_workers_write_apart(monkeypatch):
 
 
 def registry_cases():
-    from pipeline.models.registry import MODELS
-    from test_models import INPUTS
+    from pipeline import schema
 
-    for name in MODELS.names():
-        yield name, INPUTS.get(name, [(32, 4)])[0]
+    for entry in schema.MODELS.entries():
+        yield entry.name, entry.preset_inputs[0]
 
 
 @pytest.mark.parametrize("name, shape", list(registry_cases()))
@@ -367,10 +366,9 @@ def test_every_model_predicts_float32_under_mixed_precision(name, shape, rng):
     from pipeline import schema
     from pipeline.distribute import experiment_runtime
     from pipeline.models import sed
-    from pipeline.models.registry import build_model
-    from test_models import TINY
+    from pipeline.models.build import build_model
 
-    params = schema.MODELS[name](**TINY.get(name, {}))
+    params = schema.MODELS[name].tiny()
     with experiment_runtime(schema.TrainSettings(strategy="default", precision="mixed_bfloat16")):
         model = build_model(name, params, input_shape=shape, n_outputs=2, task="multilabel")
         if isinstance(model.output, dict):

@@ -32,7 +32,6 @@ from scipy.stats import entropy
 
 from pipeline import schema
 from pipeline.features import (
-    EXTRACTORS,
     EmptyMelBandsWarning,
     check_settings,
     complexity,
@@ -320,8 +319,8 @@ def test_check_settings_reports_problems_without_warning():
     assert any("fmax=1500 Hz exceeds the Nyquist frequency" in m for m in above)
     assert gap == ["hop_length=300 exceeds n_fft=256: 44 samples between consecutive frames are never analysed"]
     assert ignored == ["n_mels ignored: spectrum='linear' uses every FFT bin"]
-    for name, params in schema.FEATURES.items():
-        assert check_settings(name, params(), sample_rate=SR) == []
+    for entry in schema.FEATURES.entries():
+        assert check_settings(entry.name, entry.params(), sample_rate=SR) == []
 
 
 def test_check_settings_rejects_invalid_band():
@@ -330,10 +329,6 @@ def test_check_settings_rejects_invalid_band():
 
 
 # ----------------------------------------------------------------------------- registry, dispatch, shapes
-
-
-def test_registry_names_equal_schema_features():
-    assert EXTRACTORS.names() == sorted(schema.FEATURES)
 
 
 PARAMS = [
@@ -346,9 +341,10 @@ PARAMS = [
 ]
 
 
-@pytest.mark.parametrize("name", sorted(schema.FEATURES))
-def test_every_extractor_with_default_params(rng, name):
-    params = schema.FEATURES[name]()
+@pytest.mark.parametrize("name", list(schema.FEATURES))
+@pytest.mark.parametrize("preset", [False, True], ids=["defaults", "preset"])
+def test_every_extractor_with_default_and_preset_params(rng, name, preset):
+    params = schema.FEATURES[name].tiny() if preset else schema.FEATURES[name].params()
     y = noise_and_chirp(rng, 3)
     out = compute_features(name, params, y, sample_rate=SR)
     assert out.dtype == np.float32 and np.isfinite(out).all()
@@ -443,7 +439,7 @@ def test_unknown_feature_name_lists_the_choices():
 @pytest.mark.parametrize("name", ["mel", "complexity"])
 def test_bad_audio_is_rejected_with_the_rule_and_what_was_received(name, y, message):
     with pytest.raises(ValueError, match=message):
-        compute_features(name, schema.FEATURES[name](n_fft=256), y, sample_rate=SR)
+        compute_features(name, schema.FEATURES[name].params(n_fft=256), y, sample_rate=SR)
 
 
 def test_bad_waveform_input_is_rejected():

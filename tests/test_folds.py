@@ -72,16 +72,16 @@ def test_shared_table_reused_and_rebuilt_when_stale(tmp_path, rng):
         source="q.yaml", base_dir=str(tmp_path),
     )
     a, b = queue.experiments
-    assert fold_key(a) == fold_key(b)  # different features, same data and folds -> one table
+    assert fold_key(a.data, a.folds) == fold_key(b.data, b.folds)  # different features, same data and folds -> one table
     ds = dataset(rng)
-    first = ensure_folds(ds, a, str(tmp_path))
-    path = tmp_path / f"{table_key(a, ds)}.csv"
+    first = ensure_folds(ds, a.data, a.folds, str(tmp_path))
+    path = tmp_path / f"{table_key(a.data, a.folds, ds)}.csv"
     assert path.is_file()
     stamp = path.stat().st_mtime_ns
-    assert ensure_folds(ds, b, str(tmp_path)).equals(first)
+    assert ensure_folds(ds, b.data, b.folds, str(tmp_path)).equals(first)
     assert path.stat().st_mtime_ns == stamp
     path.write_text("id,fold\nnot-a-clip,0\n")  # stale/corrupt table: rebuilt
-    assert ensure_folds(ds, a, str(tmp_path)).equals(first)
+    assert ensure_folds(ds, a.data, a.folds, str(tmp_path)).equals(first)
 
 
 def test_finished_folds_are_read_back_and_jobs_refuse_an_empty_side(tmp_path):
@@ -90,7 +90,7 @@ def test_finished_folds_are_read_back_and_jobs_refuse_an_empty_side(tmp_path):
 
     from pipeline.fold_job import finished_fold
     from pipeline.fold_loop import FoldPlan
-    from pipeline.train import TrainingError
+    from pipeline.errors import DataError
 
     queue = parse_queue({"experiments": [{"name": "e", "data": "synthetic_whale", "features": "mel",
                                           "model": "inceptiontime", "folds": {"n_splits": 3}}]},
@@ -114,5 +114,5 @@ def test_finished_folds_are_read_back_and_jobs_refuse_an_empty_side(tmp_path):
     assert job.train_labels[:, 0].tolist() == [0, 1, 3, 4] and job.valid_targets[:, 0].tolist() == [2, 5]
     assert job.fold == 2 and job.n_folds == 3 and job.test_ids == ("t0",) and job.exp_dir == str(tmp_path)
     empty = dataclasses.replace(plan, unit="recordings", fold_arr=np.array([0, 1, 0, 1, 0, 1]))
-    with pytest.raises(TrainingError, match="fold 2 has no validation recordings left"):
+    with pytest.raises(DataError, match="fold 2 has no validation recordings left"):
         empty.job(2)

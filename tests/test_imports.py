@@ -189,10 +189,6 @@ def graph():
     return import_graph(PACKAGE_ROOT)
 
 
-# integrator: remove xfail after merging issue 15 branches
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="issue 15: models.registry <-> model families; blend <-> queue <-> report <-> rfcx_train "
-                          "<-> train")
 def test_no_import_cycle_in_the_package(graph):
     found = cycles(graph)
     assert not found, "modules that import each other:\n" + "\n".join(" <-> ".join(c) for c in found)

@@ -1,6 +1,6 @@
 """Every registered model: builds on a tiny input, trains one step, saves and reloads identically.
 
-The test list is generated from the registry, so a newly registered model is tested automatically.
+The test list is generated from pipeline.schema.MODELS (each entry's preset and preset_inputs), so a newly registered model is tested automatically.
 """
 
 import dataclasses
@@ -11,52 +11,38 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from pipeline import schema  # noqa: E402
-from pipeline.models.registry import MODELS, build_model, prior_bias  # noqa: E402
+from pipeline.errors import QueueError  # noqa: E402
+from pipeline.models.build import build_model, check_model  # noqa: E402
+from pipeline.models.heads import prior_bias  # noqa: E402
+from pipeline.registry import UnknownNameError  # noqa: E402
 
-# Tiny hyperparameters per family so the whole registry trains in seconds.
-TINY = {
-    "inceptiontime": {"filters": 4, "depth": 3, "bottleneck": 4},
-    "sed": {"widths": (4, 8), "dense_units": 8},
-    "cnn1d": {"filters": 4, "depth": 2, "kernel_size": 5},
-    "xception": {"image_size": 71, "dropout": 0.0, "base_trainable": False},  # a trainable backbone takes ~1 min to trace
-    "attentionlstm": {"lstm_units": 4, "num_heads": 2, "key_dim": 4, "dense_units": (8,)},
-    "vit": {"patch_size": (8, 8), "dim": 8, "depth": 1, "num_heads": 2, "mlp_dim": 16, "conv_stem": 4},
-}
-# Shapes per family: series [T, C] and waveforms [samples]; spectrograms [frames, mels]
-# with frame counts that are not multiples of the models' strides.
-INPUTS = {
-    "inceptiontime": [(32, 4), (64,)],
-    "sed": [(30, 16)],
-    "cnn1d": [(64,), (32, 4)],
-    "xception": [(20, 16)],
-    "attentionlstm": [(16, 4)],
-    "vit": [(20, 16)],
-}
 # Families too large for both tasks at test speed run the binary case only.
 BINARY_ONLY = {"xception"}
 
 
 def cases():
-    for name in MODELS.names():
-        for i, shape in enumerate(INPUTS.get(name, [(32, 4)])):
+    """Every registered family on each of its preset inputs; the multiclass head once per family."""
+    for entry in schema.MODELS.entries():
+        assert entry.preset_inputs, f"model {entry.name!r} has no preset_inputs in pipeline.schema.MODELS"
+        for i, shape in enumerate(entry.preset_inputs):
             for task, n_out in (("binary", 1), ("multiclass", 3)):
-                # the multiclass head is tested once per family (on its first input shape)
-                if task == "multiclass" and (name in BINARY_ONLY or i > 0):
+                if task == "multiclass" and (entry.name in BINARY_ONLY or i > 0):
                     continue
-                yield name, shape, task, n_out
+                yield entry.name, shape, task, n_out
 
 
 def tiny_params(name, **overrides):
-    return schema.MODELS[name](**{**TINY.get(name, {}), **overrides})
-
-
-def test_registry_matches_schema():
-    assert set(MODELS.names()) == set(schema.MODELS)
+    return schema.MODELS[name].tiny(**overrides)
 
 
 def test_unknown_model_lists_choices():
-    with pytest.raises(KeyError, match="is not a model; choose one of: .*inceptiontime"):
+    with pytest.raises(UnknownNameError, match="is not a model; choose one of: .*inceptiontime"):
         build_model("xcepton", None, input_shape=(8, 4), n_outputs=1, task="binary")
+
+
+@pytest.mark.parametrize("name", list(schema.MODELS))
+def test_every_preset_passes_its_family_check(name):
+    check_model(name, tiny_params(name))
 
 
 @pytest.mark.parametrize("name,shape,task,n_out", list(cases()))
@@ -113,6 +99,10 @@ def test_residual_variant_adds_shortcuts():
     assert "block3_shortcut_add" in names and "block6_shortcut_add" in names
     assert not any("shortcut" in layer.name for layer in plain.layers)
     assert dataclasses.replace(tiny_params("inceptiontime"), residual=True).residual
+    # The summary names the variant (pipeline.queue reads it from the registry, not from the params).
+    assert schema.MODELS["inceptiontime"].describe(tiny_params("inceptiontime", residual=True)) == "inceptiontime_residual"
+    assert schema.MODELS["inceptiontime"].describe(tiny_params("inceptiontime")) == "inceptiontime"
+    assert schema.MODELS["sed"].describe(tiny_params("sed")) == "sed"
 
 
 # ----------------------------------------------------------------------------- SED
@@ -161,13 +151,11 @@ def test_sed_application_backbone_loads_local_weights(tmp_path):
 
 
 def test_sed_weights_need_an_existing_absolute_file(tmp_path):
-    from pipeline.models.registry import check_model
-
     with pytest.raises(FileNotFoundError, match="not found"):
         check_model("sed", tiny_params("sed", backbone="EfficientNetB0", weights=str(tmp_path / "missing.h5")))
-    with pytest.raises(ValueError, match="absolute path"):
+    with pytest.raises(QueueError, match="absolute path"):
         check_model("sed", tiny_params("sed", backbone="EfficientNetB0", weights="imagenet"))
-    with pytest.raises(ValueError, match="built-in cnn"):
+    with pytest.raises(QueueError, match="built-in cnn"):
         check_model("sed", tiny_params("sed", weights=str(tmp_path)))
 
 
@@ -175,8 +163,6 @@ def test_sed_weights_need_an_existing_absolute_file(tmp_path):
 
 
 def test_xception_imagenet_without_local_file_names_the_file(tmp_path, monkeypatch):
-    from pipeline.models.registry import check_model
-
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
     expected = str(tmp_path / "keras_home" / "models" / "xception_weights_tf_dim_ordering_tf_kernels_notop.h5")
     with pytest.raises(FileNotFoundError) as err:
@@ -185,7 +171,7 @@ def test_xception_imagenet_without_local_file_names_the_file(tmp_path, monkeypat
     with pytest.raises(FileNotFoundError):
         build_model("xception", tiny_params("xception", weights="imagenet"), input_shape=(20, 16), n_outputs=1,
                     task="binary")
-    with pytest.raises(ValueError, match="absolute path"):
+    with pytest.raises(QueueError, match="absolute path"):
         check_model("xception", tiny_params("xception", weights="weights.h5"))
 
 
@@ -241,21 +227,17 @@ def test_vit_mean_pooling_and_padding():
                         n_outputs=2, task="multilabel")
     assert model.get_layer("patches").output.shape[1] == 3 * 4  # ceil(20/7) x ceil(16/5) patches
     assert "class_token" not in [layer.name for layer in model.layers]
-    assert model.get_layer("stem_conv").filters == 4  # TINY's convolutional stem
+    assert model.get_layer("stem_conv").filters == 4  # the preset's convolutional stem
     plain = build_model("vit", tiny_params("vit", conv_stem=0), input_shape=(20, 16), n_outputs=1, task="binary")
     assert "stem_conv" not in [layer.name for layer in plain.layers]
 
 
 def test_xception_fine_tune_from_must_name_a_layer():
-    from pipeline.models.registry import check_model
-
-    with pytest.raises(ValueError, match="fine_tune_from must name a backbone layer"):
+    with pytest.raises(QueueError, match="fine_tune_from must name a backbone layer"):
         check_model("xception", tiny_params("xception", base_trainable=True, fine_tune_from="block99_conv"))
 
 
 def test_xception_backbone_output_cuts_the_backbone(tmp_path):
-    from pipeline.models.registry import check_model
-
     keras.utils.set_random_seed(4)
     source = keras.applications.Xception(include_top=False, weights=None, input_shape=(71, 71, 3))
     path = str(tmp_path / "xception_backbone.weights.h5")
@@ -274,9 +256,9 @@ def test_xception_backbone_output_cuts_the_backbone(tmp_path):
     x = np.random.default_rng(0).normal(size=(2, 20, 16)).astype("float32")
     assert model.predict(x, verbose=0).shape == (2, 1)
 
-    with pytest.raises(ValueError, match="backbone_output must name a backbone layer"):
+    with pytest.raises(QueueError, match="backbone_output must name a backbone layer"):
         check_model("xception", tiny_params("xception", backbone_output="block99_pool"))
-    with pytest.raises(ValueError, match=r"fine_tune_from must name a backbone layer up to block4_pool"):
+    with pytest.raises(QueueError, match=r"fine_tune_from must name a backbone layer up to block4_pool"):
         check_model("xception", tiny_params("xception", base_trainable=True, backbone_output="block4_pool",
                                              fine_tune_from="block13_sepconv1"))
 

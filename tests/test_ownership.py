@@ -482,7 +482,7 @@ def test_blend_never_clears_a_folder_it_did_not_write(tmp_path):
 
 
 def test_synthetic_generator_never_replaces_a_user_folder(tmp_path):
-    from pipeline.data.base import DataError
+    from pipeline.errors import DataError
     from pipeline.data.synthetic import ensure_synthetic_whale
     from pipeline.data.synthetic_rfcx import ensure_synthetic_rfcx
 
@@ -502,7 +502,7 @@ def test_synthetic_generator_never_replaces_a_user_folder(tmp_path):
 
 
 def test_a_generated_dataset_with_a_user_file_added_is_not_replaced(tmp_path):
-    from pipeline.data.base import DataError
+    from pipeline.errors import DataError
     from pipeline.data.synthetic import ensure_synthetic_whale
 
     root = tmp_path / "syn"

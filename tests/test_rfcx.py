@@ -12,9 +12,9 @@ from sklearn.metrics import label_ranking_average_precision_score
 from pipeline import crops, metrics
 from pipeline.config import ConfigError, parse_queue
 from pipeline.data import load_dataset, schema
-from pipeline.data.base import DataError
 from pipeline.data.rfcx import MASKS, TARGETS, boxes_of, frame_defaults, read_kaggle_rfcx
 from pipeline.data.synthetic_rfcx import ensure_synthetic_rfcx, species_bands
+from pipeline.errors import DataError
 from pipeline.folds import make_folds
 
 HEADER = "recording_id,species_id,songtype_id,t_min,f_min,t_max,f_max\n"
@@ -270,7 +270,7 @@ def test_masked_entries_have_no_gradient(loss_name):
 
     from pipeline.losses import make_loss
 
-    params = schema.LOSSES[loss_name]()
+    params = schema.LOSSES[loss_name].params()
     loss = make_loss(loss_name, params, "multilabel")
     rng = np.random.default_rng(0)
     shape = (4, 6, 24) if loss_name == "sed" else (4, 24)

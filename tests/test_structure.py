@@ -9,11 +9,6 @@ from pipeline import layout
 
 PACKAGE = pathlib.Path(layout.__file__).parent
 
-# Modules being rewritten on other branches of issue 15, which switch to the layout names there.
-# Integrator: remove this set (and its use below) after merging the issue 15 branches.
-_PENDING = {"pipeline/train.py", "pipeline/rfcx_train.py"}
-
-
 def _file_names():
     """Every file name under output/ that layout.py defines (``oof.csv``, ``.queue.lock``, ``roc.png``, ...).
 
@@ -74,18 +69,12 @@ def test_only_the_layout_module_spells_output_file_names():
     offenders = []
     for path in sorted(PACKAGE.rglob("*.py")):
         module = path.relative_to(PACKAGE.parent).as_posix()
-        if module == "pipeline/layout.py" or module in _PENDING:
+        if module == "pipeline/layout.py":
             continue
         for line, name in spelled_file_names(path.read_text(), names):
             offenders.append(f"{module}:{line}: {name!r}")
     assert not offenders, ("spell these names through pipeline.layout (its constants and path functions):\n"
                            + "\n".join(offenders))
-
-
-def test_pending_modules_still_exist():
-    """A pending module that is gone (rewritten, merged) must leave the list, so that the list stays honest."""
-    missing = [m for m in sorted(_PENDING) if not (PACKAGE.parent / m).is_file()]
-    assert not missing, f"remove from _PENDING: {missing}"
 
 
 def _imported_modules(path: pathlib.Path) -> set:

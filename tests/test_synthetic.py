@@ -15,10 +15,10 @@ from sklearn.metrics import roc_auc_score
 
 from pipeline.data import synthetic
 from pipeline.data.audio import load_clip
-from pipeline.data.base import DataError
 from pipeline.data.generated_store import GENERATED_MTIME_NS
 from pipeline.data.synthetic import Recipe, ensure_synthetic_whale, read_synthetic_whale, synthesize_clip
 from pipeline.data.synthetic_rfcx import ensure_synthetic_rfcx
+from pipeline.errors import DataError
 
 SMALL = {"n_train": 20, "n_test": 8, "positive_fraction": 0.3, "seed": 3}
 

@@ -19,15 +19,15 @@ import pytest
 import soundfile as sf
 
 from pipeline import io, ownership, schema
-from pipeline.blend.methods import BlendError
 from pipeline.blend.predictions import check_compatible
 from pipeline.blend.stage import blend, write_blend
 from pipeline.config import ConfigError, load_queue
 from pipeline.data import load_dataset
-from pipeline.data.base import DataError, Dataset
+from pipeline.data.base import Dataset
 from pipeline.data.rfcx import read_kaggle_rfcx
 from pipeline.data.table import read_table
 from pipeline.data.whale import read_kaggle_whale
+from pipeline.errors import BlendError, DataError
 from test_blend import binary_problem, write_finished_queue
 
 

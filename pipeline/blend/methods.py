@@ -37,14 +37,8 @@ from typing import Callable, List, Optional
 import numpy as np
 from scipy.stats import rankdata
 
-from pipeline import metrics, schema
-from pipeline.registry import Registry
-
-METHODS = Registry("blend method", allowed=schema.BLEND_METHODS)
-
-
-class BlendError(ValueError):
-    """The selected experiments cannot be blended honestly."""
+from pipeline import metrics
+from pipeline.errors import BlendError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,22 +97,22 @@ class BlendOutput:
 # ----------------------------------------------------------------------------- methods
 
 
-@METHODS.register("mean")
-def _mean(params, data: BlendInput) -> BlendOutput:
+def blend_mean(params, data: BlendInput) -> BlendOutput:
+    """The mean method (see the module doc)."""
     w = np.full(len(data.oof), 1.0 / len(data.oof))
     return BlendOutput(oof=_weighted(w, data.oof), test=_weighted(w, data.test), weights=_named(data.names, w))
 
 
-@METHODS.register("rank_mean")
-def _rank_mean(params, data: BlendInput) -> BlendOutput:
+def blend_rank_mean(params, data: BlendInput) -> BlendOutput:
+    """The rank_mean method (see the module doc)."""
     w = np.full(len(data.oof), 1.0 / len(data.oof))
     test = None if data.test is None else _weighted(w, [column_ranks(p) for p in data.test])
     return BlendOutput(oof=_weighted(w, [column_ranks(p) for p in data.oof]), test=test,
                        weights=_named(data.names, w))
 
 
-@METHODS.register("weights")
-def _weights(params, data: BlendInput) -> BlendOutput:
+def blend_weights(params, data: BlendInput) -> BlendOutput:
+    """The weights method (see the module doc)."""
     w = greedy_weights(data.oof, data.score, data.metric, iterations=params.iterations)
     # Honest companion score: each fold blended with weights chosen on the other folds.
     held_out = np.zeros_like(data.oof[0])
@@ -134,8 +128,8 @@ def _weights(params, data: BlendInput) -> BlendOutput:
                        scores=extra, score_kind="OOF (weights chosen on the OOF)")
 
 
-@METHODS.register("stacking")
-def _stacking(params, data: BlendInput) -> BlendOutput:
+def blend_stacking(params, data: BlendInput) -> BlendOutput:
+    """The stacking method (see the module doc)."""
     fold_values = np.unique(data.folds)
     if len(fold_values) < 2:
         raise BlendError("stacking is scored by cross-validation over the folds, so it needs at least 2 folds; "

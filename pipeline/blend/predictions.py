@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import io, layout
-from pipeline.blend.methods import BlendError
+from pipeline.errors import BlendError
 
 
 def load_predictions(exp_dir: str) -> Dict[str, object]:

@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline import io, layout, metrics, ownership, results, schema
-from pipeline.blend.methods import METHODS, BlendError, BlendInput
+from pipeline.blend.methods import BlendInput
+from pipeline.errors import BlendError
 from pipeline.blend.predictions import check_compatible, load_predictions
 
 log = logging.getLogger(__name__)
@@ -56,8 +57,9 @@ def blend(names: List[str], loaded: List[dict], method: str, params=None, metric
     UnknownNameError
         An unregistered method.
     """
-    fn = METHODS.get(method)
-    params = schema.BLEND_METHODS[method]() if params is None else params
+    entry = schema.BLEND_METHODS[method]
+    fn = entry.load()
+    params = entry.params() if params is None else params
     check_compatible(names, loaded)
     meta = loaded[0]["scores"]
     task, targets = meta["task"], list(meta["targets"])

@@ -39,6 +39,7 @@ from pipeline.cache.featurise import Windows
 from pipeline.cache.read import FeatureCache, windows_split
 from pipeline.cache.workers import Workers, run_jobs, start_method, worker_limits
 from pipeline.data.base import Dataset
+from pipeline.errors import DataError
 from pipeline.hashing import stable_hash
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ CACHE_VERSION = 2  # 2: bad-audio checks of issue 14 (absurd float values skippe
 _CHUNK_AUDIO_BYTES = 64 << 20
 
 
-class CacheError(RuntimeError):
+class CacheError(DataError):
     """The feature cache cannot be built (disk full, too many bad files, ...)."""
 
 

@@ -1,8 +1,8 @@
 """Data sources: dataset layouts -> :class:`~pipeline.data.base.Dataset` manifests.
 
-Every source is registered in :data:`SOURCES` under the name its parameters
-have in :data:`pipeline.schema.DATA_SOURCES`; each registered builder takes
-that frozen parameter dataclass and returns a :class:`Dataset`. Decoding lives
+Every source is an entry of :data:`pipeline.schema.DATA_SOURCES` whose builder
+is one of the ``load_*`` functions here: it takes the source's frozen
+parameter dataclass and returns a :class:`Dataset`. Decoding lives
 in :mod:`pipeline.data.audio` and is shared by every source.
 """
 
@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import schema
-from pipeline.data.base import SUBMISSION_FORMATS, DataError, Dataset
+from pipeline.data.base import SUBMISSION_FORMATS, Dataset
 from pipeline.data.checks import check_duplicate_files
 from pipeline.data.rfcx import read_kaggle_rfcx
 from pipeline.data import synthetic, synthetic_rfcx
@@ -24,26 +24,24 @@ from pipeline.data.synthetic import read_synthetic_whale
 from pipeline.data.synthetic_rfcx import read_synthetic_rfcx
 from pipeline.data.table import read_table
 from pipeline.data.whale import read_kaggle_whale
-from pipeline.registry import Registry
+from pipeline.errors import DataError
 
-__all__ = ["SOURCES", "DataError", "Dataset", "format_submission", "load_dataset", "needs_generation",
-           "submission_frame"]
+__all__ = ["Dataset", "format_submission", "load_dataset", "load_kaggle_rfcx", "load_kaggle_whale",
+           "load_synthetic_rfcx", "load_synthetic_whale", "load_table", "needs_generation", "submission_frame"]
 
 logger = logging.getLogger(__name__)
-
-SOURCES = Registry("data source", allowed=schema.DATA_SOURCES)
 
 # rfcx: one column per species, s0..s23 in the competition; the rule is s<k> for target k.
 _RFCX_ID = "recording_id"
 
 
-@SOURCES.register("kaggle_whale")
-def _kaggle_whale(params: schema.KaggleWhaleParams) -> Dataset:
+def load_kaggle_whale(params: schema.KaggleWhaleParams) -> Dataset:
+    """The kaggle_whale source: ROOT/train.csv and the .aiff clips beside it."""
     return read_kaggle_whale(params.root)
 
 
-@SOURCES.register("synthetic_whale")
-def _synthetic_whale(params: schema.SyntheticWhaleParams) -> Dataset:
+def load_synthetic_whale(params: schema.SyntheticWhaleParams) -> Dataset:
+    """The synthetic_whale source: generated in the kaggle_whale layout on first use."""
     if params.root is None:
         # The queue resolves the default (input/<dataset name>); a None here is a caller bug.
         raise ValueError("synthetic_whale needs a resolved root folder. Received: root=None")
@@ -60,8 +58,8 @@ def _synthetic_whale(params: schema.SyntheticWhaleParams) -> Dataset:
     )
 
 
-@SOURCES.register("table")
-def _table(params: schema.TableParams) -> Dataset:
+def load_table(params: schema.TableParams) -> Dataset:
+    """The table source: a CSV of files and labels, audio in a folder."""
     return read_table(
         params.csv,
         params.audio_dir,
@@ -74,13 +72,13 @@ def _table(params: schema.TableParams) -> Dataset:
     )
 
 
-@SOURCES.register("kaggle_rfcx")
-def _kaggle_rfcx(params: schema.KaggleRfcxParams) -> Dataset:
+def load_kaggle_rfcx(params: schema.KaggleRfcxParams) -> Dataset:
+    """The kaggle_rfcx source: tp/fp boxes and long recordings."""
     return read_kaggle_rfcx(params.root, unknown=params.unknown)
 
 
-@SOURCES.register("synthetic_rfcx")
-def _synthetic_rfcx(params: schema.SyntheticRfcxParams) -> Dataset:
+def load_synthetic_rfcx(params: schema.SyntheticRfcxParams) -> Dataset:
+    """The synthetic_rfcx source: generated in the kaggle_rfcx layout on first use."""
     if params.root is None:
         raise ValueError("synthetic_rfcx needs a resolved root folder. Received: root=None")
     return read_synthetic_rfcx(params.root, unknown=params.unknown, n_train=params.n_train, n_test=params.n_test,
@@ -113,13 +111,13 @@ def load_dataset(name: str, params) -> Dataset:
         file under several ids is a warning naming them
         (:func:`pipeline.data.checks.check_duplicate_files`).
     """
-    build = SOURCES.get(name)
-    expected = schema.DATA_SOURCES[name]
+    entry = schema.DATA_SOURCES[name]
+    expected = entry.params
     if not isinstance(params, expected):
         raise TypeError(
             f"data source {name!r} takes {expected.__name__}. Received: params={type(params).__name__}"
         )
-    dataset = build(params)
+    dataset = entry.load()(params)
     # Every source: one audio file under several ids (opposite labels would train against each other).
     check_duplicate_files(dataset.manifest, dataset.targets)
     return dataset

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from pipeline.errors import DataError
+
 TASKS = ("binary", "multiclass", "multilabel")
 # Column names the manifest, the fold tables and the prediction files own. A target (a label column or a
 # class name) spelled like one of them would shadow it: a target named ``pred`` would be read back as the
@@ -28,10 +30,6 @@ def reserved_targets(targets) -> list:
     return sorted(str(t) for t in targets
                   if str(t) in RESERVED_COLUMNS or str(t).startswith(RESERVED_PREFIXES))
 SUBMISSION_FORMATS = ("whale", "rfcx", "table")
-
-
-class DataError(ValueError):
-    """A dataset on disk does not match the layout its source expects."""
 
 
 @dataclass(frozen=True)

@@ -37,8 +37,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline import io
-from pipeline.data.base import DataError
 from pipeline.data.labels import csv_rows
+from pipeline.errors import DataError
 
 logger = logging.getLogger(__name__)
 

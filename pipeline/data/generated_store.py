@@ -38,7 +38,7 @@ import numpy as np
 import soundfile as sf
 
 from pipeline import ownership
-from pipeline.data.base import DataError
+from pipeline.errors import DataError
 
 logger = logging.getLogger(__name__)
 

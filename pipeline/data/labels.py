@@ -34,7 +34,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
-from pipeline.data.base import DataError
+from pipeline.errors import DataError
 
 logger = logging.getLogger(__name__)
 

@@ -40,8 +40,9 @@ import numpy as np
 import pandas as pd
 
 from pipeline import io
-from pipeline.data.base import DataError, Dataset
+from pipeline.data.base import Dataset
 from pipeline.data.checks import refuse_outside
+from pipeline.errors import DataError
 
 logger = logging.getLogger(__name__)
 

@@ -42,10 +42,11 @@ from typing import Optional
 import numpy as np
 
 from pipeline import ownership
-from pipeline.data.base import DataError, Dataset
+from pipeline.data.base import Dataset
 from pipeline.data.rfcx import BOX_COLUMNS, N_SPECIES, read_kaggle_rfcx
 from pipeline.data.generated_store import (SPEC_FILE, GeneratedLayout, check_free_space, count_files, read_spec,
                                            write_csv, write_into_place, write_pcm16)
+from pipeline.errors import DataError
 
 logger = logging.getLogger(__name__)
 

@@ -28,9 +28,10 @@ import numpy as np
 import pandas as pd
 
 from pipeline import io
-from pipeline.data.base import RESERVED_COLUMNS, RESERVED_PREFIXES, DataError, Dataset, reserved_targets
+from pipeline.data.base import RESERVED_COLUMNS, RESERVED_PREFIXES, Dataset, reserved_targets
 from pipeline.data.checks import resolve_names
 from pipeline.data.labels import read_labels
+from pipeline.errors import DataError
 
 logger = logging.getLogger(__name__)
 

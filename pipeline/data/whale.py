@@ -20,9 +20,10 @@ import numpy as np
 import pandas as pd
 
 from pipeline import io
-from pipeline.data.base import DataError, Dataset
+from pipeline.data.base import Dataset
 from pipeline.data.checks import resolve_names
 from pipeline.data.labels import binary_labels
+from pipeline.errors import DataError
 
 logger = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """Feature stage: a batch of decoded clips in, time-major float32 features out.
 
 Pure numpy (no files, no Keras/TensorFlow). Each feature named in
-:data:`pipeline.schema.FEATURES` is an :class:`Extractor` registered in
-:data:`EXTRACTORS`, and the functions below dispatch by name. Per clip:
+:data:`pipeline.schema.FEATURES` is an :class:`Extractor` here (:data:`MEL`,
+:data:`COMPLEXITY`, :data:`WAVEFORM`), and the functions below dispatch by name. Per clip:
 
 - ``mel`` -> ``[frames, n_mels]``: log-mel power in dB re 1.0, clipped
   ``top_db`` below each clip's own peak (:func:`.mel.log_mel`);
@@ -42,10 +42,11 @@ from pipeline.features.mel import (
     resolve_band,
     stft_power,
 )
-from pipeline.registry import Registry
 
 __all__ = [
-    "EXTRACTORS",
+    "COMPLEXITY",
+    "MEL",
+    "WAVEFORM",
     "EmptyMelBandsWarning",
     "Extractor",
     "check_settings",
@@ -88,9 +89,6 @@ class Extractor:
 
     def __call__(self, params, y, *, sample_rate):
         return self.compute(params, y, sample_rate=sample_rate)
-
-
-EXTRACTORS = Registry("feature", allowed=schema.FEATURES)
 
 
 # ----------------------------------------------------------------------------- shared by spectral features
@@ -150,13 +148,11 @@ def _mel_shape(params: schema.MelParams, *, n_samples, sample_rate):
     return (n_frames(n_samples, n_fft=params.n_fft, hop_length=params.hop_length), params.n_mels)
 
 
-EXTRACTORS.register("mel")(
-    Extractor(
-        compute=_mel_compute,
-        shape=_mel_shape,
-        min_samples=_spectral_min_samples,
-        check=lambda params, *, sample_rate: _check_spectral(params, sample_rate=sample_rate, mel=True),
-    )
+MEL = Extractor(
+    compute=_mel_compute,
+    shape=_mel_shape,
+    min_samples=_spectral_min_samples,
+    check=lambda params, *, sample_rate: _check_spectral(params, sample_rate=sample_rate, mel=True),
 )
 
 
@@ -215,13 +211,11 @@ def _complexity_check(params: schema.ComplexityParams, *, sample_rate):
     return messages
 
 
-EXTRACTORS.register("complexity")(
-    Extractor(
-        compute=_complexity_compute,
-        shape=_complexity_shape,
-        min_samples=_spectral_min_samples,
-        check=_complexity_check,
-    )
+COMPLEXITY = Extractor(
+    compute=_complexity_compute,
+    shape=_complexity_shape,
+    min_samples=_spectral_min_samples,
+    check=_complexity_check,
 )
 
 
@@ -242,13 +236,11 @@ def _waveform_check(params: schema.WaveformParams, *, sample_rate):
     return []
 
 
-EXTRACTORS.register("waveform")(
-    Extractor(
-        compute=_waveform_compute,
-        shape=lambda params, *, n_samples, sample_rate: (n_samples,),
-        min_samples=lambda params: 1,
-        check=_waveform_check,
-    )
+WAVEFORM = Extractor(
+    compute=_waveform_compute,
+    shape=lambda params, *, n_samples, sample_rate: (n_samples,),
+    min_samples=lambda params: 1,
+    check=_waveform_check,
 )
 
 
@@ -256,14 +248,14 @@ EXTRACTORS.register("waveform")(
 
 
 def _get(name: str, params) -> Extractor:
-    extractor = EXTRACTORS.get(name)  # UnknownNameError listing the choices
-    expected = schema.FEATURES[name]
+    entry = schema.FEATURES[name]  # UnknownNameError listing the choices
+    expected = entry.params
     if not isinstance(params, expected):
         raise ValueError(
             f"params for feature {name!r} must be a pipeline.schema.{expected.__name__}. "
             f"Received: params={params!r}"
         )
-    return extractor
+    return entry.load()
 
 
 def compute_features(name: str, params, y: np.ndarray, *, sample_rate: int) -> np.ndarray:
@@ -287,7 +279,7 @@ def compute_features(name: str, params, y: np.ndarray, *, sample_rate: int) -> n
     Raises
     ------
     pipeline.registry.UnknownNameError
-        For an unknown ``name`` (a KeyError listing the choices).
+        For an unknown ``name`` (a QueueError listing the choices).
     ValueError
         For ``params`` of the wrong type, invalid settings, or bad ``y``
         (not 2-D, not floating point, too short, not finite).

@@ -1,1 +1,1 @@
-"""Model families. Import :mod:`pipeline.models.registry` for ``build_model`` (imports Keras)."""
+"""Model families. Import :mod:`pipeline.models.build` for ``build_model`` (imports Keras)."""

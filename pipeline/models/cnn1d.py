@@ -11,11 +11,10 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from pipeline.models.heads import classifier_head
 from pipeline.models.layers import BN_MOMENTUM
-from pipeline.models.registry import MODELS, classifier_head
 
 
-@MODELS.register("cnn1d")
 def build_cnn1d(params, *, input_shape, n_outputs, activation, output_bias=None) -> keras.Model:
     """input_shape: (T, C) or (T,) for a waveform; returns a keras.Model -> [B, n_outputs]."""
     if len(input_shape) not in (1, 2):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from pipeline.models.registry import MODELS, classifier_head
+from pipeline.models.heads import classifier_head
 
 # Keras' default momentum (0.99) leaves the moving statistics far from the data
 # after the few dozen steps per epoch typical of competition data, so validation
@@ -40,7 +40,6 @@ def shortcut(inputs, x, *, name):
     return layers.Activation("relu", name=f"{name}_relu")(x)
 
 
-@MODELS.register("inceptiontime")
 def build_inceptiontime(params, *, input_shape, n_outputs, activation, output_bias=None) -> keras.Model:
     """input_shape: (T, C) or (T,) for a waveform; returns a keras.Model -> [B, n_outputs]."""
     if len(input_shape) not in (1, 2):

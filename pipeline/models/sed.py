@@ -22,8 +22,9 @@ import os
 import keras
 from keras import layers
 
+from pipeline.errors import QueueError
+from pipeline.models.heads import classifier_head
 from pipeline.models.layers import BN_MOMENTUM, AttentionPooling, FrameInterpolation, PackSED
-from pipeline.models.registry import MODELS, classifier_head, register_check
 
 
 def conv_block(x, filters, *, name):
@@ -48,13 +49,12 @@ def application_backbone(name: str, *, input_shape, weights, trainable: bool) ->
 
 def check_weights_file(path: str, family: str) -> None:
     if not os.path.isabs(os.path.expanduser(path)):
-        raise ValueError(f"{family}: weights must be null or an absolute path to a .h5 / .weights.h5 file. "
+        raise QueueError(f"{family}: weights must be null or an absolute path to a .h5 / .weights.h5 file. "
                          f"Received: weights={path!r}")
     if not os.path.isfile(os.path.expanduser(path)):
         raise FileNotFoundError(f"{family}: weights file not found: {path}")
 
 
-@MODELS.register("sed")
 def build_sed(params, *, input_shape, n_outputs, activation, output_bias=None) -> keras.Model:
     """input_shape: (frames, mels). Returns a keras.Model with outputs clipwise [B, C] and framewise [B, frames, C]."""
     if len(input_shape) != 2:
@@ -70,7 +70,7 @@ def build_sed(params, *, input_shape, n_outputs, activation, output_bias=None) -
         for i, width in enumerate(params.widths):
             x = conv_block(x, width, name=f"block{i + 1}")
         if params.weights is not None:
-            raise ValueError("sed: weights apply to a keras.applications backbone; the built-in cnn starts "
+            raise QueueError("sed: weights apply to a keras.applications backbone; the built-in cnn starts "
                              f"from random weights. Received: weights={params.weights!r}")
     else:
         x = layers.Concatenate(axis=-1, name="to_rgb")([x, x, x])
@@ -112,12 +112,11 @@ def training_view(model: keras.Model, *, framewise: bool = False) -> keras.Model
     return keras.Model(model.input, outputs["clipwise"], name=f"{model.name}_clipwise")
 
 
-@register_check("sed")
 def check_sed(params) -> None:
     """Fail before training when the backbone weights cannot be loaded."""
     if params.weights is None:
         return
     if params.backbone == "cnn":
-        raise ValueError("sed: weights apply to a keras.applications backbone; the built-in cnn starts "
+        raise QueueError("sed: weights apply to a keras.applications backbone; the built-in cnn starts "
                          f"from random weights. Received: weights={params.weights!r}")
     check_weights_file(params.weights, "sed")

@@ -15,8 +15,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from pipeline.models.heads import classifier_head
 from pipeline.models.layers import BN_MOMENTUM, ClassToken, PositionEmbedding
-from pipeline.models.registry import MODELS, classifier_head
 
 
 def encoder_block(x, *, num_heads, mlp_dim, dropout, name):
@@ -32,7 +32,6 @@ def encoder_block(x, *, num_heads, mlp_dim, dropout, name):
     return layers.Add(name=f"{name}_add2")([x, h])
 
 
-@MODELS.register("vit")
 def build_vit(params, *, input_shape, n_outputs, activation, output_bias=None) -> keras.Model:
     """input_shape: (frames, mels); returns a keras.Model -> [B, n_outputs]."""
     if len(input_shape) != 2:

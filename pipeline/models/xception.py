@@ -24,8 +24,9 @@ import os
 import keras
 from keras import layers
 
+from pipeline.errors import QueueError
+from pipeline.models.heads import classifier_head
 from pipeline.models.layers import BN_MOMENTUM
-from pipeline.models.registry import MODELS, classifier_head, register_check
 
 IMAGENET_FILE = "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"
 
@@ -52,14 +53,13 @@ def resolve_weights(weights):
         return path
     path = os.path.expanduser(weights)
     if not os.path.isabs(path):
-        raise ValueError(f"xception: weights must be null, imagenet or an absolute path to a .h5 / .weights.h5 "
+        raise QueueError(f"xception: weights must be null, imagenet or an absolute path to a .h5 / .weights.h5 "
                          f"file. Received: weights={weights!r}")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"xception: weights file not found: {path}")
     return path
 
 
-@register_check("xception")
 def check_xception(params) -> None:
     """Fail before training when the configured weights cannot be loaded or fine_tune_from names no layer."""
     resolve_weights(params.weights)
@@ -75,7 +75,7 @@ def check_xception(params) -> None:
 def _check_layer(base, name, key, examples):
     if name not in [layer.name for layer in base.layers]:
         where = f" up to {base.layers[-1].name}" if base.name.endswith("_cut") else ""
-        raise ValueError(f"xception: {key} must name a backbone layer{where} (e.g. {examples}). "
+        raise QueueError(f"xception: {key} must name a backbone layer{where} (e.g. {examples}). "
                          f"Received: {key}={name!r}")
 
 
@@ -84,7 +84,6 @@ def _truncate(base, name):
     return keras.Model(base.input, base.get_layer(name).output, name=f"{base.name}_cut")
 
 
-@MODELS.register("xception")
 def build_xception(params, *, input_shape, n_outputs, activation, output_bias=None) -> keras.Model:
     """input_shape: (frames, mels); returns a keras.Model -> [B, n_outputs]."""
     if len(input_shape) != 2:
