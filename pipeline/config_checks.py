@@ -25,7 +25,7 @@ from pipeline import schema
 MAX_CLIP_SAMPLES = 100_000_000
 # Largest feature array per clip (values, float32): 1 GB. The cache holds one per clip.
 MAX_FEATURE_VALUES = 250_000_000
-RFCX_SOURCES = ("kaggle_rfcx", "synthetic_rfcx")
+RFCX_SOURCES = schema.RECORDING_SOURCES
 # Every keras.applications family in schema.SED_BACKBONES refuses inputs under 32 x 32 (min_size).
 MIN_APPLICATION_INPUT = 32
 
@@ -205,9 +205,6 @@ def _check_predict(exp, origin, problems) -> None:
     if predict.hop_seconds is not None and predict.hop_seconds > duration:
         problems.append(f"{origin('predict', 'hop_seconds')}: must be <= audio.duration ({duration:g} s, the "
                         f"window), else parts of longer clips are never predicted; got {predict.hop_seconds:g}")
-    if predict.max_seconds < duration:
-        problems.append(f"{origin('predict', 'max_seconds')}: must be >= audio.duration ({duration:g} s, one "
-                        f"window); got {predict.max_seconds:g}")
 
 
 def _check_augment(exp, shape, origin, problems) -> None:

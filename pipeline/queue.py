@@ -253,19 +253,23 @@ def write_queue_oof(queue: Queue, paths: Paths,
     """``output/oof.csv``: one row per training clip, one prediction column (set) per finished experiment.
 
     Only experiments on the same data and folds as the queue's first finished
-    experiment can share this table (:func:`pipeline.results.on_shared_folds`);
+    experiment with readable predictions can share this table (:func:`pipeline.results.on_shared_folds`);
     others are left out with a warning, as are experiments whose data changed
     since they ran (:func:`pipeline.results.finished`).
     """
-    done, other_folds = results.on_shared_folds(results.finished(queue, paths.output, current))
+    # The shared folds are those of the first experiment whose predictions can be read (an unreadable
+    # oof.csv is warned about and left out), so one broken file never drops the others.
+    parts = {}
+    for exp in results.finished(queue, paths.output, current):
+        got = _queue_oof_part(exp.name, paths.experiment(exp.name))
+        if got is not None:
+            parts[exp.name] = (exp, got)
+    done, other_folds = results.on_shared_folds([exp for exp, _ in parts.values()])
     for exp in other_folds:
         log.warning("%s uses other data or folds than %s; left out of output/oof.csv", exp.name, done[0].name)
     table = None
     for exp in done:
-        got = _queue_oof_part(exp.name, paths.experiment(exp.name))
-        if got is None:
-            continue
-        part, new = got
+        part, new = parts[exp.name][1]
         if table is None:
             table = part
             continue

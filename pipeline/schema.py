@@ -569,6 +569,10 @@ BLEND_METHODS = Registry("blend method", [
 ])
 
 
+# Data sources of long recordings with event boxes: the `crops` fold strategy trains on crops of them and
+# predicts them by crops.window_*; the feature cache holds no extra windows for them.
+RECORDING_SOURCES = ("kaggle_rfcx", "synthetic_rfcx")
+
 # How the one fold loop treats a kind of training data (pipeline.fold_strategies): the dataset decides
 # (recordings with event boxes: crops), not the queue file; the entry's parameters are the section that
 # configures its windows.

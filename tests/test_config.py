@@ -346,8 +346,6 @@ LATE = [
      "defaults.model.weights", "built-in cnn starts from random weights"),
     ("predict-hop>window", queue_with("predict: {hop_seconds: 3.0}"), "defaults.predict.hop_seconds",
      "never predicted"),
-    ("predict-max<window", queue_with("predict: {max_seconds: 1.0}"), "defaults.predict.max_seconds",
-     ">= audio.duration (2 s"),
 ]
 
 

@@ -569,7 +569,7 @@ def test_clips_with_non_finite_features_are_skipped_not_cached(tmp_path, clips, 
     train, _ = clips
     exp = make_exp(tmp_path)
     job = ([(os.path.basename(p), p) for p in train[:5]], exp.features.name, exp.features.params, exp.audio, 256,
-           build.window_spec(exp.audio, exp.predict))
+           build.window_spec(exp.data, exp.audio, exp.predict))
     expected = featurise.featurise_chunk(job)
     real = pipeline.features.compute_features
 
@@ -819,6 +819,23 @@ def test_window_starts_step_by_hop_and_end_at_the_clip_end(length, hop, starts):
     assert featurise.window_starts(length, N, hop) == starts
 
 
+def test_a_clip_barely_longer_than_a_window_gets_no_near_duplicate_window():
+    # A file a few samples too long (an off-by-one export, a resampler's rounding) is the clip itself.
+    assert featurise.window_starts(N + 1, N, N // 2, min_overhang=N // 20) == []
+    assert featurise.window_starts(N + N // 20, N, N // 2, min_overhang=N // 20) == [N // 20]
+
+
+def test_window_spec_overhang_and_no_windows_for_recordings_with_boxes():
+    from pipeline.config import Component
+    from pipeline.schema import AudioSettings, PredictSettings
+
+    audio = AudioSettings(sample_rate=2000, duration=2.0)
+    clips = build.window_spec(Component("synthetic_whale", None), audio, PredictSettings())
+    assert (clips.hop, clips.max_samples, clips.min_overhang) == (2000, 1_200_000, 200)
+    # rfcx recordings are predicted by the crops strategy's own windows over the whole cached recording.
+    assert build.window_spec(Component("synthetic_rfcx", None), audio, PredictSettings()) is None
+
+
 def write_long_clips(folder, rng):
     """A 3 s and a 3.5 s clip, the 2 s clip cut from samples [1 s, 3 s] of the 3 s one, and two 2 s clips."""
     os.makedirs(folder, exist_ok=True)
@@ -884,7 +901,7 @@ def test_only_files_longer_than_the_clip_are_read_twice(tmp_path, rng, monkeypat
     exp = make_exp(tmp_path)
     rows = [(os.path.basename(p), p) for p in [*normal, paths["long3.aiff"]]]
     result = featurise.featurise_chunk((rows, exp.features.name, exp.features.params, exp.audio, 256,
-                                        build.window_spec(exp.audio, exp.predict)))
+                                        build.window_spec(exp.data, exp.audio, exp.predict)))
     assert calls == ["clip0.aiff", "clip1.aiff", "long3.aiff", "long3.aiff"]
     assert result["window_ids"] == ["long3.aiff"]  # default hop: half of audio.duration, so the window at 1 s
 
@@ -907,7 +924,7 @@ def test_an_extra_window_with_non_finite_features_is_left_out_alone(tmp_path, rn
     monkeypatch.setattr(pipeline.features, "compute_features", nan_for_the_window_at_1_5_s)
     rows = [(os.path.basename(p), p) for p in [paths["long3_5.aiff"], normal[0]]]
     result = featurise.featurise_chunk((rows, exp.features.name, exp.features.params, exp.audio, 256,
-                                        build.window_spec(exp.audio, exp.predict)))
+                                        build.window_spec(exp.data, exp.audio, exp.predict)))
     assert result["ids"] == ["long3_5.aiff", "clip0.aiff"] and result["skipped"] == []
     assert result["window_ids"] == ["long3_5.aiff"]  # the window at 1 s stays
     assert result["window_notes"] == [("long3_5.aiff", "extra window at 1.5 s left out: non-finite features: the "

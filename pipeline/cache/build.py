@@ -29,11 +29,11 @@ import shutil
 import sys
 import time
 import warnings
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from pipeline import io, layout, ownership
+from pipeline import io, layout, ownership, schema
 from pipeline.cache.encode import ShardWriter
 from pipeline.cache.featurise import Windows
 from pipeline.cache.read import FeatureCache, windows_split
@@ -55,15 +55,26 @@ class CacheError(DataError):
     """The feature cache cannot be built (disk full, too many bad files, ...)."""
 
 
-def window_spec(audio, predict) -> Windows:
+def window_spec(data, audio, predict) -> Optional[Windows]:
     """The extra windows of clips longer than ``audio.duration`` (``AudioSettings``), per ``predict`` (``PredictSettings``).
 
     hop: ``predict.hop_seconds`` or half of ``audio.duration``, in samples
     (rounded, at least 1); at most ``predict.max_seconds`` of a clip are read.
+    A clip gets extra windows only when it overhangs the first window by at
+    least a twentieth of a window (``min_overhang``): a file a few samples
+    longer than the others (an off-by-one export, a resampler's rounding)
+    would otherwise be predicted as the max of two near-identical windows.
+    None for long recordings with boxes (``data`` from a source in
+    :data:`pipeline.schema.RECORDING_SOURCES`): the crops strategy predicts
+    them by its own windows over the whole cached recording.
     """
+    if data.name in schema.RECORDING_SOURCES:
+        return None
+    window = int(round(audio.duration * audio.sample_rate))
     hop_seconds = audio.duration / 2 if predict.hop_seconds is None else predict.hop_seconds
     return Windows(hop=max(1, int(round(hop_seconds * audio.sample_rate))),
-                   max_samples=max(1, int(round(predict.max_seconds * audio.sample_rate))))
+                   max_samples=max(1, int(round(predict.max_seconds * audio.sample_rate))),
+                   min_overhang=max(1, window // 20))
 
 
 def cache_settings(data, audio, features, predict) -> dict:
@@ -80,8 +91,12 @@ def cache_settings(data, audio, features, predict) -> dict:
         "data": data.to_dict(),
         "audio": audio_settings,
         "features": features.to_dict(),
-        "windows": dataclasses.asdict(window_spec(audio, predict)),
+        "windows": _as_dict(window_spec(data, audio, predict)),
     }
+
+
+def _as_dict(windows: Optional[Windows]) -> Optional[dict]:
+    return None if windows is None else dataclasses.asdict(windows)
 
 
 def cache_key(data, audio, features, predict, files: str) -> str:
@@ -205,7 +220,7 @@ def _build(dataset: Dataset, folder: str, settings: _Settings, *, progress: bool
 
     workers = settings.cache.workers or os.cpu_count() or 1
     need = min_samples(features.name, features.params)
-    windows = window_spec(audio, settings.predict)
+    windows = window_spec(settings.data, audio, settings.predict)
     splits: Dict[str, dict] = {}
     skipped, repaired, window_notes = [], [], []
     shard_bytes = int(settings.cache.shard_mb * 1e6)
@@ -213,7 +228,8 @@ def _build(dataset: Dataset, folder: str, settings: _Settings, *, progress: bool
     if start_method() == "fork":
         _warm_up(features, audio.sample_rate, need)
     # The pool starts before the progress bar's monitor thread, so forked workers inherit no threads.
-    pool = Workers(workers, worker_limits(audio, workers, settings.predict.max_seconds))
+    read_seconds = audio.duration if windows is None else settings.predict.max_seconds
+    pool = Workers(workers, worker_limits(audio, workers, read_seconds))
     bar = None  # made at the first result: importing tqdm (~25 ms) then overlaps the workers' first tasks
     try:
         for split in ("train", "test"):

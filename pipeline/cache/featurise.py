@@ -39,13 +39,17 @@ class Windows:
     max_samples : int >= 1
         Samples of a clip read at most (``predict.max_seconds``); beyond them
         a clip has no windows.
+    min_overhang : int >= 1
+        A clip gets extra windows only when it is at least this many samples
+        longer than a window.
     """
 
     hop: int
     max_samples: int
+    min_overhang: int = 1
 
 
-def window_starts(length: int, window: int, hop: int) -> List[int]:
+def window_starts(length: int, window: int, hop: int, min_overhang: int = 1) -> List[int]:
     """Starts (samples) of the extra windows of a clip of ``length`` samples; ``[]`` when ``length <= window``.
 
     The first window (start 0) is the clip itself. The extra ones start at
@@ -53,7 +57,7 @@ def window_starts(length: int, window: int, hop: int) -> List[int]:
     ends exactly at it (start ``length - window``), so the clip's end is
     always seen and no start repeats.
     """
-    if length <= window:
+    if length - window < max(1, min_overhang):
         return []
     return [*range(hop, length - window, hop), length - window]
 
@@ -117,17 +121,23 @@ def featurise_chunk(job, *, clip_cpu_seconds: Optional[float] = None) -> dict:
             ids.append(clip_id)
             positions.append(position)
             notes.extend((clip_id, n) for n in decoded.notes)
-            if decoded.file_samples is None or decoded.file_samples > n_clip:  # longer (or maybe): read on
-                long, why = _long_read(row, decoded.file_samples, audio, min_samples, windows, clip_cpu_seconds)
-                if clip_cpu_seconds:
-                    signal.setitimer(signal.ITIMER_PROF, 0)  # featurising is not decoding
-                window_notes.extend((clip_id, n) for n in why)
-                if long is not None:
-                    records, sizes, why = _window_records(clip_id, long, n_clip, windows.hop, feature_name,
-                                                          feature_params, audio.sample_rate)
+            if windows is not None and (decoded.file_samples is None
+                                        or decoded.file_samples - n_clip >= windows.min_overhang):  # read on
+                try:
+                    long, why = _long_read(row, decoded.file_samples, audio, min_samples, windows,
+                                           clip_cpu_seconds)
+                    if clip_cpu_seconds:
+                        signal.setitimer(signal.ITIMER_PROF, 0)  # featurising is not decoding
                     window_notes.extend((clip_id, n) for n in why)
-                    if sizes:
-                        extra[clip_id] = (records, sizes)
+                    if long is not None:
+                        records, sizes, why = _window_records(clip_id, long, n_clip, windows, feature_name,
+                                                              feature_params, audio.sample_rate)
+                        window_notes.extend((clip_id, n) for n in why)
+                        if sizes:
+                            extra[clip_id] = (records, sizes)
+                except MemoryError:  # the worker's memory bound: the clip keeps its first window
+                    window_notes.append((clip_id, f"no extra windows: out of memory reading or featurising "
+                                                  f"{windows.max_samples / audio.sample_rate:g} s of it"))
     finally:
         if clip_cpu_seconds:
             signal.setitimer(signal.ITIMER_PROF, 0)
@@ -187,7 +197,7 @@ def _long_read(row, file_samples: Optional[int], audio, min_samples: int, window
     return decoded.samples[:length], notes
 
 
-def _window_records(clip_id: str, samples: np.ndarray, window: int, hop: int, name, params,
+def _window_records(clip_id: str, samples: np.ndarray, window: int, windows: Windows, name, params,
                     sample_rate: int) -> Tuple[bytes, List[int], List[str]]:
     """Framed records of the extra windows of one clip's ``samples`` [L], their sizes, and notes on windows left out.
 
@@ -195,7 +205,7 @@ def _window_records(clip_id: str, samples: np.ndarray, window: int, hop: int, na
     audio, each exactly like a clip of that audio; a window whose features
     are not finite is left out (its clip and other windows stay).
     """
-    starts = window_starts(len(samples), window, hop)
+    starts = window_starts(len(samples), window, windows.hop, windows.min_overhang)
     per_batch = max(1, _WINDOW_BATCH_BYTES // (4 * window))
     parts, sizes, notes = [], [], []
     for i in range(0, len(starts), per_batch):
