@@ -132,7 +132,7 @@ def test_a_pickled_fold_job_gives_the_same_fold_in_a_fresh_process(tmp_path):
     dataset = load_dataset(exp.data.name, exp.data.params)
     cache = ensure_features(dataset, str(tmp_path / "cache"), data=exp.data, audio=exp.audio, features=exp.features,
                             cache=exp.cache, predict=exp.predict, progress=False)
-    folds = ensure_folds(dataset, exp, str(tmp_path / "folds"))
+    folds = ensure_folds(dataset, exp.data, exp.folds, str(tmp_path / "folds"))
     job = plan_folds(exp, dataset, cache, folds, str(tmp_path / "here")).job(0)
 
     (tmp_path / "job.pkl").write_bytes(pickle.dumps(dataclasses.replace(job, exp_dir=str(tmp_path / "there"))))
