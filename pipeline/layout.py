@@ -78,9 +78,7 @@ def experiment_dir(output: str, name: str) -> str:
 
 def experiment_file(exp_dir: str, name: str) -> str:
     """A file of the experiment folder; ``name`` is one of :data:`EXPERIMENT_FILES`."""
-    if name not in EXPERIMENT_FILES:
-        raise ValueError(f"{name!r} is not an experiment output; one of {sorted(EXPERIMENT_FILES)}")
-    return _join(exp_dir, name)
+    return _join(exp_dir, _one_of(name, EXPERIMENT_FILES, "an experiment output"))
 
 
 def fold_dir(exp_dir: str, k: int) -> str:
@@ -90,9 +88,7 @@ def fold_dir(exp_dir: str, k: int) -> str:
 
 def fold_file(exp_dir: str, k: int, name: str) -> str:
     """A file of fold ``k``; ``name`` is one of :data:`FOLD_FILES`."""
-    if name not in FOLD_FILES:
-        raise ValueError(f"{name!r} is not a fold output; one of {sorted(FOLD_FILES)}")
-    return _join(fold_dir(exp_dir, k), name)
+    return _join(fold_dir(exp_dir, k), _one_of(name, FOLD_FILES, "a fold output"))
 
 
 def fold_index(folder_name: str):
@@ -135,6 +131,13 @@ def best_weights_name(epoch: int) -> str:
     return f"best-epoch{int(epoch)}.weights.h5"
 
 
+def _one_of(name: str, names, what: str) -> str:
+    """``name``, when it is one of ``names`` (a writer asking for a name this module does not define is a bug)."""
+    if name not in names:
+        raise ValueError(f"{name!r} is not {what}; one of {sorted(names)}")
+    return name
+
+
 def _join(folder: str, name: str) -> str:
     # gs:// paths join like local ones; os.path.join would do too, but keep the separator explicit.
     return folder.rstrip("/") + "/" + name if folder else name
@@ -169,9 +172,7 @@ QUEUE_FILES = frozenset({QUEUE_OOF, SUMMARY, REPORT, SCREENSHOT, QUEUE_LOG})
 
 def queue_file(output: str, name: str) -> str:
     """A file at the top of the output folder; ``name`` is one of :data:`QUEUE_FILES`."""
-    if name not in QUEUE_FILES:
-        raise ValueError(f"{name!r} is not a queue-level output file; one of {sorted(QUEUE_FILES)}")
-    return _join(output, name)
+    return _join(output, _one_of(name, QUEUE_FILES, "a queue-level output file"))
 
 
 def blend_dir(output: str) -> str:
@@ -181,9 +182,7 @@ def blend_dir(output: str) -> str:
 
 def blend_file(blend_folder: str, name: str) -> str:
     """A file of the blend folder (:func:`blend_dir`); ``name`` is one of :data:`BLEND_FOLDER_FILES`."""
-    if name not in BLEND_FOLDER_FILES:
-        raise ValueError(f"{name!r} is not a blend output; one of {sorted(BLEND_FOLDER_FILES)}")
-    return _join(blend_folder, name)
+    return _join(blend_folder, _one_of(name, BLEND_FOLDER_FILES, "a blend output"))
 
 
 def queue_figure(output: str, name: str) -> str:
@@ -197,9 +196,7 @@ def experiment_figure(exp_dir: str, name: str) -> str:
 
 
 def _figure(name: str) -> str:
-    if name not in FIGURES:
-        raise ValueError(f"{name!r} is not a report figure; one of {sorted(FIGURES)}")
-    return name
+    return _one_of(name, FIGURES, "a report figure")
 
 
 def cache_root(output: str) -> str:

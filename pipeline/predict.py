@@ -24,13 +24,14 @@ AGGREGATES = ("max", "mean")
 
 
 def window_starts(n_frames: int, window: int, hop: int) -> List[int]:
-    """Starts of windows of ``window`` frames every ``hop`` frames; the last window ends at the last frame."""
-    if window >= n_frames:
-        return [0]
-    starts = list(range(0, n_frames - window + 1, hop))
-    if starts[-1] != n_frames - window:
-        starts.append(n_frames - window)
-    return starts
+    """Starts of windows of ``window`` frames every ``hop`` frames; the last window ends at the last frame.
+
+    The same rule as the cache's extra windows of long clips (:func:`pipeline.cache.featurise.window_starts`,
+    the windows after the first), here over a whole example's frames.
+    """
+    from pipeline.cache.featurise import window_starts as later_windows
+
+    return [0, *later_windows(n_frames, window, hop)]
 
 
 def _clipwise(predictions) -> np.ndarray:

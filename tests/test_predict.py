@@ -136,8 +136,9 @@ def test_a_pickled_fold_job_gives_the_same_fold_in_a_fresh_process(tmp_path):
     job = plan_folds(exp, dataset, cache, folds, str(tmp_path / "here")).job(0)
 
     (tmp_path / "job.pkl").write_bytes(pickle.dumps(dataclasses.replace(job, exp_dir=str(tmp_path / "there"))))
-    code = ("import pickle, sys; from pipeline.fold_job import run_fold_job; "
-            "run_fold_job(pickle.load(open(sys.argv[1], 'rb')))")
+    # The job file is the one this test just wrote (a fold job's contract is to be picklable).
+    code = ("import pathlib, pickle, sys; from pipeline.fold_job import run_fold_job; "
+            "run_fold_job(pickle.loads(pathlib.Path(sys.argv[1]).read_bytes()))")
     env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"}
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "job.pkl")], cwd=tmp_path, env=env, check=True,
                    timeout=600)
