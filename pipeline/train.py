@@ -211,7 +211,8 @@ def train_fold(
     else:
         _average_epochs(model, state_dir, state["averaged"], train_data(state["epoch"]).take(train_steps),
                         seed=epoch_seed(seed, fold, state["epoch"] + 1))
-        log.debug("fold %d: model = mean of the weights of epochs %s", fold, [e["epoch"] for e in state["averaged"]])
+        log.debug("fold %d: model = mean of the weights of epochs %s", fold,
+                  [e["epoch"] for e in state["averaged"]])
     history = pd.DataFrame(state["history"])
     return FoldResult(model=model, history=history, epochs=state["epoch"], best_epoch=state["best_epoch"],
                       best=state["best"], seconds=state["seconds"])

@@ -1,4 +1,4 @@
-"""Weight averaging of a fold (issue 17): EMA through the optimizer, SWA / checkpoint averaging, batch-norm recompute."""
+"""Weight averaging of a fold (issue 17): EMA in the optimizer, SWA / checkpoint averaging, batch-norm recompute."""
 
 import os
 
