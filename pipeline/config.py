@@ -358,6 +358,12 @@ def _build(cls, values: dict, where, base_dir, problems):
             problems.append(f"{where(key)}: unknown key; expected one of: {choices}")
             ok = False
             continue
+        nested = _nested_settings(hints[key], fields[key].metadata)
+        if nested is not None:  # a mapping (train.ema) or a list of mappings (predict.tta) of settings
+            built = _build_nested(nested, value, where(key), base_dir, problems)
+            ok = ok and built is not _INVALID
+            kwargs[key] = built
+            continue
         error, value = _check_value(value, hints[key], fields[key].metadata, base_dir)
         if error:
             problems.append(f"{where(key)}: {error}")
@@ -374,6 +380,47 @@ def _build(cls, values: dict, where, base_dir, problems):
             else:
                 kwargs[key] = value
     return cls(**kwargs) if ok else None
+
+
+# ----------------------------------------------------------------------------- nested settings (issue 17)
+# train.ema / train.swa (a mapping or null) and predict.tta (a list of mappings): schema dataclasses inside a
+# section, checked key by key like a section, each problem named by its full key path.
+
+_INVALID = object()  # marks a nested value that failed (its problems are already listed)
+
+
+def _nested_settings(hint, meta):
+    """(schema dataclass, max_len) when a field holds a list of settings (``items=<dataclass>``, ``max_len``),
+    (schema dataclass, None) when it holds one mapping of them; None for a plain value."""
+    items = meta.get("items")
+    if dataclasses.is_dataclass(items):
+        return items, meta["max_len"]
+    args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    return (args[0], None) if dataclasses.is_dataclass(args[0]) else None
+
+
+def _build_nested(nested, value, path, base_dir, problems):
+    """``value`` as the settings dataclass (null: None) or a tuple of them (null: empty); _INVALID on a problem."""
+    cls, max_len = nested
+    keys = ", ".join(f.name for f in dataclasses.fields(cls))
+    if max_len is not None:
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            problems.append(f"{path}: expected a list of mappings with keys {keys}; got {_typename(value)}")
+            return _INVALID
+        if len(value) > max_len:
+            problems.append(f"{path}: at most {max_len} items; got {len(value)}")
+            return _INVALID
+        built = [_build_nested((cls, None), v, f"{path}[{i}]", base_dir, problems) for i, v in enumerate(value)]
+        return _INVALID if any(b is _INVALID or b is None for b in built) else tuple(built)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        problems.append(f"{path}: expected a mapping with keys {keys}; got {_typename(value)}")
+        return _INVALID
+    built = _build(cls, value, lambda k: f"{path}.{k}", base_dir, problems)
+    return _INVALID if built is None else built
 
 
 def _check_value(value, hint, meta, base_dir) -> Tuple[Optional[str], Any]:

@@ -65,6 +65,8 @@ def check_experiment(exp, origin: Callable[..., str], problems: List[str]) -> No
                         f"(data.name {', '.join(RFCX_SOURCES)}); use val_auc or val_loss with {exp.data.name}")
     _check_model(exp, shape, origin, problems)
     _check_loss(exp, origin, problems)
+    _check_averaging(exp, origin, problems)
+    _check_tta(exp, origin, problems)
     if shape is not None:
         _check_augment(exp, shape, origin, problems)
     if not is_rfcx:  # recordings with boxes are predicted by crops.window_*, not by predict.*
@@ -223,6 +225,41 @@ def _check_augment(exp, shape, origin, problems) -> None:
     if aug.gain_db and feature == "complexity":
         problems.append(f"{origin('augment', 'gain_db')}: has no effect on complexity features (they are scale "
                         f"invariant); set it to 0")
+
+
+# ----------------------------------------------------------------------------- weight averaging and TTA (issue 17)
+
+
+def _check_averaging(exp, origin, problems) -> None:
+    """train.ema: momentum in (0, 1); train.swa: exactly one of epochs / best, at most train.epochs."""
+    train = exp.train
+    if train.ema is not None and train.ema.momentum >= 1.0:
+        problems.append(f"{origin('train', 'ema')}.momentum: must be < 1 (1 never moves the average away from "
+                        f"the initial weights); got {train.ema.momentum:g}")
+    if train.swa is None:
+        return
+    given = [k for k in ("epochs", "best") if getattr(train.swa, k) is not None]
+    if len(given) != 1:
+        problems.append(f"{origin('train', 'swa')}: exactly one of `epochs` (the last K epochs) or `best` (the K "
+                        f"best epochs by train.monitor); got {' and '.join(given) if given else 'neither'}")
+    for key in given:
+        k = getattr(train.swa, key)
+        if k > train.epochs:
+            problems.append(f"{origin('train', 'swa')}.{key}: averages {k} epochs but train.epochs is "
+                            f"{train.epochs}; must be <= train.epochs")
+
+
+def _check_tta(exp, origin, problems) -> None:
+    """predict.tta views: a shift shorter than a clip; no gain on scale-invariant complexity series."""
+    duration = exp.audio.duration
+    for i, view in enumerate(exp.predict.tta):
+        where = f"{origin('predict', 'tta')}[{i}]"
+        if abs(view.shift) >= duration:
+            problems.append(f"{where}.shift: a circular shift must be shorter than audio.duration ({duration:g} s); "
+                            f"got {view.shift:g}")
+        if view.gain_db and exp.features.name == "complexity":
+            problems.append(f"{where}.gain_db: has no effect on complexity features (they are scale invariant); "
+                            f"leave it out")
 
 
 # ----------------------------------------------------------------------------- mel filter bank, without numpy

@@ -121,7 +121,7 @@ def _run(job: FoldJob, rt) -> Tuple[pd.DataFrame, Optional[pd.DataFrame]]:
     result = train_fold(build=build, compile_model=compile_model, train_data=data.train_data,
                         valid_data=data.valid_batches, train_steps=data.train_steps, valid_steps=data.valid_steps,
                         fold_dir=fold_dir, fold=k, epochs=job.train.epochs, patience=job.train.patience,
-                        monitor=job.train.monitor, seed=job.train.seed, strategy=rt.strategy)
+                        monitor=job.train.monitor, seed=job.train.seed, strategy=rt.strategy, swa=job.train.swa)
 
     predictor = prediction_model(result.model, rt)
     windows = strategy.windows(job, cache.shape)

@@ -110,8 +110,8 @@ class ClipStrategy:
                         train_steps=-(-len(job.train_ids) // batch), valid_steps=-(-len(job.valid_ids) // batch))
 
     def windows(self, spec, shape) -> dict:
-        """Prediction settings of :func:`pipeline.predict.predict_examples` (window: the model's input)."""
-        return {"aggregate": spec.predict.aggregate}
+        """Prediction settings of :func:`pipeline.predict.predict_examples` (window: the model's input; TTA views)."""
+        return {"aggregate": spec.predict.aggregate, "views": test_time_views(spec)}
 
     def extra_windows(self, cache, split: str):
         """The later windows of clips longer than ``audio.duration`` (None when there are none)."""
@@ -209,7 +209,7 @@ class CropStrategy:
     def windows(self, spec, shape) -> dict:
         """Sliding windows over the whole recording from ``crops.window_*`` (frames)."""
         _, window, hop = crop_lengths(spec, int(shape[0]))
-        return {"window": window, "hop": hop, "aggregate": spec.crops.aggregate}
+        return {"window": window, "hop": hop, "aggregate": spec.crops.aggregate, "views": test_time_views(spec)}
 
     def extra_windows(self, cache, split: str):
         """None: the whole recording is the example (cut into windows by the prediction stage)."""
@@ -228,6 +228,19 @@ class CropStrategy:
         return (f"; crops of {crop} frames ({crop / rate:.1f} s), windows of {window} every {hop} frames, "
                 f"{spec.crops.aggregate} over windows; targets "
                 f"{'clipwise + framewise' if self.framewise(spec) else 'clipwise'}")
+
+
+def test_time_views(spec) -> tuple:
+    """``predict.tta`` as views of :func:`pipeline.predict.tta_views`, in the feature's time steps (() = no TTA).
+
+    Every caller of the prediction stage gets them from ``windows()``, so OOF, test and new-audio
+    predictions use the same views.
+    """
+    from pipeline.predict import tta_views
+
+    feature = spec.features.name
+    rate = spec.audio.sample_rate if feature == "waveform" else spec.audio.sample_rate / spec.features.params.hop_length
+    return tta_views(spec.predict.tta, feature=feature, steps_per_second=rate)
 
 
 def crop_lengths(spec, n_frames: int) -> tuple:

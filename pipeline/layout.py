@@ -131,6 +131,11 @@ def best_weights_name(epoch: int) -> str:
     return f"best-epoch{int(epoch)}.weights.h5"
 
 
+def averaged_weights_name(epoch: int) -> str:
+    """``train.swa``: the weights after ``epoch`` (1-based) kept for averaging, inside fold<k>/state/ (issue 17)."""
+    return f"swa-epoch{int(epoch)}.weights.h5"
+
+
 def _one_of(name: str, names, what: str) -> str:
     """``name``, when it is one of ``names`` (a writer asking for a name this module does not define is a bug)."""
     if name not in names:

@@ -11,11 +11,16 @@ examples; the OOF and test predictions of every kind of data go through it:
 * a clip longer than ``audio.duration`` has its later windows in the feature
   cache (``FeatureCache.extra_windows``); their predictions are combined with
   the clip's own (first-window) prediction the same way.
+
+Test-time augmentation happens here too (``views``, from ``predict.tta`` by
+:func:`tta_views`): every model input (a clip, a window) is predicted in each
+view and the views' probabilities are averaged (arithmetic mean) before windows
+are combined, so OOF, test and new-audio predictions see the same views.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -45,8 +50,46 @@ def _combine(stacked: np.ndarray, aggregate: str) -> np.ndarray:
     return stacked.max(0) if aggregate == "max" else stacked.mean(0)
 
 
+View = Callable[[np.ndarray], np.ndarray]  # a batch of model inputs [B, T, ...] -> the same batch seen differently
+
+
+def tta_views(tta, *, feature: str, steps_per_second: float) -> Tuple[View, ...]:
+    """The test-time views of ``predict.tta`` (a tuple of :class:`pipeline.schema.TtaView`); () = no TTA.
+
+    Each view acts on a batch of model inputs x [B, T, ...] (T: frames, or samples of a waveform):
+    a circular shift along T by ``round(shift * steps_per_second)`` steps (circular like
+    ``augment.time_shift``, so a trained model has seen such inputs; positive shifts move
+    content later), then a gain: ``+ gain_db`` on log-mel (dB), ``* 10 ** (gain_db / 20)`` on a
+    waveform (complexity series are scale invariant; config_checks refuses a gain there).
+    steps_per_second : frames per second of the feature (sample_rate / hop_length), or the sample rate.
+    """
+    def view(shift: int, gain_db: float) -> View:
+        def apply(x: np.ndarray) -> np.ndarray:
+            if shift:
+                x = np.roll(x, shift, axis=1)
+            if gain_db:
+                x = x + np.float32(gain_db) if feature == "mel" else x * np.float32(10.0 ** (gain_db / 20.0))
+            return x
+        return apply
+
+    return tuple(view(int(round(v.shift * steps_per_second)), float(v.gain_db)) for v in tta)
+
+
+def _predictor(model, views: Sequence[View]) -> Callable[[np.ndarray], np.ndarray]:
+    """A batch of model inputs -> clipwise probabilities [B, C] float32, averaged over ``views`` (if any)."""
+    if not views:
+        return lambda x: _clipwise(model.predict_on_batch(x))
+
+    def predict(x):
+        x = np.asarray(x)
+        return np.mean([_clipwise(model.predict_on_batch(view(x))) for view in views], axis=0)
+
+    return predict
+
+
 def predict_examples(model, examples, *, batch_size: int, window: Optional[int] = None, hop: Optional[int] = None,
-                     aggregate: str = "max", extra_windows=None) -> Tuple[List[str], np.ndarray]:
+                     aggregate: str = "max", extra_windows=None,
+                     views: Sequence[View] = ()) -> Tuple[List[str], np.ndarray]:
     """Predict ``(id, x)`` examples with a fold model: (ids in dataset order, predictions [n, C] float32).
 
     examples : tf.data.Dataset of ``(id: string, x: float32 [T, ...])``, unbatched; every example
@@ -60,34 +103,36 @@ def predict_examples(model, examples, *, batch_size: int, window: Optional[int] 
         consecutive). Windows of ids among ``examples`` are predicted ``batch_size`` at a time and
         each clip's prediction becomes ``aggregate`` over its first window and its extra windows.
     aggregate : ``max`` or ``mean``.
+    views : test-time views (:func:`tta_views`); each model input's prediction is the mean of its
+        views' predictions. () predicts the inputs as they are.
     """
     if aggregate not in AGGREGATES:
         raise ValueError(f"aggregate must be 'max' or 'mean'. Received: aggregate={aggregate!r}")
     n_outputs = int(model.outputs[0].shape[-1])
     window = window or model.inputs[0].shape[1]
+    predict = _predictor(model, views)
     ids: List[str] = []
     outs: List[np.ndarray] = []
     for batch_ids, xs in examples.batch(batch_size):
         if window is None or xs.shape[1] <= window:
             ids.extend(v.decode() for v in batch_ids.numpy())
-            outs.append(_clipwise(model.predict_on_batch(xs)))
+            outs.append(predict(xs))
             continue
         for rid, x in zip(batch_ids.numpy(), xs.numpy()):
             starts = window_starts(len(x), window, hop or max(1, window // 2))
             windows = np.stack([x[s: s + window] for s in starts])
-            preds = np.concatenate([_clipwise(model.predict_on_batch(windows[b: b + batch_size]))
-                                    for b in range(0, len(windows), batch_size)])
+            preds = np.concatenate([predict(windows[b: b + batch_size]) for b in range(0, len(windows), batch_size)])
             outs.append(_combine(preds, aggregate)[None])
             ids.append(rid.decode())
     if not outs:
         return [], np.zeros((0, n_outputs), np.float32)
     preds = np.concatenate(outs)
     if extra_windows is not None:
-        preds = _with_extra_windows(model, ids, preds, extra_windows, batch_size=batch_size, aggregate=aggregate)
+        preds = _with_extra_windows(predict, ids, preds, extra_windows, batch_size=batch_size, aggregate=aggregate)
     return ids, preds
 
 
-def _with_extra_windows(model, ids: List[str], preds: np.ndarray, extra_windows, *, batch_size: int,
+def _with_extra_windows(predict, ids: List[str], preds: np.ndarray, extra_windows, *, batch_size: int,
                         aggregate: str) -> np.ndarray:
     """``preds`` [n, C] of the first windows, each clip with extra windows combined with theirs."""
     from pipeline.cache.read import labelled
@@ -97,7 +142,7 @@ def _with_extra_windows(model, ids: List[str], preds: np.ndarray, extra_windows,
     windows = labelled(extra_windows, ids, rows).map(lambda i, x, row: (row, x))
     per_clip: Dict[int, List[np.ndarray]] = {}
     for row, x in windows.batch(batch_size):
-        for n, p in zip(row.numpy()[:, 0].astype(int), _clipwise(model.predict_on_batch(x))):
+        for n, p in zip(row.numpy()[:, 0].astype(int), predict(x)):
             per_clip.setdefault(n, []).append(p)
     combined = preds.copy()
     for n, extra in per_clip.items():

@@ -128,11 +128,17 @@ def make_schedule(name: str, params, *, learning_rate: float, steps_per_epoch: i
 
 
 def make_optimizer(train, schedule) -> keras.optimizers.Optimizer:
-    """Adam, AdamW (decoupled weight decay) or SGD with Nesterov momentum, from ``train`` settings."""
+    """Adam, AdamW (decoupled weight decay) or SGD with Nesterov momentum, from ``train`` settings.
+
+    With ``train.ema`` the optimizer keeps the weights' exponential moving average itself (Keras'
+    ``use_ema``): its variables are saved with the optimizer in every epoch's checkpoint, so a
+    resumed fold continues the same average (see :func:`pipeline.train.train_fold`).
+    """
+    ema = {} if train.ema is None else {"use_ema": True, "ema_momentum": train.ema.momentum}
     if train.optimizer == "adam":
-        return keras.optimizers.Adam(schedule)
+        return keras.optimizers.Adam(schedule, **ema)
     if train.optimizer == "adamw":
-        return keras.optimizers.AdamW(schedule, weight_decay=train.weight_decay)
+        return keras.optimizers.AdamW(schedule, weight_decay=train.weight_decay, **ema)
     if train.optimizer == "sgd":
-        return keras.optimizers.SGD(schedule, momentum=train.momentum, nesterov=True)
+        return keras.optimizers.SGD(schedule, momentum=train.momentum, nesterov=True, **ema)
     raise ValueError(f"train.optimizer must be one of adam, adamw, sgd. Received: optimizer={train.optimizer!r}")

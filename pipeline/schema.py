@@ -442,6 +442,45 @@ SCHEDULES = Registry("schedule", [
 # ----------------------------------------------------------------------------- training
 
 
+# ----------------------------------------------------------------------------- weight averaging and TTA (issue 17)
+# Nested settings of train.ema, train.swa and predict.tta (mappings inside a section; see pipeline.config._build).
+
+
+@dataclass(frozen=True)
+class EmaSettings:
+    """``train.ema``: an exponential moving average of the weights, kept by the Keras optimizer (``use_ema``).
+
+    After every optimizer step: average = momentum * average + (1 - momentum) * weights.
+    Validation, early stopping, the best epoch, checkpoints and predictions use the average.
+    """
+
+    momentum: float = rule(0.99, min_exclusive=0.0, max=1.0)  # < 1 (checked in config_checks)
+
+
+@dataclass(frozen=True)
+class SwaSettings:
+    """``train.swa``: the fold's model is the mean of several epochs' weights (exactly one key).
+
+    epochs: the last K finished epochs; best: the K best epochs by ``train.monitor``.
+    """
+
+    epochs: Optional[int] = rule(None, min=2, max=10000)
+    best: Optional[int] = rule(None, min=2, max=10000)
+
+
+@dataclass(frozen=True)
+class TtaView:
+    """One deterministic test-time view of a model input (``predict.tta`` item); keys left out change nothing.
+
+    shift: circular time shift, s (positive: later; frames or samples rounded to the nearest);
+    gain_db: gain, dB (mel: added to the log-mel; waveform: scaled by 10 ** (gain_db / 20);
+    complexity series are scale invariant, so it is refused there).
+    """
+
+    shift: float = rule(0.0, min=-3600.0, max=3600.0)
+    gain_db: float = rule(0.0, min=-60.0, max=60.0)
+
+
 @dataclass(frozen=True)
 class TrainSettings:
     """Per-fold training loop."""
@@ -465,6 +504,9 @@ class TrainSettings:
     precision: str = rule("auto", choices=("auto", "float32", "mixed_float16", "mixed_bfloat16"))
     # XLA compilation of the train / predict steps; auto = on with a GPU or TPU, off on CPU.
     jit_compile: object = rule("auto", choices=("auto", True, False))
+    # Weight averaging (issue 17), both off by default: see EmaSettings, SwaSettings.
+    ema: Optional[EmaSettings] = rule(None)
+    swa: Optional[SwaSettings] = rule(None)
 
 
 @dataclass(frozen=True)
@@ -521,6 +563,8 @@ class PredictSettings:
     hop_seconds: Optional[float] = rule(None, min_exclusive=0.0, max=3600.0)
     aggregate: str = rule("max", choices=("max", "mean"))
     max_seconds: float = rule(600.0, min_exclusive=0.0, max=86400.0)
+    # Test-time augmentation (issue 17): views whose predictions are averaged; () = none. See TtaView.
+    tta: tuple = rule((), items=TtaView, max_len=16)
 
 
 # ----------------------------------------------------------------------------- blending

@@ -7,6 +7,14 @@ this order, the best weights (when improved), the full model with optimizer
 state, and ``state.json`` (epoch, best score, patience counter, history). A
 killed fold resumes from its last completed epoch with the best-weights
 checkpoint intact; ``state.json`` is the commit point.
+
+Weight averaging (issue 17, :mod:`pipeline.averaging`): with ``train.ema`` the
+optimizer keeps the average, validation and the saved best / averaged weights
+use it, and each epoch's checkpoint holds the training weights with the
+average in the optimizer state, so a resumed fold continues both. With
+``train.swa`` the weights of the epochs to average are kept in the state folder
+(named in ``state.json``) and the fold's model is their mean, its batch-norm
+statistics recomputed on the fold's training batches.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from pipeline import io, layout
+from pipeline import averaging, io, layout
 from pipeline.errors import TrainingError
 
 log = logging.getLogger(__name__)
@@ -89,14 +97,18 @@ def train_fold(
     seed: int,
     custom_objects: Optional[dict] = None,
     strategy=None,
+    swa=None,
 ) -> FoldResult:
-    """Train (or resume) one fold and return the model holding its best weights.
+    """Train (or resume) one fold and return the model holding its best (or averaged) weights.
 
     build : () -> uncompiled keras.Model; compile_model : compiles it in place.
     train_data : epoch -> tf.data.Dataset of (x, y) batches for that epoch.
     valid_data : tf.data.Dataset of (x, y) batches (deterministic).
     monitor : ``val_auc`` (maximised) or ``val_loss`` (minimised).
     strategy : tf.distribute.Strategy the model, optimizer and metrics are created under (None: the current one).
+    swa : None, or :class:`pipeline.schema.SwaSettings`: the returned model averages the weights of the last
+        ``swa.epochs`` or the ``swa.best`` best epochs instead of holding the best epoch's.
+    EMA is on when ``compile_model`` gives the optimizer ``use_ema`` (``train.ema``).
     """
     scope = strategy.scope if strategy is not None else contextlib.nullcontext
     state_dir = os.path.join(fold_dir, layout.STATE)
@@ -105,12 +117,12 @@ def train_fold(
     maximise = not monitor.endswith("loss")
 
     fresh = {"epoch": 0, "best": None, "best_epoch": 0, "wait": 0, "stopped": False, "history": [], "seconds": 0.0,
-             "last": None, "best_weights": None}
+             "last": None, "best_weights": None, "averaged": []}
     state = dict(fresh)
     model = None
     if io.isfile(state_path):
         try:
-            state = io.read_json(state_path)
+            state = {**fresh, **io.read_json(state_path)}  # keys added since (averaged) start empty
             with scope():
                 model = keras.models.load_model(os.path.join(state_dir, state["last"]), custom_objects=custom_objects,
                                                 compile=True)
@@ -127,18 +139,21 @@ def train_fold(
             compile_model(model)
 
     started = time.time() - state["seconds"]
+    training_weights = averaging.TrainingWeights() if averaging.uses_ema(model) else None
     for epoch in range(state["epoch"], epochs):
         if state["stopped"]:
             break
         keras.utils.set_random_seed(epoch_seed(seed, fold, epoch + 1))
         t0 = time.time()
+        # TensorBoard: one run per fold under fold<k>/tb/; epochs keep their numbers across resumes.
+        callbacks = [keras.callbacks.TerminateOnNaN(),
+                     keras.callbacks.TensorBoard(log_dir=os.path.join(fold_dir, layout.TENSORBOARD),
+                                                 write_graph=False, profile_batch=0)]
+        if training_weights is not None:  # EMA: validated and saved below; training goes on from the raw weights
+            callbacks += [training_weights, keras.callbacks.SwapEMAWeights(swap_on_epoch=True)]
         fit = model.fit(
             train_data(epoch), validation_data=valid_data, initial_epoch=epoch, epochs=epoch + 1, verbose=0,
-            steps_per_epoch=train_steps, validation_steps=valid_steps,
-            # TensorBoard: one run per fold under fold<k>/tb/; epochs keep their numbers across resumes.
-            callbacks=[keras.callbacks.TerminateOnNaN(),
-                       keras.callbacks.TensorBoard(log_dir=os.path.join(fold_dir, layout.TENSORBOARD),
-                                                   write_graph=False, profile_batch=0)],
+            steps_per_epoch=train_steps, validation_steps=valid_steps, callbacks=callbacks,
         )
         if strategy is not None:
             from pipeline.distribute import average_non_trainable
@@ -160,31 +175,57 @@ def train_fold(
             improved = state["best"] is None
         # Checkpoints are named by epoch and state.json (written last) names the current ones,
         # so a kill between any two writes resumes from a consistent (epoch, weights) pair.
-        previous = (state["last"], state["best_weights"])
+        previous = (state["last"], state["best_weights"], *(e["weights"] for e in state["averaged"]))
         if improved:
             state.update(best=value, best_epoch=epoch + 1, wait=0, best_weights=layout.best_weights_name(epoch + 1))
             _save_weights(model, os.path.join(state_dir, state["best_weights"]))
         else:
             state["wait"] += 1
+        if swa is not None:
+            entry = {"epoch": epoch + 1, "value": value, "weights": layout.averaged_weights_name(epoch + 1)}
+            kept = averaging.kept_epochs([*state["averaged"], entry], last=swa.epochs, best=swa.best,
+                                         maximise=maximise)
+            if entry in kept:
+                _save_weights(model, os.path.join(state_dir, entry["weights"]))
+            state["averaged"] = kept
+        if training_weights is not None:
+            training_weights.restore(model)  # the checkpoint: training weights, the average in the optimizer
         state["epoch"] = epoch + 1
         state["stopped"] = state["wait"] >= patience
         state["seconds"] = time.time() - started
         state["last"] = layout.checkpoint_name(epoch + 1)
         save_model(model, os.path.join(state_dir, state["last"]))
         io.write_json(state_path, state)
+        current = (state["last"], state["best_weights"], *(e["weights"] for e in state["averaged"]))
         for old in previous:
-            if old and old not in (state["last"], state["best_weights"]):
+            if old and old not in current:
                 io.remove(os.path.join(state_dir, old))
         log.debug("fold %d epoch %d: %s", fold, epoch + 1, " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
         if state["stopped"]:
             log.debug("fold %d: early stop after epoch %d (best %s=%.4f at epoch %d)", fold, epoch + 1, monitor,
                       state["best"], state["best_epoch"])
 
-    with io.local_copy(os.path.join(state_dir, state["best_weights"])) as best:
-        model.load_weights(best)
+    if swa is None:
+        with io.local_copy(os.path.join(state_dir, state["best_weights"])) as best:
+            model.load_weights(best)
+    else:
+        _average_epochs(model, state_dir, state["averaged"], train_data(state["epoch"]).take(train_steps),
+                        seed=epoch_seed(seed, fold, state["epoch"] + 1))
+        log.debug("fold %d: model = mean of the weights of epochs %s", fold,
+                  [e["epoch"] for e in state["averaged"]])
     history = pd.DataFrame(state["history"])
     return FoldResult(model=model, history=history, epochs=state["epoch"], best_epoch=state["best_epoch"],
                       best=state["best"], seconds=state["seconds"])
+
+
+def _average_epochs(model: keras.Model, state_dir: str, kept, batches, *, seed: int) -> None:
+    """``train.swa``: the model becomes the mean of the kept epochs' weights, batch norm recomputed on
+    ``batches`` (training batches of the epoch after the last, seeded: the same in a resumed run)."""
+    with contextlib.ExitStack() as stack:
+        paths = [stack.enter_context(io.local_copy(os.path.join(state_dir, e["weights"]))) for e in kept]
+        averaging.average_weights(model, paths)
+    keras.utils.set_random_seed(seed)
+    averaging.recompute_batch_norm(model, batches)
 
 
 # ----------------------------------------------------------------------------- input pipelines

@@ -90,6 +90,25 @@ BAD = [
     (GOOD.replace("features: complexity", "features: {name: complexity, spectrum: cqt}"), "defaults.features.spectrum", "choose one of"),
     (GOOD.replace("features: complexity", "features: [complexity]"), "defaults.features", "expected a name or a mapping"),
 ]
+# Weight averaging and test-time augmentation (issue 17): nested settings, named by their full key path.
+_TRAIN = "train: {epochs: 1}"
+BAD += [
+    (GOOD.replace(_TRAIN, "train: {epochs: 1, ema: {momentum: 1.0}}"), "defaults.train.ema.momentum", "must be < 1"),
+    (GOOD.replace(_TRAIN, "train: {epochs: 1, ema: {momentum: 0}}"), "defaults.train.ema.momentum", "> 0"),
+    (GOOD.replace(_TRAIN, "train: {epochs: 1, ema: {decay: 0.9}}"), "defaults.train.ema.decay", "unknown key"),
+    (GOOD.replace(_TRAIN, "train: {epochs: 1, ema: 0.99}"), "defaults.train.ema", "expected a mapping"),
+    (GOOD.replace(_TRAIN, "train: {epochs: 4, swa: {epochs: 2, best: 2}}"), "defaults.train.swa", "exactly one"),
+    (GOOD.replace(_TRAIN, "train: {epochs: 4, swa: {}}"), "defaults.train.swa", "got neither"),
+    (GOOD.replace(_TRAIN, "train: {epochs: 4, swa: {epochs: 1}}"), "defaults.train.swa.epochs", ">= 2"),
+    (GOOD.replace(_TRAIN, "train: {epochs: 4, swa: {best: 5}}"), "defaults.train.swa.best", "<= train.epochs"),
+    (GOOD.replace(_TRAIN, _TRAIN + "\n  predict: {tta: [{shift: 0.1}, {flip: true}]}"), "defaults.predict.tta[1].flip",
+     "unknown key"),
+    (GOOD.replace(_TRAIN, _TRAIN + "\n  predict: {tta: {shift: 0.1}}"), "defaults.predict.tta", "expected a list"),
+    (GOOD.replace(_TRAIN, _TRAIN + "\n  predict: {tta: [{shift: 5.0}]}"), "defaults.predict.tta[0].shift",
+     "shorter than audio.duration"),
+    (GOOD.replace(_TRAIN, _TRAIN + "\n  predict: {tta: [{gain_db: -6}]}"), "defaults.predict.tta[0].gain_db",
+     "complexity"),
+]
 BAD = [case for case in BAD if case[1]]
 
 
@@ -409,6 +428,7 @@ def _numeric_fields():
 
     classes = [e.params for kinds in (*schema.COMPONENT_SECTIONS.values(), schema.BLEND_METHODS) for e in kinds.entries()]
     classes += list(schema.PLAIN_SECTIONS.values())
+    classes += [schema.EmaSettings, schema.SwaSettings, schema.TtaView]  # nested in train / predict
     for cls in classes:
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
@@ -421,8 +441,10 @@ def _numeric_fields():
 @pytest.mark.parametrize("cls,field,kind", list(_numeric_fields()))
 def test_every_number_has_an_upper_bound(cls, field, kind):
     """A new numeric field cannot be added without a documented maximum (absurd values fail before any work)."""
+    import dataclasses
+
     meta = field.metadata
-    if kind is tuple and meta.get("items") == "label":
+    if kind is tuple and (meta.get("items") == "label" or dataclasses.is_dataclass(meta.get("items"))):
         assert "max_len" in meta, f"{cls.__name__}.{field.name}: add max_len"
     elif kind is tuple:
         assert "max_len" in meta and "item_max" in meta, f"{cls.__name__}.{field.name}: add max_len and item_max"

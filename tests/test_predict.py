@@ -103,6 +103,73 @@ def test_extra_windows_of_long_clips_are_combined_per_clip(aggregate, expected):
     np.testing.assert_allclose(plain[:, 0], [0.2, 0.3, 0.5, 0.1], rtol=1e-6)
 
 
+# ----------------------------------------------------------------------------- test-time augmentation (issue 17)
+
+
+def first_frame_model(length=T):
+    """Predicts channel 0 of the first frame: [B, length, 2] -> [B, 1] (not shift invariant: a known answer)."""
+    import keras
+
+    x = keras.Input((length, 2))
+    return keras.Model(x, keras.layers.Lambda(lambda v: v[:, 0, :1])(x))
+
+
+TTA_QUEUE = """
+experiments:
+  - name: tta
+    data: {name: synthetic_whale, n_train: 40, n_test: 10}
+    features: {name: mel, n_fft: 64, hop_length: 32, n_mels: 8}
+    model: inceptiontime
+    predict: {tta: TTA}
+"""
+
+
+def tta_experiment(tmp_path, tta):
+    """An experiment with ``predict.tta`` = tta (YAML text); mel at 2000 Hz / hop 32: 62.5 frames per second."""
+    import yaml
+
+    from pipeline.config import parse_queue
+
+    text = textwrap.dedent(TTA_QUEUE).replace("TTA", tta)
+    return parse_queue(yaml.safe_load(text), source="q.yaml", base_dir=str(tmp_path)).experiments[0]
+
+
+def test_the_identity_view_alone_equals_no_tta(tmp_path, rng):
+    model = first_frame_model()
+    views = ClipStrategy().windows(tta_experiment(tmp_path, "[{shift: 0.0}]"), (T, 2))["views"]
+    assert len(views) == 1
+    clips = examples([f"c{i}" for i in range(5)], rng.normal(size=(5, T, 2)))
+    long = examples(["r0", "r1"], rng.normal(size=(2, 3 * T, 2)))
+    for ds in (clips, long):
+        ids, plain = predict_examples(model, ds, batch_size=2)
+        tta_ids, tta = predict_examples(model, ds, batch_size=2, views=views)
+        assert tta_ids == ids and tta.dtype == plain.dtype
+        np.testing.assert_array_equal(tta, plain)
+
+
+def test_a_shift_view_is_applied_to_every_model_input_and_views_are_averaged(tmp_path):
+    model = first_frame_model()
+    exp = tta_experiment(tmp_path, "[{}, {shift: 0.032}, {shift: -0.016, gain_db: -6}]")  # 0, +2, -1 frames
+    views = ClipStrategy().windows(exp, (T, 2))["views"]
+    x = np.tile(np.arange(T, dtype=np.float32)[:, None], (1, 2))  # frame t holds t: asymmetric in time
+    _, preds = predict_examples(model, examples(["a"], [x]), batch_size=1, views=views)
+    # the first frame after a circular shift by +2 is frame T-2, by -1 frame 1; a log-mel gain is added (dB)
+    np.testing.assert_allclose(preds, [[(0.0 + (T - 2) + (1.0 - 6.0)) / 3]], rtol=1e-6)
+    # a long example: the views act on each window (here [0, 8) and [8, 16)), then windows are combined
+    _, long = predict_examples(model, examples(["r"], [np.concatenate([x, x + 100])]), batch_size=4, hop=T,
+                               aggregate="max", views=views)
+    np.testing.assert_allclose(long, [[(100.0 + (T - 2 + 100) + (101.0 - 6.0)) / 3]], rtol=1e-6)
+
+
+def test_a_waveform_gain_view_scales_the_samples():
+    from pipeline.predict import tta_views
+    from pipeline.schema import TtaView
+
+    (view,) = tta_views((TtaView(shift=0.001, gain_db=-20.0),), feature="waveform", steps_per_second=2000)
+    x = np.arange(6, dtype=np.float32).reshape(1, 6)
+    np.testing.assert_allclose(view(x), [[0.4, 0.5, 0.0, 0.1, 0.2, 0.3]], rtol=1e-6)  # 2 samples later, x 0.1
+
+
 QUEUE = """
 experiments:
   - name: tiny
