@@ -139,14 +139,17 @@ def fill_unknown(labels: np.ndarray, targets: np.ndarray, pseudo: np.ndarray) ->
     """Fill the unknown entries of training label rows with pseudo-labels; known entries stay as they are.
 
     labels : [n, L] the strategy's label rows, whose first C columns are the per-class values
-    (clips: the targets; crops: the frame defaults, NaN where the label is unknown);
-    targets : [n, C] clip-level targets (NaN: unknown); pseudo : [n, C] (NaN: no pseudo-label).
-    Returns (labels, targets, number of entries filled).
+    (clips: the targets; crops: the frame defaults - 0 for a species known to be absent, NaN for
+    an unknown one and for a tp species outside its boxes); targets : [n, C] clip-level targets
+    (an unknown rfcx label is 0 there, NaN in a clip's row); pseudo : [n, C] (NaN: no pseudo-label).
+    An entry is unknown when its label value is NaN and it is not a known positive (target 1): its
+    label value and its target become the pseudo-label. Returns (labels, targets, entries filled).
     """
-    unknown = np.isnan(targets) & ~np.isnan(pseudo)
+    c = targets.shape[1]
+    with np.errstate(invalid="ignore"):
+        unknown = np.isnan(labels[:, :c]) & ~(targets >= 0.5) & ~np.isnan(pseudo)
     targets = np.where(unknown, pseudo, targets).astype(np.float32)
     labels = labels.copy()
-    c = targets.shape[1]
     labels[:, :c] = np.where(unknown, pseudo, labels[:, :c])
     return labels, targets, int(unknown.sum())
 

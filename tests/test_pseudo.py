@@ -162,12 +162,18 @@ def test_hard_targets_keep_only_confident_labels_and_fill_never_overwrites_known
     np.testing.assert_array_equal(pseudo.hard_targets(p, "multilabel", 0.5), [[1, 0], [1, 0]])
     np.testing.assert_array_equal(pseudo.hard_targets(np.array([[0.7, 0.3], [0.45, 0.55]]), "multiclass", 0.6),
                                   [[1, 0], [np.nan, np.nan]])
-    targets = np.array([[1, np.nan], [np.nan, 0]], np.float32)
-    labels = np.concatenate([targets, np.full((2, 3), 7.0, np.float32)], axis=1)  # frame defaults + boxes
+    # rfcx rows: a tp species (target 1, NaN outside its boxes), unknown ones (NaN, target 0), a known absent one
+    targets = np.array([[1, 0], [0, 0]], np.float32)
+    defaults = np.array([[np.nan, np.nan], [np.nan, 0]], np.float32)
+    labels = np.concatenate([defaults, np.full((2, 3), 7.0, np.float32)], axis=1)  # frame defaults + boxes
     filled_labels, filled, n = pseudo.fill_unknown(labels, targets, np.array([[0.2, 0.8], [np.nan, 0.9]]))
-    np.testing.assert_array_equal(filled, np.array([[1, 0.8], [np.nan, 0]], np.float32))
-    np.testing.assert_array_equal(filled_labels[:, :2], filled)
+    np.testing.assert_array_equal(filled, np.array([[1, 0.8], [0, 0]], np.float32))
+    np.testing.assert_array_equal(filled_labels[:, :2], np.array([[np.nan, 0.8], [np.nan, 0]], np.float32))
     assert n == 1 and (filled_labels[:, 2:] == 7).all()
+    # clip rows: a NaN target is unknown
+    clip = np.array([[np.nan, 1]], np.float32)
+    _, filled, n = pseudo.fill_unknown(clip, clip, np.array([[0.3, 0.1]]))
+    np.testing.assert_array_equal(filled, np.array([[0.3, 1]], np.float32))
 
 
 # ----------------------------------------------------------------------------- clips: a memorising teacher
@@ -301,7 +307,7 @@ def test_a_killed_student_fold_resumes_to_the_same_files(tones, monkeypatch):
     from pipeline.fold_loop import plan_folds
 
     teacher = write_teacher(tones["tmp"] / "resume_teacher", tones, memorising(tones))
-    student = replace(tones["student"], train=replace(tones["student"].train, epochs=2))
+    student = replace(tones["student"], train=replace(tones["student"].train, epochs=2, batch_size=8))
     args = (student, tones["dataset"], tones["cache"], tones["folds"])
     run_fold_job(plan_folds(*args, str(tones["tmp"] / "whole"), teacher).job(0))
 
@@ -321,3 +327,76 @@ def test_a_killed_student_fold_resumes_to_the_same_files(tones, monkeypatch):
     for name in ("oof.csv", "test.csv"):
         whole = (tones["tmp"] / "whole" / "fold0" / name).read_bytes()
         assert (tones["tmp"] / "killed" / "fold0" / name).read_bytes() == whole, name
+
+
+# ----------------------------------------------------------------------------- recordings: unknown labels
+
+RFCX_QUEUE = """
+defaults:
+  data: {name: synthetic_rfcx, n_train: 8, n_test: 0, duration: 2.0, sample_rate: 8000, seed: 3}
+  audio: {sample_rate: 8000, duration: 2.0}
+  features: {name: mel, n_fft: 256, hop_length: 128, n_mels: 16}
+  cache: {workers: 1}
+  folds: {n_splits: 2, seed: 0}
+  crops: {crop_seconds: 1.0, window_hop_seconds: 0.5}
+  model: {name: inceptiontime, filters: 4, depth: 1, bottleneck: 4}
+  loss: masked_bce
+  train: {monitor: val_lwlrap}
+experiments:
+  - name: teacher
+  - name: student
+    pseudo: {teacher: teacher, on: [unknown]}
+"""
+
+
+def constant_model(path, value: float, bins: int, n_classes: int) -> None:
+    """A saved fold model that predicts ``value`` for every class of every window."""
+    import keras
+
+    model = keras.Sequential([
+        keras.Input((None, bins)), keras.layers.GlobalAveragePooling1D(),
+        keras.layers.Dense(n_classes, activation="sigmoid", kernel_initializer="zeros",
+                           bias_initializer=keras.initializers.Constant(float(np.log(value / (1 - value))))),
+    ])
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    model.save(path)
+
+
+def test_unknown_labels_of_fold_k_training_recordings_come_from_the_teacher_fold_k_model_only(tmp_path):
+    """Trace for ``on: [unknown]``: teacher fold j predicts the marker value of j for everything.
+
+    Each student fold's training rows must hold marker k exactly in their unknown entries, their
+    known entries untouched, and its validation recordings must be neither filled nor trained on.
+    """
+    from pipeline import layout
+    from pipeline.cache.build import ensure_features
+    from pipeline.data import load_dataset
+    from pipeline.fold_loop import plan_folds
+    from pipeline.folds import ensure_folds
+
+    q = parse_queue(yaml.safe_load(RFCX_QUEUE), source="q.yaml", base_dir=str(tmp_path))
+    teacher, student = q.experiments
+    dataset = load_dataset(student.data.name, student.data.params)
+    cache = ensure_features(dataset, str(tmp_path / "cache"), data=student.data, audio=student.audio,
+                            features=student.features, cache=student.cache, predict=student.predict, progress=False)
+    folds = ensure_folds(dataset, student.data, student.folds, str(tmp_path / "folds"))
+    marker = {0: 0.2, 1: 0.7}
+    teacher_dir = str(tmp_path / "teacher")
+    for j, value in marker.items():
+        constant_model(layout.fold_file(teacher_dir, j, layout.MODEL), value, int(cache.shape[1]),
+                       len(dataset.targets))
+    plan = plan_folds(student, dataset, cache, folds, str(tmp_path / "student"), teacher_dir, cache)
+    for k in range(2):
+        job = plan.job(k)
+        assert job.teacher_windows["window"] < cache.shape[0]  # the teacher's sliding windows, as its fold job
+        filled, n = pseudo.with_unknown_filled(job)
+        c = len(dataset.targets)
+        unknown = np.isnan(job.train_labels[:, :c]) & (job.train_targets < 0.5)  # mask 0: no box of the species
+        assert n == unknown.sum() > 0
+        np.testing.assert_allclose(filled.train_targets[unknown], marker[k], rtol=1e-5)
+        np.testing.assert_array_equal(filled.train_targets[~unknown], job.train_targets[~unknown])
+        np.testing.assert_allclose(filled.train_labels[:, :c][unknown], marker[k], rtol=1e-5)
+        np.testing.assert_array_equal(filled.train_labels[:, :c][~unknown], job.train_labels[:, :c][~unknown])
+        np.testing.assert_array_equal(filled.train_labels[:, c:], job.train_labels[:, c:])  # boxes untouched
+        assert not set(filled.train_ids) & set(filled.valid_ids)
+        assert filled.valid_labels is job.valid_labels and filled.valid_targets is job.valid_targets
