@@ -156,6 +156,30 @@ def test_teachers_run_first_rounds_chain_and_the_default_config_is_unchanged():
     assert by["round1"].pseudo.on == ("test",)
 
 
+def test_a_student_of_a_failed_or_unfinished_teacher_fails_naming_it(tmp_path):
+    from pipeline.status import write_status
+
+    q = queue_of("""
+  - name: base
+  - name: student
+    pseudo: {teacher: base}
+""")
+    base, student = q.experiments
+    folder = str(tmp_path / "base")
+    with pytest.raises(pseudo.TeacherError, match=r"the teacher 'base' of 'student' is not finished \(it has not run\)"):
+        pseudo.check_teacher(student, folder)
+    os.makedirs(folder)
+    write_status(folder, state="failed", error="TrainingError: the loss became NaN", config_hash=base.config_hash())
+    with pytest.raises(pseudo.TeacherError, match=r"'base' of 'student' is not finished \(it failed: TrainingError"):
+        pseudo.check_teacher(student, folder)
+    write_status(folder, state="done")
+    with pytest.raises(pseudo.TeacherError, match=r"'base' of 'student' lacks finished folds \[0, 1, 2, 3, 4\]"):
+        pseudo.check_teacher(student, folder)
+    write_status(folder, state="done", config_hash="another config")
+    with pytest.raises(pseudo.TeacherError, match=r"not finished \(it has not finished on its current config\)"):
+        pseudo.check_teacher(student, folder)
+
+
 def test_hard_targets_keep_only_confident_labels_and_fill_never_overwrites_known_ones():
     p = np.array([[0.95, 0.3], [0.6, 0.05]])
     np.testing.assert_array_equal(pseudo.hard_targets(p, "multilabel", 0.9), [[1, np.nan], [np.nan, 0]])
