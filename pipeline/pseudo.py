@@ -36,7 +36,7 @@ import numpy as np
 
 from pipeline import io, layout
 from pipeline.errors import DataError, QueueError
-from pipeline.status import DONE, read_status
+from pipeline.status import DONE, FAILED, read_status
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def check_teacher(exp, teacher_dir: str) -> None:
     teacher = exp.teacher
     status = read_status(teacher_dir)
     if status.get("state") != DONE or status.get("config_hash") != teacher.config_hash():
-        why = (f"it failed: {status.get('error')}" if status.get("state") == "failed"
+        why = (f"it failed: {status.get('error')}" if status.get("state") == FAILED
                else "it has not finished on its current config" if status else "it has not run")
         raise TeacherError(f"pseudo.teacher: the teacher {teacher.name!r} of {exp.name!r} is not finished ({why}); "
                            f"run it first (it runs before its students in the same queue)")
@@ -155,7 +155,11 @@ def fill_unknown(labels: np.ndarray, targets: np.ndarray, pseudo: np.ndarray) ->
 
 
 def with_unknown_filled(job):
-    """``job`` with its training rows' unknown labels filled from the teacher's fold-k model (``on: unknown``)."""
+    """``(job, n)``: ``job`` with its training rows' unknown labels filled from the teacher's fold-k model
+    (``on: unknown``; :func:`fill_unknown`) and the number of labels filled; ``(job, 0)`` otherwise.
+
+    Deterministic (inference only), so a resumed fold trains on the same rows as before it was killed.
+    """
     import dataclasses
 
     if job.pseudo is None or "unknown" not in job.pseudo.on:
@@ -168,7 +172,7 @@ def with_unknown_filled(job):
 
 
 def teacher_fields(exp, teacher_dir: Optional[str], teacher_cache, strategy) -> dict:
-    """The :class:`pipeline.fold_job.FoldJob` fields of a student (all None without ``pseudo``).
+    """The :class:`pipeline.fold_job.FoldJob` fields of a student (none without ``pseudo``: the defaults, off).
 
     teacher_cache : the teacher's FeatureCache (``on: unknown``) or None; strategy : the fold strategy,
     whose windows for the teacher's settings are the teacher fold job's windows.
