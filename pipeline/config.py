@@ -86,6 +86,10 @@ class Experiment:
     augment: schema.AugmentSettings = schema.AugmentSettings()
     crops: schema.CropSettings = schema.CropSettings()
     predict: schema.PredictSettings = schema.PredictSettings()
+    # Pseudo-labels (issue 17): None = off. ``teacher`` is the teacher's resolved Experiment (set by
+    # parse_queue), kept out of comparisons and of config.yaml; its config hash is part of this one's.
+    pseudo: Optional[schema.PseudoSettings] = None
+    teacher: Optional["Experiment"] = dataclasses.field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {"name": self.name}
@@ -93,11 +97,23 @@ class Experiment:
             out[section] = getattr(self, section).to_dict()
         for section in schema.PLAIN_SECTIONS:
             out[section] = _plain(dataclasses.asdict(getattr(self, section)))
+        if self.pseudo is not None:  # absent when off: configs and hashes of other experiments stay as they were
+            out[PSEUDO_SECTION] = _plain(dataclasses.asdict(self.pseudo))
         return out
 
     def config_hash(self) -> str:
-        """Identity of the run: a finished experiment with the same hash is skipped."""
-        return stable_hash(self.to_dict())
+        """Identity of the run: a finished experiment with the same hash is skipped.
+
+        A student's hash covers its teacher's (and so every earlier round's): a changed teacher retrains it.
+        """
+        if self.teacher is None:
+            return stable_hash(self.to_dict())
+        return stable_hash({**self.to_dict(), "teacher_config_hash": self.teacher.config_hash()})
+
+    @property
+    def requires(self) -> Tuple[str, ...]:
+        """Names of the experiments that must finish before this one starts: its pseudo-label teacher."""
+        return () if self.pseudo is None else (self.pseudo.teacher,)
 
 
 @dataclass(frozen=True)
@@ -186,8 +202,11 @@ def parse_queue(raw: Any, *, source: str, base_dir: str) -> Queue:
         defaults = {}
     if "name" in defaults:
         problems.append("defaults.name: an experiment name cannot be a default")
+    if PSEUDO_SECTION in defaults:
+        problems.append(f"defaults.{PSEUDO_SECTION}: a teacher is chosen per experiment; move `{PSEUDO_SECTION}:` "
+                        f"into the student experiments")
     for key in defaults:
-        if key != "name" and key not in schema.COMPONENT_SECTIONS and key not in schema.PLAIN_SECTIONS:
+        if key not in ("name", PSEUDO_SECTION) and key not in schema.COMPONENT_SECTIONS and key not in schema.PLAIN_SECTIONS:
             problems.append(f"defaults.{key}: unknown key; expected one of: {', '.join(_section_names())}")
 
     raw_exps = raw.get("experiments")
@@ -207,6 +226,8 @@ def parse_queue(raw: Any, *, source: str, base_dir: str) -> Queue:
         problems.append(f"output: expected a folder path string; got {_typename(output)}")
         output = "output"
     blend = _parse_blend(raw.get("blend"), [e.name for e in experiments], problems)
+    if not problems:
+        experiments = _resolve_teachers(experiments, seen, problems)
 
     if problems:
         # Problems inherited from `defaults` appear once, not once per experiment.
@@ -221,7 +242,7 @@ def parse_queue(raw: Any, *, source: str, base_dir: str) -> Queue:
 
 
 def _section_names():
-    return ["name", *schema.COMPONENT_SECTIONS, *schema.PLAIN_SECTIONS]
+    return ["name", *schema.COMPONENT_SECTIONS, *schema.PLAIN_SECTIONS, PSEUDO_SECTION]
 
 
 def _parse_experiment(i, raw_exp, defaults, base_dir, problems, seen) -> Optional[Experiment]:
@@ -283,6 +304,9 @@ def _parse_experiment(i, raw_exp, defaults, base_dir, problems, seen) -> Optiona
     for section, cls in schema.PLAIN_SECTIONS.items():
         merged = _merge_plain(section, defaults.get(section), raw_exp.get(section), origin, problems)
         values[section] = _build(cls, merged, lambda key, s=section: origin(s, key), base_dir, problems)
+
+    if PSEUDO_SECTION in raw_exp:
+        values[PSEUDO_SECTION] = _parse_pseudo(raw_exp[PSEUDO_SECTION], f"{where}.{PSEUDO_SECTION}", problems)
 
     if len(problems) > n_before or name is None:
         return None
@@ -456,6 +480,13 @@ def _check_value(value, hint, meta, base_dir) -> Tuple[Optional[str], Any]:
             return f"expected at least two distinct class labels; got {_show(list(value))}", value
         if len(value) > meta["max_len"]:
             return f"expected at most {meta['max_len']} class labels; got {len(value)}", value
+    elif hint is tuple and "item_choices" in meta:
+        choices = meta["item_choices"]
+        if not isinstance(value, (list, tuple)) or not value or not all(v in choices for v in value):
+            return f"expected a non-empty list of {', '.join(choices)}; got {_show(value)}", value
+        if len(set(value)) != len(value):
+            return f"lists {_show(list(value))} with a repeat; give each at most once", value
+        value = tuple(value)
     elif hint is tuple:
         if not isinstance(value, (list, tuple)) or not value or not all(
             isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value
@@ -487,6 +518,69 @@ def _check_value(value, hint, meta, base_dir) -> Tuple[Optional[str], Any]:
                 what = "folder" if kind == "dir" else "file"
                 return f"{what} not found: {value}", value
     return None, value
+
+
+# ----------------------------------------------------------------------------- pseudo-labels (issue 17)
+
+PSEUDO_SECTION = "pseudo"
+
+
+def _parse_pseudo(raw, where: str, problems: List[str]) -> Optional[schema.PseudoSettings]:
+    """``experiments[i].pseudo``: a mapping with a required ``teacher`` (the rest: :class:`schema.PseudoSettings`)."""
+    if not isinstance(raw, dict):
+        problems.append(f"{where}: expected a mapping with `teacher` (and on, mode, threshold, weight); "
+                        f"got {_typename(raw)}")
+        return None
+    if True in raw:  # YAML 1.1 reads the bare key `on` as true
+        raw = {("on" if key is True else key): value for key, value in raw.items()}
+    if "teacher" not in raw:
+        problems.append(f"{where}.teacher: required; the name of the teacher experiment in this queue")
+        return None
+    return _build(schema.PseudoSettings, raw, lambda key: f"{where}.{key}", "", problems)
+
+
+def _resolve_teachers(experiments: List[Experiment], seen: Dict[str, int], problems: List[str]) -> List[Experiment]:
+    """Check every student against its teacher (:func:`config_checks.check_teachers`) and link them.
+
+    Returns the experiments in file order, each student holding its resolved teacher (a student
+    of a student holds the whole chain), or the input unchanged when a problem was found.
+    """
+    index = {exp.name: seen[exp.name.lower()] for exp in experiments}
+    n_before = len(problems)
+    config_checks.check_teachers(experiments, index, problems)
+    if len(problems) > n_before:
+        return experiments
+    resolved: Dict[str, Experiment] = {}
+    for exp in run_order(experiments):  # teachers first, so a teacher is already linked to its own teacher
+        if exp.pseudo is not None:
+            exp = dataclasses.replace(exp, teacher=resolved[exp.pseudo.teacher])
+        resolved[exp.name] = exp
+    return [resolved[exp.name] for exp in experiments]
+
+
+def run_order(experiments) -> List[Experiment]:
+    """The experiments in file order, except that a teacher moves up to run just before its first student.
+
+    ``Experiment.requires`` names the experiments that must finish first; a required experiment
+    that is not among ``experiments`` (left out by ``--only``) is not waited for: the student's run
+    checks that it finished earlier. Cycles are refused when the queue file is read.
+    """
+    by_name = {exp.name: exp for exp in experiments}
+    order: List[Experiment] = []
+    placed = set()
+
+    def place(exp):
+        if exp.name in placed:
+            return
+        placed.add(exp.name)
+        for name in exp.requires:
+            if name in by_name:
+                place(by_name[name])
+        order.append(exp)
+
+    for exp in experiments:
+        place(exp)
+    return order
 
 
 def _parse_blend(raw, names, problems) -> BlendSettings:

@@ -16,7 +16,7 @@ empty bands are found the way librosa builds it, without numpy.
 from __future__ import annotations
 
 import math
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional
 
 from pipeline import schema
 
@@ -315,3 +315,71 @@ def _most_mels(sample_rate, n_fft, fmin, fmax, n_mels) -> int:
         else:
             lo = mid
     return lo
+
+
+# ----------------------------------------------------------------------------- pseudo-labels (issue 17)
+
+
+def check_teachers(experiments, index: Dict[str, int], problems: List[str]) -> None:
+    """Rules between a student (``pseudo:``) and its teacher, across the queue.
+
+    experiments : the queue's parsed experiments; index : name -> position in the file (key paths).
+    The student's fold k trains on outputs of the teacher's fold-k model, so both must split the
+    same data by the same fold table: equal ``data`` and ``folds`` sections (the inputs of
+    :func:`pipeline.folds.fold_key`; equal data also means equal targets and task). A cycle of
+    teachers cannot be ordered; ``unknown`` needs data with unknown labels (rfcx ``unknown: mask``).
+    """
+    by_name = {exp.name: exp for exp in experiments}
+    for exp in experiments:
+        if exp.pseudo is None:
+            continue
+        where = f"experiments[{index[exp.name]}].pseudo"
+        teacher = by_name.get(exp.pseudo.teacher)
+        if exp.pseudo.teacher == exp.name:
+            problems.append(f"{where}.teacher: {exp.name!r} cannot be its own teacher")
+            continue
+        if teacher is None:
+            problems.append(f"{where}.teacher: {exp.pseudo.teacher!r} is not an experiment in this queue; choose "
+                            f"one of: {', '.join(n for n in by_name if n != exp.name)}")
+            continue
+        for section in ("data", "folds"):
+            if getattr(teacher, section) != getattr(exp, section):
+                problems.append(f"{where}.teacher: {teacher.name!r} has another {section} section; a student's "
+                                f"fold k learns from its teacher's fold-k model, so both need the same data "
+                                f"(targets, task) and the same folds")
+        _check_pseudo_sources(exp, where, problems)
+    _check_cycles(experiments, index, problems)
+
+
+def _check_pseudo_sources(exp, where: str, problems: List[str]) -> None:
+    data = exp.data
+    if "unknown" in exp.pseudo.on and not (data.name in RFCX_SOURCES and data.params.unknown == "mask"):
+        problems.append(f"{where}.on: unknown needs data with unknown labels (data.name {' or '.join(RFCX_SOURCES)} "
+                        f"with unknown: mask); {data.name} has none")
+    if "test" in exp.pseudo.on:
+        if data.name in RFCX_SOURCES:
+            problems.append(f"{where}.on: test pseudo-labels are for clip data; recordings with event boxes learn "
+                            f"from their unknown labels (on: [unknown])")
+        elif (data.name == "synthetic_whale" and data.params.n_test == 0) or (
+                data.name == "table" and data.params.test_csv is None):
+            problems.append(f"{where}.on: test needs a test set; {data.name} has none here "
+                            f"({'data.n_test is 0' if data.name == 'synthetic_whale' else 'no data.test_csv'})")
+
+
+def _check_cycles(experiments, index: Dict[str, int], problems: List[str]) -> None:
+    """One problem per cycle of teachers (A teaches B teaches A), named by its members in order."""
+    teacher_of = {exp.name: exp.pseudo.teacher for exp in experiments if exp.pseudo is not None}
+    reported = set()
+    for start in teacher_of:
+        path, name = [], start
+        while name in teacher_of and name not in path:
+            path.append(name)
+            name = teacher_of[name]
+        if name in path:
+            cycle = path[path.index(name):]
+            if not reported & set(cycle) and len(cycle) > 1:
+                reported |= set(cycle)
+                first = min(cycle, key=index.__getitem__)
+                chain = " -> ".join([*cycle[cycle.index(first):], *cycle[:cycle.index(first)], first])
+                problems.append(f"experiments[{index[first]}].pseudo.teacher: teachers form a cycle ({chain}, "
+                                f"each learns from the next); none of them can start first")

@@ -79,12 +79,17 @@ def framewise_targets(boxes, start, length: int, defaults):
 
 
 def clipwise_targets(framewise):
-    """NaN-aware max over frames: [T, C] -> [C] (1 if any frame is 1, else 0 if any is known, else NaN)."""
+    """NaN-aware max over frames: [T, C] -> [C] (the largest known frame value, NaN if no frame is known).
+
+    With 0/1 frames: 1 if any frame is 1, else 0 if any is known. A soft pseudo-label filled into
+    a recording's unknown frames (:mod:`pipeline.pseudo`) keeps its value.
+    """
     import tensorflow as tf
 
-    positive = tf.reduce_any(framewise > 0.5, axis=0)
-    known = tf.reduce_any(~tf.math.is_nan(framewise), axis=0)
-    return tf.where(positive, 1.0, tf.where(known, 0.0, float("nan")))
+    missing = tf.math.is_nan(framewise)
+    known = tf.reduce_any(~missing, axis=0)
+    top = tf.reduce_max(tf.where(missing, tf.zeros_like(framewise), framewise), axis=0)
+    return tf.where(known, top, float("nan"))
 
 
 def crop_start(boxes, n_frames: int, length: int, positive_probability: float, seed):

@@ -61,6 +61,12 @@ class FoldJob:
     valid_targets: np.ndarray  # [n_valid, C]: written beside the OOF predictions, scored
     test_ids: Tuple[str, ...]
     in_memory: bool  # the fold's examples fit in memory: tf.data caches them after the first epoch
+    # Pseudo-labels (issue 17, pipeline.pseudo); None without `pseudo:`. Paths, not arrays: the job reads the
+    # teacher's fold-k files itself.
+    pseudo: Optional[schema.PseudoSettings] = None
+    teacher_dir: Optional[str] = None  # output/<teacher>/: only its fold<k>/ files are read
+    teacher_cache_dir: Optional[str] = None  # on: unknown: the teacher's feature cache
+    teacher_windows: Optional[dict] = None  # on: unknown: the teacher's prediction windows (strategy.windows)
 
 
 def run_fold_job(job: FoldJob) -> Tuple[pd.DataFrame, Optional[pd.DataFrame]]:
@@ -89,6 +95,7 @@ def _run(job: FoldJob, rt) -> Tuple[pd.DataFrame, Optional[pd.DataFrame]]:
     from pipeline.models.build import build_model
     from pipeline.models.heads import prior_bias
     from pipeline.predict import predict_examples
+    from pipeline.pseudo import with_unknown_filled
     from pipeline.cache.read import FeatureCache, labelled
     from pipeline.schedules import make_optimizer, make_schedule
     from pipeline.train import save_model, train_fold
@@ -99,6 +106,7 @@ def _run(job: FoldJob, rt) -> Tuple[pd.DataFrame, Optional[pd.DataFrame]]:
     fold_dir = layout.fold_dir(job.exp_dir, k)
     io.makedirs(fold_dir)
     batch = rt.global_batch(job.train.batch_size)  # train.batch_size is per replica
+    job, n_filled = with_unknown_filled(job)  # on: unknown - the teacher's fold-k model fills training rows
     data = strategy.fold_data(job, cache, batch, rt, job.in_memory)
     input_shape = strategy.input_shape(job, cache.shape)
     bias = prior_bias(strategy.bias_targets(job.train_targets), job.task)
@@ -147,10 +155,13 @@ def _run(job: FoldJob, rt) -> Tuple[pd.DataFrame, Optional[pd.DataFrame]]:
     save_model(result.model, layout.fold_file(job.exp_dir, k, layout.MODEL))
     io.write_csv(layout.fold_file(job.exp_dir, k, layout.HISTORY), result.history)
     score = strategy.score(oof[targets].to_numpy(), preds)
-    io.write_json(layout.fold_file(job.exp_dir, k, layout.DONE),
-                  {"fold": k, strategy.metric: score, "metric": strategy.metric, "score": score,
-                   "epochs": result.epochs, "best_epoch": result.best_epoch, "best": result.best,
-                   "seconds": round(result.seconds, 2), "n_train": len(job.train_ids), "n_valid": len(job.valid_ids)})
+    done = {"fold": k, strategy.metric: score, "metric": strategy.metric, "score": score,
+            "epochs": result.epochs, "best_epoch": result.best_epoch, "best": result.best,
+            "seconds": round(result.seconds, 2), "n_train": len(job.train_ids), "n_valid": len(job.valid_ids)}
+    if job.pseudo is not None:
+        done["pseudo"] = {"teacher": job.pseudo.teacher, "test_examples": data.pseudo_examples,
+                          "unknown_filled": n_filled}
+    io.write_json(layout.fold_file(job.exp_dir, k, layout.DONE), done)
     io.rmtree(layout.fold_file(job.exp_dir, k, layout.STATE))
     log.info("%s fold %d/%d: %s %.4f, %d epochs (best %d), %.0f s", job.name, k + 1, job.n_folds,
              strategy.metric.upper(), score, result.epochs, result.best_epoch, result.seconds)

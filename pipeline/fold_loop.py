@@ -12,6 +12,7 @@ reads only the cache and its own fold folder.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Optional, Tuple
@@ -52,6 +53,7 @@ class FoldPlan:
     y: np.ndarray  # [n, C] their targets (NaN: unknown)
     test_ids: Tuple[str, ...]
     in_memory: bool
+    teacher: dict = dataclasses.field(default_factory=dict)  # a student's FoldJob fields (pipeline.pseudo)
 
     def job(self, k: int):
         """The :class:`pipeline.fold_job.FoldJob` of fold ``k``: training ids outside fold ``k``, validation ids in it.
@@ -72,12 +74,18 @@ class FoldPlan:
             crops=exp.crops, predict=exp.predict, train_ids=tuple(self.ids[i] for i in tr),
             train_labels=self.labels[tr], train_targets=self.y[tr], valid_ids=tuple(self.ids[i] for i in va),
             valid_labels=self.labels[va], valid_targets=self.y[va], test_ids=self.test_ids, in_memory=self.in_memory,
+            **self.teacher,
         )
 
 
-def plan_folds(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str) -> FoldPlan:
-    """Choose the fold strategy, check the settings before any fold trains and cut the label rows."""
+def plan_folds(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str, teacher_dir: Optional[str] = None,
+               teacher_cache=None) -> FoldPlan:
+    """Choose the fold strategy, check the settings before any fold trains and cut the label rows.
+
+    teacher_dir, teacher_cache : a student's teacher folder and (``on: unknown``) its FeatureCache.
+    """
     from pipeline.fold_strategies import strategy_name
+    from pipeline.pseudo import teacher_fields
     from pipeline.schema import FOLD_STRATEGIES
     from pipeline.losses import make_loss
     from pipeline.models.build import check_model
@@ -101,11 +109,15 @@ def plan_folds(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str) -> FoldPl
     return FoldPlan(exp=exp, strategy=name, unit=strategy.unit, cache_dir=cache.folder, exp_dir=exp_dir, task=task,
                     targets=tuple(targets), ids=tuple(ids), fold_arr=fold_arr,
                     labels=strategy.label_rows(exp, rows.reset_index(), targets),
-                    y=rows[targets].to_numpy(np.float32), test_ids=tuple(cache.ids("test")), in_memory=in_memory)
+                    y=rows[targets].to_numpy(np.float32), test_ids=tuple(cache.ids("test")), in_memory=in_memory,
+                    teacher=teacher_fields(exp, teacher_dir, teacher_cache, strategy))
 
 
-def run_folds(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str) -> Tuple[pd.DataFrame, Optional[pd.DataFrame]]:
+def run_folds(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str, teacher_dir: Optional[str] = None,
+              teacher_cache=None) -> Tuple[pd.DataFrame, Optional[pd.DataFrame]]:
     """Train every fold of an experiment (skipping finished ones) and collect predictions.
+
+    teacher_dir, teacher_cache : a student's teacher (see :func:`plan_folds`).
 
     Each fold runs as a :class:`pipeline.fold_job.FoldJob` under the experiment's
     strategy, dtype policy and XLA setting (entered by the job).
@@ -116,7 +128,7 @@ def run_folds(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str) -> Tuple[p
     from pipeline.fold_job import finished_fold, run_fold_job
     from pipeline.predict import collect_folds
 
-    plan = plan_folds(exp, dataset, cache, folds, exp_dir)
+    plan = plan_folds(exp, dataset, cache, folds, exp_dir, teacher_dir, teacher_cache)
     oof_parts, test_parts = [], []
     for k in range(exp.folds.n_splits):
         done = finished_fold(exp_dir, k, with_test=bool(plan.test_ids))

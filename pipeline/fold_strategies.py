@@ -44,6 +44,7 @@ class FoldData:
     valid_batches: object  # tf.data.Dataset of validation batches (deterministic)
     train_steps: int
     valid_steps: int
+    pseudo_examples: int = 0  # pseudo-labelled test clips among the training examples (pipeline.pseudo)
 
 
 def strategy_name(dataset) -> str:
@@ -54,10 +55,10 @@ def strategy_name(dataset) -> str:
 
 
 def features_and_targets(ds):
-    """``(id, x, y)`` examples as Keras' ``(x, y)``."""
+    """``(id, x, y)`` examples as Keras' ``(x, y)`` (``(id, x, y, w)``: ``(x, y, w)``, w a sample weight)."""
     import tensorflow as tf
 
-    return ds.map(lambda i, x, y: (x, y), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.map(lambda i, x, *rest: (x, *rest), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 class ClipStrategy:
@@ -88,6 +89,30 @@ class ClipStrategy:
 
         return [keras.metrics.AUC(name="auc", multi_label=task == "multilabel")]
 
+    def training_examples(self, job, cache):
+        """The fold's training examples and their count, pseudo-labelled test clips included.
+
+        Returns ``(dataset, n, n_pseudo)``: (id, x, y) examples of ``job.train_ids``, or with
+        ``pseudo: {on: [test]}`` (id, x, y, sample weight): the training clips (weight 1) then the test
+        clips labelled by the teacher's fold-k model (weight ``pseudo.weight``, :func:`pipeline.pseudo.test_examples`).
+        """
+        import tensorflow as tf
+
+        from pipeline.cache.read import labelled
+        from pipeline.pseudo import test_examples
+
+        train = labelled(cache.dataset("train"), job.train_ids, job.train_labels)
+        if job.pseudo is None or "test" not in job.pseudo.on:
+            return train, len(job.train_ids), 0
+        ids, targets, weights = test_examples(job)
+        # The weight travels as a last label column through the join, then becomes the sample weight.
+        extra = labelled(cache.dataset("test"), ids, np.concatenate([targets, weights[:, None]], axis=1))
+        extra = extra.map(lambda i, x, yw: (i, x, yw[:-1], yw[-1]))
+        real = train.map(lambda i, x, y: (i, x, y, tf.ones([], tf.float32)))
+        log.info("%s fold %d: %d training clips + %d test clips pseudo-labelled by %s's fold-%d model",
+                 job.name, job.fold, len(job.train_ids), len(ids), job.pseudo.teacher, job.fold)
+        return real.concatenate(extra), len(job.train_ids) + len(ids), len(ids)
+
     def fold_data(self, job, cache, batch: int, rt, in_memory: bool) -> FoldData:
         """Every training clip once per epoch (shuffled, augmented, optionally class-weighted); validation clips."""
         from pipeline.distribute import with_shard_policy
@@ -95,7 +120,8 @@ class ClipStrategy:
         from pipeline.train import class_weights, input_pipelines
 
         n_shards = len(cache.files("train"))
-        train_examples = features_and_targets(labelled(cache.dataset("train"), job.train_ids, job.train_labels))
+        examples, n_train, n_pseudo = self.training_examples(job, cache)
+        train_examples = features_and_targets(examples)
         valid_examples = features_and_targets(labelled(cache.dataset("train"), job.valid_ids, job.valid_labels))
         base_train = with_shard_policy(train_examples, n_shards, rt)
         base_valid = with_shard_policy(valid_examples, n_shards, rt)
@@ -105,9 +131,10 @@ class ClipStrategy:
         train_data, valid_batches = input_pipelines(
             base_train, base_valid, batch_size=batch, shuffle_buffer=job.train.shuffle_buffer, seed=job.train.seed,
             fold=job.fold, augment=job.augment, feature=job.features.name, weights=weights,
+            weighted_examples=n_pseudo > 0,
         )
-        return FoldData(train_data=train_data, valid_batches=valid_batches,
-                        train_steps=-(-len(job.train_ids) // batch), valid_steps=-(-len(job.valid_ids) // batch))
+        return FoldData(train_data=train_data, valid_batches=valid_batches, train_steps=-(-n_train // batch),
+                        valid_steps=-(-len(job.valid_ids) // batch), pseudo_examples=n_pseudo)
 
     def windows(self, spec, shape) -> dict:
         """Prediction settings of :func:`pipeline.predict.predict_examples` (window: the model's input; TTA views)."""

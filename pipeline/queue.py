@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import io, layout, ownership, results, schema
-from pipeline.config import ConfigError, Experiment, Queue, dump_experiment
+from pipeline.config import ConfigError, Experiment, Queue, dump_experiment, run_order
 from pipeline.errors import PipelineError, QueueError
 from pipeline.status import DONE, FAILED, INTERRUPTED, RUNNING, now, read_status, write_status
 
@@ -174,6 +174,7 @@ def _stages(exp: Experiment, paths: Paths, exp_dir: str, timings: dict, data) ->
     from pipeline.folds import ensure_folds
     from pipeline.cache.build import ensure_features
 
+    teacher_dir = _check_teacher(exp, paths)
     done = _stage(exp_dir, timings, "data")
     dataset, load_error, load_seconds = data
     timings["data"] = round(timings.get("data", 0.0) + load_seconds, 2)
@@ -202,12 +203,34 @@ def _stages(exp: Experiment, paths: Paths, exp_dir: str, timings: dict, data) ->
     done = _stage(exp_dir, timings, "train")
     from pipeline.fold_loop import run_folds
 
-    oof, test = run_folds(exp, dataset, cache, folds, exp_dir)
+    oof, test = run_folds(exp, dataset, cache, folds, exp_dir, teacher_dir, _teacher_cache(exp, paths, dataset))
     done()
 
     done = _stage(exp_dir, timings, "outputs")
     _write_experiment_outputs(exp, dataset, oof, test, exp_dir, submission_frame)
     done()
+
+
+def _check_teacher(exp: Experiment, paths: Paths) -> Optional[str]:
+    """A student's teacher folder, after checking that the teacher finished (None without ``pseudo:``)."""
+    if exp.pseudo is None:
+        return None
+    from pipeline.pseudo import check_teacher
+
+    teacher_dir = paths.experiment(exp.teacher.name)
+    check_teacher(exp, teacher_dir)
+    return teacher_dir
+
+
+def _teacher_cache(exp: Experiment, paths: Paths, dataset):
+    """With ``pseudo: {on: [unknown]}`` the teacher's feature cache (built again if it was removed), else None."""
+    if exp.pseudo is None or "unknown" not in exp.pseudo.on:
+        return None
+    from pipeline.cache.build import ensure_features
+
+    teacher = exp.teacher
+    return ensure_features(dataset, paths.cache, data=teacher.data, audio=teacher.audio, features=teacher.features,
+                           cache=teacher.cache, predict=teacher.predict, label=teacher.name)
 
 
 def _write_experiment_outputs(exp, dataset, oof: pd.DataFrame, test: Optional[pd.DataFrame], exp_dir, submission_frame):
@@ -631,9 +654,10 @@ def _run_locked(queue: Queue, paths: Paths, names: List[str], *, force: bool, bl
     try:
         if not blend_only:
             log.info("queue %s: %d experiment(s)", queue.source, len(names))
-            for exp in queue.experiments:
-                if exp.name not in names:
-                    continue
+            order = run_order([exp for exp in queue.experiments if exp.name in names])
+            if [exp.name for exp in order] != [name for name in (e.name for e in queue.experiments) if name in names]:
+                log.info("run order (teachers before their students): %s", ", ".join(exp.name for exp in order))
+            for exp in order:
                 status = run_experiment(exp, paths, force=force)
                 if status.get("state") == FAILED:
                     failed[exp.name] = str(status.get("error") or "failed")

@@ -9,7 +9,8 @@ preset for the tests (see :mod:`pipeline.registry` for why builders are paths).
 
 Field metadata carries the validation rules read by :mod:`pipeline.config`:
 ``min`` / ``max`` (inclusive), ``min_exclusive``, ``choices``, ``max_len`` and
-``item_max`` (list fields: length and largest item) and ``path``
+``item_max`` (list fields: length and largest item), ``item_choices`` (a list of
+these names) and ``path``
 (``"dir"`` or ``"file"``: resolved relative to the queue file and, with
 ``must_exist``, checked; values listed in ``keywords``, such as ``imagenet``, are
 taken as they are).
@@ -565,6 +566,32 @@ class PredictSettings:
     max_seconds: float = rule(600.0, min_exclusive=0.0, max=86400.0)
     # Test-time augmentation (issue 17): views whose predictions are averaged; () = none. See TtaView.
     tta: tuple = rule((), items=TtaView, max_len=16)
+
+
+# ----------------------------------------------------------------------------- pseudo-labels (issue 17)
+
+# Where a student's extra targets come from: the teacher's fold-k predictions of the test clips, or of the
+# unknown (NaN) labels of fold k's training recordings (rfcx data with `unknown: mask`).
+PSEUDO_SOURCES = ("test", "unknown")
+
+
+@dataclass(frozen=True)
+class PseudoSettings:
+    """``pseudo:`` of one experiment (absent: no pseudo-labels): learn from a teacher experiment's fold models.
+
+    The student's fold k uses only outputs of the teacher's fold-k model (:mod:`pipeline.pseudo`).
+    ``soft``: the teacher's probabilities are the targets. ``hard``: 0/1 targets (a probability
+    >= 0.5 is 1; multiclass: the most probable class), kept only where the teacher's confidence
+    (max(p, 1 - p) per label; multiclass: the top probability) is at least ``threshold`` (a test
+    clip is dropped when any of its labels is below it; an unknown label below it stays unknown).
+    ``weight``: the sample weight of a pseudo-labelled test clip (a real clip weighs 1).
+    """
+
+    teacher: str = rule("")  # required: the name of an experiment in the same queue
+    on: tuple = rule(("test",), item_choices=PSEUDO_SOURCES)  # a non-empty list of PSEUDO_SOURCES, no repeats
+    mode: str = rule("soft", choices=("soft", "hard"))
+    threshold: float = rule(0.5, min=0.5, max=1.0)
+    weight: float = rule(1.0, min_exclusive=0.0, max=100.0)
 
 
 # ----------------------------------------------------------------------------- blending

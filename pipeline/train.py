@@ -267,7 +267,8 @@ def sample_weights(y, weights: np.ndarray):
 
 
 def input_pipelines(train_examples, valid_examples, *, batch_size: int, shuffle_buffer: int, seed: int, fold: int,
-                    augment=None, feature: str = "mel", weights: Optional[np.ndarray] = None):
+                    augment=None, feature: str = "mel", weights: Optional[np.ndarray] = None,
+                    weighted_examples: bool = False):
     """The fold's tf.data pipelines: (train_data(epoch) -> training batches, validation batches).
 
     train_examples, valid_examples : datasets of (x, y) examples. Training batches are
@@ -275,6 +276,8 @@ def input_pipelines(train_examples, valid_examples, *, batch_size: int, shuffle_
     ``train_data(e)`` is the same every time it is built; with ``weights`` (see
     :func:`class_weights`) they carry per-example sample weights. Validation batches are
     never augmented or reweighted and keep the dataset order (deterministic).
+    weighted_examples : the training examples are (x, y, sample weight) (pseudo-labelled clips);
+    class weights then multiply each example's own weight.
     """
     import tensorflow as tf
 
@@ -283,6 +286,8 @@ def input_pipelines(train_examples, valid_examples, *, batch_size: int, shuffle_
 
     settings = augment if augment is not None else AugmentSettings()
     after = None if weights is None else (lambda x, y: (x, y, sample_weights(y, weights)))
+    if weights is not None and weighted_examples:
+        after = lambda x, y, w: (x, y, w * sample_weights(y, weights))  # noqa: E731
 
     def train_data(epoch: int):
         epoch_s = epoch_seed(seed, fold, epoch)
