@@ -23,6 +23,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--force", action="store_true", help="rerun the selected experiments from scratch")
     parser.add_argument("--dry-run", action="store_true", help="print the plan (experiments, cache hits, folds); write nothing")
     parser.add_argument("--blend-only", action="store_true", help="skip training; rebuild oof.csv, summary and blend")
+    # Issue 18: trained fold models predict new audio; exported models predict without the training code.
+    parser.add_argument("--predict", metavar="PATH",
+                        help="predict a folder of audio (or a YAML file with a data block) with every finished "
+                             "experiment and the blend; writes output/predict/<run>/. Trains nothing")
+    parser.add_argument("--predict-name", metavar="RUN", help="the --predict run's folder name (default: a timestamp)")
     return parser.parse_args(argv)
 
 
@@ -46,6 +51,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"error: --only: {', '.join(map(repr, unknown))} not in {args.queue}; experiments are: {names}",
                   file=sys.stderr)
             return EXIT_CONFIG
+    if args.predict is not None or args.predict_name is not None:
+        return _predict(args, queue, only)
     from pipeline.data import root_problem
     from pipeline.ownership import check_output
 
@@ -59,5 +66,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return run(queue, only=only, force=args.force, dry_run=args.dry_run, blend_only=args.blend_only)
     except PipelineError as err:  # a user's mistake outside any one experiment: its message, not a traceback
+        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _predict(args, queue, only) -> int:
+    """``--predict PATH``: the finished experiments' fold models predict new audio (pipeline.predict_new)."""
+    clash = [flag for flag, on in (("--force", args.force), ("--dry-run", args.dry_run),
+                                   ("--blend-only", args.blend_only)) if on]
+    if args.predict is None or clash:
+        why = "--predict-name needs --predict PATH" if args.predict is None else \
+            f"--predict trains nothing and cannot be combined with {', '.join(clash)}"
+        print(f"error: {why}", file=sys.stderr)
+        return EXIT_CONFIG
+    from pipeline.predict_new import run_predict
+
+    try:
+        return run_predict(queue, args.predict, name=args.predict_name, only=only)
+    except PipelineError as err:
         print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
         return EXIT_FAILED
