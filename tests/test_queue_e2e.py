@@ -5,6 +5,7 @@ import os
 import shutil
 import textwrap
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -86,7 +87,9 @@ def test_queue_outputs(finished_run):
 
 def test_second_experiment_reuses_the_feature_cache(finished_run):
     folder, _, _ = finished_run
-    caches = os.listdir(folder / "output" / "cache" / "features")
+    caches = [c for c in os.listdir(folder / "output" / "cache" / "features")  # --predict's caches hold test clips only
+              if json.loads((folder / "output" / "cache" / "features" / c / "manifest.json").read_text())
+              ["splits"]["train"]["count"]]
     assert len(caches) == 1  # both experiments share one cache
     log_b = (folder / "output" / "inceptiontime_b" / "run.log").read_text()
     assert "feature cache hit" in log_b
@@ -158,3 +161,99 @@ def test_failing_experiment_does_not_stop_the_queue(tmp_path, capsys):
     summary = pd.read_csv(tmp_path / "output" / "summary.csv")
     assert dict(zip(summary["experiment"], summary["status"])) == {"broken": "failed", "inceptiontime_a": "done"}
     assert "failed" in out
+
+
+# ----------------------------------------------------------------------------- issue 18: --predict new audio
+
+
+@pytest.fixture
+def finished_queue(finished_run):
+    """The finished queue; the predict runs below write only output/predict/<run>/ (a name per test) and a
+    feature cache of their audio, so they leave the other tests' outputs as they are, in any order."""
+    folder, path, code = finished_run
+    assert code == 0
+    return folder, path
+
+
+def snapshot(folder):
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))}
+
+
+def test_predict_reproduces_the_training_time_test_predictions(finished_queue, capsys):
+    folder, path = finished_queue
+    out = folder / "output"
+    before = {name: snapshot(out / name) for name in ("inceptiontime_a", "inceptiontime_b", "blend")}
+    assert main([path, "--predict", str(folder / "input" / "synthetic_whale" / "test"), "--predict-name", "again"]) == 0
+    run = out / "predict" / "again"
+    worst = 0.0
+    for name, test in (("inceptiontime_a", out / "inceptiontime_a" / "test.csv"),
+                       ("inceptiontime_b", out / "inceptiontime_b" / "test.csv"), ("blend", out / "blend" / "test.csv")):
+        expected = pd.read_csv(test).set_index("id")
+        got = pd.read_csv(run / f"{name}.csv").set_index("id")
+        assert sorted(got.index) == sorted(expected.index)
+        worst = max(worst, float((got.loc[expected.index, "pred"] - expected["pred"]).abs().max()))
+    print(f"--predict vs training-time test predictions: max abs difference {worst:.3g}")
+    assert worst <= 1e-6
+    sub = pd.read_csv(run / "submission.csv").set_index("clip")
+    blend_sub = pd.read_csv(out / "blend" / "submission.csv").set_index("clip")
+    assert list(sub.columns) == ["probability"]
+    assert (sub.loc[blend_sub.index, "probability"] - blend_sub["probability"]).abs().max() <= 1e-6
+    assert pd.read_csv(run / "skipped.csv").empty
+    # Nothing of the experiments or the blend changed; nothing trained.
+    assert before == {name: snapshot(out / name) for name in ("inceptiontime_a", "inceptiontime_b", "blend")}
+    assert "epoch" not in (run / "predict.log").read_text().lower()
+
+
+def test_predict_a_long_recording_by_windows_and_list_bad_files(finished_queue):
+    import soundfile as sf
+
+    folder, path = finished_queue
+    out = folder / "output"
+    test_dir = folder / "input" / "synthetic_whale" / "test"
+    preds = pd.read_csv(out / "inceptiontime_a" / "test.csv").set_index("id")["pred"]
+    low, high = preds.idxmin(), preds.idxmax()
+    assert preds[high] > preds[low]
+    quiet, call = sf.read(test_dir / low, dtype="float32")[0], sf.read(test_dir / high, dtype="float32")[0]
+    new = folder / "new"
+    (new / "site").mkdir(parents=True)
+    rate = sf.info(test_dir / high).samplerate
+    # 8 s: the training window (2 s) of the quietest clip three times, then the loudest clip's call at the end.
+    sf.write(new / "site" / "long.aiff", np.concatenate([quiet, quiet, quiet, call]), rate, format="AIFF")
+    (new / "empty.aiff").write_bytes(b"")
+    (new / "not_audio.aiff").write_text("hello")
+    data = (test_dir / high).read_bytes()
+    (new / "truncated.aiff").write_bytes(data[:len(data) // 2])
+    sf.write(new / "wrong_rate.wav", call, rate, subtype="PCM_16")
+    raw = bytearray((new / "wrong_rate.wav").read_bytes())
+    raw[24:28] = (5).to_bytes(4, "little")  # an implausible 5 Hz in the canonical WAV header
+    (new / "wrong_rate.wav").write_bytes(bytes(raw))
+    assert main([path, "--predict", str(new), "--predict-name", "field"]) == 0
+    run = out / "predict" / "field"
+    got = pd.read_csv(run / "inceptiontime_a.csv").set_index("id")["pred"]
+    assert list(got.index) == ["site/long.aiff"]
+    # Its first window alone would be the quiet clip's prediction; the windows found the late call.
+    assert got["site/long.aiff"] >= preds[high] - 1e-6 > preds[low]
+    skipped = pd.read_csv(run / "skipped.csv").set_index("id")["reason"]
+    assert sorted(skipped.index) == ["empty.aiff", "not_audio.aiff", "truncated.aiff", "wrong_rate.wav"]
+    assert skipped.str.len().gt(0).all() and "5 Hz" in skipped["wrong_rate.wav"]
+    log = (run / "predict.log").read_text()
+    assert all(name in log for name in skipped.index)
+    sub = pd.read_csv(run / "submission.csv")
+    assert sorted(sub["clip"]) == sorted(["site/long.aiff", *skipped.index])  # a row for every file
+
+
+def test_predict_refuses_what_it_cannot_predict_before_writing(tmp_path, capsys):
+    path = write_queue(tmp_path)
+    (tmp_path / "silent").mkdir()
+    (tmp_path / "silent" / "notes.txt").write_text("no audio here")
+    cases = [(["--predict", str(tmp_path / "nowhere")], "not found"),
+             (["--predict", str(tmp_path / "silent")], "no audio files"),
+             (["--predict", str(tmp_path)], "no finished experiment"),
+             (["--predict-name", "x"], "needs --predict"),
+             (["--predict", str(tmp_path), "--force"], "cannot be combined with --force"),
+             (["--predict", str(tmp_path), "--predict-name", "../up"], "not a safe folder name")]
+    (tmp_path / "song.wav").write_bytes(b"")  # audio in the folder: the missing experiments are the problem
+    for args, words in cases:
+        assert main([path, *args]) == 2, args
+        assert words in capsys.readouterr().err, args
+    assert not (tmp_path / "output").exists()
