@@ -28,6 +28,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help="predict a folder of audio (or a YAML file with a data block) with every finished "
                              "experiment and the blend; writes output/predict/<run>/. Trains nothing")
     parser.add_argument("--predict-name", metavar="RUN", help="the --predict run's folder name (default: a timestamp)")
+    parser.add_argument("--export", action="store_true",
+                        help="write every finished experiment's fold models as SavedModels and TFLite models to "
+                             "output/export/ (predict with: python -m pipeline.exported output/export PATH --out DIR)")
     return parser.parse_args(argv)
 
 
@@ -51,7 +54,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"error: --only: {', '.join(map(repr, unknown))} not in {args.queue}; experiments are: {names}",
                   file=sys.stderr)
             return EXIT_CONFIG
-    if args.predict is not None or args.predict_name is not None:
+    if args.predict is not None or args.predict_name is not None or args.export:
         return _predict(args, queue, only)
     from pipeline.data import root_problem
     from pipeline.ownership import check_output
@@ -71,17 +74,23 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _predict(args, queue, only) -> int:
-    """``--predict PATH``: the finished experiments' fold models predict new audio (pipeline.predict_new)."""
-    clash = [flag for flag, on in (("--force", args.force), ("--dry-run", args.dry_run),
-                                   ("--blend-only", args.blend_only)) if on]
-    if args.predict is None or clash:
-        why = "--predict-name needs --predict PATH" if args.predict is None else \
-            f"--predict trains nothing and cannot be combined with {', '.join(clash)}"
+    """``--predict PATH`` (pipeline.predict_new) or ``--export`` (pipeline.export): the finished experiments'
+    fold models predict new audio, or are exported."""
+    flag = "--export" if args.export else "--predict"
+    clash = [f for f, on in (("--force", args.force), ("--dry-run", args.dry_run), ("--blend-only", args.blend_only),
+                             ("--predict", args.export and args.predict is not None)) if on]
+    if (args.predict is None and not args.export) or (args.export and args.predict_name is not None) or clash:
+        why = (f"{flag} trains nothing and cannot be combined with {', '.join(clash)}" if clash
+               else "--predict-name needs --predict PATH")
         print(f"error: {why}", file=sys.stderr)
         return EXIT_CONFIG
-    from pipeline.predict_new import run_predict
-
     try:
+        if args.export:
+            from pipeline.export import run_export
+
+            return run_export(queue, only=only)
+        from pipeline.predict_new import run_predict
+
         return run_predict(queue, args.predict, name=args.predict_name, only=only)
     except PipelineError as err:
         print(f"error: {type(err).__name__}: {err}", file=sys.stderr)

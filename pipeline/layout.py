@@ -266,3 +266,30 @@ def predict_file(run_dir: str, name: str) -> str:
 def predict_predictions(run_dir: str, name: str) -> str:
     """``<run>/<name>.csv``: the predictions of experiment ``name``, or of the blend for ``name`` = :data:`BLEND`."""
     return _join(run_dir, name + ".csv")
+
+
+# ----------------------------------------------------------------------------- output/export/ (pipeline.export)
+# Exported fold models, runnable without the queue file or the training code (pipeline.exported):
+# export/export.json (the experiments, the blend), export/<experiment>/export.json (feature, window and class
+# settings, file list; written last: a folder without it is incomplete), fold<k>.savedmodel/ and fold<k>.tflite
+# per fold, folds.savedmodel/ and folds.tflite: every fold in one model, outputs side by side [B, folds * C].
+
+EXPORT_MANIFEST = "export.json"
+EXPORT_FOLDS = "folds"
+
+
+def export_root(output: str) -> str:
+    """``output/export/``."""
+    return _join(output, EXPORT)
+
+
+def export_file(folder: str, name: str) -> str:
+    """``export.json`` of the export root or of an experiment's export folder."""
+    return _join(folder, _one_of(name, {EXPORT_MANIFEST}, "an export manifest"))
+
+
+def export_model(exp_export: str, k, kind: str) -> str:
+    """Fold ``k``'s (or, for ``k`` = :data:`EXPORT_FOLDS`, all folds') exported model: ``kind`` ``savedmodel``
+    (a folder) or ``tflite``."""
+    stem = EXPORT_FOLDS if k == EXPORT_FOLDS else f"{FOLD_PREFIX}{int(k)}"
+    return _join(exp_export, f"{stem}.{_one_of(kind, {'savedmodel', 'tflite'}, 'an export format')}")

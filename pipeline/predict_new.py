@@ -103,8 +103,8 @@ def finished_experiments(queue: Queue, only: Optional[List[str]] = None) -> List
     return done
 
 
-def dataset_for(exp: Experiment, audio: NewAudio, meta: dict):
-    """The new audio as a dataset of test clips only, with ``exp``'s task, targets and submission format.
+def dataset_for(data_name: str, audio: NewAudio, meta: dict):
+    """The new audio as a dataset of test clips only, for an experiment trained on data source ``data_name``.
 
     ``meta``: the experiment's scores.json (task, targets, submission). Long
     recordings of an rfcx-style experiment carry an empty box list, so the
@@ -114,7 +114,7 @@ def dataset_for(exp: Experiment, audio: NewAudio, meta: dict):
     from pipeline.data.base import Dataset
 
     files = audio.files.copy()
-    recordings = exp.data.name in schema.RECORDING_SOURCES
+    recordings = data_name in schema.RECORDING_SOURCES
     if recordings and os.path.isdir(audio.source):
         files["id"] = [os.path.splitext(i)[0] for i in files["id"]]
     dup = files["id"][files["id"].duplicated()]
@@ -235,7 +235,7 @@ def run_predict(queue: Queue, path: str, *, name: Optional[str] = None, only: Op
         except ownership.OwnershipError as err:
             print(f"error: output: {err}", file=sys.stderr)
             return 2
-        handler = _log_to(layout.predict_file(run_dir, layout.PREDICT_LOG))
+        handler = log_to(layout.predict_file(run_dir, layout.PREDICT_LOG))
         try:
             return _predict_all(queue, audio, experiments, run_dir)
         finally:
@@ -243,7 +243,7 @@ def run_predict(queue: Queue, path: str, *, name: Optional[str] = None, only: Op
             handler.close()
 
 
-def _log_to(path: str) -> logging.Handler:
+def log_to(path: str) -> logging.Handler:
     """Log to the console (INFO) and to ``path`` (DEBUG), under the root logger."""
     import sys
 
@@ -271,7 +271,7 @@ def _predict_all(queue: Queue, audio: NewAudio, experiments: List[Experiment], r
     for exp in experiments:
         try:
             meta = io.read_json(layout.experiment_file(layout.experiment_dir(output, exp.name), layout.SCORES))
-            datasets[exp.name] = dataset_for(exp, audio, meta)
+            datasets[exp.name] = dataset_for(exp.data.name, audio, meta)
             preds, bad = predict_experiment(exp, datasets[exp.name], output)
         except PipelineError as err:
             log.error("%s: not predicted: %s: %s", exp.name, type(err).__name__, err)
@@ -290,23 +290,24 @@ def _predict_all(queue: Queue, audio: NewAudio, experiments: List[Experiment], r
     table = pd.DataFrame(list(skipped.values()), columns=["id", "path", "reason"])
     io.write_csv(layout.predict_file(run_dir, layout.PREDICT_SKIPPED), table)
     if predicted:
-        _write_blend_and_submission(output, run_dir, predicted, datasets)
+        write_blend_and_submission(run_dir, predicted, datasets, saved_blend(output, list(predicted)))
     if failed:
         log.error("predict: %d experiment(s) not predicted: %s", len(failed), ", ".join(failed))
         return 1
     return 0
 
 
-def _write_blend_and_submission(output: str, run_dir: str, predicted: Dict[str, pd.DataFrame], datasets) -> None:
-    """``blend.csv`` (the saved blend re-applied) and ``submission.csv`` (of the blend, else of the first
-    experiment predicted), in the data's competition format with a row for every file, skipped ones too."""
+def write_blend_and_submission(run_dir: str, predicted: Dict[str, pd.DataFrame], datasets,
+                               weights: Optional[dict]) -> None:
+    """``blend.csv`` (``weights``, a saved blend, re-applied; none without) and ``submission.csv`` (of the blend,
+    else of the first experiment predicted), in the data's competition format with a row for every file, skipped
+    ones too. ``predicted``, ``datasets``: per experiment its predictions and its :func:`dataset_for`."""
     from pipeline.blend.methods import apply_saved
     from pipeline.data import submission_frame
     from pipeline.errors import BlendError
 
     first = next(iter(predicted))
     chosen, frame = first, predicted[first]
-    weights = saved_blend(output, list(predicted))
     if weights is not None:
         names = list(weights["experiments"])
         everywhere = set.intersection(*(set(predicted[n]["id"]) for n in names))  # skipped by none of them
