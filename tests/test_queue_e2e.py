@@ -257,3 +257,45 @@ def test_predict_refuses_what_it_cannot_predict_before_writing(tmp_path, capsys)
         assert main([path, *args]) == 2, args
         assert words in capsys.readouterr().err, args
     assert not (tmp_path / "output").exists()
+
+
+FORBIDDEN_IN_EXPORTED = ("pipeline.queue", "pipeline.train", "pipeline.fold_job", "pipeline.fold_loop",
+                         "pipeline.models", "pipeline.losses", "pipeline.schedules", "pipeline.distribute",
+                         "pipeline.export", "pipeline.keras_metrics", "pipeline.augment")
+
+
+def test_export_predicts_in_a_fresh_process_without_the_queue_or_training_code(finished_queue):
+    import subprocess
+    import sys
+
+    folder, path = finished_queue
+    out = folder / "output"
+    assert main([path, "--export", "--only", "inceptiontime_a"]) == 0
+    root = out / "export"
+    manifest = json.loads((root / "inceptiontime_a" / "export.json").read_text())
+    assert manifest["targets"] == ["label"] and manifest["n_folds"] == 3 and manifest["select_tf_ops"] == []
+    assert manifest["input_shape"] == manifest["feature_shape"] and manifest["windows"] == {"aggregate": "max"}
+    for k in range(3):
+        assert (root / "inceptiontime_a" / f"fold{k}.tflite").stat().st_size > 0
+        assert (root / "inceptiontime_a" / f"fold{k}.savedmodel" / "saved_model.pb").is_file()
+    assert json.loads((root / "export.json").read_text())["experiments"] == ["inceptiontime_a"]
+    # Elsewhere, with neither the queue file nor the output folder: a copy of the export and of the audio.
+    shutil.copytree(root, folder / "kaggle" / "export")
+    shutil.copytree(folder / "input" / "synthetic_whale" / "test", folder / "kaggle" / "test")
+    script = (
+        "import sys\n"
+        "from pipeline.exported import main\n"
+        "code = main(['export', 'test', '--out', 'preds'])\n"
+        f"loaded = [m for m in sys.modules if m.split('.')[:2] in [f.split('.') for f in {FORBIDDEN_IN_EXPORTED!r}]]\n"
+        "assert code == 0 and not loaded, (code, loaded)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=folder / "kaggle", capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))})
+    assert done.returncode == 0, done.stderr[-3000:]
+    keras_test = pd.read_csv(out / "inceptiontime_a" / "test.csv").set_index("id")["pred"]
+    tflite = pd.read_csv(folder / "kaggle" / "preds" / "inceptiontime_a.csv").set_index("id")["pred"]
+    worst = float((tflite.loc[keras_test.index] - keras_test).abs().max())
+    print(f"TFLite export vs Keras test predictions: max abs difference {worst:.3g}")
+    assert worst <= 1e-4
+    sub = pd.read_csv(folder / "kaggle" / "preds" / "submission.csv")
+    assert sorted(sub["clip"]) == sorted(keras_test.index)
