@@ -131,10 +131,10 @@ def export_experiment(exp: Experiment, output: str, root: str) -> dict:
         "batch_size": exp.train.batch_size,
         "select_tf_ops": select,
         "files": {
-            "saved_models": [f"fold{k}.savedmodel" for k in range(len(models))],
-            "tflite": [f"fold{k}.tflite" for k in range(len(models))],
-            "all_folds": {"saved_model": f"{layout.EXPORT_FOLDS}.savedmodel",
-                          "tflite": f"{layout.EXPORT_FOLDS}.tflite"},
+            "saved_models": [_name(folder, k, "savedmodel") for k in range(len(models))],
+            "tflite": [_name(folder, k, "tflite") for k in range(len(models))],
+            "all_folds": {"saved_model": _name(folder, layout.EXPORT_FOLDS, "savedmodel"),
+                          "tflite": _name(folder, layout.EXPORT_FOLDS, "tflite")},
         },
     }
     io.write_json(layout.export_file(folder, layout.EXPORT_MANIFEST), manifest)
@@ -142,6 +142,11 @@ def export_experiment(exp: Experiment, output: str, root: str) -> dict:
     log.info("%s: exported %d folds -> %s%s", exp.name, len(models), folder,
              f" (SELECT_TF_OPS: {', '.join(select)})" if select else "")
     return manifest
+
+
+def _name(folder: str, k, kind: str) -> str:
+    """An exported model's name inside the experiment's export folder (the manifest lists names, not paths)."""
+    return layout.export_model(folder, k, kind).rsplit("/", 1)[-1]
 
 
 def run_export(queue: Queue, *, only: Optional[List[str]] = None) -> int:
