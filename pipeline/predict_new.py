@@ -140,9 +140,13 @@ def load_fold_model(exp_dir: str, k: int):
     return keras.models.load_model(layout.fold_file(exp_dir, k, layout.MODEL), compile=False)
 
 
-def predict_experiment(exp: Experiment, dataset, output: str) -> Tuple[pd.DataFrame, List[dict]]:
+def predict_experiment(exp: Experiment, dataset, output: str,
+                       cache_root: Optional[str] = None) -> Tuple[pd.DataFrame, List[dict]]:
     """``exp``'s fold models' predictions of ``dataset``'s test clips: (``id, <pred columns>`` averaged over the
     folds, in dataset order; the files skipped as bad, ``id, path, reason``).
+
+    ``output``: the queue's output folder (the models); ``cache_root``: where the features of ``dataset`` are
+    cached (default: the queue's cache, ``output/cache/features/``).
 
     The same cache settings, windows and batch size as the experiment's
     training-time test predictions (:func:`pipeline.fold_job.run_fold_job`),
@@ -158,7 +162,7 @@ def predict_experiment(exp: Experiment, dataset, output: str) -> Tuple[pd.DataFr
     exp_dir = layout.experiment_dir(output, exp.name)
     # A folder of new audio with bad files is predicted all the same: its bad files are listed, not refused.
     audio = dataclasses.replace(exp.audio, max_bad_fraction=1.0)
-    cache = ensure_features(dataset, layout.cache_root(output), data=exp.data, audio=audio, features=exp.features, cache=exp.cache,
+    cache = ensure_features(dataset, cache_root or layout.cache_root(output), data=exp.data, audio=audio, features=exp.features, cache=exp.cache,
                             predict=exp.predict, label=f"{exp.name} (predict)")
     skipped = [{"id": s["id"], "path": s["path"], "reason": s["reason"]} for s in cache.skipped]
     pred_cols = layout.prediction_columns(dataset.targets, dataset.task)

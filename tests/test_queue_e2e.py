@@ -179,44 +179,21 @@ def snapshot(folder):
     return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))}
 
 
-def test_predict_reproduces_the_training_time_test_predictions(finished_queue, capsys):
-    folder, path = finished_queue
-    out = folder / "output"
-    before = {name: snapshot(out / name) for name in ("inceptiontime_a", "inceptiontime_b", "blend")}
-    assert main([path, "--predict", str(folder / "input" / "synthetic_whale" / "test"), "--predict-name", "again"]) == 0
-    run = out / "predict" / "again"
-    worst = 0.0
-    for name, test in (("inceptiontime_a", out / "inceptiontime_a" / "test.csv"),
-                       ("inceptiontime_b", out / "inceptiontime_b" / "test.csv"), ("blend", out / "blend" / "test.csv")):
-        expected = pd.read_csv(test).set_index("id")
-        got = pd.read_csv(run / f"{name}.csv").set_index("id")
-        assert sorted(got.index) == sorted(expected.index)
-        worst = max(worst, float((got.loc[expected.index, "pred"] - expected["pred"]).abs().max()))
-    print(f"--predict vs training-time test predictions: max abs difference {worst:.3g}")
-    assert worst <= 1e-6
-    sub = pd.read_csv(run / "submission.csv").set_index("clip")
-    blend_sub = pd.read_csv(out / "blend" / "submission.csv").set_index("clip")
-    assert list(sub.columns) == ["probability"]
-    assert (sub.loc[blend_sub.index, "probability"] - blend_sub["probability"]).abs().max() <= 1e-6
-    assert pd.read_csv(run / "skipped.csv").empty
-    # Nothing of the experiments or the blend changed; nothing trained.
-    assert before == {name: snapshot(out / name) for name in ("inceptiontime_a", "inceptiontime_b", "blend")}
-    assert "epoch" not in (run / "predict.log").read_text().lower()
-
-
-def test_predict_a_long_recording_by_windows_and_list_bad_files(finished_queue):
+def test_predict_reproduces_test_predictions_finds_a_late_call_by_windows_and_lists_bad_files(finished_queue):
+    """One --predict run (the costly part) over the test clips, a long recording and bad files."""
     import soundfile as sf
 
     folder, path = finished_queue
     out = folder / "output"
     test_dir = folder / "input" / "synthetic_whale" / "test"
+    new = folder / "new"
+    shutil.copytree(test_dir, new)
     preds = pd.read_csv(out / "inceptiontime_a" / "test.csv").set_index("id")["pred"]
     low, high = preds.idxmin(), preds.idxmax()
     assert preds[high] > preds[low]
     quiet, call = sf.read(test_dir / low, dtype="float32")[0], sf.read(test_dir / high, dtype="float32")[0]
-    new = folder / "new"
-    (new / "site").mkdir(parents=True)
     rate = sf.info(test_dir / high).samplerate
+    (new / "site").mkdir()
     # 8 s: the training window (2 s) of the quietest clip three times, then the loudest clip's call at the end.
     sf.write(new / "site" / "long.aiff", np.concatenate([quiet, quiet, quiet, call]), rate, format="AIFF")
     (new / "empty.aiff").write_bytes(b"")
@@ -227,19 +204,35 @@ def test_predict_a_long_recording_by_windows_and_list_bad_files(finished_queue):
     raw = bytearray((new / "wrong_rate.wav").read_bytes())
     raw[24:28] = (5).to_bytes(4, "little")  # an implausible 5 Hz in the canonical WAV header
     (new / "wrong_rate.wav").write_bytes(bytes(raw))
+    before = {name: snapshot(out / name) for name in ("inceptiontime_a", "inceptiontime_b", "blend")}
+
     assert main([path, "--predict", str(new), "--predict-name", "field"]) == 0
     run = out / "predict" / "field"
+    # The test clips: every experiment's and the blend's training-time test predictions.
+    worst = 0.0
+    for name, test in (("inceptiontime_a", out / "inceptiontime_a" / "test.csv"),
+                       ("inceptiontime_b", out / "inceptiontime_b" / "test.csv"), ("blend", out / "blend" / "test.csv")):
+        expected = pd.read_csv(test).set_index("id")["pred"]
+        got = pd.read_csv(run / f"{name}.csv").set_index("id")["pred"]
+        assert sorted(got.index) == sorted([*expected.index, "site/long.aiff"])
+        worst = max(worst, float((got.loc[expected.index] - expected).abs().max()))
+    print(f"--predict vs training-time test predictions: max abs difference {worst:.3g}")
+    assert worst <= 1e-6
+    sub = pd.read_csv(run / "submission.csv").set_index("clip")["probability"]
+    blend_sub = pd.read_csv(out / "blend" / "submission.csv").set_index("clip")["probability"]
+    assert (sub.loc[blend_sub.index] - blend_sub).abs().max() <= 1e-6
+    # The long recording: its first window alone is the quiet clip's prediction; the windows found the late call.
     got = pd.read_csv(run / "inceptiontime_a.csv").set_index("id")["pred"]
-    assert list(got.index) == ["site/long.aiff"]
-    # Its first window alone would be the quiet clip's prediction; the windows found the late call.
     assert got["site/long.aiff"] >= preds[high] - 1e-6 > preds[low]
+    # The bad files: listed with their reasons (file and log), and still a row of the submission.
     skipped = pd.read_csv(run / "skipped.csv").set_index("id")["reason"]
     assert sorted(skipped.index) == ["empty.aiff", "not_audio.aiff", "truncated.aiff", "wrong_rate.wav"]
     assert skipped.str.len().gt(0).all() and "5 Hz" in skipped["wrong_rate.wav"]
     log = (run / "predict.log").read_text()
-    assert all(name in log for name in skipped.index)
-    sub = pd.read_csv(run / "submission.csv")
-    assert sorted(sub["clip"]) == sorted(["site/long.aiff", *skipped.index])  # a row for every file
+    assert all(name in log for name in skipped.index) and "epoch" not in log.lower()  # nothing trained
+    assert sorted(sub.index) == sorted([*blend_sub.index, "site/long.aiff", *skipped.index])
+    # Nothing of the experiments or the blend changed.
+    assert before == {name: snapshot(out / name) for name in ("inceptiontime_a", "inceptiontime_b", "blend")}
 
 
 def test_predict_refuses_what_it_cannot_predict_before_writing(tmp_path, capsys):
