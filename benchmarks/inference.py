@@ -76,10 +76,9 @@ def run(queue_path: str, *, experiment=None, n_long=10, long_seconds=60.0, n_cli
     from pipeline.config import load_queue
     from pipeline.export import export_experiment
     from pipeline.exported import predict_exported
-    from pipeline.fold_strategies import strategy_name
     from pipeline.predict import mean_over_folds, predict_examples
-    from pipeline.predict_new import (NewAudio, dataset_for, finished_experiments, load_fold_model,
-                                      predict_experiment)
+    from pipeline.predict_new import (NewAudio, dataset_for, finished_experiments, fold_strategy_name,
+                                      load_fold_model, predict_experiment)
     from pipeline.cache.build import ensure_features
     from pipeline import io, schema
     import pandas as pd
@@ -102,7 +101,7 @@ def run(queue_path: str, *, experiment=None, n_long=10, long_seconds=60.0, n_cli
         files = sorted(os.listdir(folder))
         audio = NewAudio(folder, pd.DataFrame({"id": files, "path": [os.path.join(folder, f) for f in files]}))
         dataset = dataset_for(exp.data.name, audio, meta)
-        strategy = schema.FOLD_STRATEGIES[strategy_name(dataset)].load()()
+        strategy = schema.FOLD_STRATEGIES[fold_strategy_name(exp.data.name)].load()()
 
         def training_time(root=os.path.join(work, name, "training")):
             cache = ensure_features(dataset, layout.cache_root(root), data=exp.data, audio=exp.audio,

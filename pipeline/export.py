@@ -88,8 +88,7 @@ def export_experiment(exp: Experiment, output: str, root: str) -> dict:
     import keras
 
     from pipeline.features import feature_shape
-    from pipeline.fold_strategies import strategy_name
-    from pipeline.predict_new import NewAudio, dataset_for, load_fold_model
+    from pipeline.predict_new import fold_strategy_name, load_fold_model
 
     exp_dir = layout.experiment_dir(output, exp.name)
     meta = io.read_json(layout.experiment_file(exp_dir, layout.SCORES))
@@ -99,9 +98,7 @@ def export_experiment(exp: Experiment, output: str, root: str) -> dict:
     n_samples = int(round(exp.audio.duration * exp.audio.sample_rate))
     shape = feature_shape(exp.features.name, exp.features.params, n_samples=n_samples,
                           sample_rate=exp.audio.sample_rate)
-    import pandas as pd
-
-    strategy = strategy_name(dataset_for(exp.data.name, NewAudio("", pd.DataFrame({"id": [], "path": []})), meta))
+    strategy = fold_strategy_name(exp.data.name)
     windows = schema.FOLD_STRATEGIES[strategy].load()().windows(exp, shape)
     models = [load_fold_model(exp_dir, k) for k in range(exp.folds.n_splits)]
     select = []

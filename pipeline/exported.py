@@ -128,9 +128,14 @@ def run(export_dir: str, path: str, out: str, *, only: Optional[List[str]] = Non
         predicted, datasets, skipped, failed = {}, {}, {}, []
         for name in names:
             folder = layout.experiment_dir(export_dir, name)
-            m = io.read_json(layout.export_file(folder, layout.EXPORT_MANIFEST))
-            datasets[name] = dataset_for(m["data"]["name"], audio, m)
-            preds, bad = predict_exported(folder, datasets[name], out)
+            try:
+                m = io.read_json(layout.export_file(folder, layout.EXPORT_MANIFEST))
+                datasets[name] = dataset_for(m["data"]["name"], audio, m)
+                preds, bad = predict_exported(folder, datasets[name], out)
+            except (PipelineError, OSError, ValueError, KeyError) as err:  # a damaged or incomplete export
+                log.error("%s: not predicted: %s: %s", name, type(err).__name__, err)
+                failed.append(name)
+                continue
             skipped.update({(b["id"], b["reason"]): b for b in bad})
             if preds.empty:
                 log.error("%s: none of the %d files could be used", name, len(audio.files))

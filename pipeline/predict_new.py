@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 import time
 from typing import Dict, List, Optional, Tuple
 
@@ -103,6 +104,13 @@ def finished_experiments(queue: Queue, only: Optional[List[str]] = None) -> List
     return done
 
 
+def fold_strategy_name(data_name: str) -> str:
+    """The fold strategy of experiments on data source ``data_name``: ``crops`` for the long recordings with
+    event boxes of :data:`pipeline.schema.RECORDING_SOURCES` (:func:`pipeline.fold_strategies.strategy_name`
+    finds their boxes), else ``clips``."""
+    return "crops" if data_name in schema.RECORDING_SOURCES else "clips"
+
+
 def dataset_for(data_name: str, audio: NewAudio, meta: dict):
     """The new audio as a dataset of test clips only, for an experiment trained on data source ``data_name``.
 
@@ -114,7 +122,7 @@ def dataset_for(data_name: str, audio: NewAudio, meta: dict):
     from pipeline.data.base import Dataset
 
     files = audio.files.copy()
-    recordings = data_name in schema.RECORDING_SOURCES
+    recordings = fold_strategy_name(data_name) == "crops"
     if recordings and os.path.isdir(audio.source):
         files["id"] = [os.path.splitext(i)[0] for i in files["id"]]
     dup = files["id"][files["id"].duplicated()]
@@ -154,7 +162,6 @@ def predict_experiment(exp: Experiment, dataset, output: str,
     """
     from pipeline import distribute
     from pipeline.cache.build import ensure_features
-    from pipeline.fold_strategies import strategy_name
     from pipeline.predict import mean_over_folds, predict_examples
 
     import keras
@@ -168,7 +175,7 @@ def predict_experiment(exp: Experiment, dataset, output: str,
     pred_cols = layout.prediction_columns(dataset.targets, dataset.task)
     if cache.count("test") == 0:
         return pd.DataFrame(columns=["id", *pred_cols]), skipped
-    strategy = schema.FOLD_STRATEGIES[strategy_name(dataset)].load()()
+    strategy = schema.FOLD_STRATEGIES[fold_strategy_name(exp.data.name)].load()()
     windows = strategy.windows(exp, cache.shape)
     per_fold, ids = [], None
     with distribute.experiment_runtime(exp.train, name=exp.name) as rt:
@@ -193,18 +200,18 @@ def saved_blend(output: str, predicted: List[str]) -> Optional[dict]:
     folder = layout.blend_dir(output)
     weights_path = layout.blend_file(folder, layout.WEIGHTS)
     if not io.isfile(layout.blend_file(folder, layout.SCORES)) or not io.isfile(weights_path):
-        log.info("predict: the queue has no finished blend (%s); no blend predictions", folder)
+        log.info("blend: the queue has no finished blend (%s); no blend", folder)
         return None
     try:
         weights = io.read_json(weights_path)
         names = [str(n) for n in weights["experiments"]]
     except (OSError, ValueError, KeyError, TypeError) as err:
-        log.warning("predict: %s unreadable (%s); no blend predictions", weights_path, err)
+        log.warning("blend: %s unreadable (%s); no blend", weights_path, err)
         return None
     missing = [n for n in names if n not in predicted]
     if missing:
-        log.warning("predict: the blend uses %s, not predicted now (not finished, or left out by --only); "
-                    "no blend predictions", ", ".join(missing))
+        log.warning("blend: it uses %s, which is not finished now or left out by --only; no blend",
+                    ", ".join(missing))
         return None
     return weights
 
@@ -213,8 +220,6 @@ def run_predict(queue: Queue, path: str, *, name: Optional[str] = None, only: Op
     """Predict the audio at ``path`` with every finished experiment (of ``only``) and the blend; write
     ``output/predict/<run>/``. Returns the exit status: 0 done, 1 an experiment failed, 2 a user's mistake
     found before anything was written, 3 another runner holds the output folder."""
-    import sys
-
     from pipeline import lock
 
     try:
@@ -249,8 +254,6 @@ def run_predict(queue: Queue, path: str, *, name: Optional[str] = None, only: Op
 
 def log_to(path: str) -> logging.Handler:
     """Log to the console (INFO) and to ``path`` (DEBUG), under the root logger."""
-    import sys
-
     root = logging.getLogger()
     root.setLevel(logging.DEBUG)
     if not any(getattr(h, "_pipeline", False) for h in root.handlers):
@@ -277,7 +280,7 @@ def _predict_all(queue: Queue, audio: NewAudio, experiments: List[Experiment], r
             meta = io.read_json(layout.experiment_file(layout.experiment_dir(output, exp.name), layout.SCORES))
             datasets[exp.name] = dataset_for(exp.data.name, audio, meta)
             preds, bad = predict_experiment(exp, datasets[exp.name], output)
-        except PipelineError as err:
+        except (PipelineError, OSError, ValueError) as err:  # e.g. a fold model deleted or damaged since the run
             log.error("%s: not predicted: %s: %s", exp.name, type(err).__name__, err)
             failed.append(exp.name)
             continue

@@ -244,7 +244,13 @@ def test_predict_refuses_what_it_cannot_predict_before_writing(tmp_path, capsys)
              (["--predict", str(tmp_path)], "no finished experiment"),
              (["--predict-name", "x"], "needs --predict"),
              (["--predict", str(tmp_path), "--force"], "cannot be combined with --force"),
-             (["--predict", str(tmp_path), "--predict-name", "../up"], "not a safe folder name")]
+             (["--predict", str(tmp_path), "--predict-name", "../up"], "not a safe folder name"),
+             (["--predict", str(tmp_path / "block.yaml")], "data.name: 'kaggle_whal' is not a data source"),
+             (["--predict", str(tmp_path / "other.yaml")], "expected a mapping with the one key data"),
+             (["--export", "--predict", str(tmp_path)], "cannot be combined with --predict"),
+             (["--export"], "no finished experiment")]
+    (tmp_path / "block.yaml").write_text("data: {name: kaggle_whal, root: x}\n")
+    (tmp_path / "other.yaml").write_text("data: {name: kaggle_whale, root: x}\noutput: y\n")
     (tmp_path / "song.wav").write_bytes(b"")  # audio in the folder: the missing experiments are the problem
     for args, words in cases:
         assert main([path, *args]) == 2, args
