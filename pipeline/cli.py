@@ -23,6 +23,14 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--force", action="store_true", help="rerun the selected experiments from scratch")
     parser.add_argument("--dry-run", action="store_true", help="print the plan (experiments, cache hits, folds); write nothing")
     parser.add_argument("--blend-only", action="store_true", help="skip training; rebuild oof.csv, summary and blend")
+    # Issue 18: trained fold models predict new audio; exported models predict without the training code.
+    parser.add_argument("--predict", metavar="PATH",
+                        help="predict a folder of audio (or a YAML file with a data block) with every finished "
+                             "experiment and the blend; writes output/predict/<run>/. Trains nothing")
+    parser.add_argument("--predict-name", metavar="RUN", help="the --predict run's folder name (default: a timestamp)")
+    parser.add_argument("--export", action="store_true",
+                        help="write every finished experiment's fold models as SavedModels and TFLite models to "
+                             "output/export/ (predict with: python -m pipeline.exported output/export PATH --out DIR)")
     return parser.parse_args(argv)
 
 
@@ -46,6 +54,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"error: --only: {', '.join(map(repr, unknown))} not in {args.queue}; experiments are: {names}",
                   file=sys.stderr)
             return EXIT_CONFIG
+    if args.predict is not None or args.predict_name is not None or args.export:
+        return _predict(args, queue, only)
     from pipeline.data import root_problem
     from pipeline.ownership import check_output
 
@@ -59,5 +69,29 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return run(queue, only=only, force=args.force, dry_run=args.dry_run, blend_only=args.blend_only)
     except PipelineError as err:  # a user's mistake outside any one experiment: its message, not a traceback
+        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _predict(args, queue, only) -> int:
+    """``--predict PATH`` (pipeline.predict_new) or ``--export`` (pipeline.export): the finished experiments'
+    fold models predict new audio, or are exported."""
+    flag = "--export" if args.export else "--predict"
+    clash = [f for f, on in (("--force", args.force), ("--dry-run", args.dry_run), ("--blend-only", args.blend_only),
+                             ("--predict", args.export and args.predict is not None)) if on]
+    if (args.predict is None and not args.export) or (args.export and args.predict_name is not None) or clash:
+        why = (f"{flag} trains nothing and cannot be combined with {', '.join(clash)}" if clash
+               else "--predict-name needs --predict PATH")
+        print(f"error: {why}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        if args.export:
+            from pipeline.export import run_export
+
+            return run_export(queue, only=only)
+        from pipeline.predict_new import run_predict
+
+        return run_predict(queue, args.predict, name=args.predict_name, only=only)
+    except PipelineError as err:
         print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
         return EXIT_FAILED

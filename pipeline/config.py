@@ -658,3 +658,30 @@ def _show(value) -> str:
 def dump_experiment(exp: Experiment) -> str:
     """The resolved config as YAML text (written to output/<experiment>/config.yaml)."""
     return yaml.safe_dump(exp.to_dict(), sort_keys=False)
+
+
+# ----------------------------------------------------------------------------- a data block on its own (--predict)
+
+
+def parse_data_block(path: str) -> Component:
+    """The ``data`` block of a YAML file holding only ``data: {...}`` (an experiment's ``data`` schema), paths
+    relative to that file. Raises :class:`ConfigError` listing every problem."""
+    source = os.path.abspath(path)
+    try:
+        with open(source, encoding="utf-8") as f:
+            raw = queue_yaml.load_text(f.read(queue_yaml.MAX_BYTES + 1))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise ConfigError(path, [f"cannot read it as YAML: {err}"]) from None
+    if not isinstance(raw, dict) or set(raw) != {"data"}:
+        raise ConfigError(path, [f"<root>: expected a mapping with the one key data (a data block as in an "
+                                 f"experiment); got {_typename(raw) if not isinstance(raw, dict) else sorted(raw)}"])
+    problems: List[str] = []
+
+    def origin(section: str, key: Optional[str] = None) -> str:
+        return section if key is None else f"{section}.{key}"
+
+    merged = _merge_component("data", None, raw["data"], origin, problems)
+    data = None if merged is None else _parse_component("data", merged, origin, os.path.dirname(source), problems)
+    if problems or data is None:
+        raise ConfigError(path, problems or ["data: required"])
+    return data

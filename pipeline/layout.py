@@ -23,15 +23,18 @@ FOLDS = "folds"  # output/folds/<key>.csv
 WORKERS = "workers"  # output/workers/<task>/ of the non-chief workers of a TF_CONFIG cluster
 MARKER = ".pipeline-owned"  # in every folder the pipeline created (pipeline.ownership)
 LOCK = ".queue.lock"  # the runner's lock (pipeline.lock)
+PREDICT = "predict"  # output/predict/<run>/: predictions of new audio (run_queue.py --predict)
+EXPORT = "export"  # output/export/<experiment>/: exported fold models (run_queue.py --export)
 
 # Everything the queue itself writes at the top of output/.
 QUEUE_LEVEL_NAMES = frozenset({QUEUE_OOF, SUMMARY, BLEND, REPORT, SCREENSHOT, QUEUE_PLOTS, QUEUE_LOG, CACHE, FOLDS,
-                               WORKERS, MARKER, LOCK})
+                               WORKERS, MARKER, LOCK, PREDICT, EXPORT})
 
 # Experiment names are also column names of output/oof.csv (beside `id` and `fold`) and the stems of the
 # files above read like them in listings; both are refused too.
 RESERVED_NAMES = frozenset(
     name.lower() for name in QUEUE_LEVEL_NAMES | {"id", "fold", "oof", "summary", "queue"}
+    | {"submission", "skipped"}  # stems of the files beside <experiment>.csv in output/predict/<run>/
 )
 
 # Longest experiment name: it becomes a folder and a column name; 100 leaves room under the usual 255-byte
@@ -238,3 +241,60 @@ def queue_column_clash(name: str, targets, task: str) -> list:
     """
     columns = set(prediction_columns(targets, task, prefix=name)) | {name}
     return sorted(columns & ({"id", "fold"} | set(map(str, targets))))
+
+
+# ----------------------------------------------------------------------------- output/predict/<run>/ (pipeline.predict_new)
+# Predictions of new audio by the finished experiments: <experiment>.csv and blend.csv (``id, <pred columns>``),
+# the submission and the files that could not be used. Experiment names never spell the other stems (reserved).
+
+PREDICT_SUBMISSION = "submission.csv"
+PREDICT_SKIPPED = "skipped.csv"  # id, path, reason: the files that could not be decoded
+PREDICT_LOG = "predict.log"
+PREDICT_FILES = frozenset({PREDICT_SUBMISSION, PREDICT_SKIPPED, PREDICT_LOG})
+
+
+def predict_root(output: str) -> str:
+    """``output/predict/``: one folder per ``--predict`` run."""
+    return _join(output, PREDICT)
+
+
+def predict_run_dir(output: str, run: str) -> str:
+    """``output/predict/<run>/``."""
+    return _join(predict_root(output), run)
+
+
+def predict_file(run_dir: str, name: str) -> str:
+    """A file of a predict run folder; ``name`` is one of :data:`PREDICT_FILES`."""
+    return _join(run_dir, _one_of(name, PREDICT_FILES, "a predict output"))
+
+
+def predict_predictions(run_dir: str, name: str) -> str:
+    """``<run>/<name>.csv``: the predictions of experiment ``name``, or of the blend for ``name`` = :data:`BLEND`."""
+    return _join(run_dir, name + ".csv")
+
+
+# ----------------------------------------------------------------------------- output/export/ (pipeline.export)
+# Exported fold models, runnable without the queue file or the training code (pipeline.exported):
+# export/export.json (the experiments, the blend), export/<experiment>/export.json (feature, window and class
+# settings, file list; written last: a folder without it is incomplete), fold<k>.savedmodel/ and fold<k>.tflite
+# per fold, folds.savedmodel/ and folds.tflite: every fold in one model, outputs side by side [B, folds * C].
+
+EXPORT_MANIFEST = "export.json"
+EXPORT_FOLDS = "folds"
+
+
+def export_root(output: str) -> str:
+    """``output/export/``."""
+    return _join(output, EXPORT)
+
+
+def export_file(folder: str, name: str) -> str:
+    """``export.json`` of the export root or of an experiment's export folder."""
+    return _join(folder, _one_of(name, {EXPORT_MANIFEST}, "an export manifest"))
+
+
+def export_model(exp_export: str, k, kind: str) -> str:
+    """Fold ``k``'s (or, for ``k`` = :data:`EXPORT_FOLDS`, all folds') exported model: ``kind`` ``savedmodel``
+    (a folder) or ``tflite``."""
+    stem = EXPORT_FOLDS if k == EXPORT_FOLDS else f"{FOLD_PREFIX}{int(k)}"
+    return _join(exp_export, f"{stem}.{_one_of(kind, {'savedmodel', 'tflite'}, 'an export format')}")

@@ -523,3 +523,42 @@ def test_an_edited_blend_error_json_never_breaks_the_printed_summary(tmp_path, r
     (tmp_path / "output" / "blend").mkdir()
     (tmp_path / "output" / "blend" / "error.json").write_text("[1, 2]")
     assert "blend: unreadable" in q.format_summary(summary)
+
+
+# ----------------------------------------------------------------------------- issue 18: a saved blend re-applied
+
+
+@pytest.mark.parametrize("method", ["mean", "rank_mean", "weights", "stacking"])
+@pytest.mark.parametrize("task", ["binary", "multiclass"])
+def test_saved_weights_reapplied_to_the_test_predictions_give_the_blends_test_predictions(rng, method, task):
+    """What --predict does with new audio: weights.json (as written and read back) applied to the experiments'
+    test predictions reproduces the blend's test predictions."""
+    from pipeline.blend.methods import apply_saved
+
+    if task == "binary":
+        names, loaded = binary_problem(rng, n=200, signals=(1.0, 0.7, 0.3))
+    else:
+        ids, targets = [f"c{i}" for i in range(150)], ("a", "b", "c")
+        y = np.eye(3)[rng.integers(0, 3, 150)]
+        names, loaded = ["e0", "e1"], []
+        for s in (1.0, 0.5):
+            p = np.exp(s * y + rng.normal(size=y.shape))
+            t = rng.random((20, 3))
+            loaded.append(experiment(ids, np.arange(150) % 3, y, p / p.sum(1, keepdims=True), [f"t{i}" for i in
+                                     range(20)], t / t.sum(1, keepdims=True), task=task, targets=targets,
+                                     submission="table"))
+    params = schema.WeightsBlendParams(iterations=5) if method == "weights" else None  # a few steps: fast
+    result = blend(names, loaded, method, params)
+    weights = json.loads(json.dumps(result["weights"]))  # the file's round trip
+    cols = layout.prediction_columns_of(result["test"].columns)
+    again = apply_saved(weights, [item["test"][cols].to_numpy(float) for item in loaded], task)
+    np.testing.assert_allclose(again, result["test"][cols].to_numpy(float), rtol=0, atol=1e-12)
+
+
+def test_a_saved_blend_that_does_not_describe_its_method_is_a_blend_error():
+    from pipeline.blend.methods import apply_saved
+
+    with pytest.raises(BlendError, match="does not describe a weights blend"):
+        apply_saved({"method": "weights", "experiments": ["a"], "weights": {"b": 1.0}}, [np.zeros((2, 1))], "binary")
+    with pytest.raises(BlendError, match="cannot be re-applied"):
+        apply_saved({"method": "median", "experiments": ["a"]}, [np.zeros((2, 1))], "binary")

@@ -5,6 +5,7 @@ import os
 import shutil
 import textwrap
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -86,7 +87,9 @@ def test_queue_outputs(finished_run):
 
 def test_second_experiment_reuses_the_feature_cache(finished_run):
     folder, _, _ = finished_run
-    caches = os.listdir(folder / "output" / "cache" / "features")
+    caches = [c for c in os.listdir(folder / "output" / "cache" / "features")  # --predict's caches hold test clips only
+              if json.loads((folder / "output" / "cache" / "features" / c / "manifest.json").read_text())
+              ["splits"]["train"]["count"]]
     assert len(caches) == 1  # both experiments share one cache
     log_b = (folder / "output" / "inceptiontime_b" / "run.log").read_text()
     assert "feature cache hit" in log_b
@@ -158,3 +161,140 @@ def test_failing_experiment_does_not_stop_the_queue(tmp_path, capsys):
     summary = pd.read_csv(tmp_path / "output" / "summary.csv")
     assert dict(zip(summary["experiment"], summary["status"])) == {"broken": "failed", "inceptiontime_a": "done"}
     assert "failed" in out
+
+
+# ----------------------------------------------------------------------------- issue 18: --predict new audio
+
+
+@pytest.fixture
+def finished_queue(finished_run):
+    """The finished queue; the predict runs below write only output/predict/<run>/ (a name per test) and a
+    feature cache of their audio, so they leave the other tests' outputs as they are, in any order."""
+    folder, path, code = finished_run
+    assert code == 0
+    return folder, path
+
+
+def snapshot(folder):
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))}
+
+
+def test_predict_reproduces_test_predictions_finds_a_late_call_by_windows_and_lists_bad_files(finished_queue):
+    """One --predict run (the costly part) over the test clips, a long recording and bad files."""
+    import soundfile as sf
+
+    folder, path = finished_queue
+    out = folder / "output"
+    test_dir = folder / "input" / "synthetic_whale" / "test"
+    new = folder / "new"
+    shutil.copytree(test_dir, new)
+    preds = pd.read_csv(out / "inceptiontime_a" / "test.csv").set_index("id")["pred"]
+    low, high = preds.idxmin(), preds.idxmax()
+    assert preds[high] > preds[low]
+    quiet, call = sf.read(test_dir / low, dtype="float32")[0], sf.read(test_dir / high, dtype="float32")[0]
+    rate = sf.info(test_dir / high).samplerate
+    (new / "site").mkdir()
+    # 8 s: the training window (2 s) of the quietest clip three times, then the loudest clip's call at the end.
+    sf.write(new / "site" / "long.aiff", np.concatenate([quiet, quiet, quiet, call]), rate, format="AIFF")
+    (new / "empty.aiff").write_bytes(b"")
+    (new / "not_audio.aiff").write_text("hello")
+    data = (test_dir / high).read_bytes()
+    (new / "truncated.aiff").write_bytes(data[:len(data) // 2])
+    sf.write(new / "wrong_rate.wav", call, rate, subtype="PCM_16")
+    raw = bytearray((new / "wrong_rate.wav").read_bytes())
+    raw[24:28] = (5).to_bytes(4, "little")  # an implausible 5 Hz in the canonical WAV header
+    (new / "wrong_rate.wav").write_bytes(bytes(raw))
+    before = {name: snapshot(out / name) for name in ("inceptiontime_a", "inceptiontime_b", "blend")}
+
+    assert main([path, "--predict", str(new), "--predict-name", "field"]) == 0
+    run = out / "predict" / "field"
+    # The test clips: every experiment's and the blend's training-time test predictions.
+    worst = 0.0
+    for name, test in (("inceptiontime_a", out / "inceptiontime_a" / "test.csv"),
+                       ("inceptiontime_b", out / "inceptiontime_b" / "test.csv"), ("blend", out / "blend" / "test.csv")):
+        expected = pd.read_csv(test).set_index("id")["pred"]
+        got = pd.read_csv(run / f"{name}.csv").set_index("id")["pred"]
+        assert sorted(got.index) == sorted([*expected.index, "site/long.aiff"])
+        worst = max(worst, float((got.loc[expected.index] - expected).abs().max()))
+    print(f"--predict vs training-time test predictions: max abs difference {worst:.3g}")
+    assert worst <= 1e-6
+    sub = pd.read_csv(run / "submission.csv").set_index("clip")["probability"]
+    blend_sub = pd.read_csv(out / "blend" / "submission.csv").set_index("clip")["probability"]
+    assert (sub.loc[blend_sub.index] - blend_sub).abs().max() <= 1e-6
+    # The long recording: its first window alone is the quiet clip's prediction; the windows found the late call.
+    got = pd.read_csv(run / "inceptiontime_a.csv").set_index("id")["pred"]
+    assert got["site/long.aiff"] >= preds[high] - 1e-6 > preds[low]
+    # The bad files: listed with their reasons (file and log), and still a row of the submission.
+    skipped = pd.read_csv(run / "skipped.csv").set_index("id")["reason"]
+    assert sorted(skipped.index) == ["empty.aiff", "not_audio.aiff", "truncated.aiff", "wrong_rate.wav"]
+    assert skipped.str.len().gt(0).all() and "5 Hz" in skipped["wrong_rate.wav"]
+    log = (run / "predict.log").read_text()
+    assert all(name in log for name in skipped.index) and "epoch" not in log.lower()  # nothing trained
+    assert sorted(sub.index) == sorted([*blend_sub.index, "site/long.aiff", *skipped.index])
+    # Nothing of the experiments or the blend changed.
+    assert before == {name: snapshot(out / name) for name in ("inceptiontime_a", "inceptiontime_b", "blend")}
+
+
+def test_predict_refuses_what_it_cannot_predict_before_writing(tmp_path, capsys):
+    path = write_queue(tmp_path)
+    (tmp_path / "silent").mkdir()
+    (tmp_path / "silent" / "notes.txt").write_text("no audio here")
+    cases = [(["--predict", str(tmp_path / "nowhere")], "not found"),
+             (["--predict", str(tmp_path / "silent")], "no audio files"),
+             (["--predict", str(tmp_path)], "no finished experiment"),
+             (["--predict-name", "x"], "needs --predict"),
+             (["--predict", str(tmp_path), "--force"], "cannot be combined with --force"),
+             (["--predict", str(tmp_path), "--predict-name", "../up"], "not a safe folder name"),
+             (["--predict", str(tmp_path / "block.yaml")], "data.name: 'kaggle_whal' is not a data source"),
+             (["--predict", str(tmp_path / "other.yaml")], "expected a mapping with the one key data"),
+             (["--export", "--predict", str(tmp_path)], "cannot be combined with --predict"),
+             (["--export"], "no finished experiment")]
+    (tmp_path / "block.yaml").write_text("data: {name: kaggle_whal, root: x}\n")
+    (tmp_path / "other.yaml").write_text("data: {name: kaggle_whale, root: x}\noutput: y\n")
+    (tmp_path / "song.wav").write_bytes(b"")  # audio in the folder: the missing experiments are the problem
+    for args, words in cases:
+        assert main([path, *args]) == 2, args
+        assert words in capsys.readouterr().err, args
+    assert not (tmp_path / "output").exists()
+
+
+FORBIDDEN_IN_EXPORTED = ("pipeline.queue", "pipeline.train", "pipeline.fold_job", "pipeline.fold_loop",
+                         "pipeline.models", "pipeline.losses", "pipeline.schedules", "pipeline.distribute",
+                         "pipeline.export", "pipeline.keras_metrics", "pipeline.augment")
+
+
+def test_export_predicts_in_a_fresh_process_without_the_queue_or_training_code(finished_queue):
+    import subprocess
+    import sys
+
+    folder, path = finished_queue
+    out = folder / "output"
+    assert main([path, "--export", "--only", "inceptiontime_a"]) == 0
+    root = out / "export"
+    manifest = json.loads((root / "inceptiontime_a" / "export.json").read_text())
+    assert manifest["targets"] == ["label"] and manifest["n_folds"] == 3 and manifest["select_tf_ops"] == []
+    assert manifest["input_shape"] == manifest["feature_shape"] and manifest["windows"] == {"aggregate": "max"}
+    for k in range(3):
+        assert (root / "inceptiontime_a" / f"fold{k}.tflite").stat().st_size > 0
+        assert (root / "inceptiontime_a" / f"fold{k}.savedmodel" / "saved_model.pb").is_file()
+    assert json.loads((root / "export.json").read_text())["experiments"] == ["inceptiontime_a"]
+    # Elsewhere, with neither the queue file nor the output folder: a copy of the export and of the audio.
+    shutil.copytree(root, folder / "kaggle" / "export")
+    shutil.copytree(folder / "input" / "synthetic_whale" / "test", folder / "kaggle" / "test")
+    script = (
+        "import sys\n"
+        "from pipeline.exported import main\n"
+        "code = main(['export', 'test', '--out', 'preds'])\n"
+        f"loaded = [m for m in sys.modules if m.split('.')[:2] in [f.split('.') for f in {FORBIDDEN_IN_EXPORTED!r}]]\n"
+        "assert code == 0 and not loaded, (code, loaded)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=folder / "kaggle", capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))})
+    assert done.returncode == 0, done.stderr[-3000:]
+    keras_test = pd.read_csv(out / "inceptiontime_a" / "test.csv").set_index("id")["pred"]
+    tflite = pd.read_csv(folder / "kaggle" / "preds" / "inceptiontime_a.csv").set_index("id")["pred"]
+    worst = float((tflite.loc[keras_test.index] - keras_test).abs().max())
+    print(f"TFLite export vs Keras test predictions: max abs difference {worst:.3g}")
+    assert worst <= 1e-4
+    sub = pd.read_csv(folder / "kaggle" / "preds" / "submission.csv")
+    assert sorted(sub["clip"]) == sorted(keras_test.index)

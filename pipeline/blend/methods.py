@@ -274,3 +274,58 @@ def _weighted(w: np.ndarray, preds: Optional[List[np.ndarray]]) -> Optional[np.n
 
 def _named(names, w) -> dict:
     return {"weights": dict(zip(names, map(float, w)))}
+
+
+# ----------------------------------------------------------------------------- re-applying a saved blend
+
+
+def apply_saved(weights: dict, preds: List[np.ndarray], task: str) -> np.ndarray:
+    """A written blend (its ``weights.json``) applied to new predictions of its experiments.
+
+    Parameters
+    ----------
+    weights : dict
+        ``weights.json`` of a blend: ``method``, ``experiments`` and the method's description
+        (``weights`` per experiment for mean / rank_mean / weights; per class ``intercept`` and
+        ``coefficients`` or a ``fallback`` for stacking).
+    preds : list of np.ndarray [K x (n, C)]
+        The predictions of ``weights["experiments"]``, in that order, rows aligned.
+    task : str
+        ``multiclass`` rows of a stacker are renormalised, as when the blend was made.
+
+    Returns
+    -------
+    np.ndarray [n, C]
+        What the blend method gave for its test predictions, had these been the test set:
+        rank_mean ranks the new predictions among themselves, as it ranks a test set.
+
+    Raises
+    ------
+    BlendError
+        When ``weights`` does not describe a blend of the method (an edited or foreign file).
+    """
+    method, names = weights.get("method"), list(weights.get("experiments") or [])
+    if len(names) != len(preds):
+        raise BlendError(f"weights.json names {len(names)} experiments; got predictions of {len(preds)}")
+    try:
+        if method in ("mean", "weights", "rank_mean"):
+            w = np.array([float(weights["weights"][n]) for n in names])
+            ranked = [column_ranks(p) for p in preds] if method == "rank_mean" else preds
+            return _weighted(w, ranked)
+        if method == "stacking":
+            logistic = weights["model"] == "logistic"
+            out = np.zeros_like(preds[0], dtype=float)
+            for c, cls in enumerate(weights["classes"]):
+                if "fallback" in cls:
+                    out[:, c] = np.mean([p[:, c] for p in preds], axis=0)
+                    continue
+                coef = np.array([float(cls["coefficients"][n]) for n in names])
+                z = _stack_inputs(preds, c, logistic) @ coef + float(cls["intercept"])
+                out[:, c] = 1.0 / (1.0 + np.exp(-z)) if logistic else np.clip(z, 0.0, 1.0)
+            if task == "multiclass":
+                out = np.clip(out, 1e-7, None)
+                out = out / out.sum(axis=1, keepdims=True)
+            return out
+    except (KeyError, TypeError, ValueError) as err:
+        raise BlendError(f"weights.json does not describe a {method} blend ({type(err).__name__}: {err})") from None
+    raise BlendError(f"weights.json: method {method!r} cannot be re-applied; one of mean, rank_mean, weights, stacking")
