@@ -8,6 +8,7 @@ jobs are the same experiment's fold jobs, planned from that run's cache and
 fold table, writing to another folder.
 """
 
+import dataclasses
 import os
 import shutil
 import secrets
@@ -23,6 +24,9 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
+from pipeline.errors import OutputError, QueueError
+from pipeline.executors.ray_tasks import TaskShape, check_paths, task_shape
+from pipeline.registry import UnknownNameError
 from pipeline.schema import ExecutionSettings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -159,13 +163,12 @@ def fold_jobs(queue_path: str, exp_dir: str) -> list:
     return [plan.job(k) for k in range(exp.folds.n_splits)]
 
 
-pytestmark = pytest.mark.slow
-
-
+@pytest.mark.slow
 def test_a_run_with_the_local_backend_never_imports_ray(local_run):
     assert "ray imported: False" in local_run.stdout
 
 
+@pytest.mark.slow
 def test_ray_tasks_give_the_local_folds_also_when_a_worker_is_killed_mid_fold(ray_head, local_run, tmp_path):
     from pipeline.executors.ray_tasks import RayExecutor
 
@@ -186,6 +189,10 @@ def test_ray_tasks_give_the_local_folds_also_when_a_worker_is_killed_mid_fold(ra
         os.kill(worker, signal.SIGKILL)
         assert not (tmp_path / EXPERIMENT / "fold1" / "done.json").exists()  # the kill landed mid-fold
         results = [future.result(timeout=600) for future in futures]
+        # A job that raises fails with its own error (not Ray's wrapping of it), which names what to fix.
+        broken = dataclasses.replace(jobs[0], strategy="nope", exp_dir=str(tmp_path / "broken"))
+        error = executor.submit(broken, executor.resources()).exception(timeout=600)
+        assert isinstance(error, UnknownNameError) and str(error).startswith("'nope' is not a fold strategy"), error
     finally:
         executor.close()
 
@@ -198,3 +205,37 @@ def test_ray_tasks_give_the_local_folds_also_when_a_worker_is_killed_mid_fold(ra
         written = pd.read_csv(got_dir / fold / "oof.csv", dtype={"id": str}, float_precision="round_trip")
         pd.testing.assert_frame_equal(written, oof, check_dtype=False)  # the future carries the fold's predictions
         assert sorted(oof["id"]) == sorted(jobs[k].valid_ids) and len(test) == len(jobs[k].test_ids)
+
+
+# ----------------------------------------------------------------------------- one job's share (no Ray needed)
+
+
+def shape(nodes, **settings):
+    return task_shape(ExecutionSettings(backend="ray", **settings), nodes)
+
+
+def test_on_cpu_auto_runs_one_job_per_core_and_a_number_splits_the_cores():
+    assert shape([(2, 0)], jobs="auto") == TaskShape(capacity=2, num_cpus=1, num_gpus=0.0)
+    assert shape([(8, 0)], jobs=2) == TaskShape(capacity=2, num_cpus=4, num_gpus=0.0)
+    # A task runs on one machine: never more cores than the largest has.
+    assert shape([(16, 0), (16, 0)], jobs=1) == TaskShape(capacity=1, num_cpus=16, num_gpus=0.0)
+
+
+def test_with_gpus_auto_runs_one_job_per_gpu_or_per_gpu_fraction():
+    two_machines = [(8, 2), (8, 2)]
+    assert shape(two_machines, jobs="auto") == TaskShape(capacity=4, num_cpus=4, num_gpus=1.0)
+    assert shape(two_machines, jobs="auto", gpus_per_job=0.5) == TaskShape(capacity=8, num_cpus=2, num_gpus=0.5)
+    assert shape(two_machines, jobs="auto", gpus_per_job=2) == TaskShape(capacity=2, num_cpus=8, num_gpus=2)
+
+
+@pytest.mark.parametrize("nodes,gpus", [([(4, 0)], 1), ([(8, 1), (8, 1)], 2)])
+def test_a_job_asking_for_more_gpus_than_a_machine_has_is_refused(nodes, gpus):
+    with pytest.raises(QueueError, match=r"^execution.gpus_per_job: a job asks for \d GPU\(s\), but the largest"):
+        shape(nodes, jobs="auto", gpus_per_job=gpus)
+
+
+def test_a_job_with_a_relative_folder_is_refused_before_it_is_sent():
+    job = SimpleNamespace(name="tiny", fold=1, cache_dir="/data/cache/features/abc", exp_dir="output/tiny")
+    with pytest.raises(OutputError, match=r"^tiny fold 1: the exp_dir 'output/tiny' is a relative path"):
+        check_paths(job)
+    check_paths(SimpleNamespace(name="tiny", fold=1, cache_dir="gs://bucket/cache", exp_dir="/mnt/out/tiny"))
