@@ -164,11 +164,6 @@ def fold_jobs(queue_path: str, exp_dir: str) -> list:
 
 
 @pytest.mark.slow
-def test_a_run_with_the_local_backend_never_imports_ray(local_run):
-    assert "ray imported: False" in local_run.stdout
-
-
-@pytest.mark.slow
 def test_ray_tasks_give_the_local_folds_also_when_a_worker_is_killed_mid_fold(ray_head, local_run, tmp_path):
     from pipeline.executors.ray_tasks import RayExecutor
 
@@ -205,6 +200,11 @@ def test_ray_tasks_give_the_local_folds_also_when_a_worker_is_killed_mid_fold(ra
         written = pd.read_csv(got_dir / fold / "oof.csv", dtype={"id": str}, float_precision="round_trip")
         pd.testing.assert_frame_equal(written, oof, check_dtype=False)  # the future carries the fold's predictions
         assert sorted(oof["id"]) == sorted(jobs[k].valid_ids) and len(test) == len(jobs[k].test_ids)
+
+
+@pytest.mark.slow
+def test_a_run_with_the_local_backend_never_imports_ray(local_run):
+    assert "ray imported: False" in local_run.stdout
 
 
 # ----------------------------------------------------------------------------- one job's share (no Ray needed)

@@ -121,7 +121,8 @@ class RayExecutor:
             ray.init(**options)
         except ConnectionError as err:
             raise QueueError(f"execution.address: no Ray cluster answers at {settings.address!r} ({err}); start "
-                             f"one with `ray start --head` (see README, 'Running on a Ray cluster')") from None
+                             f"one with `ray start --head`, and when it uses token authentication give this runner "
+                             f"the same RAY_AUTH_MODE and token (README, 'Running on a Ray cluster')") from None
         try:
             nodes = [(n["Resources"].get("CPU", 0.0), n["Resources"].get("GPU", 0.0)) for n in ray.nodes()
                      if n["Alive"]]
