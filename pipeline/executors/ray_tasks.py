@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Tuple
 
 from pipeline import io
-from pipeline.errors import OutputError, QueueError, TrainingError
+from pipeline.errors import OutputError, PipelineError, QueueError, TrainingError
 from pipeline.executors.base import JobResources, run_in_worker
 
 log = logging.getLogger(__name__)
@@ -167,17 +167,19 @@ class RayExecutor:
         if future is None or future.done():  # cancelled by close()
             return
         try:
-            future.set_result(done.result())
+            result = done.result()
         except TaskCancelledError:
             future.cancel()
-        except RayTaskError as err:  # the job raised: its own error, without Ray's wrapping
-            future.set_exception(err.cause if err.cause is not None else err)
+        except RayTaskError as err:
+            # The job raised. A PipelineError's message says what to fix: it goes on without Ray's wrapping;
+            # anything else (a bug) keeps the wrapping, which carries the worker's traceback.
+            future.set_exception(err.cause if isinstance(err.cause, PipelineError) else err)
         except RayError as err:  # the worker or its machine died, retries used up
             future.set_exception(TrainingError(
                 f"{job.name} fold {job.fold}: its Ray worker died {self.settings.retries + 1} time(s) "
                 f"({type(err).__name__}); run the queue again to resume after the fold's last finished epoch"))
-        except Exception as err:  # noqa: BLE001 - handed to whoever waits for the job
-            future.set_exception(err)
+        else:
+            future.set_result(result)
 
     def close(self) -> None:
         """Cancel the jobs still in flight and leave Ray: a Ray instance this executor started stops with it."""
