@@ -675,3 +675,35 @@ PLAIN_SECTIONS = {
 # Components that must be given (no default component).
 REQUIRED_COMPONENTS = ("data", "features", "model")
 DEFAULT_COMPONENTS = {"loss": "bce", "schedule": "constant"}
+
+
+# ----------------------------------------------------------------------------- execution (issue 16: Ray executor)
+# The `execution:` section is parsed by pipeline.config (the scheduler's part); these are its settings and the
+# executors that run fold jobs. The integrator keeps one copy of ExecutionSettings.
+
+
+@dataclass(frozen=True)
+class ExecutionSettings:
+    """The queue's ``execution:`` section: how fold jobs run.
+
+    backend : ``local`` (this machine) or ``ray`` (Ray tasks, :mod:`pipeline.executors.ray_tasks`).
+    jobs : fold jobs in flight at once (an int >= 1), or ``"auto"``: one per GPU (``1 / gpus_per_job``
+        per GPU), on CPU one per core.
+    gpus_per_job : GPUs one job uses: a fraction in (0, 1] (several jobs share a GPU) or a whole number;
+        None: one GPU per job when there are GPUs.
+    address : Ray only: None (start a Ray instance for the run), ``"auto"`` or ``"host:port"`` (an existing
+        cluster).
+    retries : how often a job whose worker process died is started again (it resumes after its last
+        finished epoch); a job that raises is never retried.
+    """
+
+    backend: str = "local"
+    jobs: object = 1  # int >= 1 or "auto"
+    gpus_per_job: Optional[float] = None
+    address: Optional[str] = None
+    retries: int = 2
+
+
+EXECUTORS = Registry("executor", [
+    Entry("ray", ExecutionSettings, "pipeline.executors.ray_tasks:RayExecutor"),
+])

@@ -221,3 +221,19 @@ def test_the_rfcx_generator_shares_the_store_not_the_whale_generator(graph):
     targets = {i.target for i in graph["pipeline.data.synthetic_rfcx"]}
     assert "pipeline.data.generated_store" in targets
     assert "pipeline.data.synthetic" not in targets
+
+
+# ----------------------------------------------------------------------------- Ray (issue 16)
+
+RAY_MODULE = "pipeline.executors.ray_tasks"
+
+
+def test_only_the_ray_executor_imports_ray_and_only_when_it_is_used(graph):
+    """A run with the local backend never loads Ray: only the Ray executor imports it, inside its functions,
+    and no module imports the Ray executor at import time (the executor registry loads it by name)."""
+    problems = [f"{module} imports ray" for module, imports in graph.items() for i in imports
+                if i.target == "ray" and (module != RAY_MODULE or i.at_import)]
+    problems += [f"{module} imports {RAY_MODULE} at import time" for module, imports in graph.items()
+                 for i in imports if i.target == RAY_MODULE and i.at_import]
+    assert RAY_MODULE in graph and any(i.target == "ray" for i in graph[RAY_MODULE])
+    assert not problems, "\n".join(problems)
