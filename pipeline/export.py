@@ -99,7 +99,8 @@ def export_experiment(exp: Experiment, output: str, root: str) -> dict:
     shape = feature_shape(exp.features.name, exp.features.params, n_samples=n_samples,
                           sample_rate=exp.audio.sample_rate)
     strategy = fold_strategy_name(exp.data.name)
-    windows = schema.FOLD_STRATEGIES[strategy].load()().windows(exp, shape)
+    windows = dict(schema.FOLD_STRATEGIES[strategy].load()().windows(exp, shape))
+    views = [dataclasses.asdict(v) for v in windows.pop("views", ())]  # predict.tta in the feature's time steps
     models = [load_fold_model(exp_dir, k) for k in range(exp.folds.n_splits)]
     select = []
     for k, model in enumerate(models):
@@ -125,6 +126,7 @@ def export_experiment(exp: Experiment, output: str, root: str) -> dict:
         "feature_shape": list(shape),
         "input_shape": [int(d) for d in models[0].inputs[0].shape[1:]],
         "windows": windows,  # frames; none for clips: the model's input, later windows from the feature cache
+        "views": views,  # test-time views (pipeline.predict.View fields); [] = none
         "batch_size": exp.train.batch_size,
         "select_tf_ops": select,
         "files": {

@@ -72,6 +72,12 @@ def _component(kind: dict, entry: dict) -> Component:
     return Component(entry["name"], kind[entry["name"]].params(**params))
 
 
+def _predict_settings(values: dict) -> schema.PredictSettings:
+    """``predict`` back from the manifest: its ``tta`` views back to :class:`pipeline.schema.TtaView`."""
+    tta = tuple(schema.TtaView(**v) for v in values.get("tta", ()))
+    return _settings(schema.PredictSettings, {**values, "tta": tta})
+
+
 def _settings(cls, values: dict):
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
@@ -80,14 +86,14 @@ def predict_exported(exp_folder: str, dataset, out: str) -> tuple:
     """One exported experiment's predictions of ``dataset``'s test clips: (``id, <pred columns>`` averaged over
     folds, the skipped files ``[{id, path, reason}]``), as :func:`pipeline.predict_new.predict_experiment`."""
     from pipeline.cache.build import ensure_features
-    from pipeline.predict import predict_examples
+    from pipeline.predict import View, predict_examples
 
     m = io.read_json(layout.export_file(exp_folder, layout.EXPORT_MANIFEST))
     audio = dataclasses.replace(_settings(schema.AudioSettings, m["audio"]), max_bad_fraction=1.0)
     cache = ensure_features(dataset, layout.cache_root(out), data=_component(schema.DATA_SOURCES, m["data"]),
                             audio=audio, features=_component(schema.FEATURES, m["features"]),
                             cache=_settings(schema.CacheSettings, m["cache"]),
-                            predict=_settings(schema.PredictSettings, m["predict"]), label=f"{m['experiment']}")
+                            predict=_predict_settings(m["predict"]), label=f"{m['experiment']}")
     skipped = [{"id": s["id"], "path": s["path"], "reason": s["reason"]} for s in cache.skipped]
     pred_cols = layout.prediction_columns(m["targets"], m["task"])
     if cache.count("test") == 0:
@@ -95,7 +101,7 @@ def predict_exported(exp_folder: str, dataset, out: str) -> tuple:
     model = TFLiteModel(os.path.join(exp_folder, m["files"]["all_folds"]["tflite"]))
     extra = cache.extra_windows("test") if m["strategy"] == "clips" else None
     ids, preds = predict_examples(model, cache.dataset("test"), batch_size=m["batch_size"], extra_windows=extra,
-                                  **m["windows"])
+                                  views=tuple(View(**v) for v in m.get("views", ())), **m["windows"])
     # [n, K * C] -> [n, K, C]: each fold's windows were combined on their own; now the mean over folds.
     per_fold = preds.astype(np.float64).reshape(len(ids), m["n_folds"], len(pred_cols))
     frame = pd.DataFrame({"id": ids})

@@ -20,6 +20,7 @@ are combined, so OOF, test and new-audio predictions see the same views.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -50,29 +51,36 @@ def _combine(stacked: np.ndarray, aggregate: str) -> np.ndarray:
     return stacked.max(0) if aggregate == "max" else stacked.mean(0)
 
 
-View = Callable[[np.ndarray], np.ndarray]  # a batch of model inputs [B, T, ...] -> the same batch seen differently
+@dataclass(frozen=True)
+class View:
+    """One test-time view of a batch of model inputs x [B, T, ...] (T: frames, or samples of a waveform).
+
+    A circular shift along T by ``shift`` steps (circular like ``augment.time_shift``, so a
+    trained model has seen such inputs; positive shifts move content later), then a gain:
+    ``+ gain_db`` on log-mel (dB), ``* 10 ** (gain_db / 20)`` on a waveform (complexity series are
+    scale invariant; config_checks refuses a gain there). A plain value, so that the prediction
+    settings holding it pickle into a fold job.
+    """
+
+    shift: int
+    gain_db: float
+    feature: str
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.shift:
+            x = np.roll(x, self.shift, axis=1)
+        if self.gain_db:
+            x = x + np.float32(self.gain_db) if self.feature == "mel" else x * np.float32(10.0 ** (self.gain_db / 20.0))
+        return x
 
 
 def tta_views(tta, *, feature: str, steps_per_second: float) -> Tuple[View, ...]:
     """The test-time views of ``predict.tta`` (a tuple of :class:`pipeline.schema.TtaView`); () = no TTA.
 
-    Each view acts on a batch of model inputs x [B, T, ...] (T: frames, or samples of a waveform):
-    a circular shift along T by ``round(shift * steps_per_second)`` steps (circular like
-    ``augment.time_shift``, so a trained model has seen such inputs; positive shifts move
-    content later), then a gain: ``+ gain_db`` on log-mel (dB), ``* 10 ** (gain_db / 20)`` on a
-    waveform (complexity series are scale invariant; config_checks refuses a gain there).
-    steps_per_second : frames per second of the feature (sample_rate / hop_length), or the sample rate.
+    steps_per_second : frames per second of the feature (sample_rate / hop_length), or the sample rate;
+    a view's ``shift`` in seconds becomes ``round(shift * steps_per_second)`` steps.
     """
-    def view(shift: int, gain_db: float) -> View:
-        def apply(x: np.ndarray) -> np.ndarray:
-            if shift:
-                x = np.roll(x, shift, axis=1)
-            if gain_db:
-                x = x + np.float32(gain_db) if feature == "mel" else x * np.float32(10.0 ** (gain_db / 20.0))
-            return x
-        return apply
-
-    return tuple(view(int(round(v.shift * steps_per_second)), float(v.gain_db)) for v in tta)
+    return tuple(View(int(round(v.shift * steps_per_second)), float(v.gain_db), feature) for v in tta)
 
 
 def _predictor(model, views: Sequence[View]) -> Callable[[np.ndarray], np.ndarray]:
