@@ -170,6 +170,18 @@ def test_a_waveform_gain_view_scales_the_samples():
     np.testing.assert_allclose(view(x), [[0.4, 0.5, 0.0, 0.1, 0.2, 0.3]], rtol=1e-6)  # 2 samples later, x 0.1
 
 
+def test_views_pickle_with_the_fold_job_that_carries_them():
+    """A student's fold job holds its teacher's prediction settings, views included; a job must pickle."""
+    import pickle
+
+    from pipeline.predict import tta_views
+    from pipeline.schema import TtaView
+
+    views = tta_views((TtaView(shift=0.001, gain_db=-20.0),), feature="waveform", steps_per_second=2000)
+    x = np.arange(6, dtype=np.float32).reshape(1, 6)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(views))[0](x), views[0](x))
+
+
 QUEUE = """
 experiments:
   - name: tiny
