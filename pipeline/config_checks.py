@@ -182,6 +182,12 @@ def _check_model(exp, shape, origin, problems) -> None:
                         f"{MIN_APPLICATION_INPUT} x {MIN_APPLICATION_INPUT} inputs; the model sees "
                         f"{shape[0]} frames x {shape[1]} {'mel bands' if exp.features.name == 'mel' else 'values'} "
                         f"(use backbone: cnn, more mels or longer examples)")
+    if schema.MODELS[model.name].kind == "sklearn" and exp.data.name in RFCX_SOURCES:
+        # Classical families fit pooled features of whole clips; rfcx recordings train on random crops with
+        # unknown labels and framewise boxes, which they do not support.
+        problems.append(f"{origin('model', 'name')}: {model.name} fits pooled features of whole clips and does "
+                        f"not support long recordings with event boxes (data.name {exp.data.name}, trained on "
+                        f"random crops); use a Keras family such as sed, or clip data")
     if exp.loss.name == "sed" and model.name != "sed" and exp.data.name in RFCX_SOURCES:
         problems.append(f"{origin('loss', 'name')}: sed needs model.name sed (framewise output); "
                         f"got model {model.name}")

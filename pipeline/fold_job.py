@@ -83,15 +83,10 @@ def _run(job: FoldJob, rt) -> Tuple[pd.DataFrame, Optional[pd.DataFrame]]:
     import keras
 
     from pipeline.distribute import prediction_model
-    from pipeline.schema import FOLD_STRATEGIES
-    from pipeline.losses import make_loss
-    from pipeline.models import sed
-    from pipeline.models.build import build_model
-    from pipeline.models.heads import prior_bias
+    from pipeline.schema import FOLD_STRATEGIES, MODELS
     from pipeline.predict import predict_examples
     from pipeline.cache.read import FeatureCache, labelled
-    from pipeline.schedules import make_optimizer, make_schedule
-    from pipeline.train import save_model, train_fold
+    from pipeline.train import save_model
 
     strategy = FOLD_STRATEGIES[job.strategy].load()()
     cache = FeatureCache(job.cache_dir)
@@ -99,31 +94,16 @@ def _run(job: FoldJob, rt) -> Tuple[pd.DataFrame, Optional[pd.DataFrame]]:
     fold_dir = layout.fold_dir(job.exp_dir, k)
     io.makedirs(fold_dir)
     batch = rt.global_batch(job.train.batch_size)  # train.batch_size is per replica
-    data = strategy.fold_data(job, cache, batch, rt, job.in_memory)
-    input_shape = strategy.input_shape(job, cache.shape)
-    bias = prior_bias(strategy.bias_targets(job.train_targets), job.task)
+    # The model's registry entry decides how the fold trains: epoch by epoch (Keras) or one fit (scikit-learn).
+    if MODELS[job.model.name].kind == "sklearn":
+        from pipeline.train_classical import fit_fold, save_classical
 
-    def build():
-        model = build_model(job.model.name, job.model.params, input_shape=input_shape, n_outputs=len(targets),
-                            task=job.task, output_bias=bias)
-        if isinstance(model.output, dict):
-            # SED: the clipwise output (and with framewise targets the framewise one) is trained and saved.
-            model = sed.training_view(model, framewise=strategy.framewise(job))
-        return model
+        result = fit_fold(job, cache, batch_size=batch)
+        predictor, model_file, save = result.model, layout.CLASSICAL_MODEL, save_classical
+    else:
+        result = _train_keras(job, rt, strategy, cache, batch, fold_dir)
+        predictor, model_file, save = prediction_model(result.model, rt), layout.MODEL, save_model
 
-    def compile_model(model):
-        schedule = make_schedule(job.schedule.name, job.schedule.params, learning_rate=job.train.learning_rate,
-                                 steps_per_epoch=data.train_steps, epochs=job.train.epochs)
-        model.compile(optimizer=make_optimizer(job.train, schedule),
-                      loss=make_loss(job.loss.name, job.loss.params, job.task),
-                      metrics=strategy.metrics(job, job.task), jit_compile=rt.jit_compile)
-
-    result = train_fold(build=build, compile_model=compile_model, train_data=data.train_data,
-                        valid_data=data.valid_batches, train_steps=data.train_steps, valid_steps=data.valid_steps,
-                        fold_dir=fold_dir, fold=k, epochs=job.train.epochs, patience=job.train.patience,
-                        monitor=job.train.monitor, seed=job.train.seed, strategy=rt.strategy)
-
-    predictor = prediction_model(result.model, rt)
     windows = strategy.windows(job, cache.shape)
     pred_cols = layout.prediction_columns(targets, job.task)
     valid = labelled(cache.dataset("train"), job.valid_ids, job.valid_targets).map(lambda i, x, y: (i, x))
@@ -144,7 +124,7 @@ def _run(job: FoldJob, rt) -> Tuple[pd.DataFrame, Optional[pd.DataFrame]]:
         test[pred_cols] = t_preds.astype(np.float64)
         io.write_csv(layout.fold_file(job.exp_dir, k, layout.TEST), test)
 
-    save_model(result.model, layout.fold_file(job.exp_dir, k, layout.MODEL))
+    save(result.model, layout.fold_file(job.exp_dir, k, model_file))
     io.write_csv(layout.fold_file(job.exp_dir, k, layout.HISTORY), result.history)
     score = strategy.score(oof[targets].to_numpy(), preds)
     io.write_json(layout.fold_file(job.exp_dir, k, layout.DONE),
@@ -156,6 +136,41 @@ def _run(job: FoldJob, rt) -> Tuple[pd.DataFrame, Optional[pd.DataFrame]]:
              strategy.metric.upper(), score, result.epochs, result.best_epoch, result.seconds)
     keras.backend.clear_session(free_memory=True)
     return oof, test
+
+
+def _train_keras(job: FoldJob, rt, strategy, cache, batch: int, fold_dir: str):
+    """Train (or resume) a Keras family's fold model epoch by epoch: :func:`pipeline.train.train_fold`'s result."""
+    from pipeline.losses import make_loss
+    from pipeline.models import sed
+    from pipeline.models.build import build_model
+    from pipeline.models.heads import prior_bias
+    from pipeline.schedules import make_optimizer, make_schedule
+    from pipeline.train import train_fold
+
+    targets = list(job.targets)
+    data = strategy.fold_data(job, cache, batch, rt, job.in_memory)
+    input_shape = strategy.input_shape(job, cache.shape)
+    bias = prior_bias(strategy.bias_targets(job.train_targets), job.task)
+
+    def build():
+        model = build_model(job.model.name, job.model.params, input_shape=input_shape, n_outputs=len(targets),
+                            task=job.task, output_bias=bias)
+        if isinstance(model.output, dict):
+            # SED: the clipwise output (and with framewise targets the framewise one) is trained and saved.
+            model = sed.training_view(model, framewise=strategy.framewise(job))
+        return model
+
+    def compile_model(model):
+        schedule = make_schedule(job.schedule.name, job.schedule.params, learning_rate=job.train.learning_rate,
+                                 steps_per_epoch=data.train_steps, epochs=job.train.epochs)
+        model.compile(optimizer=make_optimizer(job.train, schedule),
+                      loss=make_loss(job.loss.name, job.loss.params, job.task),
+                      metrics=strategy.metrics(job, job.task), jit_compile=rt.jit_compile)
+
+    return train_fold(build=build, compile_model=compile_model, train_data=data.train_data,
+                      valid_data=data.valid_batches, train_steps=data.train_steps, valid_steps=data.valid_steps,
+                      fold_dir=fold_dir, fold=job.fold, epochs=job.train.epochs, patience=job.train.patience,
+                      monitor=job.train.monitor, seed=job.train.seed, strategy=rt.strategy)
 
 
 def finished_fold(exp_dir: str, k: int, with_test: bool) -> Optional[Tuple[pd.DataFrame, Optional[pd.DataFrame]]]:
