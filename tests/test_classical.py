@@ -6,7 +6,6 @@ The registry-wide checks (every task, every preset input, pickling) are generate
 import dataclasses
 import os
 import pickle
-import textwrap
 import time
 
 import numpy as np
