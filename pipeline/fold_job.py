@@ -6,7 +6,8 @@ rows, the test ids, the cache folder and the experiment's output folder; no
 open file, dataset or model. So it can be pickled and run in this process, a
 worker process or on another machine that sees the same folders, with the same
 result: training is seeded per epoch and resumes after the last finished
-epoch (:func:`pipeline.train.train_fold`).
+epoch (:func:`pipeline.train.train_fold`); a classical family (registry kind
+``sklearn``) is fitted once instead (:func:`pipeline.train_classical.fit_fold`).
 
 A job writes only inside ``output/<experiment>/fold<k>/`` and in this order:
 the OOF and test predictions, the model, the training history, ``done.json``

@@ -116,6 +116,8 @@ class ClassicalModel:
 
     def predict_pooled(self, features: np.ndarray) -> np.ndarray:
         """Probabilities [n, C] float32 for pooled features [n, F]."""
+        if not self._fitted:
+            raise RuntimeError("ClassicalModel: call fit before predicting")
         n = len(features)
         out = np.zeros((n, self.n_outputs), np.float32)
         with self._limits():
