@@ -184,6 +184,19 @@ def _check_model(exp, shape, origin, problems) -> None:
                         f"{MIN_APPLICATION_INPUT} x {MIN_APPLICATION_INPUT} inputs; the model sees "
                         f"{shape[0]} frames x {shape[1]} {'mel bands' if exp.features.name == 'mel' else 'values'} "
                         f"(use backbone: cnn, more mels or longer examples)")
+    if schema.MODELS[model.name].kind == "sklearn" and exp.data.name in RFCX_SOURCES:
+        # Classical families fit pooled features of whole clips; rfcx recordings train on random crops with
+        # unknown labels and framewise boxes, which they do not support.
+        problems.append(f"{origin('model', 'name')}: {model.name} fits pooled features of whole clips and does "
+                        f"not support long recordings with event boxes (data.name {exp.data.name}, trained on "
+                        f"random crops); use a Keras family such as sed, or clip data")
+    if schema.MODELS[model.name].kind == "sklearn":
+        # One fit, no epochs: nothing to average, and the fit reads no pseudo-labelled examples.
+        for section, key, value in (("train", "ema", exp.train.ema), ("train", "swa", exp.train.swa),
+                                    ("pseudo", None, exp.pseudo)):
+            if value is not None:
+                problems.append(f"{origin(section, key)}: {model.name} is fitted once, without epochs or pseudo-labelled "
+                                f"examples; remove {section}{'.' + key if key else ''} or choose a Keras family")
     if exp.loss.name == "sed" and model.name != "sed" and exp.data.name in RFCX_SOURCES:
         problems.append(f"{origin('loss', 'name')}: sed needs model.name sed (framewise output); "
                         f"got model {model.name}")

@@ -6,7 +6,8 @@ rows, the test ids, the cache folder and the experiment's output folder; no
 open file, dataset or model. So it can be pickled and run in this process, a
 worker process or on another machine that sees the same folders, with the same
 result: training is seeded per epoch and resumes after the last finished
-epoch (:func:`pipeline.train.train_fold`).
+epoch (:func:`pipeline.train.train_fold`); a classical family (registry kind
+``sklearn``) is fitted once instead (:func:`pipeline.train_classical.fit_fold`).
 
 A job writes only inside ``output/<experiment>/fold<k>/`` and in this order:
 the OOF and test predictions, the model, the training history, ``done.json``
@@ -89,16 +90,11 @@ def _run(job: FoldJob, rt) -> Tuple[pd.DataFrame, Optional[pd.DataFrame]]:
     import keras
 
     from pipeline.distribute import prediction_model
-    from pipeline.schema import FOLD_STRATEGIES
-    from pipeline.losses import make_loss
-    from pipeline.models import sed
-    from pipeline.models.build import build_model
-    from pipeline.models.heads import prior_bias
+    from pipeline.schema import FOLD_STRATEGIES, MODELS
     from pipeline.predict import predict_examples
     from pipeline.pseudo import with_unknown_filled
     from pipeline.cache.read import FeatureCache, labelled
-    from pipeline.schedules import make_optimizer, make_schedule
-    from pipeline.train import save_model, train_fold
+    from pipeline.train import save_model
 
     strategy = FOLD_STRATEGIES[job.strategy].load()()
     cache = FeatureCache(job.cache_dir)
@@ -107,6 +103,67 @@ def _run(job: FoldJob, rt) -> Tuple[pd.DataFrame, Optional[pd.DataFrame]]:
     io.makedirs(fold_dir)
     batch = rt.global_batch(job.train.batch_size)  # train.batch_size is per replica
     job, n_filled = with_unknown_filled(job)  # on: unknown - the teacher's fold-k model fills training rows
+    # The model's registry entry decides how the fold trains: epoch by epoch (Keras) or one fit (scikit-learn).
+    if MODELS[job.model.name].kind == "sklearn":
+        from pipeline.train_classical import fit_fold, save_classical
+
+        result = fit_fold(job, cache, batch_size=batch)
+        predictor, model_file, save = result.model, layout.CLASSICAL_MODEL, save_classical
+        pseudo_examples = 0  # config_checks refuses pseudo-labels for a classical student
+    else:
+        result, pseudo_examples = _train_keras(job, rt, strategy, cache, batch, fold_dir)
+        predictor, model_file, save = prediction_model(result.model, rt), layout.MODEL, save_model
+
+    windows = strategy.windows(job, cache.shape)
+    pred_cols = layout.prediction_columns(targets, job.task)
+    valid = labelled(cache.dataset("train"), job.valid_ids, job.valid_targets).map(lambda i, x, y: (i, x))
+    got_ids, preds = predict_examples(predictor, valid, batch_size=batch,
+                                      extra_windows=strategy.extra_windows(cache, "train"), **windows)
+    row_of = {clip: n for n, clip in enumerate(job.valid_ids)}
+    oof = pd.DataFrame({"id": got_ids, "fold": k})
+    oof = oof.join(pd.DataFrame(job.valid_targets[[row_of[i] for i in got_ids]], columns=targets))
+    # float64 from here on: the fold files then round-trip exactly (io.write_csv), so a resumed run
+    # re-reads the very values an uninterrupted run keeps in memory and averages them the same way.
+    oof[pred_cols] = preds.astype(np.float64)
+    io.write_csv(layout.fold_file(job.exp_dir, k, layout.OOF), oof)
+    test = None
+    if job.test_ids:
+        t_ids, t_preds = predict_examples(predictor, cache.dataset("test"), batch_size=batch,
+                                          extra_windows=strategy.extra_windows(cache, "test"), **windows)
+        test = pd.DataFrame({"id": t_ids})
+        test[pred_cols] = t_preds.astype(np.float64)
+        io.write_csv(layout.fold_file(job.exp_dir, k, layout.TEST), test)
+
+    save(result.model, layout.fold_file(job.exp_dir, k, model_file))
+    io.write_csv(layout.fold_file(job.exp_dir, k, layout.HISTORY), result.history)
+    score = strategy.score(oof[targets].to_numpy(), preds)
+    done = {"fold": k, strategy.metric: score, "metric": strategy.metric, "score": score,
+            "epochs": result.epochs, "best_epoch": result.best_epoch, "best": result.best,
+            "seconds": round(result.seconds, 2), "n_train": len(job.train_ids), "n_valid": len(job.valid_ids)}
+    if job.pseudo is not None:
+        done["pseudo"] = {"teacher": job.pseudo.teacher, "test_examples": pseudo_examples,
+                          "unknown_filled": n_filled}
+    io.write_json(layout.fold_file(job.exp_dir, k, layout.DONE), done)
+    io.rmtree(layout.fold_file(job.exp_dir, k, layout.STATE))
+    log.info("%s fold %d/%d: %s %.4f, %d epochs (best %d), %.0f s", job.name, k + 1, job.n_folds,
+             strategy.metric.upper(), score, result.epochs, result.best_epoch, result.seconds)
+    keras.backend.clear_session(free_memory=True)
+    return oof, test
+
+
+def _train_keras(job: FoldJob, rt, strategy, cache, batch: int, fold_dir: str):
+    """Train (or resume) a Keras family's fold model epoch by epoch.
+
+    Returns (:func:`pipeline.train.train_fold`'s result, the number of pseudo-labelled test examples trained on).
+    """
+    from pipeline.losses import make_loss
+    from pipeline.models import sed
+    from pipeline.models.build import build_model
+    from pipeline.models.heads import prior_bias
+    from pipeline.schedules import make_optimizer, make_schedule
+    from pipeline.train import train_fold
+
+    targets = list(job.targets)
     data = strategy.fold_data(job, cache, batch, rt, job.in_memory)
     input_shape = strategy.input_shape(job, cache.shape)
     bias = prior_bias(strategy.bias_targets(job.train_targets), job.task)
@@ -128,45 +185,9 @@ def _run(job: FoldJob, rt) -> Tuple[pd.DataFrame, Optional[pd.DataFrame]]:
 
     result = train_fold(build=build, compile_model=compile_model, train_data=data.train_data,
                         valid_data=data.valid_batches, train_steps=data.train_steps, valid_steps=data.valid_steps,
-                        fold_dir=fold_dir, fold=k, epochs=job.train.epochs, patience=job.train.patience,
+                        fold_dir=fold_dir, fold=job.fold, epochs=job.train.epochs, patience=job.train.patience,
                         monitor=job.train.monitor, seed=job.train.seed, strategy=rt.strategy, swa=job.train.swa)
-
-    predictor = prediction_model(result.model, rt)
-    windows = strategy.windows(job, cache.shape)
-    pred_cols = layout.prediction_columns(targets, job.task)
-    valid = labelled(cache.dataset("train"), job.valid_ids, job.valid_targets).map(lambda i, x, y: (i, x))
-    got_ids, preds = predict_examples(predictor, valid, batch_size=batch,
-                                      extra_windows=strategy.extra_windows(cache, "train"), **windows)
-    row_of = {clip: n for n, clip in enumerate(job.valid_ids)}
-    oof = pd.DataFrame({"id": got_ids, "fold": k})
-    oof = oof.join(pd.DataFrame(job.valid_targets[[row_of[i] for i in got_ids]], columns=targets))
-    # float64 from here on: the fold files then round-trip exactly (io.write_csv), so a resumed run
-    # re-reads the very values an uninterrupted run keeps in memory and averages them the same way.
-    oof[pred_cols] = preds.astype(np.float64)
-    io.write_csv(layout.fold_file(job.exp_dir, k, layout.OOF), oof)
-    test = None
-    if job.test_ids:
-        t_ids, t_preds = predict_examples(predictor, cache.dataset("test"), batch_size=batch,
-                                          extra_windows=strategy.extra_windows(cache, "test"), **windows)
-        test = pd.DataFrame({"id": t_ids})
-        test[pred_cols] = t_preds.astype(np.float64)
-        io.write_csv(layout.fold_file(job.exp_dir, k, layout.TEST), test)
-
-    save_model(result.model, layout.fold_file(job.exp_dir, k, layout.MODEL))
-    io.write_csv(layout.fold_file(job.exp_dir, k, layout.HISTORY), result.history)
-    score = strategy.score(oof[targets].to_numpy(), preds)
-    done = {"fold": k, strategy.metric: score, "metric": strategy.metric, "score": score,
-            "epochs": result.epochs, "best_epoch": result.best_epoch, "best": result.best,
-            "seconds": round(result.seconds, 2), "n_train": len(job.train_ids), "n_valid": len(job.valid_ids)}
-    if job.pseudo is not None:
-        done["pseudo"] = {"teacher": job.pseudo.teacher, "test_examples": data.pseudo_examples,
-                          "unknown_filled": n_filled}
-    io.write_json(layout.fold_file(job.exp_dir, k, layout.DONE), done)
-    io.rmtree(layout.fold_file(job.exp_dir, k, layout.STATE))
-    log.info("%s fold %d/%d: %s %.4f, %d epochs (best %d), %.0f s", job.name, k + 1, job.n_folds,
-             strategy.metric.upper(), score, result.epochs, result.best_epoch, result.seconds)
-    keras.backend.clear_session(free_memory=True)
-    return oof, test
+    return result, data.pseudo_examples
 
 
 def finished_fold(exp_dir: str, k: int, with_test: bool) -> Optional[Tuple[pd.DataFrame, Optional[pd.DataFrame]]]:

@@ -67,9 +67,11 @@ MODEL = "model.keras"
 HISTORY = "history.csv"
 STATE = "state"  # fold<k>/state/: resume checkpoints, removed when the fold is done
 TENSORBOARD = "tb"
+# --- classical families (kind sklearn): the fitted pipeline.models.classical.ClassicalModel, joblib-pickled
+CLASSICAL_MODEL = "model.joblib"
 
 EXPERIMENT_FILES = frozenset({CONFIG, STATUS, RUN_LOG, CLIPS, OOF, TEST, SCORES, SUBMISSION, PLOTS})
-FOLD_FILES = frozenset({DONE, OOF, TEST, MODEL, HISTORY, STATE, TENSORBOARD})
+FOLD_FILES = frozenset({DONE, OOF, TEST, MODEL, HISTORY, STATE, TENSORBOARD, CLASSICAL_MODEL})
 
 PRED = "pred"  # prediction columns of experiment and fold files: ``pred`` or ``pred:<class>``
 

@@ -360,7 +360,9 @@ def write_summary(queue: Queue, paths: Paths, current: Optional[Dict[str, object
 
     Columns: experiment, model, features, status, oof_auc, ``oof_<blend.metric>``
     (when the blend metric is not auc), fold_mean / fold_std (AUC over the
-    folds), epochs (mean over folds), wall_seconds, error. ``failures``
+    folds), epochs (mean over folds), fold_seconds (mean training seconds per fold, done.json ``seconds``:
+    the epoch loop of a Keras family, the one fit of a classical family; comparable across families
+    however folds are scheduled), wall_seconds, error. ``failures``
     (``{experiment: error}``) are this run's failures, shown as ``failed`` with
     their error even when no status.json could be written (an experiment
     folder refused as not the pipeline's is never written into). Rows are sorted by
@@ -387,6 +389,7 @@ def write_summary(queue: Queue, paths: Paths, current: Optional[Dict[str, object
             "fold_mean": np.nan,
             "fold_std": np.nan,
             "epochs": np.nan,
+            "fold_seconds": np.nan,
             "wall_seconds": status.get("wall_seconds", np.nan),
             "error": status.get("error") or "",
         }
@@ -427,13 +430,18 @@ def _summary_scores(exp_dir: str, metric: str, metric_col: str) -> dict:
         return _unreadable(path, "missing")
     except (OSError, ValueError, KeyError, TypeError) as err:
         return _unreadable(path, f"unreadable or incomplete ({type(err).__name__}: {err})")
-    epochs = []
+    epochs, seconds = [], []
     for done_path in _fold_done_files(exp_dir):
         try:
-            epochs.append(float(io.read_json(done_path)["epochs"]))
+            done = io.read_json(done_path)
+            fold_epochs, fold_seconds = float(done["epochs"]), float(done["seconds"])
         except (OSError, ValueError, KeyError, TypeError) as err:
-            log.warning("%s: unreadable (%s); left out of the mean epochs", done_path, err)
+            log.warning("%s: unreadable (%s); left out of the mean epochs and fold seconds", done_path, err)
+            continue
+        epochs.append(fold_epochs)
+        seconds.append(fold_seconds)
     out["epochs"] = float(np.mean(epochs)) if epochs else np.nan
+    out["fold_seconds"] = float(np.mean(seconds)) if seconds else np.nan
     return out
 
 
@@ -495,6 +503,7 @@ def format_summary(summary: pd.DataFrame) -> str:
             for m, s in zip(summary["fold_mean"], summary["fold_std"])
         ],
         "epochs": summary["epochs"].map(_fmt("{:.1f}")),
+        "fold": summary["fold_seconds"].map(format_duration),
         "wall": summary["wall_seconds"].map(format_duration),
         "status": summary["status"],
     })

@@ -56,6 +56,10 @@ class Entry:
         return self.params(**{**self.preset, **overrides})
 
 
+# How a model family is trained: epoch by epoch (Keras) or in one fit on pooled features (scikit-learn).
+MODEL_KINDS = ("keras", "sklearn")
+
+
 @dataclass(frozen=True)
 class ModelEntry(Entry):
     """A model family: also the features it takes, tiny test inputs, a pre-training check and a label.
@@ -65,12 +69,23 @@ class ModelEntry(Entry):
     check : ``"module:function"`` run before training (``check(params)`` raises for settings that cannot
         work here, e.g. a missing weights file); None: nothing to check.
     label : ``label(params)`` -> the name the summary shows (a variant's name); None: the family's name.
+    kind : how the fold job trains it (one of :data:`MODEL_KINDS`). ``keras``: the builder returns a
+        keras.Model (``builder(params, *, input_shape, n_outputs, activation, output_bias)``) trained epoch
+        by epoch (:mod:`pipeline.train`). ``sklearn``: the builder returns an unfitted
+        :class:`pipeline.models.classical.ClassicalModel` (``builder(params, *, input_shape, n_outputs, task,
+        seed, balanced, threads)``) fitted once on the fold's pooled training examples
+        (:mod:`pipeline.train_classical`).
     """
 
     features: Tuple[str, ...] = ("mel", "complexity", "waveform")
     preset_inputs: Tuple[Tuple[int, ...], ...] = ()
     check: Optional[str] = None
     label: Optional[Callable[[Any], str]] = None
+    kind: str = "keras"
+
+    def __post_init__(self):
+        if self.kind not in MODEL_KINDS:
+            raise ValueError(f"model {self.name!r}: kind must be one of {MODEL_KINDS}; got {self.kind!r}")
 
     def describe(self, params) -> str:
         """The summary's name for this family with ``params`` (e.g. ``inceptiontime_residual``)."""

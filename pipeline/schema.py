@@ -301,6 +301,31 @@ class ViTParams:
     conv_stem: int = rule(0, min=0, max=4096)
 
 
+# --- classical families (scikit-learn, pipeline.models.classical): one fit per fold on per-clip pooled
+# features, each channel's mean, std and the `percentiles` over time.
+
+
+@dataclass(frozen=True)
+class LogRegParams:
+    """Logistic regression (L2, lbfgs) on standardised pooled features."""
+
+    regularization: float = rule(1.0, min_exclusive=0.0, max=1e6)  # 1 / C of scikit-learn (as blend stacking)
+    max_iter: int = rule(1000, min=1, max=100_000)
+    percentiles: tuple = rule((10, 50, 90), max_len=16, item_max=100)  # per channel, beside mean and std
+
+
+@dataclass(frozen=True)
+class HGBParams:
+    """scikit-learn HistGradientBoostingClassifier on pooled features (no early stopping)."""
+
+    learning_rate: float = rule(0.1, min_exclusive=0.0, max=10.0)
+    max_iter: int = rule(200, min=1, max=100_000)  # boosting rounds (trees per class)
+    max_leaf_nodes: int = rule(31, min=2, max=100_000)
+    min_samples_leaf: int = rule(20, min=1, max=1_000_000)
+    l2_regularization: float = rule(0.0, min=0.0, max=1e6)
+    percentiles: tuple = rule((10, 50, 90), max_len=16, item_max=100)
+
+
 def _inceptiontime_label(params: InceptionTimeParams) -> str:
     return "inceptiontime_residual" if params.residual else "inceptiontime"
 
@@ -328,6 +353,12 @@ MODELS = Registry("model", [
     ModelEntry("vit", ViTParams, "pipeline.models.vit:build_vit",
                preset={"patch_size": (8, 8), "dim": 8, "depth": 1, "num_heads": 2, "mlp_dim": 16, "conv_stem": 4},
                features=SPECTROGRAMS, preset_inputs=(_SPECTROGRAM,)),
+    # --- classical families: kind sklearn (fitted once per fold, no epochs; see pipeline.train_classical)
+    ModelEntry("logreg", LogRegParams, "pipeline.models.classical:build_logreg", preset={"max_iter": 200},
+               preset_inputs=(_SPECTROGRAM, _SERIES, _WAVEFORM), kind="sklearn"),
+    ModelEntry("hgb", HGBParams, "pipeline.models.classical:build_hgb",
+               preset={"max_iter": 10, "min_samples_leaf": 2}, preset_inputs=(_SPECTROGRAM, _SERIES, _WAVEFORM),
+               kind="sklearn"),
 ])
 
 

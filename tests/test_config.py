@@ -365,6 +365,14 @@ LATE = [
      "defaults.model.weights", "built-in cnn starts from random weights"),
     ("predict-hop>window", queue_with("predict: {hop_seconds: 3.0}"), "defaults.predict.hop_seconds",
      "never predicted"),
+    # Classical families (issue 17): whole clips only; percentiles within 1-100.
+    ("rfcx-classical", queue_with(RFCX_AUDIO, data=RFCX, experiment="model: hgb\nloss: masked_bce\n"
+                                  "features: {name: mel, n_fft: 1024, hop_length: 512, n_mels: 32}"),
+     "experiments[0].model.name", "hgb fits pooled features of whole clips and does not support long recordings"),
+    ("logreg-percentile>100", queue_with(experiment="model: {name: logreg, percentiles: [50, 101]}"),
+     "experiments[0].model.percentiles", "<= 100"),
+    ("logreg-ema", queue_with(experiment="model: logreg\ntrain: {epochs: 2, ema: {momentum: 0.9}}"),
+     "experiments[0].train.ema", "logreg is fitted once"),
 ]
 
 

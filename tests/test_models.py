@@ -21,9 +21,11 @@ BINARY_ONLY = {"xception"}
 
 
 def cases():
-    """Every registered family on each of its preset inputs; the multiclass head once per family."""
+    """Every registered Keras family on each of its preset inputs; the multiclass head once per family."""
     for entry in schema.MODELS.entries():
         assert entry.preset_inputs, f"model {entry.name!r} has no preset_inputs in pipeline.schema.MODELS"
+        if entry.kind != "keras":
+            continue
         for i, shape in enumerate(entry.preset_inputs):
             for task, n_out in (("binary", 1), ("multiclass", 3)):
                 if task == "multiclass" and (entry.name in BINARY_ONLY or i > 0):
@@ -77,6 +79,47 @@ def test_model_trains_and_round_trips(tmp_path, rng, name, shape, task, n_out):
     reloaded = reloaded if isinstance(reloaded, dict) else {"output": reloaded}
     for key, p in preds.items():
         np.testing.assert_allclose(reloaded[key], p, rtol=1e-5, atol=1e-6)
+
+
+def classical_cases():
+    """Every registered scikit-learn family on each of its preset inputs, for each task."""
+    for entry in schema.MODELS.entries():
+        if entry.kind == "sklearn":
+            for shape in entry.preset_inputs:
+                for task, n_out in (("binary", 1), ("multiclass", 3), ("multilabel", 2)):
+                    yield entry.name, shape, task, n_out
+
+
+@pytest.mark.parametrize("name,shape,task,n_out", list(classical_cases()))
+def test_classical_model_fits_predicts_and_round_trips(tmp_path, rng, name, shape, task, n_out):
+    """Built from the registry, fitted on examples whose first channel's level sets the class, pickled and reloaded."""
+    from pipeline.models.classical import pool_features
+    from pipeline.train_classical import load_classical, save_classical
+
+    n = 60
+    level = rng.integers(0, n_out if task == "multiclass" else 2, n)
+    x = rng.normal(size=(n, *shape)).astype("float32")
+    if len(shape) == 2:  # [T, C]: channel 0 carries the class
+        x[:, :, 0] += 3 * level[:, None]
+    else:  # a waveform: its one channel
+        x += 3 * level[:, None]
+    if task == "multiclass":
+        y = np.eye(n_out, dtype="float32")[level]
+    else:
+        y = np.repeat(level[:, None], n_out, axis=1).astype("float32")
+    model = schema.MODELS[name].load()(tiny_params(name), input_shape=shape, n_outputs=n_out, task=task, seed=0)
+    assert model.inputs[0].shape == (None, *shape) and model.outputs[0].shape == (None, n_out)
+    model.fit(pool_features(x, percentiles=model.percentiles), y)
+    pred = model.predict_on_batch(x)
+    assert pred.shape == (n, n_out) and pred.dtype == np.float32
+    assert np.isfinite(pred).all() and (pred >= 0).all() and (pred <= 1).all()
+    if task == "multiclass":
+        np.testing.assert_allclose(pred.sum(axis=1), 1.0, rtol=1e-5)
+    decided = pred.argmax(axis=1) if task == "multiclass" else (pred[:, 0] > 0.5)
+    assert (decided == level).mean() > 0.9
+    path = str(tmp_path / "model.joblib")
+    save_classical(model, path)
+    np.testing.assert_array_equal(load_classical(path).predict_on_batch(x), pred)
 
 
 def test_prior_bias_starts_at_class_prior(rng):

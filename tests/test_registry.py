@@ -44,6 +44,15 @@ def test_unknown_names_list_the_choices(section):
     assert "no_such_name" not in registry and ["x"] not in registry  # unhashable: not a name, no TypeError
 
 
+def test_a_model_kind_must_be_one_the_fold_job_trains():
+    """ModelEntry.kind decides how run_fold_job trains a family (keras: epoch loop; sklearn: one fit)."""
+    from pipeline.registry import MODEL_KINDS, ModelEntry
+
+    assert {schema.MODELS[name].kind for name in schema.MODELS} == set(MODEL_KINDS)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        ModelEntry("forest", schema.HGBParams, "pipeline.models.classical:build_hgb", kind="torch")
+
+
 def test_a_name_is_registered_once():
     entry = Entry("mean", schema.MeanBlendParams, "pipeline.blend:blend_mean")
     with pytest.raises(ValueError, match="blend method 'mean' is registered twice"):

@@ -93,7 +93,7 @@ def make_output(folder, rng, *, caches=True):
                           "learning_rate": 0.003 * 0.5 ** (epochs // 3), "seconds": 1.5}).to_csv(
                 d / f"fold{k}" / "history.csv", index=False)
             if signal:
-                (d / f"fold{k}" / "done.json").write_text(json.dumps({"fold": k, "epochs": 5}))
+                (d / f"fold{k}" / "done.json").write_text(json.dumps({"fold": k, "epochs": 5, "seconds": 12.0 + k}))
         if signal is None:
             (d / "status.json").write_text(json.dumps({
                 "state": "failed", "stage": "train", "config_hash": exp.config_hash(), "error": EVIL_ERROR,
@@ -136,6 +136,7 @@ def test_report_contents(built):
     assert board.index("mel_model") < board.index("complexity_model") < board.index("broken")
     assert "blend: stacking" in board
     assert "held-out folds" in page
+    assert "<th>fold time</th>" in board and "<td>13s</td>" in board  # mean done.json seconds of mel_model's folds
     # Escaping: user-controlled text never becomes markup.
     assert "<script>alert(" not in page and "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
     assert "&lt;b&gt;truncated&lt;/b&gt; &amp; &quot;odd&quot;" in page and "/data/bad.aiff" in page
@@ -158,11 +159,12 @@ def test_summary_csv_and_printed_leaderboard(built, tmp_path, capsys):
     assert list(summary["experiment"]) == ["mel_model", "complexity_model", "broken"]
     assert list(summary["status"]) == ["done", "done", "failed"]
     assert summary.loc[0, "epochs"] == 5 and summary.loc[0, "wall_seconds"] == 150
+    assert summary.loc[0, "fold_seconds"] == 13  # the mean of the folds' done.json seconds
     path = make_output(tmp_path, np.random.default_rng(7), caches=False)
     assert main([path, "--blend-only"]) == 0
     printed = capsys.readouterr().out
     table = printed[printed.index("experiment"):]
-    for text in ("OOF auc", "fold AUC mean +- std", "mel_model", "2m30s", "failed", "blend (stacking of 2)",
+    for text in ("OOF auc", "fold AUC mean +- std", "mel_model", "13s", "2m30s", "failed", "blend (stacking of 2)",
                  "best single mel_model", "FAILED broken: ValueError"):
         assert text in table, text
 

@@ -63,7 +63,7 @@ def results(folder):
     def read(path):
         return pd.read_csv(path, float_precision="round_trip")
 
-    summary = read(out / "summary.csv").drop(columns=["wall_seconds"])
+    summary = read(out / "summary.csv").drop(columns=["wall_seconds", "fold_seconds"])  # timings
     frames = {"oof": read(out / "oof.csv"), "summary": summary, "blend": read(out / "blend" / "submission.csv")}
     for name in ("inceptiontime_a",):
         frames[name] = read(out / name / "submission.csv")

@@ -98,7 +98,7 @@ class PageBuilder:
         metric = metric_col[4:]
         head = ["#", "experiment", "model", "features", f"OOF {metric}"]
         head += ["OOF auc"] if metric != "auc" else []
-        head += ["fold AUC mean &plusmn; std", "epochs", "wall time", "status"]
+        head += ["fold AUC mean &plusmn; std", "epochs", "fold time", "wall time", "status"]
         rows = []
         for rank, (_, r) in enumerate(s.iterrows(), start=1):
             status = str(r.get("status", ""))
@@ -107,14 +107,14 @@ class PageBuilder:
             if metric != "auc":
                 cells.append(num(r.get("oof_auc")))
             cells += [mean_std(r.get("fold_mean"), r.get("fold_std")), num(r.get("epochs"), "{:.1f}"),
-                      esc(format_duration(r.get("wall_seconds"))), f'<span class="status {esc(status)}">{esc(status)}</span>']
+                      esc(format_duration(r.get("fold_seconds"))), esc(format_duration(r.get("wall_seconds"))), f'<span class="status {esc(status)}">{esc(status)}</span>']
             rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
         b = self.blend_scores
         if b and b.get("metric") == metric:
             cells = ["", f"<b>blend: {esc(b.get('method'))}</b>", "", f"{len(b.get('experiments', {}))} experiments",
                      f"<b>{num(b.get('blend'))}</b>"]
             cells += [""] if metric != "auc" else []
-            cells += [esc(b.get("score_kind", "")), "", "", '<span class="status blend">blend</span>']
+            cells += [esc(b.get("score_kind", "")), "", "", "", '<span class="status blend">blend</span>']
             rows.append('<tr class="blend-row">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
         table = ("<table id=\"leaderboard\"><thead><tr>" + "".join(f"<th>{h}</th>" for h in head)
                  + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
