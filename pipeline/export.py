@@ -101,7 +101,7 @@ def export_experiment(exp: Experiment, output: str, root: str) -> dict:
     strategy = fold_strategy_name(exp.data.name)
     windows = dict(schema.FOLD_STRATEGIES[strategy].load()().windows(exp, shape))
     views = [dataclasses.asdict(v) for v in windows.pop("views", ())]  # predict.tta in the feature's time steps
-    models = [load_fold_model(exp_dir, k) for k in range(exp.folds.n_splits)]
+    models = [load_fold_model(exp_dir, k, exp.model.name) for k in range(exp.folds.n_splits)]
     select = []
     for k, model in enumerate(models):
         if save_exported(clipwise_model(model, f"fold{k}"), layout.export_model(folder, k, "savedmodel"),
@@ -176,6 +176,10 @@ def run_export(queue: Queue, *, only: Optional[List[str]] = None) -> int:
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
         exported, failed = [], []
         for exp in experiments:
+            if schema.MODELS[exp.model.name].kind != "keras":
+                log.warning("%s: not exported: %s is a scikit-learn model, which has no TFLite or SavedModel form "
+                            "(run_queue.py --predict still predicts with it)", exp.name, exp.model.name)
+                continue
             try:
                 export_experiment(exp, output, root)
                 exported.append(exp.name)

@@ -138,10 +138,15 @@ def dataset_for(data_name: str, audio: NewAudio, meta: dict):
                    submission=meta["submission"])
 
 
-def load_fold_model(exp_dir: str, k: int):
-    """Fold ``k``'s saved model (``fold<k>/model.keras``), for prediction only (not compiled)."""
+def load_fold_model(exp_dir: str, k: int, model_name: str):
+    """Fold ``k``'s saved model, for prediction only: ``fold<k>/model.keras`` (not compiled), or the fitted
+    classical family's ``model.joblib`` (``model_name``'s registry entry says which)."""
     import importlib
 
+    if schema.MODELS[model_name].kind == "sklearn":
+        from pipeline.train_classical import load_classical
+
+        return load_classical(layout.fold_file(exp_dir, k, layout.CLASSICAL_MODEL))
     import keras
 
     importlib.import_module("pipeline.models.layers")  # registers the custom layers the saved models use
@@ -181,7 +186,9 @@ def predict_experiment(exp: Experiment, dataset, output: str,
     with distribute.experiment_runtime(exp.train, name=exp.name) as rt:
         batch = rt.global_batch(exp.train.batch_size)
         for k in range(exp.folds.n_splits):
-            model = distribute.prediction_model(load_fold_model(exp_dir, k), rt)
+            model = load_fold_model(exp_dir, k, exp.model.name)
+            if schema.MODELS[exp.model.name].kind == "keras":
+                model = distribute.prediction_model(model, rt)
             got, preds = predict_examples(model, cache.dataset("test"), batch_size=batch,
                                           extra_windows=strategy.extra_windows(cache, "test"), **windows)
             if ids is not None and got != ids:  # the cache is read in a fixed order: a bug, not a user error
