@@ -61,6 +61,7 @@ class FoldJob:
     valid_targets: np.ndarray  # [n_valid, C]: written beside the OOF predictions, scored
     test_ids: Tuple[str, ...]
     in_memory: bool  # the fold's examples fit in memory: tf.data caches them after the first epoch
+    progress: bool = False  # write fold<k>/progress.json after every epoch (set by a worker: run_in_worker)
 
 
 def run_fold_job(job: FoldJob) -> Tuple[pd.DataFrame, Optional[pd.DataFrame]]:
@@ -121,7 +122,8 @@ def _run(job: FoldJob, rt) -> Tuple[pd.DataFrame, Optional[pd.DataFrame]]:
     result = train_fold(build=build, compile_model=compile_model, train_data=data.train_data,
                         valid_data=data.valid_batches, train_steps=data.train_steps, valid_steps=data.valid_steps,
                         fold_dir=fold_dir, fold=k, epochs=job.train.epochs, patience=job.train.patience,
-                        monitor=job.train.monitor, seed=job.train.seed, strategy=rt.strategy)
+                        monitor=job.train.monitor, seed=job.train.seed, strategy=rt.strategy,
+                        progress=layout.fold_file(job.exp_dir, k, layout.PROGRESS) if job.progress else None)
 
     predictor = prediction_model(result.model, rt)
     windows = strategy.windows(job, cache.shape)

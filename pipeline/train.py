@@ -89,6 +89,7 @@ def train_fold(
     seed: int,
     custom_objects: Optional[dict] = None,
     strategy=None,
+    progress: Optional[str] = None,
 ) -> FoldResult:
     """Train (or resume) one fold and return the model holding its best weights.
 
@@ -97,6 +98,7 @@ def train_fold(
     valid_data : tf.data.Dataset of (x, y) batches (deterministic).
     monitor : ``val_auc`` (maximised) or ``val_loss`` (minimised).
     strategy : tf.distribute.Strategy the model, optimizer and metrics are created under (None: the current one).
+    progress : a path for :func:`write_progress` after every epoch (None: none; a scheduler polls it).
     """
     scope = strategy.scope if strategy is not None else contextlib.nullcontext
     state_dir = os.path.join(fold_dir, layout.STATE)
@@ -172,6 +174,8 @@ def train_fold(
         state["last"] = layout.checkpoint_name(epoch + 1)
         save_model(model, os.path.join(state_dir, state["last"]))
         io.write_json(state_path, state)
+        if progress:
+            write_progress(progress, epoch=epoch + 1, epochs=epochs, monitor=monitor, value=value)
         for old in previous:
             if old and old not in (state["last"], state["best_weights"]):
                 io.remove(os.path.join(state_dir, old))
@@ -185,6 +189,16 @@ def train_fold(
     history = pd.DataFrame(state["history"])
     return FoldResult(model=model, history=history, epochs=state["epoch"], best_epoch=state["best_epoch"],
                       best=state["best"], seconds=state["seconds"])
+
+
+def write_progress(path: str, **fields) -> None:
+    """Write a running job's ``progress.json`` atomically: ``fields`` (epoch, monitored value, ...), the
+    process's id and peak resident memory so far (``peak_rss_mb``, MiB) and the time, for the scheduler to show."""
+    import resource
+
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB
+    io.write_json(path, {**fields, "pid": os.getpid(), "peak_rss_mb": round(peak_kib / 1024, 1),
+                         "updated": time.time()})
 
 
 # ----------------------------------------------------------------------------- input pipelines

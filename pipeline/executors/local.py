@@ -1,0 +1,190 @@
+"""The local executor: fold jobs side by side on this machine, one fresh child process per job.
+
+A fresh process per job (``multiprocessing`` "spawn") because TensorFlow fixes
+its thread pools and visible GPUs when its runtime starts
+(:func:`pipeline.executors.base.configure_process`), and because a job that
+is killed (out of memory) then costs only itself. A child dies with the runner
+(``PR_SET_PDEATHSIG``), so a SIGKILLed runner leaves no job writing into a
+fold folder that the next run resumes.
+
+How many jobs (``execution.jobs``, ``--jobs``) and how each is placed:
+
+- with GPUs (``nvidia-smi -L``, limited by ``CUDA_VISIBLE_DEVICES``): a job
+  sees only its GPU(s). ``jobs: auto`` keeps every GPU slot busy: ``1 /
+  gpus_per_job`` jobs per GPU (``gpus_per_job: 0.5``: two folds per GPU), or
+  ``n_gpus // gpus_per_job`` jobs of ``gpus_per_job`` whole GPUs each;
+- on CPU, ``jobs: auto`` runs one job per core: small audio models keep only
+  about one core busy each (a 2-core machine ran the default queue at 114 %
+  CPU with one job), so separate jobs use the cores better than one job's
+  threads. Each job gets ``cores // jobs`` TensorFlow intra-op threads (and
+  as many OpenMP/BLAS threads), at least one.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import traceback
+from concurrent.futures import Future
+from typing import Dict, List, Optional, Tuple
+
+from pipeline.executors.base import JobResources, WorkerDied, run_in_worker
+
+log = logging.getLogger(__name__)
+
+STOP_SECONDS = 10  # how long close() waits for a terminated child before killing it
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def visible_gpus() -> Tuple[int, ...]:
+    """Indices of the GPUs jobs may use, without starting TensorFlow or CUDA in the runner.
+
+    ``CUDA_VISIBLE_DEVICES`` (when set) limits them, as it would limit TensorFlow.
+    """
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return tuple(int(g) for g in listed.split(",") if g.strip().isdigit())
+    if shutil.which("nvidia-smi") is None:
+        return ()
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    return tuple(range(sum(1 for line in out.splitlines() if line.startswith("GPU "))))
+
+
+def gpu_slots(gpus: Tuple[int, ...], gpus_per_job: Optional[float]) -> List[Tuple[int, ...]]:
+    """The GPU set of each job slot: ``1 / gpus_per_job`` slots per GPU for a fraction, else
+    ``len(gpus) // gpus_per_job`` slots of that many whole GPUs (at least one slot of all GPUs)."""
+    per_job = 1.0 if gpus_per_job is None else gpus_per_job
+    if per_job <= 1:
+        per_gpu = max(1, int(round(1 / per_job, 6)))
+        return [(g,) for _ in range(per_gpu) for g in gpus]
+    size = int(per_job)
+    return [tuple(gpus[i:i + size]) for i in range(0, len(gpus) - size + 1, size)] or [tuple(gpus)]
+
+
+class LocalExecutor:
+    """Runs each fold job in a fresh child process of this machine (see the module doc)."""
+
+    def __init__(self, settings):
+        self.settings = settings
+        gpus = visible_gpus()
+        self._slots = gpu_slots(gpus, settings.gpus_per_job) if gpus else []
+        if settings.jobs == "auto":
+            self.capacity = len(self._slots) if self._slots else cpu_cores()
+        else:
+            self.capacity = int(settings.jobs)
+        self.threads = max(1, cpu_cores() // self.capacity)
+        self._busy: Dict[int, Future] = {}  # GPU slot -> the future of the job on it
+        self._running: Dict[int, multiprocessing.Process] = {}  # pid -> child
+        self._lock = threading.Lock()
+        self._context = multiprocessing.get_context("spawn")
+
+    def resources(self) -> JobResources:
+        """The next job's share: ``threads`` cores, and a free GPU slot (``()``: no GPU) when the machine has GPUs."""
+        if not self._slots:
+            return JobResources(threads=self.threads, gpus=())
+        with self._lock:
+            slot = next((i for i in range(len(self._slots)) if i not in self._busy), None)
+        if slot is None:  # more jobs than slots were asked for: share the slots round-robin
+            slot = len(self._busy) % len(self._slots)
+        return JobResources(threads=self.threads, gpus=self._slots[slot])
+
+    def submit(self, job, resources: JobResources) -> Future:
+        """Start ``job`` in a new child process now; the future resolves to its (oof, test)."""
+        future: Future = Future()
+        future.set_running_or_notify_cancel()
+        receive, send = self._context.Pipe(duplex=False)
+        # Started from the caller's thread: PR_SET_PDEATHSIG fires when the thread that forked the child ends.
+        child = self._context.Process(target=_child_main, args=(job, resources, send, os.getpid()),
+                                      name=f"{job.name}-fold{job.fold}")
+        child.start()
+        send.close()
+        with self._lock:
+            self._running[child.pid] = child
+            if resources.gpus and resources.gpus in self._slots:
+                self._busy.setdefault(self._slots.index(resources.gpus), future)
+        threading.Thread(target=self._wait, args=(child, receive, future), daemon=True,
+                         name=f"wait-{child.name}").start()
+        return future
+
+    def _wait(self, child, receive, future: Future) -> None:
+        """Wait for the child's answer, then for its end, and resolve ``future``."""
+        try:
+            answer = receive.recv()
+        except (EOFError, OSError):
+            answer = None
+        finally:
+            receive.close()
+        child.join()
+        with self._lock:
+            self._running.pop(child.pid, None)
+            for slot, busy in list(self._busy.items()):
+                if busy is future:
+                    del self._busy[slot]
+        if answer is None:
+            code = child.exitcode
+            how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
+            future.set_exception(WorkerDied(f"the worker process of {child.name} {how} before it finished"))
+        elif answer[0] == "ok":
+            future.set_result(answer[1])
+        else:
+            error = answer[1]
+            error.worker_traceback = answer[2]
+            future.set_exception(error)
+
+    def close(self) -> None:
+        """Terminate every running child (SIGTERM, then SIGKILL after a few seconds) and wait for it."""
+        with self._lock:
+            children = list(self._running.values())
+        for child in children:
+            if child.is_alive():
+                child.terminate()
+        for child in children:
+            child.join(STOP_SECONDS)
+            if child.is_alive():
+                child.kill()
+                child.join()
+
+
+def _child_main(job, resources: JobResources, send, parent: int) -> None:
+    """A job's child process: run the job and send ``("ok", result)`` or ``("error", exception, traceback)``."""
+    from pipeline.cache.workers import die_with_parent
+
+    die_with_parent()
+    if os.getppid() != parent:
+        os._exit(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the runner stops jobs
+    try:
+        answer = ("ok", run_in_worker(job, resources))
+    except BaseException as err:  # noqa: BLE001 - every failure is the runner's to report
+        answer = ("error", _picklable(err), traceback.format_exc())
+    send.send(answer)
+    send.close()
+
+
+def _picklable(err: BaseException) -> BaseException:
+    """``err`` itself when it is an Exception that survives pickling (the runner tells a user's mistake from a bug
+    by its type), else a RuntimeError with its text."""
+    import pickle
+
+    if not isinstance(err, Exception):  # SystemExit and the like would end the runner
+        return RuntimeError(f"{type(err).__name__}: {err}")
+    try:
+        pickle.loads(pickle.dumps(err))
+        return err
+    except Exception:  # noqa: BLE001 - any pickling failure
+        return RuntimeError(f"{type(err).__name__}: {err}")
