@@ -529,8 +529,8 @@ def parse_jobs(value) -> Tuple[Optional[str], Any]:
 def _execution_value(key: str, value) -> Optional[str]:
     """Why ``value`` is not valid for ``execution.<key>``, or None."""
     if key == "backend":
-        if value not in schema.EXECUTION_BACKENDS:
-            return f"{_show(value)} is not allowed; choose one of: {', '.join(schema.EXECUTION_BACKENDS)}"
+        if value not in schema.EXECUTORS:  # the registry: "ray" once its executor is registered
+            return f"{_show(value)} is not an executor; choose one of: {', '.join(schema.EXECUTORS)}"
     elif key == "jobs":
         return parse_jobs(value)[0]
     elif key == "gpus_per_job":

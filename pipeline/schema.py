@@ -608,7 +608,6 @@ DEFAULT_COMPONENTS = {"loss": "bce", "schedule": "constant"}
 
 # ----------------------------------------------------------------------------- execution (issue 16)
 
-EXECUTION_BACKENDS = ("local", "ray")
 MAX_JOBS = 1024  # fold jobs in flight at once
 MAX_RETRIES = 100
 

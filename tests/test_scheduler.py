@@ -38,7 +38,7 @@ BAD = [
     ("execution: {jobs: 0}", "execution.jobs", "expected auto or a whole number from 1"),
     ("execution: {jobs: many}", "execution.jobs", "expected auto or a whole number from 1"),
     ("execution: {jobs: true}", "execution.jobs", "expected auto or a whole number from 1"),
-    ("execution: {backend: slurm}", "execution.backend", "choose one of: local, ray"),
+    ("execution: {backend: slurm}", "execution.backend", f"choose one of: {', '.join(schema.EXECUTORS)}"),
     ("execution: {gpus_per_job: 0}", "execution.gpus_per_job", "fraction in (0, 1]"),
     ("execution: {gpus_per_job: 1.5}", "execution.gpus_per_job", "fraction in (0, 1]"),
     ("execution: {retries: -1}", "execution.retries", "from 0 to"),
@@ -89,8 +89,9 @@ def test_auto_jobs_and_gpu_slots(monkeypatch):
     monkeypatch.setattr(local, "cpu_cores", lambda: 8)
     monkeypatch.setattr(local, "visible_gpus", lambda: ())
     cpu = local.LocalExecutor(schema.ExecutionSettings(jobs="auto"))
-    assert (cpu.capacity, cpu.resources()) == (8, local.JobResources(threads=1, gpus=()))
-    assert local.LocalExecutor(schema.ExecutionSettings(jobs=2)).resources().threads == 4
+    # Every job has TensorFlow's default thread count (a fold's numbers depend on it), never cores // jobs.
+    assert (cpu.capacity, cpu.resources()) == (8, local.JobResources(threads=8, gpus=()))
+    assert local.LocalExecutor(schema.ExecutionSettings(jobs=2)).resources().threads == 8
     monkeypatch.setattr(local, "visible_gpus", lambda: (0, 1))
     two_per_gpu = local.LocalExecutor(schema.ExecutionSettings(jobs="auto", gpus_per_job=0.5))
     assert two_per_gpu.capacity == 4 and two_per_gpu.resources().gpus == (0,)

@@ -16,8 +16,18 @@ How many jobs (``execution.jobs``, ``--jobs``) and how each is placed:
 - on CPU, ``jobs: auto`` runs one job per core: small audio models keep only
   about one core busy each (a 2-core machine ran the default queue at 114 %
   CPU with one job), so separate jobs use the cores better than one job's
-  threads. Each job gets ``cores // jobs`` TensorFlow intra-op threads (and
-  as many OpenMP/BLAS threads), at least one.
+  threads.
+
+Threads: every job gets as many TensorFlow intra-op threads (and OpenMP/BLAS
+threads) as the machine has cores - TensorFlow's own default, i.e. what a fold
+gets in the runner with ``jobs: 1`` - and not ``cores // jobs``. TensorFlow's
+CPU kernels split a sum between threads by the thread count, so the count
+changes the last bits of the results: measured on this machine, a SED fold's
+predictions differed between 1 and 2 intra-op threads (an InceptionTime
+fold's did not). With the same count everywhere a fold writes the same bytes
+in the runner or in a child, with any ``jobs``. The price is more threads
+than cores when several jobs run; small models rarely split an op, so those
+threads mostly wait.
 """
 
 from __future__ import annotations
@@ -87,7 +97,7 @@ class LocalExecutor:
             self.capacity = len(self._slots) if self._slots else cpu_cores()
         else:
             self.capacity = int(settings.jobs)
-        self.threads = max(1, cpu_cores() // self.capacity)
+        self.threads = cpu_cores()  # the same count as in the runner: see the module doc
         self._busy: Dict[int, Future] = {}  # GPU slot -> the future of the job on it
         self._running: Dict[int, multiprocessing.Process] = {}  # pid -> child
         self._lock = threading.Lock()
