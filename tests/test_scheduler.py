@@ -183,3 +183,77 @@ def test_two_jobs_give_the_outputs_of_one_with_a_failing_fold_and_a_killed_worke
     assert jobs["fold0"]["attempts"] == 2 and jobs["fold1"]["attempts"] == 1  # the killed worker was retried
     assert all(job["peak_rss_mb"] > 100 for job in jobs.values())
     assert "resuming after epoch 1" in (two / "output" / "a" / "fold0" / "job.log").read_text()
+
+
+# ----------------------------------------------------------------------------- the pool and the queue order, without training
+
+
+class FakeExecutor:
+    """Records the jobs it is given; the test resolves their futures."""
+
+    capacity = 3
+
+    def __init__(self, settings):
+        self.submitted = []
+
+    def resources(self):
+        from pipeline.executors.base import JobResources
+
+        return JobResources(threads=1, gpus=())
+
+    def submit(self, job, resources):
+        from concurrent.futures import Future
+
+        self.submitted.append((job.fold, Future()))
+        return self.submitted[-1][1]
+
+    def close(self):
+        pass
+
+
+def test_the_pool_waits_for_memory_and_retries_dead_workers_only(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from pipeline import scheduler
+    from pipeline.executors.base import WorkerDied
+
+    monkeypatch.setattr(scheduler.schema, "EXECUTORS", {"local": SimpleNamespace(load=lambda: FakeExecutor)})
+    monkeypatch.setattr(scheduler, "available_memory", lambda: 2 * 2**30)
+    pool = scheduler.JobPool(schema.ExecutionSettings(jobs=3, retries=1))
+    ended = []
+    for k in range(3):
+        job = SimpleNamespace(name="a", fold=k, n_folds=3, exp_dir=str(tmp_path))
+        pool.add(job, 2**30, lambda job, result, info: ended.append((job.fold, result, info["attempts"])),
+                 lambda job, error: ended.append((job.fold, type(error).__name__)))
+    submitted = pool.executor.submitted
+    assert [k for k, _ in submitted] == [0, 1]  # a third job would not fit in 2 GiB
+    submitted[0][1].set_exception(WorkerDied("killed"))
+    pool.wait(timeout=1)
+    assert [k for k, _ in submitted] == [0, 1, 0] and ended == []  # started again, before fold 2
+    submitted[2][1].set_exception(WorkerDied("killed again"))
+    submitted[1][1].set_exception(ValueError("a bug"))
+    pool.wait(timeout=1)
+    pool.wait(timeout=1)
+    assert sorted(ended) == [(0, "WorkerDied"), (1, "ValueError")]  # retries used up; an error is not retried
+    assert [k for k, _ in submitted] == [0, 1, 0, 2]
+    submitted[3][1].set_result("predictions")
+    pool.wait(timeout=1)
+    assert ended[-1] == (2, "predictions", 1) and not pool.busy
+
+
+def test_an_experiment_waits_for_the_one_it_requires_and_fails_with_it(tmp_path, monkeypatch):
+    import pipeline.queue as q
+    from pipeline.config import Experiment
+
+    names = ["a", "b", "c", "d"]
+    text = GOOD.replace("  - name: a\n    model: inceptiontime\n",
+                        "".join(f"  - name: {n}\n    model: inceptiontime\n" for n in names))
+    queue = load_queue(write(tmp_path, text))
+    requires = {"b": ("c",), "d": ("a",)}  # b waits for c, after it in the queue; d needs a, which fails
+    monkeypatch.setattr(Experiment, "requires", property(lambda exp: requires.get(exp.name, ())))
+    ran = []
+    monkeypatch.setattr(q, "run_experiment", lambda exp, paths, force=False: ran.append(exp.name) or {
+        "state": "failed" if exp.name == "a" else "done", "error": "broken"})
+    failed = q._run_experiments(queue, q.Paths(queue.output_dir), names, force=False)
+    assert ran == ["a", "c", "b"]
+    assert failed == {"a": "broken", "d": "it requires the experiment 'a', which failed"}
