@@ -60,7 +60,7 @@ def ends_soon(pid, timeout=30):
     return False
 
 
-def kill_when(proc, condition, timeout=300):
+def kill_when(proc, condition, timeout=600):
     """SIGKILL ``proc`` as soon as ``condition()`` holds. Returns False if it ended first."""
     deadline = time.time() + timeout
     while time.time() < deadline:
