@@ -95,6 +95,8 @@ def test_auto_jobs_and_gpu_slots(monkeypatch):
     monkeypatch.setattr(local, "visible_gpus", lambda: (0, 1))
     two_per_gpu = local.LocalExecutor(schema.ExecutionSettings(jobs="auto", gpus_per_job=0.5))
     assert two_per_gpu.capacity == 4 and two_per_gpu.resources().gpus == (0,)
+    two_per_gpu._on_gpus.update({"job 1": (0,), "job 2": (1,), "job 3": (0,)})  # running jobs' GPUs
+    assert two_per_gpu.resources().gpus == (1,)  # the GPU with the fewest jobs
     assert local.gpu_slots((0, 1, 2, 3), 2) == [(0, 1), (2, 3)]
     assert local.LocalExecutor(schema.ExecutionSettings(jobs="auto")).capacity == 2
 

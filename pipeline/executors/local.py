@@ -98,20 +98,19 @@ class LocalExecutor:
         else:
             self.capacity = int(settings.jobs)
         self.threads = cpu_cores()  # the same count as in the runner: see the module doc
-        self._busy: Dict[int, Future] = {}  # GPU slot -> the future of the job on it
+        self._on_gpus: Dict[Future, Tuple[int, ...]] = {}  # a running job's future -> its GPUs
         self._running: Dict[int, multiprocessing.Process] = {}  # pid -> child
         self._lock = threading.Lock()
         self._context = multiprocessing.get_context("spawn")
 
     def resources(self) -> JobResources:
-        """The next job's share: ``threads`` cores, and a free GPU slot (``()``: no GPU) when the machine has GPUs."""
+        """The next job's share: ``threads`` cores, and the GPU slot with the fewest running jobs (``()``: no GPU)."""
         if not self._slots:
             return JobResources(threads=self.threads, gpus=())
         with self._lock:
-            slot = next((i for i in range(len(self._slots)) if i not in self._busy), None)
-        if slot is None:  # more jobs than slots were asked for: share the slots round-robin
-            slot = len(self._busy) % len(self._slots)
-        return JobResources(threads=self.threads, gpus=self._slots[slot])
+            running = list(self._on_gpus.values())
+        gpus = min(dict.fromkeys(self._slots), key=running.count)  # ties: the first slot
+        return JobResources(threads=self.threads, gpus=gpus)
 
     def submit(self, job, resources: JobResources) -> Future:
         """Start ``job`` in a new child process now; the future resolves to its (oof, test)."""
@@ -125,8 +124,7 @@ class LocalExecutor:
         send.close()
         with self._lock:
             self._running[child.pid] = child
-            if resources.gpus and resources.gpus in self._slots:
-                self._busy.setdefault(self._slots.index(resources.gpus), future)
+            self._on_gpus[future] = resources.gpus
         threading.Thread(target=self._wait, args=(child, receive, future), daemon=True,
                          name=f"wait-{child.name}").start()
         return future
@@ -142,9 +140,7 @@ class LocalExecutor:
         child.join()
         with self._lock:
             self._running.pop(child.pid, None)
-            for slot, busy in list(self._busy.items()):
-                if busy is future:
-                    del self._busy[slot]
+            self._on_gpus.pop(future, None)
         if answer is None:
             code = child.exitcode
             how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
