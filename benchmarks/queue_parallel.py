@@ -106,7 +106,8 @@ def differences(runs: list) -> list:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--queue", default=os.path.join(ROOT, "experiments.yaml"), help="queue file (default: %(default)s)")
+    parser.add_argument("--queue", default=os.path.join(ROOT, "experiments.yaml"),
+                        help="queue file (default: %(default)s)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per mode, interleaved (default 1)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary output folders")
     args = parser.parse_args(argv)

@@ -144,7 +144,8 @@ class JobPool:
         """One line per running job whose progress.json changed since it was last shown."""
         for task in self.running.values():
             progress = _read_progress(task.job)
-            if "epoch" not in progress or progress.get("updated") == task.seen or progress.get("updated", 0) < task.started:
+            updated = progress.get("updated", 0)
+            if "epoch" not in progress or updated == task.seen or updated < task.started:  # none new, or stale
                 continue
             task.seen = progress["updated"]
             job = task.job

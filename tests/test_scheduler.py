@@ -187,7 +187,7 @@ def test_two_jobs_give_the_outputs_of_one_with_a_failing_fold_and_a_killed_worke
     assert "resuming after epoch 1" in (two / "output" / "a" / "fold0" / "job.log").read_text()
 
 
-# ----------------------------------------------------------------------------- the pool and the queue order, without training
+# ----------------------------------------------------------------------------- the pool and queue order, no training
 
 
 class FakeExecutor:

@@ -53,7 +53,9 @@ THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def configure_process(resources: JobResources) -> None:
-    """Fix this process's visible GPUs and the thread pools of TensorFlow and BLAS/OpenMP. Call before TensorFlow runs anything.
+    """Fix this process's visible GPUs and the thread pools of TensorFlow and BLAS/OpenMP.
+
+    Call before TensorFlow runs anything.
 
     Raises RuntimeError when TensorFlow's runtime already started in this
     process (its thread pools and devices can no longer change).
