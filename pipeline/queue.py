@@ -827,7 +827,6 @@ def _pool_experiment(run: ExperimentRun, pool, outcome: Dict[str, dict], active:
         plan = plan_folds(run.exp, prepared.dataset, prepared.cache, prepared.folds, run.exp_dir)
         jobs = [plan.job(k) for k in pending_folds(plan)]
         memory = job_memory(jobs[0]) if jobs else 0
-        write_status(run.exp_dir, stage="train")
     if run.status is not None:
         outcome[name] = run.status
         return
