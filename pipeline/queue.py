@@ -826,7 +826,7 @@ def _pool_experiment(run: ExperimentRun, pool, outcome: Dict[str, dict], active:
         prepared = _prepare(run.exp, run.paths, run.exp_dir, run.timings, run.data)
         plan = plan_folds(run.exp, prepared.dataset, prepared.cache, prepared.folds, run.exp_dir)
         jobs = [plan.job(k) for k in pending_folds(plan)]
-        memory = job_memory(jobs[0]) if jobs else 0
+        memory = job_memory(plan) if jobs else 0
     if run.status is not None:
         outcome[name] = run.status
         return

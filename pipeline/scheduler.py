@@ -182,27 +182,26 @@ def available_memory() -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def job_memory(job) -> int:
-    """Estimated peak bytes of one worker running ``job`` (a FoldJob); see the module doc for the formula.
-
-    Builds the model once in this process to count its parameters.
-    """
+def job_memory(plan) -> int:
+    """Estimated peak bytes of one worker running a fold job of ``plan`` (a :class:`pipeline.fold_loop.FoldPlan`);
+    see the module doc for the formula. Builds the model once in this process to count its parameters."""
     import keras
 
     from pipeline.cache.read import FeatureCache
     from pipeline.models.build import build_model
 
-    strategy = schema.FOLD_STRATEGIES[job.strategy].load()()
-    shape = FeatureCache(job.cache_dir).shape
-    input_shape = strategy.input_shape(job, shape)
-    model = build_model(job.model.name, job.model.params, input_shape=input_shape, n_outputs=len(job.targets),
-                        task=job.task)
+    exp = plan.exp
+    strategy = schema.FOLD_STRATEGIES[plan.strategy].load()()
+    shape = FeatureCache(plan.cache_dir).shape
+    input_shape = strategy.input_shape(exp, shape)
+    model = build_model(exp.model.name, exp.model.params, input_shape=input_shape, n_outputs=len(plan.targets),
+                        task=plan.task)
     params = model.count_params()
     keras.backend.clear_session(free_memory=True)
-    batch = job.train.batch_size * int(np.prod(input_shape)) * 4 * ACTIVATION_FACTOR
-    cached = (len(job.train_ids) + len(job.valid_ids)) * int(np.prod(shape)) * 4 if job.in_memory else 0
+    batch = exp.train.batch_size * int(np.prod(input_shape)) * 4 * ACTIVATION_FACTOR
+    cached = len(plan.ids) * int(np.prod(shape)) * 4 if plan.in_memory else 0  # a fold's training + validation
     total = WORKER_BASE + params * 4 * OPTIMIZER_COPIES + batch + cached
     log.info("%s: a fold job is estimated to need %.0f MiB (%.0f MiB worker, %d parameters, batch %d x %s, "
-             "%.0f MiB cached examples)", job.name, total / MIB, WORKER_BASE / MIB, params, job.train.batch_size,
+             "%.0f MiB cached examples)", exp.name, total / MIB, WORKER_BASE / MIB, params, exp.train.batch_size,
              input_shape, cached / MIB)
     return total

@@ -121,14 +121,14 @@ blend: {method: mean}
 
 @pytest.fixture
 def broken_fold(monkeypatch):
-    """Fold 1 of experiment ``broken`` fails inside its job (its cache folder does not exist), wherever it runs."""
+    """Fold 0 of experiment ``broken`` fails inside its job (its cache folder does not exist), wherever it runs."""
     from pipeline.fold_loop import FoldPlan
 
     plain = FoldPlan.job
 
     def job(self, k):
         got = plain(self, k)
-        return dataclasses.replace(got, cache_dir=got.cache_dir + "-missing") if (got.name, k) == ("broken", 1) else got
+        return dataclasses.replace(got, cache_dir=got.cache_dir + "-missing") if (got.name, k) == ("broken", 0) else got
 
     monkeypatch.setattr(FoldPlan, "job", job)
 
