@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import List, Optional
 
@@ -31,6 +32,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--export", action="store_true",
                         help="write every finished experiment's fold models as SavedModels and TFLite models to "
                              "output/export/ (predict with: python -m pipeline.exported output/export PATH --out DIR)")
+    parser.add_argument("--jobs", metavar="N|auto",
+                        help="fold jobs in flight at once (overrides the queue file's execution.jobs); 1: in this "
+                             "process, one after another; auto: one per GPU, or one per core on CPU")
     return parser.parse_args(argv)
 
 
@@ -41,6 +45,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_CONFIG
+    if args.jobs is not None:
+        from pipeline.config import parse_jobs
+
+        problem, jobs = parse_jobs(args.jobs)
+        if problem:
+            print(f"error: --jobs: {problem}", file=sys.stderr)
+            return EXIT_CONFIG
+        queue = dataclasses.replace(queue, execution=dataclasses.replace(queue.execution, jobs=jobs))
     only = None
     if args.only is not None:  # given: exactly these experiments, never "all" (with --force that deletes results)
         only = [n.strip() for n in args.only.split(",") if n.strip()]

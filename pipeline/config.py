@@ -43,7 +43,7 @@ from pipeline.errors import QueueError
 # fullmatch: with `$`, re.match accepts a trailing newline ("cache\n").
 NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 RESERVED_NAMES = layout.RESERVED_NAMES
-TOP_LEVEL_KEYS = ("defaults", "experiments", "blend", "output")
+TOP_LEVEL_KEYS = ("defaults", "experiments", "blend", "output", "execution")
 KIND_NAMES = {"data": "data source", "features": "feature", "model": "model", "loss": "loss", "schedule": "schedule",
               "method": "blend method"}
 BLEND_METRICS = ("auc", "log_loss", "lwlrap")
@@ -130,6 +130,7 @@ class Queue:
     output_dir: str
     experiments: Tuple[Experiment, ...]
     blend: BlendSettings
+    execution: schema.ExecutionSettings = schema.ExecutionSettings()  # how fold jobs run (`execution:`)
 
     def experiment(self, name: str) -> Experiment:
         for exp in self.experiments:
@@ -228,6 +229,7 @@ def parse_queue(raw: Any, *, source: str, base_dir: str) -> Queue:
     blend = _parse_blend(raw.get("blend"), [e.name for e in experiments], problems)
     if not problems:
         experiments = _resolve_teachers(experiments, seen, problems)
+    execution = parse_execution(raw.get("execution"), problems)
 
     if problems:
         # Problems inherited from `defaults` appear once, not once per experiment.
@@ -238,6 +240,7 @@ def parse_queue(raw: Any, *, source: str, base_dir: str) -> Queue:
         output_dir=_resolve(base_dir, output),
         experiments=tuple(experiments),
         blend=blend,
+        execution=execution,
     )
 
 
@@ -621,6 +624,63 @@ def _parse_blend(raw, names, problems) -> BlendSettings:
     if metric not in BLEND_METRICS:
         problems.append(f"blend.metric: {_show(metric)} is not a metric; choose one of: {', '.join(BLEND_METRICS)}")
     return BlendSettings(method=component, include=include, metric=metric)
+
+
+# ----------------------------------------------------------------------------- execution (issue 16)
+
+
+def parse_execution(raw, problems: List[str]) -> schema.ExecutionSettings:
+    """The ``execution:`` section (:class:`pipeline.schema.ExecutionSettings`); a problem per bad key."""
+    raw = {} if raw is None else raw
+    fields = [f.name for f in dataclasses.fields(schema.ExecutionSettings)]
+    if not isinstance(raw, dict):
+        problems.append(f"execution: expected a mapping with keys {', '.join(fields)}; got {_typename(raw)}")
+        return schema.ExecutionSettings()
+    values = {}
+    for key, value in raw.items():
+        if key not in fields:
+            problems.append(f"execution.{key}: unknown key; expected one of: {', '.join(fields)}")
+            continue
+        error = _execution_value(key, value)
+        if error:
+            problems.append(f"execution.{key}: {error}")
+        else:
+            values[key] = float(value) if key == "gpus_per_job" and value is not None else value
+    settings = schema.ExecutionSettings(**values)
+    if settings.address is not None and settings.backend != "ray":
+        problems.append(f"execution.address: only the ray backend connects to an address; got {settings.address!r} "
+                        f"with backend {settings.backend!r}")
+    return settings
+
+
+def parse_jobs(value) -> Tuple[Optional[str], Any]:
+    """``(error or None, jobs)`` for a jobs value from the queue file or ``--jobs`` (text): ``auto`` or an int >= 1."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= schema.MAX_JOBS):
+        return None, value
+    return f"expected auto or a whole number from 1 to {schema.MAX_JOBS}; got {_show(value)}", value
+
+
+def _execution_value(key: str, value) -> Optional[str]:
+    """Why ``value`` is not valid for ``execution.<key>``, or None."""
+    if key == "backend":
+        if value not in schema.EXECUTORS:  # the registry: "ray" once its executor is registered
+            return f"{_show(value)} is not an executor; choose one of: {', '.join(schema.EXECUTORS)}"
+    elif key == "jobs":
+        return parse_jobs(value)[0]
+    elif key == "gpus_per_job":
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if value is not None and not (number and (0 < value <= 1 or (float(value).is_integer() and 1 <= value <= 64))):
+            return f"expected a fraction in (0, 1] or a whole number of GPUs from 1 to 64; got {_show(value)}"
+    elif key == "address":
+        if value is not None and not (value == "auto" or (isinstance(value, str)
+                                                           and re.fullmatch(r"[^\s:]+:[0-9]{1,5}", value))):
+            return f"expected auto or host:port (an existing Ray cluster); got {_show(value)}"
+    elif key == "retries":
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= schema.MAX_RETRIES:
+            return f"expected a whole number from 0 to {schema.MAX_RETRIES}; got {_show(value)}"
+    return None
 
 
 def _resolve(base_dir: str, path: str) -> str:

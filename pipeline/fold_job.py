@@ -68,6 +68,7 @@ class FoldJob:
     teacher_dir: Optional[str] = None  # output/<teacher>/: only its fold<k>/ files are read
     teacher_cache_dir: Optional[str] = None  # on: unknown: the teacher's feature cache
     teacher_windows: Optional[dict] = None  # on: unknown: the teacher's prediction windows (strategy.windows)
+    progress: bool = False  # write fold<k>/progress.json after every epoch (set by a worker: run_in_worker)
 
 
 def run_fold_job(job: FoldJob) -> Tuple[pd.DataFrame, Optional[pd.DataFrame]]:
@@ -186,7 +187,8 @@ def _train_keras(job: FoldJob, rt, strategy, cache, batch: int, fold_dir: str):
     result = train_fold(build=build, compile_model=compile_model, train_data=data.train_data,
                         valid_data=data.valid_batches, train_steps=data.train_steps, valid_steps=data.valid_steps,
                         fold_dir=fold_dir, fold=job.fold, epochs=job.train.epochs, patience=job.train.patience,
-                        monitor=job.train.monitor, seed=job.train.seed, strategy=rt.strategy, swa=job.train.swa)
+                        monitor=job.train.monitor, seed=job.train.seed, strategy=rt.strategy, swa=job.train.swa,
+                        progress=layout.fold_file(job.exp_dir, job.fold, layout.PROGRESS) if job.progress else None)
     return result, data.pseudo_examples
 
 

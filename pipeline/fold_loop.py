@@ -15,12 +15,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import pandas as pd
 
-from pipeline import layout
+from pipeline import io, layout
 from pipeline.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -119,24 +119,43 @@ def run_folds(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str, teacher_di
 
     teacher_dir, teacher_cache : a student's teacher (see :func:`plan_folds`).
 
-    Each fold runs as a :class:`pipeline.fold_job.FoldJob` under the experiment's
-    strategy, dtype policy and XLA setting (entered by the job).
+    Each fold runs as a :class:`pipeline.fold_job.FoldJob` in this process, one
+    after the other, under the experiment's strategy, dtype policy and XLA
+    setting (entered by the job). (A queue with ``execution.jobs`` > 1 runs
+    the jobs of :func:`pending_folds` in a pool instead: :mod:`pipeline.scheduler`.)
 
     Returns (oof DataFrame ``id, fold, <targets>, <pred columns>`` in manifest order,
     test DataFrame ``id, <pred columns>`` averaged over folds, or None without a test set).
     """
-    from pipeline.fold_job import finished_fold, run_fold_job
-    from pipeline.predict import collect_folds
+    from pipeline.fold_job import run_fold_job
 
     plan = plan_folds(exp, dataset, cache, folds, exp_dir, teacher_dir, teacher_cache)
-    oof_parts, test_parts = [], []
-    for k in range(exp.folds.n_splits):
-        done = finished_fold(exp_dir, k, with_test=bool(plan.test_ids))
-        if done is not None:
-            log.info("%s fold %d/%d: finished earlier; skipped", exp.name, k + 1, exp.folds.n_splits)
-            oof, test = done
+    return gather_folds(plan, {k: run_fold_job(plan.job(k)) for k in pending_folds(plan)})
+
+
+def pending_folds(plan: FoldPlan) -> List[int]:
+    """The folds of ``plan`` not finished in an earlier run (no ``done.json``), in fold order."""
+    n = plan.exp.folds.n_splits
+    pending = []
+    for k in range(n):
+        if io.isfile(layout.fold_file(plan.exp_dir, k, layout.DONE)):
+            log.info("%s fold %d/%d: finished earlier; skipped", plan.exp.name, k + 1, n)
         else:
-            oof, test = run_fold_job(plan.job(k))
+            pending.append(k)
+    return pending
+
+
+def gather_folds(plan: FoldPlan, fresh: Dict[int, Tuple[pd.DataFrame, Optional[pd.DataFrame]]]
+                 ) -> Tuple[pd.DataFrame, Optional[pd.DataFrame]]:
+    """The experiment's (oof, test) from every fold, in fold order: ``fresh`` holds the (oof, test) of the folds
+    trained in this run, the others' saved predictions are read back. So the result never depends on which
+    folds ran where or finished first."""
+    from pipeline.fold_job import finished_fold
+    from pipeline.predict import collect_folds
+
+    oof_parts, test_parts = [], []
+    for k in range(plan.exp.folds.n_splits):
+        oof, test = fresh[k] if k in fresh else finished_fold(plan.exp_dir, k, with_test=bool(plan.test_ids))
         oof_parts.append(oof)
         if test is not None:
             test_parts.append(test)

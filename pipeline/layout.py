@@ -71,7 +71,10 @@ TENSORBOARD = "tb"
 CLASSICAL_MODEL = "model.joblib"
 
 EXPERIMENT_FILES = frozenset({CONFIG, STATUS, RUN_LOG, CLIPS, OOF, TEST, SCORES, SUBMISSION, PLOTS})
-FOLD_FILES = frozenset({DONE, OOF, TEST, MODEL, HISTORY, STATE, TENSORBOARD, CLASSICAL_MODEL})
+# Written only when a fold runs in a worker process (pipeline.executors.base.run_in_worker, issue 16):
+PROGRESS = "progress.json"  # the job's last finished epoch, monitored metric and peak memory, for the scheduler
+JOB_LOG = "job.log"  # the job's log (in-process jobs log to the experiment's run.log)
+FOLD_FILES = frozenset({DONE, OOF, TEST, MODEL, HISTORY, STATE, TENSORBOARD, PROGRESS, JOB_LOG, CLASSICAL_MODEL})
 
 PRED = "pred"  # prediction columns of experiment and fold files: ``pred`` or ``pred:<class>``
 

@@ -14,6 +14,7 @@ blend, from the experiments finished on the data as it is then.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -63,7 +64,7 @@ class Paths:
 
 
 def run_experiment(exp: Experiment, paths: Paths, *, force: bool = False) -> dict:
-    """Run (or resume, or skip) one experiment. Returns its final status dict.
+    """Run (or resume, or skip) one experiment in this process. Returns its final status dict.
 
     The data is loaded first (a CSV read and one ``stat`` per file; nothing is
     written unless a synthetic dataset must be generated), because whether
@@ -74,71 +75,116 @@ def run_experiment(exp: Experiment, paths: Paths, *, force: bool = False) -> dic
     changed. A synthetic dataset that is not on disk is a function of the
     config, so a finished experiment on it is skipped without generating it.
     """
-    from pipeline.data import needs_generation
-    from pipeline.data.identity import write_clips
+    run = ExperimentRun(exp, paths, force=force)
+    if run.start():
+        with run.recording():
+            _stages(exp, paths, run.exp_dir, run.timings, run.data)
+            run.done()
+    return run.status
 
-    exp_dir = paths.experiment(exp.name)
-    status = read_status(exp_dir)
-    config_hash = exp.config_hash()
-    same_config = status.get("config_hash") == config_hash
-    if status.get("state") == DONE and same_config and not force and needs_generation(exp.data.name, exp.data.params):
-        log.info("%s: finished earlier with the same config; skipped (its synthetic data is not on disk: it would be "
-                 "regenerated from the same parameters)", exp.name)
-        return status
-    dataset, load_error, load_seconds = _load_data(exp)
-    changed = results.data_changes(exp_dir, status, dataset) if same_config and dataset is not None else ""
-    if status.get("state") == DONE and same_config and not force and dataset is not None and not changed:
-        log.info("%s: finished earlier with the same config; skipped (data unchanged)", exp.name)
-        return status
-    try:
-        # Only a folder the pipeline made (or an older version's experiment folder) is ever deleted or reused.
-        if io.isdir(exp_dir) and (force or not same_config or changed):
-            reason = ("--force" if force else "its config changed" if not same_config
-                      else f"data changed since the last run: {changed}")
-            log.info("%s: starting afresh (%s)", exp.name, reason)
-            ownership.remove_owned(exp_dir, recognise=ownership.is_legacy_experiment)
-        ownership.make_owned_dir(exp_dir, recognise=ownership.is_legacy_experiment)
-    except ownership.OwnershipError as err:
-        log.error("%s: FAILED: %s", exp.name, err)  # nothing of the folder's was touched, so no status is written
-        return {"state": FAILED, "error": str(err)}
-    io.write_text(layout.experiment_file(exp_dir, layout.CONFIG), dump_experiment(exp))
-    data_fields = {}
-    if dataset is not None:  # the per-clip table first: a status naming data always has its table beside it
-        write_clips(layout.experiment_file(exp_dir, layout.CLIPS), dataset.identity)
-        data_fields["data"] = dataset.identity.checked()
 
-    handler = io.log_handler(layout.experiment_file(exp_dir, layout.RUN_LOG))
-    handler.setLevel(logging.DEBUG)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger().addHandler(handler)
-    started = time.time()
-    timings: Dict[str, float] = dict(status.get("timings") or {}) if same_config and not changed else {}
-    write_status(exp_dir, state=RUNNING, stage="start", config_hash=config_hash, started=now(), error=None,
-                 timings=timings, **data_fields)
-    try:
-        _stages(exp, paths, exp_dir, timings, (dataset, load_error, load_seconds))
-        wall = time.time() - started + sum(v for k, v in timings.items() if k == "previous_runs")
-        status = write_status(exp_dir, state=DONE, stage="done", finished=now(), timings=timings,
-                              wall_seconds=round(wall, 2))
-        log.info("%s: done in %.0f s", exp.name, time.time() - started)
-    except KeyboardInterrupt:
-        write_status(exp_dir, state=INTERRUPTED, error="interrupted by the user or SIGTERM", timings=timings)
-        raise
-    except PipelineError as err:  # a user's mistake: the message names the fix; the traceback only in run.log
+class ExperimentRun:
+    """One experiment's run, in parts: :meth:`start` (skip or set up its folder), stages under
+    :meth:`recording`, :meth:`done`. In this process the stages run in one go (:func:`run_experiment`); with
+    a pool of fold jobs (:func:`_run_pooled`) its folds train between its preparation and its outputs.
+
+    ``status`` is the final status dict once the experiment is skipped, done or failed, else None.
+    """
+
+    def __init__(self, exp: Experiment, paths: Paths, *, force: bool = False):
+        self.exp, self.paths, self.force = exp, paths, force
+        self.exp_dir = paths.experiment(exp.name)
+        self.status: Optional[dict] = None
+        self.timings: Dict[str, float] = {}
+        self.data = None  # (dataset, load error, load seconds), see _load_data
+        self.started = 0.0
+
+    def start(self) -> bool:
+        """Skip the experiment (finished on the same config and data) or set up its folder and status.
+
+        True when there is work to do; else ``status`` is final (skipped, or refused by ownership).
+        """
+        from pipeline.data import needs_generation
+        from pipeline.data.identity import write_clips
+
+        exp, exp_dir, force = self.exp, self.exp_dir, self.force
+        status = read_status(exp_dir)
+        config_hash = exp.config_hash()
+        same_config = status.get("config_hash") == config_hash
+        if (status.get("state") == DONE and same_config and not force
+                and needs_generation(exp.data.name, exp.data.params)):
+            log.info("%s: finished earlier with the same config; skipped (its synthetic data is not on disk: it "
+                     "would be regenerated from the same parameters)", exp.name)
+            self.status = status
+            return False
+        self.data = dataset, _, _ = _load_data(exp)
+        changed = results.data_changes(exp_dir, status, dataset) if same_config and dataset is not None else ""
+        if status.get("state") == DONE and same_config and not force and dataset is not None and not changed:
+            log.info("%s: finished earlier with the same config; skipped (data unchanged)", exp.name)
+            self.status = status
+            return False
+        try:
+            # Only a folder the pipeline made (or an older version's experiment folder) is ever deleted or reused.
+            if io.isdir(exp_dir) and (force or not same_config or changed):
+                reason = ("--force" if force else "its config changed" if not same_config
+                          else f"data changed since the last run: {changed}")
+                log.info("%s: starting afresh (%s)", exp.name, reason)
+                ownership.remove_owned(exp_dir, recognise=ownership.is_legacy_experiment)
+            ownership.make_owned_dir(exp_dir, recognise=ownership.is_legacy_experiment)
+        except ownership.OwnershipError as err:
+            log.error("%s: FAILED: %s", exp.name, err)  # nothing of the folder's was touched, so no status is written
+            self.status = {"state": FAILED, "error": str(err)}
+            return False
+        io.write_text(layout.experiment_file(exp_dir, layout.CONFIG), dump_experiment(exp))
+        data_fields = {}
+        if dataset is not None:  # the per-clip table first: a status naming data always has its table beside it
+            write_clips(layout.experiment_file(exp_dir, layout.CLIPS), dataset.identity)
+            data_fields["data"] = dataset.identity.checked()
+        self.started = time.time()
+        self.timings = dict(status.get("timings") or {}) if same_config and not changed else {}
+        write_status(exp_dir, state=RUNNING, stage="start", config_hash=config_hash, started=now(), error=None,
+                     timings=self.timings, **data_fields)
+        return True
+
+    @contextlib.contextmanager
+    def recording(self):
+        """Log to the experiment's run.log meanwhile; an exception fails the experiment (:meth:`fail`), Ctrl-C or
+        SIGTERM marks it interrupted and goes on up."""
+        handler = io.log_handler(layout.experiment_file(self.exp_dir, layout.RUN_LOG))
+        handler.setLevel(logging.DEBUG)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger().addHandler(handler)
+        try:
+            yield
+        except KeyboardInterrupt:
+            self.interrupted()
+            raise
+        except Exception as err:  # noqa: BLE001 - a failing experiment never stops the queue
+            # A fold job's exception from a worker process carries the worker's traceback.
+            self.fail(err, getattr(err, "worker_traceback", None) or traceback.format_exc())
+        finally:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+
+    def done(self) -> None:
+        """Record the experiment as finished."""
+        wall = time.time() - self.started + sum(v for k, v in self.timings.items() if k == "previous_runs")
+        self.status = write_status(self.exp_dir, state=DONE, stage="done", finished=now(), timings=self.timings,
+                                   wall_seconds=round(wall, 2))
+        log.info("%s: done in %.0f s", self.exp.name, time.time() - self.started)
+
+    def fail(self, err: BaseException, trace: str) -> None:
+        """Record the experiment as failed by ``err``: a user's mistake (PipelineError) by its message alone
+        (the traceback only in run.log), a bug with its traceback."""
         message = f"{type(err).__name__}: {err}"
-        log.error("%s: FAILED: %s", exp.name, message)
-        log.debug("%s", traceback.format_exc())
-        status = write_status(exp_dir, state=FAILED, error=message, traceback=None, finished=now(), timings=timings)
-    except Exception as err:  # a bug: a failing experiment never stops the queue, and its traceback is kept
-        message = f"{type(err).__name__}: {err}"
-        log.error("%s: FAILED: %s", exp.name, message)
-        log.debug("%s", traceback.format_exc())
-        status = write_status(exp_dir, state=FAILED, error=message, traceback=traceback.format_exc(),
-                              finished=now(), timings=timings)
-    finally:
-        logging.getLogger().removeHandler(handler)
-        handler.close()
-    return status
+        log.error("%s: FAILED: %s", self.exp.name, message)
+        log.debug("%s", trace)
+        kept = None if isinstance(err, PipelineError) else trace
+        self.status = write_status(self.exp_dir, state=FAILED, error=message, traceback=kept, finished=now(),
+                                   timings=self.timings)
+
+    def interrupted(self) -> None:
+        write_status(self.exp_dir, state=INTERRUPTED, error="interrupted by the user or SIGTERM", timings=self.timings)
 
 
 def _stage(exp_dir, timings, name):
@@ -169,7 +215,33 @@ def _load_data(exp: Experiment):
 
 
 def _stages(exp: Experiment, paths: Paths, exp_dir: str, timings: dict, data) -> None:
-    from pipeline.data import submission_frame
+    """Every stage of the experiment in this process, its folds one after the other."""
+    from pipeline.fold_loop import run_folds
+
+    prepared = _prepare(exp, paths, exp_dir, timings, data)
+    oof, test = run_folds(exp, prepared.dataset, prepared.cache, prepared.folds, exp_dir, prepared.teacher_dir,
+                          prepared.teacher_cache)
+    _finish(prepared, oof, test)
+
+
+@dataclasses.dataclass
+class _Prepared:
+    """An experiment up to its training stage: its dataset, feature cache and fold table, and the clock of the
+    training stage (started)."""
+
+    exp: Experiment
+    exp_dir: str
+    timings: dict
+    dataset: object
+    cache: object  # pipeline.cache.read.FeatureCache
+    folds: pd.DataFrame
+    train_done: object  # ends the "train" stage's timing
+    teacher_dir: Optional[str] = None  # a pseudo-label student's teacher folder (pipeline.pseudo)
+    teacher_cache: object = None  # with pseudo.on unknown: the teacher's FeatureCache
+
+
+def _prepare(exp: Experiment, paths: Paths, exp_dir: str, timings: dict, data) -> _Prepared:
+    """The data, features and folds stages; starts the training stage's clock."""
     from pipeline.features import check_settings
     from pipeline.folds import ensure_folds
     from pipeline.cache.build import ensure_features
@@ -200,14 +272,19 @@ def _stages(exp: Experiment, paths: Paths, exp_dir: str, timings: dict, data) ->
     folds = ensure_folds(dataset, exp.data, exp.folds, paths.folds)
     done()
 
-    done = _stage(exp_dir, timings, "train")
-    from pipeline.fold_loop import run_folds
+    teacher_cache = _teacher_cache(exp, paths, dataset)
+    return _Prepared(exp, exp_dir, timings, dataset, cache, folds, _stage(exp_dir, timings, "train"),
+                     teacher_dir, teacher_cache)
 
-    oof, test = run_folds(exp, dataset, cache, folds, exp_dir, teacher_dir, _teacher_cache(exp, paths, dataset))
-    done()
 
-    done = _stage(exp_dir, timings, "outputs")
-    _write_experiment_outputs(exp, dataset, oof, test, exp_dir, submission_frame)
+def _finish(prepared: _Prepared, oof: pd.DataFrame, test: Optional[pd.DataFrame]) -> None:
+    """End the training stage with the gathered folds' (oof, test) and write the experiment's outputs."""
+    from pipeline.data import submission_frame
+
+    prepared.train_done()
+
+    done = _stage(prepared.exp_dir, prepared.timings, "outputs")
+    _write_experiment_outputs(prepared.exp, prepared.dataset, oof, test, prepared.exp_dir, submission_frame)
     done()
 
 
@@ -663,13 +740,7 @@ def _run_locked(queue: Queue, paths: Paths, names: List[str], *, force: bool, bl
     try:
         if not blend_only:
             log.info("queue %s: %d experiment(s)", queue.source, len(names))
-            order = run_order([exp for exp in queue.experiments if exp.name in names])
-            if [exp.name for exp in order] != [name for name in (e.name for e in queue.experiments) if name in names]:
-                log.info("run order (teachers before their students): %s", ", ".join(exp.name for exp in order))
-            for exp in order:
-                status = run_experiment(exp, paths, force=force)
-                if status.get("state") == FAILED:
-                    failed[exp.name] = str(status.get("error") or "failed")
+            failed = _run_experiments(queue, paths, names, force=force)
         current = results.current_data(queue)  # after the runs: what they ran on is compared with the data as it is now
         write_queue_oof(queue, paths, current)
         summary = write_summary(queue, paths, current, failed)
@@ -697,3 +768,136 @@ def _run_locked(queue: Queue, paths: Paths, names: List[str], *, force: bool, bl
 
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt()
+
+
+# ----------------------------------------------------------------------------- running the experiments (issue 16)
+
+
+def _run_experiments(queue: Queue, paths: Paths, names: List[str], *, force: bool) -> Dict[str, str]:
+    """Run the experiments ``names`` in queue order (one waits for those it requires); returns failed name -> error.
+
+    With ``execution`` local and one job (the default) every experiment runs in
+    this process, its folds one after the other; else its fold jobs join one
+    pool shared by the whole queue (:func:`_run_pooled`).
+    """
+    waiting = run_order([exp for exp in queue.experiments if exp.name in names])
+    if [exp.name for exp in waiting] != [exp.name for exp in queue.experiments if exp.name in names]:
+        log.info("run order (teachers before their students): %s", ", ".join(exp.name for exp in waiting))
+    outcome: Dict[str, dict] = {}  # name -> final status
+    if queue.execution.in_process:
+        while waiting:
+            exp = waiting.pop(_next_ready(waiting, outcome, names) or 0)  # none ready: a cycle, refused below
+            problem = _requirement_problem(exp, outcome, paths)
+            outcome[exp.name] = _refused(exp, problem) if problem else run_experiment(exp, paths, force=force)
+    else:
+        _run_pooled(queue, paths, waiting, outcome, names, force=force)
+    return {name: str(status.get("error") or "failed") for name, status in outcome.items()
+            if status.get("state") == FAILED}
+
+
+def _next_ready(waiting: List[Experiment], outcome: Dict[str, dict], names: List[str]) -> Optional[int]:
+    """The index of the first waiting experiment whose required experiments of this run have ended, or None."""
+    for i, exp in enumerate(waiting):
+        if all(name in outcome or name not in names for name in exp.requires):
+            return i
+    return None
+
+
+def _requirement_problem(exp: Experiment, outcome: Dict[str, dict], paths: Paths) -> str:
+    """Why ``exp`` cannot start: an experiment it requires failed or has not finished ("" when none)."""
+    for name in exp.requires:
+        state = (outcome[name] if name in outcome else read_status(paths.experiment(name))).get("state")
+        if state != DONE:
+            how = "failed" if state == FAILED else "has not finished"
+            return f"it requires the experiment {name!r}, which {how}"
+    return ""
+
+
+def _refused(exp: Experiment, problem: str) -> dict:
+    log.error("%s: FAILED: %s", exp.name, problem)
+    return {"state": FAILED, "error": problem}
+
+
+def _run_pooled(queue: Queue, paths: Paths, waiting: List[Experiment], outcome: Dict[str, dict], names: List[str],
+                *, force: bool) -> None:
+    """Prepare the experiments one by one in this process, their fold jobs in a queue-wide pool
+    (:class:`pipeline.scheduler.JobPool`); each experiment's outputs are written when its last fold ends.
+
+    Ctrl-C or SIGTERM stops every running job and marks the experiments in flight interrupted.
+    """
+    from pipeline.scheduler import JobPool
+
+    pool = JobPool(queue.execution)
+    active: Dict[str, ExperimentRun] = {}
+    try:
+        while waiting or pool.busy:
+            i = _next_ready(waiting, outcome, names) if waiting else None
+            if i is None and pool.busy:  # all prepared, or what the next one requires is still training
+                pool.wait()
+                continue
+            exp = waiting.pop(i or 0)
+            problem = _requirement_problem(exp, outcome, paths)
+            run = ExperimentRun(exp, paths, force=force)
+            if problem:
+                outcome[exp.name] = _refused(exp, problem)
+            elif not run.start():
+                outcome[exp.name] = run.status
+            else:
+                _pool_experiment(run, pool, outcome, active)
+            pool.wait(timeout=0)  # jobs that ended meanwhile, and more jobs started
+    except KeyboardInterrupt:
+        pool.close()  # first: no job writes any more
+        for run in active.values():
+            run.interrupted()
+        raise
+    finally:
+        pool.close()
+
+
+def _pool_experiment(run: ExperimentRun, pool, outcome: Dict[str, dict], active: Dict[str, ExperimentRun]) -> None:
+    """Prepare ``run``'s experiment and add its unfinished fold jobs to ``pool``; the last one to end gathers
+    the folds and writes the experiment's outputs, a failing one fails the experiment (only)."""
+    from pipeline.fold_loop import gather_folds, pending_folds, plan_folds
+    from pipeline.scheduler import job_memory
+
+    name = run.exp.name
+    with run.recording():
+        prepared = _prepare(run.exp, run.paths, run.exp_dir, run.timings, run.data)
+        plan = plan_folds(run.exp, prepared.dataset, prepared.cache, prepared.folds, run.exp_dir,
+                          prepared.teacher_dir, prepared.teacher_cache)
+        jobs = [plan.job(k) for k in pending_folds(plan)]
+        memory = job_memory(plan) if jobs else 0
+    if run.status is not None:
+        outcome[name] = run.status
+        return
+    fresh: Dict[int, tuple] = {}
+
+    def finish():
+        active.pop(name, None)
+        with run.recording():
+            _finish(prepared, *gather_folds(plan, fresh))
+            run.done()
+        outcome[name] = run.status
+
+    def done(job, result, info):
+        fresh[job.fold] = result
+        jobs_status = dict(read_status(run.exp_dir).get("jobs") or {})
+        jobs_status[f"{layout.FOLD_PREFIX}{job.fold}"] = info
+        write_status(run.exp_dir, jobs=jobs_status)
+        log.info("%s fold %d/%d: finished in %.0f s, peak memory %s MiB", name, job.fold + 1, job.n_folds,
+                 info["seconds"], info["peak_rss_mb"])
+        if len(fresh) == len(jobs):
+            finish()
+
+    def failed(job, error):
+        pool.cancel(name)
+        active.pop(name, None)
+        with run.recording():
+            raise error
+        outcome[name] = run.status
+
+    active[name] = run
+    if not jobs:
+        finish()
+    for job in jobs:
+        pool.add(job, memory, done, failed)

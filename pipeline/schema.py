@@ -708,22 +708,23 @@ REQUIRED_COMPONENTS = ("data", "features", "model")
 DEFAULT_COMPONENTS = {"loss": "bce", "schedule": "constant"}
 
 
-# ----------------------------------------------------------------------------- execution (issue 16: Ray executor)
-# The `execution:` section is parsed by pipeline.config (the scheduler's part); these are its settings and the
-# executors that run fold jobs. The integrator keeps one copy of ExecutionSettings.
+# ----------------------------------------------------------------------------- execution (issue 16)
+
+MAX_JOBS = 1024  # fold jobs in flight at once
+MAX_RETRIES = 100
 
 
 @dataclass(frozen=True)
 class ExecutionSettings:
-    """The queue's ``execution:`` section: how fold jobs run.
+    """The queue's ``execution:`` section: how fold jobs run (checked by :func:`pipeline.config.parse_execution`).
 
-    backend : ``local`` (this machine) or ``ray`` (Ray tasks, :mod:`pipeline.executors.ray_tasks`).
-    jobs : fold jobs in flight at once (an int >= 1), or ``"auto"``: one per GPU (``1 / gpus_per_job``
-        per GPU), on CPU one per core.
+    backend : ``local`` (this machine: in this process with ``jobs: 1``, else one child process per job)
+        or ``ray`` (Ray tasks, see :mod:`pipeline.executors`).
+    jobs : fold jobs in flight at once (>= 1), or ``"auto"``: one per GPU (``1 / gpus_per_job`` per GPU),
+        on CPU one per core (see :meth:`pipeline.executors.local.LocalExecutor`).
     gpus_per_job : GPUs one job uses: a fraction in (0, 1] (several jobs share a GPU) or a whole number;
-        None: one GPU per job when there are GPUs.
-    address : Ray only: None (start a Ray instance for the run), ``"auto"`` or ``"host:port"`` (an existing
-        cluster).
+        None: one GPU per job when the machine has GPUs.
+    address : Ray only: None (start a Ray instance for the run), ``"auto"`` or ``"host:port"`` (an existing cluster).
     retries : how often a job whose worker process died is started again (it resumes after its last
         finished epoch); a job that raises is never retried.
     """
@@ -734,7 +735,13 @@ class ExecutionSettings:
     address: Optional[str] = None
     retries: int = 2
 
+    @property
+    def in_process(self) -> bool:
+        """Today's way: the local backend with one job at a time runs fold jobs in the runner process."""
+        return self.backend == "local" and self.jobs == 1
+
 
 EXECUTORS = Registry("executor", [
+    Entry("local", ExecutionSettings, "pipeline.executors.local:LocalExecutor"),
     Entry("ray", ExecutionSettings, "pipeline.executors.ray_tasks:RayExecutor"),
 ])

@@ -20,7 +20,8 @@ DONE, FAILED, RUNNING, INTERRUPTED = "done", "failed", "running", "interrupted"
 
 # The type of each status.json field the pipeline reads; a field edited into another type is dropped on reading.
 _FIELDS = {"state": str, "stage": str, "config_hash": str, "error": str, "traceback": str, "started": str,
-           "finished": str, "updated": str, "data": dict, "timings": dict, "wall_seconds": (int, float)}
+           "finished": str, "updated": str, "data": dict, "timings": dict, "wall_seconds": (int, float),
+           "jobs": dict}  # jobs: fold<k> -> a pooled fold job's seconds, attempts and peak memory (pipeline.scheduler)
 
 
 def read_status(exp_dir: str) -> dict:

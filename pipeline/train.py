@@ -98,6 +98,7 @@ def train_fold(
     custom_objects: Optional[dict] = None,
     strategy=None,
     swa=None,
+    progress: Optional[str] = None,
 ) -> FoldResult:
     """Train (or resume) one fold and return the model holding its best (or averaged) weights.
 
@@ -109,6 +110,7 @@ def train_fold(
     swa : None, or :class:`pipeline.schema.SwaSettings`: the returned model averages the weights of the last
         ``swa.epochs`` or the ``swa.best`` best epochs instead of holding the best epoch's.
     EMA is on when ``compile_model`` gives the optimizer ``use_ema`` (``train.ema``).
+    progress : a path for :func:`write_progress` after every epoch (None: none; a scheduler polls it).
     """
     scope = strategy.scope if strategy is not None else contextlib.nullcontext
     state_dir = os.path.join(fold_dir, layout.STATE)
@@ -197,6 +199,8 @@ def train_fold(
         save_model(model, os.path.join(state_dir, state["last"]))
         io.write_json(state_path, state)
         current = (state["last"], state["best_weights"], *(e["weights"] for e in state["averaged"]))
+        if progress:
+            write_progress(progress, epoch=epoch + 1, epochs=epochs, monitor=monitor, value=value)
         for old in previous:
             if old and old not in current:
                 io.remove(os.path.join(state_dir, old))
@@ -226,6 +230,14 @@ def _average_epochs(model: keras.Model, state_dir: str, kept, batches, *, seed: 
         averaging.average_weights(model, paths)
     keras.utils.set_random_seed(seed)
     averaging.recompute_batch_norm(model, batches)
+def write_progress(path: str, **fields) -> None:
+    """Write a running job's ``progress.json`` atomically: ``fields`` (epoch, monitored value, ...), the
+    process's id and peak resident memory so far (``peak_rss_mb``, MiB) and the time, for the scheduler to show."""
+    import resource
+
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB
+    io.write_json(path, {**fields, "pid": os.getpid(), "peak_rss_mb": round(peak_kib / 1024, 1),
+                         "updated": time.time()})
 
 
 # ----------------------------------------------------------------------------- input pipelines

@@ -4,10 +4,13 @@ The queue runs as a real subprocess (``python run_queue.py``) so that the kill
 is as brutal as a power cut or the OOM killer. Kill points are detected from
 the files the run writes: the feature cache being built, a fold's first epoch
 checkpoint (the kill lands mid-training), a finished fold (between folds),
-and ``output/oof.csv`` (just before the summary and the blend).
+and ``output/oof.csv`` (just before the summary and the blend). Two of the
+killed runs and the last one run their folds in parallel child processes
+(``--jobs 2``), which must die with the runner.
 """
 
 import glob
+import json
 import os
 import signal
 import subprocess
@@ -37,13 +40,27 @@ blend: {method: mean}
 """
 
 
-def start(folder):
+def start(folder, *args):
     env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.Popen([sys.executable, os.path.join(ROOT, "run_queue.py"), str(folder / "queue.yaml")],
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, "run_queue.py"), str(folder / "queue.yaml"), *args],
                             cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def kill_when(proc, condition, timeout=300):
+def ends_soon(pid, timeout=30):
+    """Whether process ``pid`` is gone (or a zombie) within ``timeout`` s."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def kill_when(proc, condition, timeout=600):
     """SIGKILL ``proc`` as soon as ``condition()`` holds. Returns False if it ended first."""
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -78,15 +95,22 @@ def test_killed_runs_resume_to_the_same_results(tmp_path):
     assert start(reference).wait(timeout=600) == 0
 
     out = killed / "output"
-    points = {
-        "feature writing": lambda: glob.glob(str(out / "cache" / "features" / "*.building" / "*.partial")),
-        "mid-fold": lambda: (out / "inceptiontime_a" / "fold0" / "state" / "state.json").exists(),
-        "between folds": lambda: (out / "inceptiontime_a" / "fold0" / "done.json").exists(),
-        "before the blend": lambda: (out / "oof.csv").exists(),
+    progress = out / "inceptiontime_a" / "fold0" / "progress.json"  # written by a fold job in a child process
+    points = {  # name: (condition, options of the run killed there)
+        "feature writing": (lambda: glob.glob(str(out / "cache" / "features" / "*.building" / "*.partial")), ()),
+        "mid-fold": (lambda: (out / "inceptiontime_a" / "fold0" / "state" / "state.json").exists(), ()),
+        "mid-fold, folds in parallel": (progress.exists, ("--jobs", "2")),
+        "between folds": (lambda: (out / "inceptiontime_a" / "fold0" / "done.json").exists(), ("--jobs", "2")),
+        "before the blend": (lambda: (out / "oof.csv").exists(), ()),
     }
-    killed_at = [name for name, condition in points.items() if kill_when(start(killed), condition)]
-    assert len(killed_at) >= 3, killed_at  # the fastest points may be passed between two polls
-    assert start(killed).wait(timeout=600) == 0
+    killed_at = []
+    for name, (condition, options) in points.items():
+        if kill_when(start(killed, *options), condition):
+            killed_at.append(name)
+            if name == "mid-fold, folds in parallel":  # the fold's child process died with the runner
+                assert ends_soon(json.loads(progress.read_text())["pid"]), "a fold job outlived its runner"
+    assert len(killed_at) >= 4, killed_at  # the fastest points may be passed between two polls
+    assert start(killed, "--jobs", "2").wait(timeout=600) == 0
 
     want, got = results(reference), results(killed)
     for key in want:
@@ -97,18 +121,20 @@ def test_killed_runs_resume_to_the_same_results(tmp_path):
 
 
 def test_sigterm_stops_cleanly_and_says_how_to_resume(tmp_path):
+    """With the folds in child processes (--jobs 2): SIGTERM stops them too."""
     (tmp_path / "queue.yaml").write_text(textwrap.dedent(QUEUE))
     env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "run_queue.py"), "queue.yaml"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    state = tmp_path / "output" / "inceptiontime_a" / "fold0" / "state" / "state.json"
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "run_queue.py"), "queue.yaml", "--jobs", "2"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    progress = tmp_path / "output" / "inceptiontime_a" / "fold0" / "progress.json"  # after the job's first epoch
     deadline = time.time() + 300
-    while not state.exists() and proc.poll() is None and time.time() < deadline:
+    while not progress.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out
     assert "Run the same command again to resume: python run_queue.py queue.yaml" in out
+    assert ends_soon(json.loads(progress.read_text())["pid"], timeout=2), "a fold job outlived its runner"
     status = (tmp_path / "output" / "inceptiontime_a" / "status.json").read_text()
     assert '"interrupted"' in status
     assert start(tmp_path).wait(timeout=600) == 0

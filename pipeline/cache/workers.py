@@ -96,7 +96,7 @@ def tune_allocator() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Have the kernel SIGKILL this worker when its parent dies (Linux ``PR_SET_PDEATHSIG``).
 
     A pool worker waits for tasks on a pipe whose write end it also holds, so
@@ -117,7 +117,7 @@ _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def _init_worker(limits: Optional["WorkerLimits"] = None) -> None:
-    _die_with_parent()
+    die_with_parent()
     # A forked worker inherits the queue's SIGTERM handler (which raises in the
     # main loop); a worker should just end, as a spawned one does.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -4,10 +4,25 @@ A worker process (a local child process or a Ray worker) is started for one
 job: TensorFlow's thread pools and visible GPUs are fixed before its runtime
 starts, which is why :func:`run_in_worker` must be the first thing the process
 does with TensorFlow.
+
+The executor interface (registered in :data:`pipeline.schema.EXECUTORS`; the
+scheduler, :mod:`pipeline.scheduler`, is its only caller)::
+
+    executor = Executor(settings)        # settings: pipeline.schema.ExecutionSettings
+    executor.capacity -> int             # jobs to keep in flight
+    executor.resources() -> JobResources # the share of the machine for the next job
+    executor.submit(job, resources) -> concurrent.futures.Future
+        # resolves to run_fold_job(job)'s (oof, test), or raises the job's exception;
+        # WorkerDied when the worker process ended without an answer (killed, out of memory)
+    executor.close()                     # stops running jobs (Ctrl-C, SIGTERM) and frees the workers
+
+Every executor runs a job in its worker through :func:`run_in_worker`, so the
+fold's ``job.log`` and ``progress.json`` are written the same way everywhere.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -28,8 +43,19 @@ class JobResources:
     gpus: Optional[Tuple[int, ...]] = None
 
 
+class WorkerDied(RuntimeError):
+    """A job's worker process ended without an answer (SIGKILL, out of memory): the job may be run again,
+    and resumes after its last finished epoch."""
+
+
+# Thread pools of the numeric libraries besides TensorFlow's own (NumPy's BLAS, OpenMP in oneDNN).
+THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
 def configure_process(resources: JobResources) -> None:
-    """Fix this process's visible GPUs and TensorFlow thread pools. Call before TensorFlow runs anything.
+    """Fix this process's visible GPUs and the thread pools of TensorFlow and BLAS/OpenMP.
+
+    Call before TensorFlow runs anything.
 
     Raises RuntimeError when TensorFlow's runtime already started in this
     process (its thread pools and devices can no longer change).
@@ -38,6 +64,9 @@ def configure_process(resources: JobResources) -> None:
         if "tensorflow" in sys.modules:
             raise RuntimeError("configure_process: TensorFlow was imported before the job's GPUs were chosen")
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in resources.gpus)
+    if "tensorflow" not in sys.modules:  # read when the libraries load
+        for name in THREAD_ENV_VARS:
+            os.environ[name] = str(resources.threads)
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(resources.threads)
@@ -45,8 +74,37 @@ def configure_process(resources: JobResources) -> None:
 
 
 def run_in_worker(job, resources: JobResources):
-    """Run ``job`` (a FoldJob) in this worker process on ``resources``; returns :func:`run_fold_job`'s (oof, test)."""
+    """Run ``job`` (a FoldJob) in this worker process on ``resources``; returns :func:`run_fold_job`'s (oof, test).
+
+    The job logs to its fold's ``job.log`` and reports every finished epoch in
+    its ``progress.json``; a last ``progress.json`` (``finished: true``) holds
+    the process's peak resident memory, which the scheduler records in the
+    experiment's ``status.json``.
+    """
+    import dataclasses
+
+    from pipeline import io, layout
+
     configure_process(resources)
     from pipeline.fold_job import run_fold_job
+    from pipeline.train import write_progress
 
-    return run_fold_job(job)
+    io.makedirs(layout.fold_dir(job.exp_dir, job.fold))
+    handler = io.log_handler(layout.fold_file(job.exp_dir, job.fold, layout.JOB_LOG))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    for noisy in ("tensorflow", "absl", "h5py"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        logging.getLogger(__name__).info("%s fold %d: started on %s", job.name, job.fold, resources)
+        result = run_fold_job(dataclasses.replace(job, progress=True))
+        write_progress(layout.fold_file(job.exp_dir, job.fold, layout.PROGRESS), finished=True)
+        return result
+    except BaseException:
+        logging.getLogger(__name__).exception("%s fold %d: failed", job.name, job.fold)
+        raise
+    finally:
+        root.removeHandler(handler)
+        handler.close()

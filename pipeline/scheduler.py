@@ -1,0 +1,207 @@
+"""The queue-wide pool of fold jobs: folds of every experiment side by side, on an executor.
+
+The queue (:func:`pipeline.queue._run_pooled`) prepares each experiment in
+the runner process (data, feature cache, fold table, fold plan) and adds its
+unfinished fold jobs here; the pool keeps ``executor.capacity`` jobs in flight
+(:mod:`pipeline.executors`), so folds of different experiments run at the same
+time, and calls back when a job ends. What a job computes does not depend on
+where or when it ran: the experiment gathers its folds in fold order
+(:func:`pipeline.fold_loop.gather_folds`).
+
+While jobs run, the pool prints one line per running job and finished epoch
+(experiment, fold, epoch, monitored metric, the worker's peak memory) from the
+job's ``progress.json``. A worker that dies (SIGKILL, the OOM killer) is
+started again up to ``execution.retries`` times; the job resumes after its
+last finished epoch.
+
+Memory: a job starts only when the sum of the estimates of the running jobs
+and its own stays within the memory available when the pool started (one
+job always runs, with a warning when even it may not fit). The estimate
+(:func:`job_memory`, logged per experiment) is deliberately rough:
+``WORKER_BASE`` for a fresh TensorFlow process, plus the model's parameters x 4
+bytes x ``OPTIMIZER_COPIES`` (weights, gradients and Adam's two moments), plus
+a batch of inputs x 4 bytes x ``ACTIVATION_FACTOR`` (the layers' activations
+kept for the backward pass), plus the fold's examples when they are cached in
+memory (training and validation, float32).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field
+from typing import Callable, Deque, Dict, Optional, Set
+
+import numpy as np
+
+from pipeline import io, layout, schema
+from pipeline.executors.base import WorkerDied
+
+log = logging.getLogger(__name__)
+
+MIB = 2**20
+WORKER_BASE = 700 * MIB  # a fresh process with TensorFlow and Keras loaded, before any model
+OPTIMIZER_COPIES = 4
+ACTIVATION_FACTOR = 64
+POLL_SECONDS = 2.0  # how often running jobs' progress.json files are read
+
+
+@dataclass
+class _Task:
+    job: object  # pipeline.fold_job.FoldJob
+    memory: int  # estimated bytes (job_memory)
+    done: Callable  # done(job, (oof, test), info: dict)
+    failed: Callable  # failed(job, exception)
+    attempts: int = 0
+    started: float = 0.0
+    seen: Optional[float] = None  # the last progress.json shown (its "updated")
+
+
+@dataclass
+class JobPool:
+    """Fold jobs of the whole queue on the executor that ``settings`` names (see the module doc)."""
+
+    settings: schema.ExecutionSettings
+    executor: object = field(init=False)
+    memory: int = field(init=False)  # bytes available to jobs when the pool started
+    pending: Deque[_Task] = field(init=False, default_factory=collections.deque)
+    running: Dict[Future, _Task] = field(init=False, default_factory=dict)
+    cancelled: Set[str] = field(init=False, default_factory=set)
+
+    def __post_init__(self):
+        self.executor = schema.EXECUTORS[self.settings.backend].load()(self.settings)
+        self.memory = available_memory()
+        log.info("fold jobs: up to %d at a time (%s executor, %s per job); %.1f GiB of memory available",
+                 self.executor.capacity, self.settings.backend, self.executor.resources(), self.memory / 2**30)
+
+    def add(self, job, memory: int, done: Callable, failed: Callable) -> None:
+        """Queue ``job`` (estimated to need ``memory`` bytes); ``done(job, result, info)`` or ``failed(job, error)``
+        is called from :meth:`wait` when it ends."""
+        self.pending.append(_Task(job, memory, done, failed))
+        self._start()
+
+    def cancel(self, name: str) -> None:
+        """Start no more jobs of experiment ``name`` and ignore those running (it failed)."""
+        self.cancelled.add(name)
+        self.pending = collections.deque(t for t in self.pending if t.job.name != name)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.pending or self.running)
+
+    def wait(self, timeout: float = POLL_SECONDS) -> None:
+        """Wait up to ``timeout`` s for a job to end, handle the ended ones, show progress, start more jobs."""
+        if self.running:
+            ended, _ = wait(list(self.running), timeout=timeout, return_when=FIRST_COMPLETED)
+            for future in ended:
+                self._ended(future, self.running.pop(future))
+        self._show_progress()
+        self._start()
+
+    def close(self) -> None:
+        """Stop every running job (Ctrl-C, SIGTERM, the end of the run)."""
+        self.pending.clear()
+        self.executor.close()
+
+    def _start(self) -> None:
+        while self.pending and len(self.running) < self.executor.capacity:
+            task = self.pending[0]
+            in_use = sum(t.memory for t in self.running.values())
+            if self.running and in_use + task.memory > self.memory:
+                return  # waits for a running job to end
+            if not self.running and task.memory > self.memory:
+                log.warning("%s fold %d: estimated to need %.1f GiB, more than the %.1f GiB available; started "
+                            "alone", task.job.name, task.job.fold, task.memory / 2**30, self.memory / 2**30)
+            self.pending.popleft()
+            resources = self.executor.resources()
+            task.started, task.seen = time.time(), None
+            self.running[self.executor.submit(task.job, resources)] = task
+            log.info("%s fold %d/%d: started (%s)%s", task.job.name, task.job.fold + 1, task.job.n_folds,
+                     _shown(resources), f", attempt {task.attempts + 1}" if task.attempts else "")
+
+    def _ended(self, future: Future, task: _Task) -> None:
+        job = task.job
+        if job.name in self.cancelled:
+            return
+        error = future.exception()
+        if isinstance(error, WorkerDied) and task.attempts < self.settings.retries:
+            task.attempts += 1
+            log.warning("%s fold %d/%d: %s; starting it again (retry %d of %d), from its last finished epoch",
+                        job.name, job.fold + 1, job.n_folds, error, task.attempts, self.settings.retries)
+            self.pending.appendleft(task)
+            return
+        if error is not None:
+            task.failed(job, error)
+            return
+        progress = _read_progress(job)
+        info = {"seconds": round(time.time() - task.started, 2), "attempts": task.attempts + 1,
+                "peak_rss_mb": progress.get("peak_rss_mb"), "estimated_mb": round(task.memory / MIB)}
+        task.done(job, future.result(), info)
+
+    def _show_progress(self) -> None:
+        """One line per running job whose progress.json changed since it was last shown."""
+        for task in self.running.values():
+            progress = _read_progress(task.job)
+            updated = progress.get("updated", 0)
+            if "epoch" not in progress or updated == task.seen or updated < task.started:  # none new, or stale
+                continue
+            task.seen = progress["updated"]
+            job = task.job
+            log.info("%s fold %d/%d: epoch %d/%d, %s %.4f, peak memory %.0f MiB", job.name, job.fold + 1,
+                     job.n_folds, progress["epoch"], progress["epochs"], progress["monitor"], progress["value"],
+                     progress["peak_rss_mb"])
+
+
+def _read_progress(job) -> dict:
+    """The job's progress.json, or {} while there is none (or it cannot be read)."""
+    try:
+        progress = io.read_json(layout.fold_file(job.exp_dir, job.fold, layout.PROGRESS))
+    except (OSError, ValueError):
+        return {}
+    return progress if isinstance(progress, dict) else {}
+
+
+def _shown(resources) -> str:
+    gpus = "no GPU" if not resources.gpus else f"GPU {','.join(map(str, resources.gpus))}"
+    return f"{resources.threads} thread(s), {gpus}"
+
+
+def available_memory() -> int:
+    """Bytes of memory available for new processes now (Linux ``MemAvailable``; else the free pages)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import os
+
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def job_memory(plan) -> int:
+    """Estimated peak bytes of one worker running a fold job of ``plan`` (a :class:`pipeline.fold_loop.FoldPlan`);
+    see the module doc for the formula. Builds the model once in this process to count its parameters."""
+    import keras
+
+    from pipeline.cache.read import FeatureCache
+    from pipeline.models.build import build_model
+
+    exp = plan.exp
+    strategy = schema.FOLD_STRATEGIES[plan.strategy].load()()
+    shape = FeatureCache(plan.cache_dir).shape
+    input_shape = strategy.input_shape(exp, shape)
+    model = build_model(exp.model.name, exp.model.params, input_shape=input_shape, n_outputs=len(plan.targets),
+                        task=plan.task)
+    params = model.count_params()
+    keras.backend.clear_session(free_memory=True)
+    batch = exp.train.batch_size * int(np.prod(input_shape)) * 4 * ACTIVATION_FACTOR
+    cached = len(plan.ids) * int(np.prod(shape)) * 4 if plan.in_memory else 0  # a fold's training + validation
+    total = WORKER_BASE + params * 4 * OPTIMIZER_COPIES + batch + cached
+    log.info("%s: a fold job is estimated to need %.0f MiB (%.0f MiB worker, %d parameters, batch %d x %s, "
+             "%.0f MiB cached examples)", exp.name, total / MIB, WORKER_BASE / MIB, params, exp.train.batch_size,
+             input_shape, cached / MIB)
+    return total

@@ -1,0 +1,262 @@
+"""Fold jobs in a queue-wide pool (issue 16): the ``execution:`` section and ``--jobs``, same outputs with one
+job in this process as with two in child processes, a failing fold, a killed worker."""
+
+import dataclasses
+import json
+import os
+import signal
+import textwrap
+import threading
+import time
+
+import pandas as pd
+import pytest
+
+from pipeline import schema
+from pipeline.cli import main
+from pipeline.config import load_queue
+
+GOOD = """
+defaults:
+  data: {name: synthetic_whale, n_train: 40, n_test: 10}
+  features: complexity
+  train: {epochs: 1}
+experiments:
+  - name: a
+    model: inceptiontime
+blend: {method: mean}
+"""
+
+
+def write(folder, text):
+    path = folder / "queue.yaml"
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+BAD = [
+    ("execution: {jobs: 0}", "execution.jobs", "expected auto or a whole number from 1"),
+    ("execution: {jobs: many}", "execution.jobs", "expected auto or a whole number from 1"),
+    ("execution: {jobs: true}", "execution.jobs", "expected auto or a whole number from 1"),
+    ("execution: {backend: slurm}", "execution.backend", f"choose one of: {', '.join(schema.EXECUTORS)}"),
+    ("execution: {gpus_per_job: 0}", "execution.gpus_per_job", "fraction in (0, 1]"),
+    ("execution: {gpus_per_job: 1.5}", "execution.gpus_per_job", "fraction in (0, 1]"),
+    ("execution: {retries: -1}", "execution.retries", "from 0 to"),
+    ("execution: {address: auto}", "execution.address", "only the ray backend"),
+    ("execution: {backend: ray, address: 'my cluster'}", "execution.address", "host:port"),
+    ("execution: {workers: 2}", "execution.workers", "unknown key"),
+    ("execution: 4", "execution", "expected a mapping"),
+]
+
+
+@pytest.mark.parametrize("text,key_path,words", BAD, ids=[case[0] for case in BAD])
+def test_bad_execution_values_exit_2_naming_the_key(tmp_path, capsys, text, key_path, words):
+    path = write(tmp_path, GOOD + text + "\n")
+    before = sorted(os.listdir(tmp_path))
+    assert main([path]) == 2
+    err = capsys.readouterr().err
+    assert any(line.strip().startswith(f"{key_path}:") and words in line for line in err.splitlines()), err
+    assert "Traceback" not in err
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+@pytest.mark.parametrize("jobs", ["0", "two", "-1", "1.5", ""])
+def test_bad_jobs_flag_exits_2(tmp_path, capsys, jobs):
+    path = write(tmp_path, GOOD)
+    before = sorted(os.listdir(tmp_path))
+    assert main([path, "--jobs", jobs]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --jobs: expected auto or a whole number from 1"), err
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_execution_section_and_the_jobs_flag_over_it(tmp_path, monkeypatch):
+    path = write(tmp_path, GOOD + "execution: {jobs: auto, gpus_per_job: 0.5, retries: 0}\n")
+    assert load_queue(path).execution == schema.ExecutionSettings(jobs="auto", gpus_per_job=0.5, retries=0)
+    assert load_queue(write(tmp_path, GOOD)).execution == schema.ExecutionSettings(backend="local", jobs=1, retries=2)
+    import pipeline.queue
+
+    seen = []
+    monkeypatch.setattr(pipeline.queue, "run", lambda queue, **kwargs: seen.append(queue.execution) or 0)
+    path = write(tmp_path, GOOD + "execution: {jobs: 3, retries: 1}\n")
+    assert main([path, "--jobs", "auto"]) == 0 and main([path, "--jobs", "2"]) == 0 and main([path]) == 0
+    assert [(s.jobs, s.retries) for s in seen] == [("auto", 1), (2, 1), (3, 1)]
+
+
+def test_auto_jobs_and_gpu_slots(monkeypatch):
+    from pipeline.executors import local
+
+    monkeypatch.setattr(local, "cpu_cores", lambda: 8)
+    monkeypatch.setattr(local, "visible_gpus", lambda: ())
+    cpu = local.LocalExecutor(schema.ExecutionSettings(jobs="auto"))
+    # Every job has TensorFlow's default thread count (a fold's numbers depend on it), never cores // jobs.
+    assert (cpu.capacity, cpu.resources()) == (8, local.JobResources(threads=8, gpus=()))
+    assert local.LocalExecutor(schema.ExecutionSettings(jobs=2)).resources().threads == 8
+    monkeypatch.setattr(local, "visible_gpus", lambda: (0, 1))
+    two_per_gpu = local.LocalExecutor(schema.ExecutionSettings(jobs="auto", gpus_per_job=0.5))
+    assert two_per_gpu.capacity == 4 and two_per_gpu.resources().gpus == (0,)
+    two_per_gpu._on_gpus.update({"job 1": (0,), "job 2": (1,), "job 3": (0,)})  # running jobs' GPUs
+    assert two_per_gpu.resources().gpus == (1,)  # the GPU with the fewest jobs
+    assert local.gpu_slots((0, 1, 2, 3), 2) == [(0, 1), (2, 3)]
+    assert local.LocalExecutor(schema.ExecutionSettings(jobs="auto")).capacity == 2
+
+
+# ----------------------------------------------------------------------------- real runs
+
+QUEUE = """
+defaults:
+  data: {name: synthetic_whale, n_train: 40, n_test: 8, seed: 5}
+  features: {name: complexity, n_fft: 128, hop_length: 64, n_mels: 32}
+  cache: {workers: 1, chunk_size: 4}
+  folds: {n_splits: 2, seed: 0}
+  train: {epochs: 2, batch_size: 8, patience: 5}
+  model: {name: inceptiontime, filters: 4, depth: 2, bottleneck: 4, kernel_sizes: [4, 8]}
+experiments:
+  - name: a
+  - name: broken
+    model: {residual: true}
+blend: {method: mean}
+"""
+
+
+@pytest.fixture
+def broken_fold(monkeypatch):
+    """Fold 0 of experiment ``broken`` fails inside its job (its cache folder does not exist), wherever it runs."""
+    from pipeline.fold_loop import FoldPlan
+
+    plain = FoldPlan.job
+
+    def job(self, k):
+        got = plain(self, k)
+        return dataclasses.replace(got, cache_dir=got.cache_dir + "-missing") if (got.name, k) == ("broken", 0) else got
+
+    monkeypatch.setattr(FoldPlan, "job", job)
+
+
+def kill_after_first_epoch(progress_path, killed):
+    """SIGKILL the worker that writes ``progress_path`` once it has finished an epoch (mid-fold)."""
+    deadline = time.time() + 600
+    while time.time() < deadline and not killed:
+        try:
+            progress = json.loads(progress_path.read_text())
+        except (OSError, ValueError):
+            time.sleep(0.01)
+            continue
+        if progress.get("epoch") == 1:
+            os.kill(progress["pid"], signal.SIGKILL)
+            killed.append(progress["pid"])
+
+
+@pytest.mark.slow
+def test_two_jobs_give_the_outputs_of_one_with_a_failing_fold_and_a_killed_worker(tmp_path, broken_fold, monkeypatch):
+    from pipeline.executors.local import LocalExecutor
+
+    monkeypatch.setattr("pipeline.report.build.write_report_safely", lambda *a, **k: None)  # not under test
+    one, two = tmp_path / "one", tmp_path / "two"
+    for folder in (one, two):
+        folder.mkdir()
+        write(folder, QUEUE)
+
+    # --jobs 1 (the default): every fold in this process, no child process, no job.log.
+    def no_child(*args):
+        raise AssertionError("a child process was started with --jobs 1")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(LocalExecutor, "submit", no_child)
+        assert main([str(one / "queue.yaml"), "--jobs", "1"]) == 1  # broken failed
+    assert not list((one / "output").rglob("job.log")) and not list((one / "output").rglob("progress.json"))
+
+    killed = []
+    watcher = threading.Thread(target=kill_after_first_epoch, daemon=True,
+                               args=(two / "output" / "a" / "fold0" / "progress.json", killed))
+    watcher.start()
+    assert main([str(two / "queue.yaml"), "--jobs", "2"]) == 1
+    watcher.join()
+    assert killed, "fold 0 of a was never seen mid-fold"
+
+    for name in ("oof.csv", "blend/submission.csv", "a/oof.csv", "a/test.csv", "a/submission.csv", "a/scores.json"):
+        assert (two / "output" / name).read_bytes() == (one / "output" / name).read_bytes(), name
+    summaries = [pd.read_csv(f / "output" / "summary.csv").drop(columns=["wall_seconds", "error"]) for f in (one, two)]
+    pd.testing.assert_frame_equal(summaries[1], summaries[0])
+
+    status = {name: json.loads((two / "output" / name / "status.json").read_text()) for name in ("a", "broken")}
+    assert status["a"]["state"] == "done" and status["broken"]["state"] == "failed"
+    assert "-missing" in status["broken"]["error"]
+    jobs = status["a"]["jobs"]
+    assert jobs["fold0"]["attempts"] == 2 and jobs["fold1"]["attempts"] == 1  # the killed worker was retried
+    assert all(job["peak_rss_mb"] > 100 for job in jobs.values())
+    assert "resuming after epoch 1" in (two / "output" / "a" / "fold0" / "job.log").read_text()
+
+
+# ----------------------------------------------------------------------------- the pool and queue order, no training
+
+
+class FakeExecutor:
+    """Records the jobs it is given; the test resolves their futures."""
+
+    capacity = 3
+
+    def __init__(self, settings):
+        self.submitted = []
+
+    def resources(self):
+        from pipeline.executors.base import JobResources
+
+        return JobResources(threads=1, gpus=())
+
+    def submit(self, job, resources):
+        from concurrent.futures import Future
+
+        self.submitted.append((job.fold, Future()))
+        return self.submitted[-1][1]
+
+    def close(self):
+        pass
+
+
+def test_the_pool_waits_for_memory_and_retries_dead_workers_only(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from pipeline import scheduler
+    from pipeline.executors.base import WorkerDied
+
+    monkeypatch.setattr(scheduler.schema, "EXECUTORS", {"local": SimpleNamespace(load=lambda: FakeExecutor)})
+    monkeypatch.setattr(scheduler, "available_memory", lambda: 2 * 2**30)
+    pool = scheduler.JobPool(schema.ExecutionSettings(jobs=3, retries=1))
+    ended = []
+    for k in range(3):
+        job = SimpleNamespace(name="a", fold=k, n_folds=3, exp_dir=str(tmp_path))
+        pool.add(job, 2**30, lambda job, result, info: ended.append((job.fold, result, info["attempts"])),
+                 lambda job, error: ended.append((job.fold, type(error).__name__)))
+    submitted = pool.executor.submitted
+    assert [k for k, _ in submitted] == [0, 1]  # a third job would not fit in 2 GiB
+    submitted[0][1].set_exception(WorkerDied("killed"))
+    pool.wait(timeout=1)
+    assert [k for k, _ in submitted] == [0, 1, 0] and ended == []  # started again, before fold 2
+    submitted[2][1].set_exception(WorkerDied("killed again"))
+    submitted[1][1].set_exception(ValueError("a bug"))
+    pool.wait(timeout=1)
+    pool.wait(timeout=1)
+    assert sorted(ended) == [(0, "WorkerDied"), (1, "ValueError")]  # retries used up; an error is not retried
+    assert [k for k, _ in submitted] == [0, 1, 0, 2]
+    submitted[3][1].set_result("predictions")
+    pool.wait(timeout=1)
+    assert ended[-1] == (2, "predictions", 1) and not pool.busy
+
+
+def test_an_experiment_waits_for_the_one_it_requires_and_fails_with_it(tmp_path, monkeypatch):
+    import pipeline.queue as q
+    from pipeline.config import Experiment
+
+    names = ["a", "b", "c", "d"]
+    text = GOOD.replace("  - name: a\n    model: inceptiontime\n",
+                        "".join(f"  - name: {n}\n    model: inceptiontime\n" for n in names))
+    queue = load_queue(write(tmp_path, text))
+    requires = {"b": ("c",), "d": ("a",)}  # b waits for c, after it in the queue; d needs a, which fails
+    monkeypatch.setattr(Experiment, "requires", property(lambda exp: requires.get(exp.name, ())))
+    ran = []
+    monkeypatch.setattr(q, "run_experiment", lambda exp, paths, force=False: ran.append(exp.name) or {
+        "state": "failed" if exp.name == "a" else "done", "error": "broken"})
+    failed = q._run_experiments(queue, q.Paths(queue.output_dir), names, force=False)
+    assert ran == ["a", "c", "b"]
+    assert failed == {"a": "broken", "d": "it requires the experiment 'a', which failed"}
