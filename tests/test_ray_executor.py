@@ -21,7 +21,6 @@ import textwrap
 import time
 from types import SimpleNamespace
 
-import pandas as pd
 import pytest
 
 from pipeline.errors import OutputError, QueueError
@@ -164,47 +163,52 @@ def fold_jobs(queue_path: str, exp_dir: str) -> list:
 
 
 @pytest.mark.slow
-def test_ray_tasks_give_the_local_folds_also_when_a_worker_is_killed_mid_fold(ray_head, local_run, tmp_path):
-    from pipeline.executors.ray_tasks import RayExecutor
-
-    jobs = fold_jobs(str(local_run.folder / "queue.yaml"), str(tmp_path / EXPERIMENT))
+def test_a_queue_on_ray_gives_the_local_outputs_also_when_a_worker_is_killed_mid_fold(ray_head, local_run, tmp_path):
+    """``execution: {backend: ray}``: the runner (a fresh process) sends the fold jobs to the cluster; fold 1's
+    Ray worker is killed once it has finished an epoch, Ray runs the task again and it resumes."""
+    queue = write_queue(str(tmp_path), execution={"backend": "ray", "jobs": "auto", "address": ray_head.address})
     ray_head.ready()
-    executor = RayExecutor(ExecutionSettings(backend="ray", jobs="auto", address=ray_head.address))
+    code = ("import sys; from ray._private import ray_constants; ray_constants.ENABLE_RAY_CLUSTER = False; "
+            "from pipeline.cli import main; sys.exit(main([sys.argv[1]]))")
+    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "3", ONE_MACHINE: "0"}  # + the head's token
+    runner = subprocess.Popen([sys.executable, "-c", code, queue], cwd=tmp_path, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        assert (executor.capacity, executor.resources().threads) == (2, 1)  # 2 CPUs: two jobs of one core
-        futures = [executor.submit(job, executor.resources()) for job in jobs]
-        # Both jobs run side by side; fold 1's worker is killed once it has finished an epoch.
-        state = tmp_path / EXPERIMENT / "fold1" / "state" / "state.json"
-        deadline = time.time() + 300
-        while not state.exists():
-            assert time.time() < deadline and not futures[1].done(), "fold 1 never finished an epoch"
+        fold1 = tmp_path / "output" / EXPERIMENT / "fold1"
+        deadline = time.time() + 600
+        while not (fold1 / "state" / "state.json").exists():
+            assert time.time() < deadline and runner.poll() is None, "fold 1 never finished an epoch"
             time.sleep(0.02)
         worker = task_worker(ray_head.pid, f"{EXPERIMENT} fold 1")
         assert worker is not None
         os.kill(worker, signal.SIGKILL)
-        assert not (tmp_path / EXPERIMENT / "fold1" / "done.json").exists()  # the kill landed mid-fold
-        results = [future.result(timeout=600) for future in futures]
-        # A job that raises fails with its own error (not Ray's wrapping of it), which names what to fix.
-        broken = dataclasses.replace(jobs[0], strategy="nope", exp_dir=str(tmp_path / "broken"))
+        assert not (fold1 / "done.json").exists()  # the kill landed mid-fold
+        out, _ = runner.communicate(timeout=900)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    assert runner.returncode == 0, out[-3000:]
+    got, want = tmp_path / "output", local_run.output
+    for name in ("oof.csv", f"{EXPERIMENT}/oof.csv", f"{EXPERIMENT}/test.csv", f"{EXPERIMENT}/submission.csv"):
+        assert (got / name).read_bytes() == (want / name).read_bytes(), name
+    assert "ray imported: False" in local_run.stdout  # the local backend never starts Ray
+
+
+@pytest.mark.slow
+def test_a_job_that_raises_on_ray_fails_with_its_own_error(ray_head, local_run, tmp_path):
+    """Not Ray's wrapping of it: the error names what to fix, and a job that raises is not retried."""
+    from pipeline.executors.ray_tasks import RayExecutor
+
+    (job, _) = fold_jobs(str(local_run.folder / "queue.yaml"), str(tmp_path / EXPERIMENT))
+    ray_head.ready()
+    executor = RayExecutor(ExecutionSettings(backend="ray", jobs="auto", address=ray_head.address))
+    try:
+        assert (executor.capacity, executor.resources().threads) == (2, 1)  # 2 CPUs: two jobs of one core
+        broken = dataclasses.replace(job, strategy="nope")
         error = executor.submit(broken, executor.resources()).exception(timeout=600)
         assert isinstance(error, UnknownNameError) and str(error).startswith("'nope' is not a fold strategy"), error
     finally:
         executor.close()
-
-    want_dir, got_dir = local_run.output / EXPERIMENT, tmp_path / EXPERIMENT
-    for k, (oof, test) in enumerate(results):
-        fold = f"fold{k}"
-        assert sorted(os.listdir(got_dir / fold)) == sorted(os.listdir(want_dir / fold))
-        for name in ("oof.csv", "test.csv"):
-            assert (got_dir / fold / name).read_bytes() == (want_dir / fold / name).read_bytes(), (fold, name)
-        written = pd.read_csv(got_dir / fold / "oof.csv", dtype={"id": str}, float_precision="round_trip")
-        pd.testing.assert_frame_equal(written, oof, check_dtype=False)  # the future carries the fold's predictions
-        assert sorted(oof["id"]) == sorted(jobs[k].valid_ids) and len(test) == len(jobs[k].test_ids)
-
-
-@pytest.mark.slow
-def test_a_run_with_the_local_backend_never_imports_ray(local_run):
-    assert "ray imported: False" in local_run.stdout
 
 
 # ----------------------------------------------------------------------------- one job's share (no Ray needed)
