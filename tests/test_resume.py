@@ -4,9 +4,10 @@ The queue runs as a real subprocess (``python run_queue.py``) so that the kill
 is as brutal as a power cut or the OOM killer. Kill points are detected from
 the files the run writes: the feature cache being built, a fold's first epoch
 checkpoint (the kill lands mid-training), a finished fold (between folds),
-and ``output/oof.csv`` (just before the summary and the blend). Two of the
-killed runs and the last one run their folds in parallel child processes
-(``--jobs 2``), which must die with the runner.
+and ``output/oof.csv`` (just before the summary and the blend). The run
+killed mid-fold and the last run train the folds in parallel child processes
+(``--jobs 2``), which must die with the runner; the others train them in the
+runner, so a fold killed in a child resumes in the runner and vice versa.
 """
 
 import glob
@@ -98,9 +99,8 @@ def test_killed_runs_resume_to_the_same_results(tmp_path):
     progress = out / "inceptiontime_a" / "fold0" / "progress.json"  # written by a fold job in a child process
     points = {  # name: (condition, options of the run killed there)
         "feature writing": (lambda: glob.glob(str(out / "cache" / "features" / "*.building" / "*.partial")), ()),
-        "mid-fold": (lambda: (out / "inceptiontime_a" / "fold0" / "state" / "state.json").exists(), ()),
         "mid-fold, folds in parallel": (progress.exists, ("--jobs", "2")),
-        "between folds": (lambda: (out / "inceptiontime_a" / "fold0" / "done.json").exists(), ("--jobs", "2")),
+        "between folds": (lambda: (out / "inceptiontime_a" / "fold0" / "done.json").exists(), ()),
         "before the blend": (lambda: (out / "oof.csv").exists(), ()),
     }
     killed_at = []
@@ -109,7 +109,7 @@ def test_killed_runs_resume_to_the_same_results(tmp_path):
             killed_at.append(name)
             if name == "mid-fold, folds in parallel":  # the fold's child process died with the runner
                 assert ends_soon(json.loads(progress.read_text())["pid"]), "a fold job outlived its runner"
-    assert len(killed_at) >= 4, killed_at  # the fastest points may be passed between two polls
+    assert len(killed_at) >= 3, killed_at  # the fastest points may be passed between two polls
     assert start(killed, "--jobs", "2").wait(timeout=600) == 0
 
     want, got = results(reference), results(killed)

@@ -22,9 +22,10 @@ Threads: every job gets as many TensorFlow intra-op threads (and OpenMP/BLAS
 threads) as the machine has cores - TensorFlow's own default, i.e. what a fold
 gets in the runner with ``jobs: 1`` - and not ``cores // jobs``. TensorFlow's
 CPU kernels split a sum between threads by the thread count, so the count
-changes the results: measured on this machine, a tiny SED fold's predictions
-differed in the last bits between 1 and 2 intra-op threads, and the default
-queue's InceptionTime after one epoch by 1e-4. With the same count everywhere
+changes the results: measured on this machine, one epoch of the default
+queue's InceptionTime, SED and Xception gave predictions that differ by up to
+7e-5 between 1 and 2 intra-op threads, while 2 threads set explicitly matched
+TensorFlow's default exactly. With the same count everywhere
 a fold writes the same bytes in the runner or in a child, with any ``jobs``.
 The price is more threads than cores when several jobs run; small models
 rarely split an op, so those threads mostly wait.
