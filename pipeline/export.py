@@ -14,7 +14,11 @@ the mean before the max. ``output/export/export.json`` names the experiments
 and holds the queue's blend (its ``weights.json``) when all of its
 experiments are exported.
 
-Every model of this pipeline converts with TFLite's builtin ops; a model that
+A classical family (scikit-learn, no TensorFlow graph) is exported as its
+fitted fold models (``fold<k>.joblib``), which :mod:`pipeline.exported` runs
+side by side in the same way.
+
+Every Keras model of this pipeline converts with TFLite's builtin ops; a model that
 needs TensorFlow ops is converted with ``SELECT_TF_OPS`` as well and its
 ``export.json`` says so (``select_tf_ops``), since its interpreter then needs
 the Flex delegate (the full ``tensorflow`` package, not ``tflite-runtime``).
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import sys
 from typing import List, Optional
 
@@ -103,13 +108,27 @@ def export_experiment(exp: Experiment, output: str, root: str) -> dict:
     views = [dataclasses.asdict(v) for v in windows.pop("views", ())]  # predict.tta in the feature's time steps
     models = [load_fold_model(exp_dir, k, exp.model.name) for k in range(exp.folds.n_splits)]
     select = []
-    for k, model in enumerate(models):
-        if save_exported(clipwise_model(model, f"fold{k}"), layout.export_model(folder, k, "savedmodel"),
-                         layout.export_model(folder, k, "tflite")):
-            select.append(f"fold{k}")
-    if save_exported(all_folds_model(models), layout.export_model(folder, layout.EXPORT_FOLDS, "savedmodel"),
-                     layout.export_model(folder, layout.EXPORT_FOLDS, "tflite")):
-        select.append(layout.EXPORT_FOLDS)
+    if schema.MODELS[exp.model.name].kind == "sklearn":
+        # A classical family has no TensorFlow graph: its fitted fold models are exported as they are.
+        for k in range(len(models)):
+            with io.atomic_path(layout.export_model(folder, k, "joblib")) as tmp:
+                with io.local_copy(layout.fold_file(exp_dir, k, layout.CLASSICAL_MODEL)) as src:
+                    shutil.copyfile(src, tmp)
+        files = {"joblib": [_name(folder, k, "joblib") for k in range(len(models))]}
+    else:
+        for k, model in enumerate(models):
+            if save_exported(clipwise_model(model, f"fold{k}"), layout.export_model(folder, k, "savedmodel"),
+                             layout.export_model(folder, k, "tflite")):
+                select.append(f"fold{k}")
+        if save_exported(all_folds_model(models), layout.export_model(folder, layout.EXPORT_FOLDS, "savedmodel"),
+                         layout.export_model(folder, layout.EXPORT_FOLDS, "tflite")):
+            select.append(layout.EXPORT_FOLDS)
+        files = {
+            "saved_models": [_name(folder, k, "savedmodel") for k in range(len(models))],
+            "tflite": [_name(folder, k, "tflite") for k in range(len(models))],
+            "all_folds": {"saved_model": _name(folder, layout.EXPORT_FOLDS, "savedmodel"),
+                          "tflite": _name(folder, layout.EXPORT_FOLDS, "tflite")},
+        }
     manifest = {
         "version": EXPORT_VERSION,
         "experiment": exp.name,
@@ -129,12 +148,7 @@ def export_experiment(exp: Experiment, output: str, root: str) -> dict:
         "views": views,  # test-time views (pipeline.predict.View fields); [] = none
         "batch_size": exp.train.batch_size,
         "select_tf_ops": select,
-        "files": {
-            "saved_models": [_name(folder, k, "savedmodel") for k in range(len(models))],
-            "tflite": [_name(folder, k, "tflite") for k in range(len(models))],
-            "all_folds": {"saved_model": _name(folder, layout.EXPORT_FOLDS, "savedmodel"),
-                          "tflite": _name(folder, layout.EXPORT_FOLDS, "tflite")},
-        },
+        "files": files,  # TFLite / SavedModel per fold and all folds, or a classical family's joblib per fold
     }
     io.write_json(layout.export_file(folder, layout.EXPORT_MANIFEST), manifest)
     keras.backend.clear_session(free_memory=True)
@@ -176,10 +190,6 @@ def run_export(queue: Queue, *, only: Optional[List[str]] = None) -> int:
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
         exported, failed = [], []
         for exp in experiments:
-            if schema.MODELS[exp.model.name].kind != "keras":
-                log.warning("%s: not exported: %s is a scikit-learn model, which has no TFLite or SavedModel form "
-                            "(run_queue.py --predict still predicts with it)", exp.name, exp.model.name)
-                continue
             try:
                 export_experiment(exp, output, root)
                 exported.append(exp.name)

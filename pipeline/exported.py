@@ -66,6 +66,25 @@ class TFLiteModel:
         return self.interpreter.get_tensor(self._out["index"]).copy()
 
 
+class ClassicalFolds:
+    """A classical family's exported fold models side by side, with the surface of the all-folds TFLite model:
+    ``predict_on_batch(x [B, ...]) -> [B, K * C]`` (fold 0's C columns first)."""
+
+    def __init__(self, paths: List[str]):
+        import joblib
+
+        self.models = []
+        for path in paths:  # written by run_queue.py --export from the pipeline's own fold files
+            with io.local_copy(path) as local:
+                self.models.append(joblib.load(local))
+        first = self.models[0]
+        self.inputs = first.inputs
+        self.outputs = [TFLiteModel._Port((None, len(self.models) * int(first.outputs[0].shape[-1])))]
+
+    def predict_on_batch(self, x) -> np.ndarray:
+        return np.concatenate([m.predict_on_batch(x) for m in self.models], axis=1)
+
+
 def _component(kind: dict, entry: dict) -> Component:
     """A component back from its ``to_dict()`` (lists back to the tuples the parameter classes hold)."""
     params = {k: tuple(v) if isinstance(v, list) else v for k, v in entry.items() if k != "name"}
@@ -98,7 +117,11 @@ def predict_exported(exp_folder: str, dataset, out: str) -> tuple:
     pred_cols = layout.prediction_columns(m["targets"], m["task"])
     if cache.count("test") == 0:
         return pd.DataFrame(columns=["id", *pred_cols]), skipped
-    model = TFLiteModel(os.path.join(exp_folder, m["files"]["all_folds"]["tflite"]))
+    files = m["files"]
+    if "joblib" in files:
+        model = ClassicalFolds([os.path.join(exp_folder, name) for name in files["joblib"]])
+    else:
+        model = TFLiteModel(os.path.join(exp_folder, files["all_folds"]["tflite"]))
     extra = cache.extra_windows("test") if m["strategy"] == "clips" else None
     ids, preds = predict_examples(model, cache.dataset("test"), batch_size=m["batch_size"], extra_windows=extra,
                                   views=tuple(View(**v) for v in m.get("views", ())), **m["windows"])

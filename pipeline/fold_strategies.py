@@ -131,7 +131,7 @@ class ClipStrategy:
         train_data, valid_batches = input_pipelines(
             base_train, base_valid, batch_size=batch, shuffle_buffer=job.train.shuffle_buffer, seed=job.train.seed,
             fold=job.fold, augment=job.augment, feature=job.features.name, weights=weights,
-            weighted_examples=n_pseudo > 0,
+            weighted_examples=job.pseudo is not None and "test" in job.pseudo.on,  # also when hard mode kept none
         )
         return FoldData(train_data=train_data, valid_batches=valid_batches, train_steps=-(-n_train // batch),
                         valid_steps=-(-len(job.valid_ids) // batch), pseudo_examples=n_pseudo)

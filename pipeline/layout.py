@@ -300,6 +300,6 @@ def export_file(folder: str, name: str) -> str:
 
 def export_model(exp_export: str, k, kind: str) -> str:
     """Fold ``k``'s (or, for ``k`` = :data:`EXPORT_FOLDS`, all folds') exported model: ``kind`` ``savedmodel``
-    (a folder) or ``tflite``."""
+    (a folder), ``tflite``, or ``joblib`` (a classical family's fitted fold model, copied as it is)."""
     stem = EXPORT_FOLDS if k == EXPORT_FOLDS else f"{FOLD_PREFIX}{int(k)}"
-    return _join(exp_export, f"{stem}.{_one_of(kind, {'savedmodel', 'tflite'}, 'an export format')}")
+    return _join(exp_export, f"{stem}.{_one_of(kind, {'savedmodel', 'tflite', 'joblib'}, 'an export format')}")

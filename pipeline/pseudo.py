@@ -126,7 +126,9 @@ def predict_training(job) -> np.ndarray:
     examples = labelled(cache.dataset("train"), job.train_ids, rows).map(lambda i, x, y: (i, x))
     ids, preds = predict_examples(model, examples, batch_size=job.train.batch_size,
                                   extra_windows=strategy.extra_windows(cache, "train"), **job.teacher_windows)
+    policy = keras.config.dtype_policy()  # the student's precision: clear_session resets it to float32
     keras.backend.clear_session(free_memory=True)
+    keras.config.set_dtype_policy(policy)
     row_of = {clip: n for n, clip in enumerate(ids)}
     missing = [i for i in job.train_ids if i not in row_of]
     if missing:

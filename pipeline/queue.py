@@ -246,12 +246,12 @@ def _prepare(exp: Experiment, paths: Paths, exp_dir: str, timings: dict, data) -
     from pipeline.folds import ensure_folds
     from pipeline.cache.build import ensure_features
 
-    teacher_dir = _check_teacher(exp, paths)
     done = _stage(exp_dir, timings, "data")
     dataset, load_error, load_seconds = data
     timings["data"] = round(timings.get("data", 0.0) + load_seconds, 2)
     if load_error is not None:
         raise load_error
+    teacher_dir = _check_teacher(exp, paths, dataset)
     train = dataset.train
     log.info("%s: %s data: %d train, %d test clips, task %s, targets %s", exp.name, exp.data.name, len(train),
              len(dataset.test), dataset.task, ",".join(dataset.targets))
@@ -288,14 +288,21 @@ def _finish(prepared: _Prepared, oof: pd.DataFrame, test: Optional[pd.DataFrame]
     done()
 
 
-def _check_teacher(exp: Experiment, paths: Paths) -> Optional[str]:
-    """A student's teacher folder, after checking that the teacher finished (None without ``pseudo:``)."""
+def _check_teacher(exp: Experiment, paths: Paths, dataset) -> Optional[str]:
+    """A student's teacher folder, after checking that the teacher finished on the data the student runs on
+    (None without ``pseudo:``). A teacher trained on other data (clips added, relabelled) split it by another
+    fold table: its fold-k model may have seen the student's fold-k validation clips."""
     if exp.pseudo is None:
         return None
-    from pipeline.pseudo import check_teacher
+    from pipeline.pseudo import TeacherError, check_teacher
 
     teacher_dir = paths.experiment(exp.teacher.name)
     check_teacher(exp, teacher_dir)
+    changed = results.data_changes(teacher_dir, read_status(teacher_dir), dataset)
+    if changed:
+        raise TeacherError(f"pseudo.teacher: the teacher {exp.teacher.name!r} of {exp.name!r} ran on other data "
+                           f"({changed}); run it again on the current data first (python run_queue.py <queue> "
+                           f"--only {exp.teacher.name})")
     return teacher_dir
 
 

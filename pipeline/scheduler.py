@@ -72,6 +72,7 @@ class JobPool:
 
     def __post_init__(self):
         self.executor = schema.EXECUTORS[self.settings.backend].load()(self.settings)
+        _runner_off_gpus()
         self.memory = available_memory()
         log.info("fold jobs: up to %d at a time (%s executor, %s per job); %.1f GiB of memory available",
                  self.executor.capacity, self.settings.backend, self.executor.resources(), self.memory / 2**30)
@@ -154,6 +155,18 @@ class JobPool:
                      progress["peak_rss_mb"])
 
 
+def _runner_off_gpus() -> None:
+    """Keep TensorFlow in the runner off the GPUs: the jobs train there, and TensorFlow would otherwise reserve
+    nearly all of every visible GPU's memory as soon as the runner touches it (the memory estimate builds each
+    experiment's model once, on the CPU)."""
+    import tensorflow as tf
+
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:  # TensorFlow's runtime already started in this process (e.g. an earlier experiment)
+        log.debug("the runner's TensorFlow had started; its GPU view is left as it is")
+
+
 def _read_progress(job) -> dict:
     """The job's progress.json, or {} while there is none (or it cannot be read)."""
     try:
@@ -165,7 +178,8 @@ def _read_progress(job) -> dict:
 
 def _shown(resources) -> str:
     gpus = "no GPU" if not resources.gpus else f"GPU {','.join(map(str, resources.gpus))}"
-    return f"{resources.threads} thread(s), {gpus}"
+    threads = "all cores" if resources.threads is None else f"{resources.threads} thread(s)"
+    return f"{threads}, {gpus}"
 
 
 def available_memory() -> int:
@@ -194,10 +208,13 @@ def job_memory(plan) -> int:
     strategy = schema.FOLD_STRATEGIES[plan.strategy].load()()
     shape = FeatureCache(plan.cache_dir).shape
     input_shape = strategy.input_shape(exp, shape)
-    model = build_model(exp.model.name, exp.model.params, input_shape=input_shape, n_outputs=len(plan.targets),
-                        task=plan.task)
-    params = model.count_params()
-    keras.backend.clear_session(free_memory=True)
+    if schema.MODELS[exp.model.name].kind == "keras":
+        model = build_model(exp.model.name, exp.model.params, input_shape=input_shape, n_outputs=len(plan.targets),
+                            task=plan.task)
+        params = model.count_params()
+        keras.backend.clear_session(free_memory=True)
+    else:  # a classical family holds its pooled features (counted as cached examples) and a small fitted model
+        params = 0
     batch = exp.train.batch_size * int(np.prod(input_shape)) * 4 * ACTIVATION_FACTOR
     cached = len(plan.ids) * int(np.prod(shape)) * 4 if plan.in_memory else 0  # a fold's training + validation
     total = WORKER_BASE + params * 4 * OPTIMIZER_COPIES + batch + cached

@@ -59,7 +59,6 @@ def fit_fold(job, cache, *, batch_size: int):
     ``epochs`` 1 and ``best_epoch`` 1 (the one fit), ``best`` None (no monitored validation metric)
     and ``seconds`` of reading, pooling and fitting.
     """
-    import tensorflow as tf
 
     from pipeline.cache.read import labelled
     from pipeline.schema import MODELS
@@ -69,9 +68,9 @@ def fit_fold(job, cache, *, batch_size: int):
         raise TrainingError(f"model {job.model.name} fits whole clips; the {job.strategy} fold strategy of long "
                             f"recordings is not supported")
     started = time.time()
-    # The executor's share of the cores (pipeline.executors.base.configure_process) also bounds OpenMP / BLAS;
-    # without one, a single thread (see pipeline.models.classical.ClassicalModel).
-    threads = tf.config.threading.get_intra_op_parallelism_threads() or 1
+    # One thread, wherever the job runs: fold jobs share the cores, and gradient boosting's parallel sums
+    # depend on the thread count (the same fold gives the same model in the runner and in a worker).
+    threads = 1
     model = MODELS[job.model.name].load()(
         job.model.params, input_shape=cache.shape, n_outputs=len(job.targets), task=job.task, seed=job.train.seed,
         balanced=job.train.class_weight == "balanced", threads=threads)

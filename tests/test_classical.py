@@ -147,3 +147,37 @@ def test_a_classical_fold_job_writes_its_fold_and_a_pickled_job_agrees(tone_data
     # The saved model is the fold model: through the prediction stage it predicts the test clips as the fold did.
     ids, preds = predict_examples(load_classical(str(here / "model.joblib")), cache.dataset("test"), batch_size=8)
     np.testing.assert_allclose(preds[:, 0], test.set_index("id").loc[ids, "pred"], rtol=1e-6)
+
+
+LOGREG_QUEUE = """
+experiments:
+  - name: logreg_a
+    data: {name: synthetic_whale, n_train: 40, n_test: 10, seed: 3}
+    features: {name: mel, n_fft: 128, hop_length: 64, n_mels: 16}
+    cache: {workers: 1, chunk_size: 16}
+    folds: {n_splits: 2, seed: 1}
+    model: logreg
+"""
+
+
+@pytest.mark.slow
+def test_predict_and_export_reproduce_a_classical_experiments_test_predictions(tmp_path):
+    """--predict loads the fold models from model.joblib; --export copies them and pipeline.exported runs them
+    side by side like an all-folds TFLite model: both give the experiment's own test.csv."""
+    from pipeline.cli import main
+    from pipeline.exported import main as exported_main
+
+    path = tmp_path / "queue.yaml"
+    path.write_text(LOGREG_QUEUE)
+    assert main([str(path)]) == 0
+    out, test_audio = tmp_path / "output", tmp_path / "input" / "synthetic_whale" / "test"
+    want = pd.read_csv(out / "logreg_a" / "test.csv").set_index("id")["pred"]
+    assert main([str(path), "--predict", str(test_audio), "--predict-name", "again"]) == 0
+    again = pd.read_csv(out / "predict" / "again" / "logreg_a.csv").set_index("id")["pred"]
+    assert main([str(path), "--export"]) == 0
+    assert {"export.json", "fold0.joblib", "fold1.joblib"} <= set(os.listdir(out / "export" / "logreg_a"))
+    assert exported_main([str(out / "export"), str(test_audio), "--out", str(tmp_path / "preds")]) == 0
+    exported = pd.read_csv(tmp_path / "preds" / "logreg_a.csv").set_index("id")["pred"]
+    for got in (again, exported):
+        assert sorted(got.index) == sorted(want.index)
+        np.testing.assert_allclose(got.loc[want.index], want, rtol=0, atol=1e-12)

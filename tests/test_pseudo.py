@@ -180,6 +180,39 @@ def test_a_student_of_a_failed_or_unfinished_teacher_fails_naming_it(tmp_path):
         pseudo.check_teacher(student, folder)
 
 
+def test_a_student_refuses_a_teacher_that_ran_on_other_data(tmp_path):
+    """A teacher trained before clips were relabelled split them by another fold table: its fold-k model may
+    have seen the student's fold-k validation clips (e.g. ``--only student`` after editing the data)."""
+    import pandas as pd
+
+    from pipeline import layout
+    from pipeline.data import load_dataset
+    from pipeline.data.identity import write_clips
+    from pipeline.queue import Paths, _check_teacher
+    from pipeline.status import write_status
+
+    base, student = queue_of("""
+  - name: base
+  - name: student
+    pseudo: {teacher: base}
+""", base_dir=str(tmp_path)).experiments
+    paths = Paths(str(tmp_path / "output"))
+    dataset = load_dataset(base.data.name, base.data.params)
+    folder = paths.experiment("base")
+    for k in range(base.folds.n_splits):
+        os.makedirs(layout.fold_dir(folder, k))
+        open(layout.fold_file(folder, k, layout.DONE), "w").close()
+    write_clips(layout.experiment_file(folder, layout.CLIPS), dataset.identity)
+    write_status(folder, state="done", config_hash=base.config_hash(), data=dataset.identity.checked())
+    assert _check_teacher(student, paths, dataset) == folder
+    table = os.path.join(base.data.params.root, "train.csv")
+    train = pd.read_csv(table)
+    train.loc[0, "label"] = 1 - train.loc[0, "label"]
+    train.to_csv(table, index=False)
+    with pytest.raises(pseudo.TeacherError, match=r"the teacher 'base' of 'student' ran on other data \("):
+        _check_teacher(student, paths, load_dataset(base.data.name, base.data.params))
+
+
 def test_hard_targets_keep_only_confident_labels_and_fill_never_overwrites_known_ones():
     p = np.array([[0.95, 0.3], [0.6, 0.05]])
     np.testing.assert_array_equal(pseudo.hard_targets(p, "multilabel", 0.9), [[1, np.nan], [np.nan, 0]])

@@ -34,13 +34,24 @@ class JobResources:
     """The share of the machine one job runs on.
 
     ``threads``: TensorFlow intra-op threads (the cores the job's kernels use);
-    inter-op threads are ``min(2, threads)``. ``gpus``: indices of the GPUs the
+    inter-op threads are ``min(2, threads)``; None: every core of the machine
+    the job runs on (:func:`machine_cores`, TensorFlow's default: the thread
+    count changes the last bits of some models' predictions, so a fold gives
+    the same files on any executor of one machine). ``gpus``: indices of the GPUs the
     job sees, ``()`` for none; ``None`` leaves the process's view as it is
     (Ray sets ``CUDA_VISIBLE_DEVICES`` for a task itself).
     """
 
-    threads: int
+    threads: Optional[int]
     gpus: Optional[Tuple[int, ...]] = None
+
+
+def machine_cores() -> int:
+    """The cores this process may run on (TensorFlow's default thread count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 class WorkerDied(RuntimeError):
@@ -64,13 +75,14 @@ def configure_process(resources: JobResources) -> None:
         if "tensorflow" in sys.modules:
             raise RuntimeError("configure_process: TensorFlow was imported before the job's GPUs were chosen")
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in resources.gpus)
+    threads = resources.threads or machine_cores()
     if "tensorflow" not in sys.modules:  # read when the libraries load
         for name in THREAD_ENV_VARS:
-            os.environ[name] = str(resources.threads)
+            os.environ[name] = str(threads)
     import tensorflow as tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(resources.threads)
-    tf.config.threading.set_inter_op_parallelism_threads(min(2, resources.threads))
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
 
 
 def run_in_worker(job, resources: JobResources):

@@ -45,18 +45,11 @@ from concurrent.futures import Future
 from typing import Dict, List, Optional, Tuple
 
 from pipeline.executors.base import JobResources, WorkerDied, run_in_worker
+from pipeline.executors.base import machine_cores as cpu_cores
 
 log = logging.getLogger(__name__)
 
 STOP_SECONDS = 10  # how long close() waits for a terminated child before killing it
-
-
-def cpu_cores() -> int:
-    """The cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def visible_gpus() -> Tuple[int, ...]:

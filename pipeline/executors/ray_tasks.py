@@ -143,8 +143,10 @@ class RayExecutor:
         return self.shape.capacity
 
     def resources(self) -> JobResources:
-        """One job's share: its cores as TensorFlow threads; GPUs None (Ray gives each task its own)."""
-        return JobResources(threads=self.shape.num_cpus, gpus=None)
+        """One job's share: TensorFlow threads None (every core of its machine, as the local executor and the
+        runner use: the same fold files on any executor); GPUs None (Ray gives each task its own). Ray still
+        schedules each task by its ``num_cpus``."""
+        return JobResources(threads=None, gpus=None)
 
     def submit(self, job, resources: JobResources) -> concurrent.futures.Future:
         """Start ``job`` (a FoldJob) as a Ray task; the future resolves to :func:`run_fold_job`'s (oof, test).
