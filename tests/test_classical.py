@@ -162,14 +162,15 @@ experiments:
 
 @pytest.mark.slow
 def test_predict_and_export_reproduce_a_classical_experiments_test_predictions(tmp_path):
-    """--predict loads the fold models from model.joblib; --export copies them and pipeline.exported runs them
-    side by side like an all-folds TFLite model: both give the experiment's own test.csv."""
+    """Trained in the pool of fold jobs (--jobs 2: worker processes); --predict loads the fold models from
+    model.joblib; --export copies them and pipeline.exported runs them side by side like an all-folds TFLite
+    model: both give the experiment's own test.csv."""
     from pipeline.cli import main
     from pipeline.exported import main as exported_main
 
     path = tmp_path / "queue.yaml"
     path.write_text(LOGREG_QUEUE)
-    assert main([str(path)]) == 0
+    assert main([str(path), "--jobs", "2"]) == 0
     out, test_audio = tmp_path / "output", tmp_path / "input" / "synthetic_whale" / "test"
     want = pd.read_csv(out / "logreg_a" / "test.csv").set_index("id")["pred"]
     assert main([str(path), "--predict", str(test_audio), "--predict-name", "again"]) == 0
