@@ -176,7 +176,8 @@ def test_two_jobs_give_the_outputs_of_one_with_a_failing_fold_and_a_killed_worke
 
     for name in ("oof.csv", "blend/submission.csv", "a/oof.csv", "a/test.csv", "a/submission.csv", "a/scores.json"):
         assert (two / "output" / name).read_bytes() == (one / "output" / name).read_bytes(), name
-    summaries = [pd.read_csv(f / "output" / "summary.csv").drop(columns=["wall_seconds", "fold_seconds", "error"]) for f in (one, two)]
+    timings_and_errors = ["wall_seconds", "fold_seconds", "error"]
+    summaries = [pd.read_csv(f / "output" / "summary.csv").drop(columns=timings_and_errors) for f in (one, two)]
     pd.testing.assert_frame_equal(summaries[1], summaries[0])
 
     status = {name: json.loads((two / "output" / name / "status.json").read_text()) for name in ("a", "broken")}
