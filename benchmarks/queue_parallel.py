@@ -81,9 +81,10 @@ def compared_files(output: str) -> list:
 
 
 def summary_scores(output: str) -> pd.DataFrame:
-    """The summary without its timing column (the scores, epochs and states)."""
+    """The summary without its timing columns (the scores, epochs and states)."""
     summary = pd.read_csv(os.path.join(output, "summary.csv"), float_precision="round_trip")
-    return summary.drop(columns=["wall_seconds"]).sort_values("experiment").reset_index(drop=True)
+    timings = ["wall_seconds", "fold_seconds"]
+    return summary.drop(columns=timings, errors="ignore").sort_values("experiment").reset_index(drop=True)
 
 
 def differences(runs: list) -> list:
