@@ -92,7 +92,8 @@ def run(queue_path: str, *, experiment=None, n_long=10, long_seconds=60.0, n_cli
     export_root = os.path.join(work, "export")
     ownership.make_owned_dir(export_root)
     export_experiment(exp, output, export_root)
-    models = [load_fold_model(layout.experiment_dir(output, exp.name), k, exp.model.name) for k in range(exp.folds.n_splits)]
+    exp_dir = layout.experiment_dir(output, exp.name)
+    models = [load_fold_model(exp_dir, k, exp.model.name) for k in range(exp.folds.n_splits)]
     sets = {"long": (n_long, long_seconds), "clips": (n_clips, clip_seconds)}
     out = {}
     for seed, (name, (n, seconds)) in enumerate(sets.items()):
