@@ -35,7 +35,7 @@ from typing import Dict, List, Tuple
 
 from pipeline import io
 from pipeline.errors import OutputError, PipelineError, QueueError, TrainingError
-from pipeline.executors.base import JobResources, run_in_worker
+from pipeline.executors.base import JobResources, machine_cores, run_in_worker
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class RayExecutor:
         if self._started:
             # "local": a new instance even when another one runs on this machine (None would join that one).
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a run never reports to the network
-            options.update(address="local", num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False)
+            options.update(address="local", num_cpus=machine_cores(), include_dashboard=False)
         else:
             options.update(address=settings.address)
         try:
