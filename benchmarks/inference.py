@@ -21,8 +21,9 @@ pipeline's numpy feature code in its worker processes):
 - **tflite**: ``python -m pipeline.exported`` for the experiment
   (:func:`pipeline.exported.predict_exported`: the all-folds TFLite model).
 
-CPU seconds are this process's and its finished children's (the feature
-workers) user + system time. It prints recording-minutes per CPU-second for
+CPU seconds are the user + system time of this process and of every process
+below it (:func:`benchmarks.proctree.tree_cpu_seconds`: the feature workers
+and the forkserver that starts them included, alive or finished). It prints recording-minutes per CPU-second for
 each path and set, and the ratios tflite / keras and keras / training-time
 (the issue's target: tflite >= 2x keras).
 """
@@ -31,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shutil
 import tempfile
 import time
@@ -40,9 +40,11 @@ import numpy as np
 
 
 def cpu_seconds() -> float:
-    """User + system CPU seconds of this process and of its waited-for children."""
-    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+    """User + system CPU seconds of this process and of all its descendants (:func:`tree_cpu_seconds`: the
+    feature workers too, whoever started them), alive or waited for."""
+    from benchmarks.proctree import tree_cpu_seconds
+
+    return tree_cpu_seconds(os.getpid())
 
 
 def write_audio(folder: str, n: int, seconds: float, rate: int, seed: int) -> float:

@@ -117,13 +117,17 @@ def compare(name, builder, dataset, cache, *, epochs: int, batch: int) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from pipeline.cache.read import fits_in_memory, labelled
+    from pipeline import memory
+    from pipeline.cache.read import labelled
 
     ids = cache.ids("train")
     table = dataset.train.set_index("id")
     y = table.loc[ids, list(dataset.targets)].to_numpy(np.float32)
     steps = math.ceil(len(ids) / batch)
-    in_memory = fits_in_memory(len(ids), cache.shape)
+    clip = int(np.prod(cache.shape)) * 4
+    in_memory = memory.input_plan(memory.input_needs(n_examples=len(ids), example_bytes=clip,
+                                                     shuffle_buffer=SHUFFLE_BUFFER, per_epoch=len(ids),
+                                                     input_bytes=clip, batch_size=batch, unit="clips")).in_memory
     base = labelled(cache.dataset("train"), ids, y).map(lambda i, x, t: (x, t), num_parallel_calls=tf.data.AUTOTUNE,
                                                          deterministic=True)
     if in_memory:

@@ -650,7 +650,8 @@ def parse_execution(raw, problems: List[str]) -> schema.ExecutionSettings:
         if error:
             problems.append(f"execution.{key}: {error}")
         else:
-            values[key] = float(value) if key == "gpus_per_job" and value is not None else value
+            numeric = key in ("gpus_per_job", "memory_budget_gb") and value is not None
+            values[key] = float(value) if numeric else value
     settings = schema.ExecutionSettings(**values)
     if settings.address is not None and settings.backend != "ray":
         problems.append(f"execution.address: only the ray backend connects to an address; got {settings.address!r} "
@@ -685,6 +686,11 @@ def _execution_value(key: str, value) -> Optional[str]:
     elif key == "retries":
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= schema.MAX_RETRIES:
             return f"expected a whole number from 0 to {schema.MAX_RETRIES}; got {_show(value)}"
+    elif key == "memory_budget_gb":
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if value is not None and not (number and 0.01 <= value <= 1_000_000):
+            return (f"expected GiB for a fold job's input as a number from 0.01 to 1000000 (e.g. 8 or 1.5), or null "
+                    f"for automatic; got {_show(value)}")
     return None
 
 

@@ -17,6 +17,7 @@ the OOF and test predictions, the model, the training history, ``done.json``
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -95,6 +96,7 @@ def _run(job: FoldJob, rt) -> Tuple[pd.DataFrame, Optional[pd.DataFrame]]:
     from pipeline.predict import predict_examples
     from pipeline.pseudo import with_unknown_filled
     from pipeline.cache.read import FeatureCache, labelled
+    from pipeline.memory import release_freed_memory
     from pipeline.train import save_model
 
     strategy = FOLD_STRATEGIES[job.strategy].load()()
@@ -115,6 +117,8 @@ def _run(job: FoldJob, rt) -> Tuple[pd.DataFrame, Optional[pd.DataFrame]]:
         result, pseudo_examples = _train_keras(job, rt, strategy, cache, batch, fold_dir)
         predictor, model_file, save = prediction_model(result.model, rt), layout.MODEL, save_model
 
+    release_freed_memory()  # predictions start from what training still holds, not from its high-water mark
+    predict_started = time.time()
     windows = strategy.windows(job, cache.shape)
     pred_cols = layout.prediction_columns(targets, job.task)
     valid = labelled(cache.dataset("train"), job.valid_ids, job.valid_targets).map(lambda i, x, y: (i, x))
@@ -135,12 +139,14 @@ def _run(job: FoldJob, rt) -> Tuple[pd.DataFrame, Optional[pd.DataFrame]]:
         test[pred_cols] = t_preds.astype(np.float64)
         io.write_csv(layout.fold_file(job.exp_dir, k, layout.TEST), test)
 
+    predict_seconds = time.time() - predict_started
     save(result.model, layout.fold_file(job.exp_dir, k, model_file))
     io.write_csv(layout.fold_file(job.exp_dir, k, layout.HISTORY), result.history)
     score = strategy.score(oof[targets].to_numpy(), preds)
     done = {"fold": k, strategy.metric: score, "metric": strategy.metric, "score": score,
             "epochs": result.epochs, "best_epoch": result.best_epoch, "best": result.best,
-            "seconds": round(result.seconds, 2), "n_train": len(job.train_ids), "n_valid": len(job.valid_ids)}
+            "seconds": round(result.seconds, 2), "predict_seconds": round(predict_seconds, 2),
+            "n_train": len(job.train_ids), "n_valid": len(job.valid_ids), "n_test": len(job.test_ids)}
     if job.pseudo is not None:
         done["pseudo"] = {"teacher": job.pseudo.teacher, "test_examples": pseudo_examples,
                           "unknown_filled": n_filled}
@@ -149,6 +155,7 @@ def _run(job: FoldJob, rt) -> Tuple[pd.DataFrame, Optional[pd.DataFrame]]:
     log.info("%s fold %d/%d: %s %.4f, %d epochs (best %d), %.0f s", job.name, k + 1, job.n_folds,
              strategy.metric.upper(), score, result.epochs, result.best_epoch, result.seconds)
     keras.backend.clear_session(free_memory=True)
+    release_freed_memory()
     return oof, test
 
 

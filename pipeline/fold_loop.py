@@ -52,7 +52,7 @@ class FoldPlan:
     labels: np.ndarray  # [n, L] the strategy's label rows of ids
     y: np.ndarray  # [n, C] their targets (NaN: unknown)
     test_ids: Tuple[str, ...]
-    in_memory: bool
+    memory: object  # pipeline.memory.InputPlan: cache the examples in memory or stream them
     teacher: dict = dataclasses.field(default_factory=dict)  # a student's FoldJob fields (pipeline.pseudo)
 
     def job(self, k: int):
@@ -73,23 +73,26 @@ class FoldPlan:
             loss=exp.loss, schedule=exp.schedule, audio=exp.audio, train=exp.train, augment=exp.augment,
             crops=exp.crops, predict=exp.predict, train_ids=tuple(self.ids[i] for i in tr),
             train_labels=self.labels[tr], train_targets=self.y[tr], valid_ids=tuple(self.ids[i] for i in va),
-            valid_labels=self.labels[va], valid_targets=self.y[va], test_ids=self.test_ids, in_memory=self.in_memory,
+            valid_labels=self.labels[va], valid_targets=self.y[va], test_ids=self.test_ids,
+            in_memory=self.memory.in_memory,
             **self.teacher,
         )
 
 
 def plan_folds(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str, teacher_dir: Optional[str] = None,
-               teacher_cache=None) -> FoldPlan:
-    """Choose the fold strategy, check the settings before any fold trains and cut the label rows.
+               teacher_cache=None, memory_budget: Optional[int] = None) -> FoldPlan:
+    """Choose the fold strategy, check the settings before any fold trains, cut the label rows and choose
+    between caching the examples in memory and streaming them (:func:`pipeline.memory.input_plan`).
 
     teacher_dir, teacher_cache : a student's teacher folder and (``on: unknown``) its FeatureCache.
+    memory_budget : bytes for a fold job's input (``execution.memory_budget_gb``); None: the default budget.
     """
     from pipeline.fold_strategies import strategy_name
     from pipeline.pseudo import teacher_fields
     from pipeline.schema import FOLD_STRATEGIES
     from pipeline.losses import make_loss
     from pipeline.models.build import check_model
-    from pipeline.cache.read import fits_in_memory
+    from pipeline.memory import input_plan
 
     name = strategy_name(dataset)
     strategy = FOLD_STRATEGIES[name].load()()
@@ -102,22 +105,27 @@ def plan_folds(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str, teacher_d
     make_loss(exp.loss.name, exp.loss.params, task)
 
     rows = train_table.loc[ids]
-    in_memory = fits_in_memory(len(ids), cache.shape)
+    labels = strategy.label_rows(exp, rows.reset_index(), targets)
+    memory = input_plan(strategy.memory_needs(exp, cache.shape, len(ids), cache.count("test"), labels.shape[1],
+                                              len(targets)), memory_budget)
     log.info("%s: %d training %s in %d folds; input %s%s", exp.name, len(ids), strategy.unit, exp.folds.n_splits,
-             "cached in memory" if in_memory else "streamed from shards (too large to cache in memory)",
-             strategy.describe(exp, cache.shape))
+             memory.describe(), strategy.describe(exp, cache.shape))
+    if memory.held > memory.budget:
+        log.warning("%s: even streamed, the input holds about %.2f GiB, over the %.2f GiB budget: lower "
+                    "train.shuffle_buffer (%d %s now) or train.batch_size to hold less", exp.name,
+                    memory.held / 2**30, memory.budget / 2**30, memory.needs.shuffle_elements, strategy.unit)
     return FoldPlan(exp=exp, strategy=name, unit=strategy.unit, cache_dir=cache.folder, exp_dir=exp_dir, task=task,
                     targets=tuple(targets), ids=tuple(ids), fold_arr=fold_arr,
-                    labels=strategy.label_rows(exp, rows.reset_index(), targets),
-                    y=rows[targets].to_numpy(np.float32), test_ids=tuple(cache.ids("test")), in_memory=in_memory,
+                    labels=labels,
+                    y=rows[targets].to_numpy(np.float32), test_ids=tuple(cache.ids("test")), memory=memory,
                     teacher=teacher_fields(exp, teacher_dir, teacher_cache, strategy))
 
 
 def run_folds(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str, teacher_dir: Optional[str] = None,
-              teacher_cache=None) -> Tuple[pd.DataFrame, Optional[pd.DataFrame]]:
+              teacher_cache=None, memory_budget: Optional[int] = None) -> Tuple[pd.DataFrame, Optional[pd.DataFrame]]:
     """Train every fold of an experiment (skipping finished ones) and collect predictions.
 
-    teacher_dir, teacher_cache : a student's teacher (see :func:`plan_folds`).
+    teacher_dir, teacher_cache, memory_budget : see :func:`plan_folds`.
 
     Each fold runs as a :class:`pipeline.fold_job.FoldJob` in this process, one
     after the other, under the experiment's strategy, dtype policy and XLA
@@ -129,7 +137,7 @@ def run_folds(exp, dataset, cache, folds: pd.DataFrame, exp_dir: str, teacher_di
     """
     from pipeline.fold_job import run_fold_job
 
-    plan = plan_folds(exp, dataset, cache, folds, exp_dir, teacher_dir, teacher_cache)
+    plan = plan_folds(exp, dataset, cache, folds, exp_dir, teacher_dir, teacher_cache, memory_budget)
     return gather_folds(plan, {k: run_fold_job(plan.job(k)) for k in pending_folds(plan)})
 
 

@@ -79,6 +79,19 @@ class ClipStrategy:
         """The training targets the output bias is fitted to."""
         return y
 
+    def memory_needs(self, spec, shape, n_examples: int, n_test: int, label_width: int, n_classes: int):
+        """What a fold job's input holds (:class:`pipeline.memory.InputNeeds`): the clips with their label rows
+        (``label_width`` floats; + a sample weight with pseudo-labels), pseudo-labelled test clips included; the
+        shuffle buffer holds clips. ``spec``: the Experiment (``plan_folds``)."""
+        from pipeline import memory
+
+        pseudo = n_test if spec.pseudo is not None and "test" in spec.pseudo.on else 0
+        clip, label = int(np.prod(shape)) * 4, (label_width + 1) * 4
+        n_train = n_examples - n_examples // spec.folds.n_splits  # the largest fold's training share
+        return memory.input_needs(n_examples=n_examples + pseudo, example_bytes=clip, label_bytes=label,
+                                  shuffle_buffer=spec.train.shuffle_buffer, per_epoch=n_train + pseudo,
+                                  input_bytes=clip + label, batch_size=spec.train.batch_size, unit=self.unit)
+
     def framewise(self, spec) -> bool:
         """Whether an SED model trains its framewise output too (clips have clip labels only)."""
         return False
@@ -117,6 +130,7 @@ class ClipStrategy:
         """Every training clip once per epoch (shuffled, augmented, optionally class-weighted); validation clips."""
         from pipeline.distribute import with_shard_policy
         from pipeline.cache.read import labelled
+        from pipeline.memory import shuffle_elements
         from pipeline.train import class_weights, input_pipelines
 
         n_shards = len(cache.files("train"))
@@ -129,7 +143,8 @@ class ClipStrategy:
             base_train, base_valid = base_train.cache(), base_valid.cache()
         weights = class_weights(job.train_targets, job.task) if job.train.class_weight == "balanced" else None
         train_data, valid_batches = input_pipelines(
-            base_train, base_valid, batch_size=batch, shuffle_buffer=job.train.shuffle_buffer, seed=job.train.seed,
+            base_train, base_valid, batch_size=batch, seed=job.train.seed,
+            shuffle_buffer=shuffle_elements(job.train.shuffle_buffer, int(np.prod(cache.shape)) * 4),
             fold=job.fold, augment=job.augment, feature=job.features.name, weights=weights,
             weighted_examples=job.pseudo is not None and "test" in job.pseudo.on,  # also when hard mode kept none
         )
@@ -186,6 +201,24 @@ class CropStrategy:
         """Unknown (NaN) labels count as absent for the output bias."""
         return np.nan_to_num(y)
 
+    def memory_needs(self, spec, shape, n_examples: int, n_test: int, label_width: int, n_classes: int):
+        """What a fold job's input holds (:class:`pipeline.memory.InputNeeds`): whole recordings with their
+        packed label rows (``label_width`` floats) and one validation crop with its targets (``n_classes``,
+        per frame too when framewise) per validation recording; the shuffle buffer holds whole recordings
+        (cropped after it). ``spec``: the Experiment."""
+        from pipeline import memory
+
+        crop, _, _ = crop_lengths(spec, int(shape[0]))
+        frame = int(np.prod(shape[1:])) * 4
+        targets = ((1 + crop) if self.framewise(spec) else 1) * n_classes * 4
+        n_valid = -(-n_examples // spec.folds.n_splits)
+        n_train = n_examples - n_examples // spec.folds.n_splits  # the largest fold's training share
+        return memory.input_needs(n_examples=n_examples, example_bytes=int(shape[0]) * frame,
+                                  label_bytes=label_width * 4, shuffle_buffer=spec.train.shuffle_buffer,
+                                  per_epoch=n_train * spec.crops.per_recording, input_bytes=crop * frame + targets,
+                                  batch_size=spec.train.batch_size, unit=self.unit,
+                                  extra_cached=n_valid * (crop * frame + targets))
+
     def framewise(self, spec) -> bool:
         """The sed loss trains the framewise output on the boxes' framewise targets."""
         return spec.loss.name == "sed"
@@ -202,10 +235,12 @@ class CropStrategy:
 
         from pipeline import augment as aug
         from pipeline import crops
+        from pipeline.memory import shuffle_elements
         from pipeline.cache.read import labelled
         from pipeline.train import epoch_seed
 
         n_frames = int(cache.shape[0])
+        frame_bytes = int(np.prod(cache.shape[1:])) * 4
         crop, _, _ = crop_lengths(job, n_frames)
         n_classes = len(job.targets)
         framewise = self.framewise(job)
@@ -222,7 +257,8 @@ class CropStrategy:
             # Shuffle order, crops and augmentation all follow the epoch seed (resumable, reproducible).
             s = epoch_seed(job.train.seed, job.fold, epoch)
             ds = base_train.repeat(job.crops.per_recording)
-            ds = ds.shuffle(job.train.shuffle_buffer, seed=s, reshuffle_each_iteration=False)
+            ds = ds.shuffle(shuffle_elements(job.train.shuffle_buffer, n_frames * frame_bytes), seed=s,
+                            reshuffle_each_iteration=False)
             ds = crops.crop_examples(ds, n_frames=n_frames, length=crop,
                                      positive_probability=job.crops.positive_probability, seed=s,
                                      n_classes=n_classes, framewise=framewise)

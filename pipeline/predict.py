@@ -121,7 +121,7 @@ def predict_examples(model, examples, *, batch_size: int, window: Optional[int] 
     predict = _predictor(model, views)
     ids: List[str] = []
     outs: List[np.ndarray] = []
-    for batch_ids, xs in examples.batch(batch_size):
+    for batch_ids, xs in examples.batch(_examples_per_batch(examples, window, batch_size)):
         if window is None or xs.shape[1] <= window:
             ids.extend(v.decode() for v in batch_ids.numpy())
             outs.append(predict(xs))
@@ -138,6 +138,17 @@ def predict_examples(model, examples, *, batch_size: int, window: Optional[int] 
     if extra_windows is not None:
         preds = _with_extra_windows(predict, ids, preds, extra_windows, batch_size=batch_size, aggregate=aggregate)
     return ids, preds
+
+
+def _examples_per_batch(examples, window: Optional[int], batch_size: int) -> int:
+    """Examples read per batch: ``batch_size``, or for examples longer than the window (whole recordings, cut
+    into windows one at a time) at most :data:`pipeline.memory.PARSE_BYTES` of them."""
+    from pipeline.memory import parse_batch
+
+    shape = examples.element_spec[1].shape
+    if window is None or not shape.is_fully_defined() or shape[0] <= window:
+        return batch_size
+    return min(batch_size, parse_batch(int(np.prod(shape)) * 4))
 
 
 def _with_extra_windows(predict, ids: List[str], preds: np.ndarray, extra_windows, *, batch_size: int,

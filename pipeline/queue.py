@@ -63,8 +63,10 @@ class Paths:
 # ----------------------------------------------------------------------------- one experiment
 
 
-def run_experiment(exp: Experiment, paths: Paths, *, force: bool = False) -> dict:
+def run_experiment(exp: Experiment, paths: Paths, *, force: bool = False, memory_budget: Optional[int] = None) -> dict:
     """Run (or resume, or skip) one experiment in this process. Returns its final status dict.
+
+    memory_budget : bytes for a fold job's input (``execution.memory_budget_gb``; None: automatic).
 
     The data is loaded first (a CSV read and one ``stat`` per file; nothing is
     written unless a synthetic dataset must be generated), because whether
@@ -75,10 +77,10 @@ def run_experiment(exp: Experiment, paths: Paths, *, force: bool = False) -> dic
     changed. A synthetic dataset that is not on disk is a function of the
     config, so a finished experiment on it is skipped without generating it.
     """
-    run = ExperimentRun(exp, paths, force=force)
+    run = ExperimentRun(exp, paths, force=force, memory_budget=memory_budget)
     if run.start():
         with run.recording():
-            _stages(exp, paths, run.exp_dir, run.timings, run.data)
+            _stages(exp, paths, run.exp_dir, run.timings, run.data, memory_budget=memory_budget)
             run.done()
     return run.status
 
@@ -91,8 +93,9 @@ class ExperimentRun:
     ``status`` is the final status dict once the experiment is skipped, done or failed, else None.
     """
 
-    def __init__(self, exp: Experiment, paths: Paths, *, force: bool = False):
+    def __init__(self, exp: Experiment, paths: Paths, *, force: bool = False, memory_budget: Optional[int] = None):
         self.exp, self.paths, self.force = exp, paths, force
+        self.memory_budget = memory_budget  # bytes for a fold job's input (pipeline.memory); None: automatic
         self.exp_dir = paths.experiment(exp.name)
         self.status: Optional[dict] = None
         self.timings: Dict[str, float] = {}
@@ -214,13 +217,14 @@ def _load_data(exp: Experiment):
         return None, err, time.time() - t0
 
 
-def _stages(exp: Experiment, paths: Paths, exp_dir: str, timings: dict, data) -> None:
+def _stages(exp: Experiment, paths: Paths, exp_dir: str, timings: dict, data,
+            memory_budget: Optional[int] = None) -> None:
     """Every stage of the experiment in this process, its folds one after the other."""
     from pipeline.fold_loop import run_folds
 
     prepared = _prepare(exp, paths, exp_dir, timings, data)
     oof, test = run_folds(exp, prepared.dataset, prepared.cache, prepared.folds, exp_dir, prepared.teacher_dir,
-                          prepared.teacher_cache)
+                          prepared.teacher_cache, memory_budget)
     _finish(prepared, oof, test)
 
 
@@ -795,7 +799,8 @@ def _run_experiments(queue: Queue, paths: Paths, names: List[str], *, force: boo
         while waiting:
             exp = waiting.pop(_next_ready(waiting, outcome, names) or 0)  # none ready: a cycle, refused below
             problem = _requirement_problem(exp, outcome, paths)
-            outcome[exp.name] = _refused(exp, problem) if problem else run_experiment(exp, paths, force=force)
+            outcome[exp.name] = _refused(exp, problem) if problem else run_experiment(
+                exp, paths, force=force, memory_budget=queue.execution.memory_budget)
     else:
         _run_pooled(queue, paths, waiting, outcome, names, force=force)
     return {name: str(status.get("error") or "failed") for name, status in outcome.items()
@@ -844,7 +849,7 @@ def _run_pooled(queue: Queue, paths: Paths, waiting: List[Experiment], outcome: 
                 continue
             exp = waiting.pop(i or 0)
             problem = _requirement_problem(exp, outcome, paths)
-            run = ExperimentRun(exp, paths, force=force)
+            run = ExperimentRun(exp, paths, force=force, memory_budget=queue.execution.memory_budget)
             if problem:
                 outcome[exp.name] = _refused(exp, problem)
             elif not run.start():
@@ -871,7 +876,7 @@ def _pool_experiment(run: ExperimentRun, pool, outcome: Dict[str, dict], active:
     with run.recording():
         prepared = _prepare(run.exp, run.paths, run.exp_dir, run.timings, run.data)
         plan = plan_folds(run.exp, prepared.dataset, prepared.cache, prepared.folds, run.exp_dir,
-                          prepared.teacher_dir, prepared.teacher_cache)
+                          prepared.teacher_dir, prepared.teacher_cache, run.memory_budget)
         jobs = [plan.job(k) for k in pending_folds(plan)]
         memory = job_memory(plan) if jobs else 0
     if run.status is not None:

@@ -21,8 +21,9 @@ job always runs, with a warning when even it may not fit). The estimate
 ``WORKER_BASE`` for a fresh TensorFlow process, plus the model's parameters x 4
 bytes x ``OPTIMIZER_COPIES`` (weights, gradients and Adam's two moments), plus
 a batch of inputs x 4 bytes x ``ACTIVATION_FACTOR`` (the layers' activations
-kept for the backward pass), plus the fold's examples when they are cached in
-memory (training and validation, float32).
+kept for the backward pass), plus what the input holds (:mod:`pipeline.memory`:
+the fold's examples when they are cached in memory, else the shuffle buffer,
+and the input's buffers).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import numpy as np
 
 from pipeline import io, layout, schema
 from pipeline.executors.base import WorkerDied
+from pipeline.machine import available_memory
 
 log = logging.getLogger(__name__)
 
@@ -182,20 +184,6 @@ def _shown(resources) -> str:
     return f"{threads}, {gpus}"
 
 
-def available_memory() -> int:
-    """Bytes of memory available for new processes now (Linux ``MemAvailable``; else the free pages)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import os
-
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
 def job_memory(plan) -> int:
     """Estimated peak bytes of one worker running a fold job of ``plan`` (a :class:`pipeline.fold_loop.FoldPlan`);
     see the module doc for the formula. Builds the model once in this process to count its parameters."""
@@ -216,9 +204,9 @@ def job_memory(plan) -> int:
     else:  # a classical family holds its pooled features (counted as cached examples) and a small fitted model
         params = 0
     batch = exp.train.batch_size * int(np.prod(input_shape)) * 4 * ACTIVATION_FACTOR
-    cached = len(plan.ids) * int(np.prod(shape)) * 4 if plan.in_memory else 0  # a fold's training + validation
+    cached = plan.memory.held  # the input's examples (cached, or the streamed shuffle buffer) and buffers
     total = WORKER_BASE + params * 4 * OPTIMIZER_COPIES + batch + cached
     log.info("%s: a fold job is estimated to need %.0f MiB (%.0f MiB worker, %d parameters, batch %d x %s, "
-             "%.0f MiB cached examples)", exp.name, total / MIB, WORKER_BASE / MIB, params, exp.train.batch_size,
+             "%.0f MiB input)", exp.name, total / MIB, WORKER_BASE / MIB, params, exp.train.batch_size,
              input_shape, cached / MIB)
     return total

@@ -727,6 +727,9 @@ class ExecutionSettings:
     address : Ray only: None (start a Ray instance for the run), ``"auto"`` or ``"host:port"`` (an existing cluster).
     retries : how often a job whose worker process died is started again (it resumes after its last
         finished epoch); a job that raises is never retried.
+    memory_budget_gb : memory for a fold job's input, GiB: its examples are cached in memory when
+        they fit, else streamed from the feature cache every epoch (:mod:`pipeline.memory`). None: a quarter of
+        the memory available when the experiment's folds are planned.
     """
 
     backend: str = "local"
@@ -734,6 +737,12 @@ class ExecutionSettings:
     gpus_per_job: Optional[float] = None
     address: Optional[str] = None
     retries: int = 2
+    memory_budget_gb: Optional[float] = None
+
+    @property
+    def memory_budget(self) -> Optional[int]:
+        """``memory_budget_gb`` in bytes (None: automatic)."""
+        return None if self.memory_budget_gb is None else int(self.memory_budget_gb * 2**30)
 
     @property
     def in_process(self) -> bool:

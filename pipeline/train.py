@@ -33,6 +33,7 @@ import pandas as pd
 
 from pipeline import averaging, io, layout
 from pipeline.errors import TrainingError
+from pipeline.memory import release_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,7 @@ def train_fold(
             train_data(epoch), validation_data=valid_data, initial_epoch=epoch, epochs=epoch + 1, verbose=0,
             steps_per_epoch=train_steps, validation_steps=valid_steps, callbacks=callbacks,
         )
+        release_freed_memory()  # the epoch's input pipeline is gone (pipeline.memory)
         if strategy is not None:
             from pipeline.distribute import average_non_trainable
 

@@ -197,7 +197,7 @@ def _queue(folder, root, text=QUEUE):
 def _fake_stages(calls):
     """Stands in for the stages: records the call and writes the outputs a finished experiment has."""
 
-    def stages(exp, paths, exp_dir, timings, data=None):
+    def stages(exp, paths, exp_dir, timings, data=None, memory_budget=None):
         if data and data[1] is not None:  # the data stage raises the loading error
             raise data[1]
         dataset = data[0] if data else load_dataset(exp.data.name, exp.data.params)
@@ -261,7 +261,7 @@ def test_an_unfinished_run_on_other_data_is_not_resumed(tmp_path, monkeypatch, c
     paths = q.Paths(queue.output_dir)
     calls = []
 
-    def interrupted(*args):
+    def interrupted(*args, **kwargs):
         calls.append("run")
         raise KeyboardInterrupt
 

@@ -50,7 +50,7 @@ def test_a_user_error_fails_the_experiment_with_its_message_and_no_traceback(tmp
 
     queue = _queue(tmp_path)
 
-    def stages(*args):
+    def stages(*args, **kwargs):
         raise raised
 
     monkeypatch.setattr(q, "_stages", stages)

@@ -7,6 +7,7 @@ import pytest
 from pipeline.config import parse_queue
 from pipeline.data.base import Dataset
 from pipeline.folds import FoldError, ensure_folds, fold_key, make_folds, table_key
+from pipeline.memory import InputNeeds, input_plan
 
 
 def dataset(rng, n=200, positive=0.3, groups=None, classes=None):
@@ -108,7 +109,7 @@ def test_finished_folds_are_read_back_and_jobs_refuse_an_empty_side(tmp_path):
 
     plan = FoldPlan(exp=exp, strategy="clips", unit="clips", cache_dir="cache", exp_dir=str(tmp_path), task="binary",
                     targets=("label",), ids=tuple(ids), fold_arr=np.array([0, 1, 2, 0, 1, 2]), labels=y, y=y,
-                    test_ids=("t0",), in_memory=True)
+                    test_ids=("t0",), memory=input_plan(InputNeeds(1, 1, 1, 1, "clips"), budget=2**20))
     job = plan.job(2)
     assert job.valid_ids == ("c2", "c5") and job.train_ids == ("c0", "c1", "c3", "c4")
     assert job.train_labels[:, 0].tolist() == [0, 1, 3, 4] and job.valid_targets[:, 0].tolist() == [2, 5]

@@ -256,8 +256,8 @@ def test_an_experiment_waits_for_the_one_it_requires_and_fails_with_it(tmp_path,
     requires = {"b": ("c",), "d": ("a",)}  # b waits for c, after it in the queue; d needs a, which fails
     monkeypatch.setattr(Experiment, "requires", property(lambda exp: requires.get(exp.name, ())))
     ran = []
-    monkeypatch.setattr(q, "run_experiment", lambda exp, paths, force=False: ran.append(exp.name) or {
-        "state": "failed" if exp.name == "a" else "done", "error": "broken"})
+    monkeypatch.setattr(q, "run_experiment", lambda exp, paths, force=False, memory_budget=None: ran.append(
+        exp.name) or {"state": "failed" if exp.name == "a" else "done", "error": "broken"})
     failed = q._run_experiments(queue, q.Paths(queue.output_dir), names, force=False)
     assert ran == ["a", "c", "b"]
     assert failed == {"a": "broken", "d": "it requires the experiment 'a', which failed"}

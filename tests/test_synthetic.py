@@ -145,6 +145,36 @@ def test_generated_datasets_are_pinned_to_their_bytes_and_fixed_mtime(tmp_path, 
     assert set(mtimes(root).values()) == {GENERATED_MTIME_NS}
 
 
+def test_rfcx_recordings_written_by_a_process_pool_are_the_same_bytes(tmp_path, monkeypatch):
+    """At scale the rfcx generator writes recordings in a process per core; the files are those of the pinned
+    single-process run (each recording draws from its own seed)."""
+    import pipeline.data.synthetic_rfcx as generator
+    from pipeline import machine
+
+    monkeypatch.setattr(generator, "_PARALLEL_FROM", 1)  # 5 recordings: a pool of two processes
+    monkeypatch.setattr(machine, "machine_cores", lambda: 2)
+    spawned = []
+    real_pool = generator._recordings_events
+
+    def recorded(folder, params):
+        from concurrent.futures import ProcessPoolExecutor
+
+        init = ProcessPoolExecutor.__init__
+
+        def counting(self, *args, **kwargs):
+            spawned.append(args[0] if args else kwargs.get("max_workers"))
+            init(self, *args, **kwargs)
+
+        monkeypatch.setattr(ProcessPoolExecutor, "__init__", counting)
+        yield from real_pool(folder, params)
+
+    monkeypatch.setattr(generator, "_recordings_events", recorded)
+    root = str(tmp_path / "rfcx")
+    ensure_synthetic_rfcx(root, n_train=4, n_test=1, duration=2.0, sample_rate=8000, seed=3)
+    assert spawned == [2]
+    assert content_digest(root) == PINNED["rfcx"]
+
+
 def test_clip_depends_only_on_its_own_seed():
     a, truth_a = synthesize_clip(rng=synthetic._clip_rng(5, "train", 7), label=1)
     b, truth_b = synthesize_clip(rng=synthetic._clip_rng(5, "train", 7), label=1)

@@ -13,9 +13,8 @@ from typing import List, Sequence, Tuple
 import numpy as np
 
 from pipeline import io, layout
+from pipeline.memory import PARSE_IN_FLIGHT, parse_batch
 
-# Records parsed (and joined with labels) per tf.data batch by the readers.
-_PARSE_BATCH = 256
 # Read-ahead per open shard, bytes.
 _READ_BUFFER = 8 << 20
 
@@ -47,7 +46,8 @@ class FeatureCache:
 
         One example per clip: its first ``audio.duration`` seconds. Shards are
         read by a parallel interleave with large read buffers; records are
-        parsed a batch at a time (``tf.io.parse_example`` and one
+        parsed a batch at a time (at most 256 records or 32 MiB:
+        :func:`pipeline.memory.parse_batch`) (``tf.io.parse_example`` and one
         ``decode_raw`` per batch cost about as much as parsing a single
         record, so per-record parsing would dominate), then unbatched.
         """
@@ -117,7 +117,8 @@ def _records(files: Sequence[str], shape: Tuple[int, ...], *, cycle_length: int)
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
-    ds = ds.batch(_PARSE_BATCH).map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(parse_batch(int(np.prod(shape)) * 4)).map(parse, num_parallel_calls=PARSE_IN_FLIGHT,
+                                                             deterministic=True)
     return ds.unbatch()
 
 
@@ -147,15 +148,11 @@ def labelled(ds, ids: Sequence[str], labels: np.ndarray):
         row = tf.boolean_mask(row, keep)
         return tf.boolean_mask(i, keep), tf.boolean_mask(x, keep), tf.gather(label_table, row)
 
-    ds = ds.batch(_PARSE_BATCH).map(join, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(parse_batch(_example_bytes(ds))).map(join, num_parallel_calls=PARSE_IN_FLIGHT, deterministic=True)
     return ds.unbatch()
 
 
-def fits_in_memory(n_examples: int, shape: Sequence[int], fraction: float = 0.25) -> bool:
-    """Whether ``n_examples`` float32 arrays of ``shape`` take under ``fraction`` of available RAM."""
-    need = n_examples * int(np.prod(shape)) * 4
-    try:
-        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
-        return False
-    return need < fraction * avail
+def _example_bytes(ds) -> int:
+    """Bytes of one ``(id, x)`` example's x (1 when its shape is not known before running)."""
+    shape = ds.element_spec[1].shape
+    return int(np.prod(shape)) * 4 if shape.is_fully_defined() else 1

@@ -223,29 +223,62 @@ def root_problem(root: str) -> Optional[str]:
     return LAYOUT.root_problem(root)
 
 
+# Recordings per process below which the dataset is written in this process (a pool's start-up costs more).
+_PARALLEL_FROM = 32
+
+
+def _write_recording(folder: str, split: str, i: int, params: dict) -> list:
+    """Synthesise recording ``i`` of ``split`` from its own seed, write its FLAC file; return its events."""
+    rid = f"{split}{i:05d}"
+    rng = np.random.default_rng(np.random.SeedSequence(params["seed"], spawn_key=(_SPLIT_CODES[split], i)))
+    samples, events = synthesize_recording(rng, duration=params["duration"], sample_rate=params["sample_rate"])
+    write_pcm16(os.path.join(folder, split, rid + ".flac"), samples, params["sample_rate"], "FLAC")
+    return events
+
+
+def _recordings_events(folder: str, params: dict):
+    """``(split, recording id, events)`` of every recording in order, written by a process per core (each
+    recording draws from its own seed, so the files do not depend on the number of processes)."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from pipeline.machine import machine_cores
+
+    tasks = [(split, i) for split in ("train", "test") for i in range(params[f"n_{split}"])]
+    workers = min(machine_cores(), len(tasks) // _PARALLEL_FROM)
+    if workers < 2:
+        results = (_write_recording(folder, split, i, params) for split, i in tasks)
+        yield from ((split, f"{split}{i:05d}", ev) for (split, i), ev in zip(tasks, results))
+        return
+    # spawn: the caller may hold TensorFlow's threads, which a forked child must not inherit.
+    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"))
+    try:
+        n = len(tasks)
+        splits, indices = zip(*tasks)
+        results = pool.map(_write_recording, [folder] * n, splits, indices, [params] * n, chunksize=8)
+        yield from ((split, f"{split}{i:05d}", ev) for (split, i), ev in zip(tasks, results))
+    finally:  # on an error (or Ctrl-C) the recordings not yet written are not started
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _write_dataset(folder: str, params: dict, spec: dict) -> None:
     ownership.mark(folder)  # the dataset may be replaced later (new parameters); a user's folder never is
-    sr, duration = params["sample_rate"], params["duration"]
     tp_rows, fp_rows, truth_rows, label_rows = [], [], [], []
-    for split, count in (("train", params["n_train"]), ("test", params["n_test"])):
+    for split in ("train", "test"):
         os.makedirs(os.path.join(folder, split))
-        for i in range(count):
-            rid = f"{split}{i:05d}"
-            rng = np.random.default_rng(np.random.SeedSequence(params["seed"], spawn_key=(_SPLIT_CODES[split], i)))
-            samples, events = synthesize_recording(rng, duration=duration, sample_rate=sr)
-            write_pcm16(os.path.join(folder, split, rid + ".flac"), samples, sr, "FLAC")
-            for e in events:
-                row = [rid, e["species"], 1, e["t_min"], e["f_min"], e["t_max"], e["f_max"]]
-                if split == "train":
-                    if e["kind"] == "tp":
-                        tp_rows.append(row)
-                    elif e["kind"] == "fp":
-                        fp_rows.append(row)
-                else:
-                    truth_rows.append(row + [e["kind"]])
-            if split == "test":
-                present = {e["species"] for e in events if e["kind"] != "fp"}
-                label_rows.append([rid] + [int(k in present) for k in range(N_SPECIES)])
+    for split, rid, events in _recordings_events(folder, params):
+        for e in events:
+            row = [rid, e["species"], 1, e["t_min"], e["f_min"], e["t_max"], e["f_max"]]
+            if split == "train":
+                if e["kind"] == "tp":
+                    tp_rows.append(row)
+                elif e["kind"] == "fp":
+                    fp_rows.append(row)
+            else:
+                truth_rows.append(row + [e["kind"]])
+        if split == "test":
+            present = {e["species"] for e in events if e["kind"] != "fp"}
+            label_rows.append([rid] + [int(k in present) for k in range(N_SPECIES)])
     write_csv(os.path.join(folder, "train_tp.csv"), list(BOX_COLUMNS), tp_rows)
     write_csv(os.path.join(folder, "train_fp.csv"), list(BOX_COLUMNS), fp_rows)
     write_csv(os.path.join(folder, "test_labels.csv"), ["recording_id"] + [f"s{k}" for k in range(N_SPECIES)],

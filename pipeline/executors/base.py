@@ -28,6 +28,8 @@ import sys
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+from pipeline.machine import machine_cores  # the executors import it from here too
+
 
 @dataclass(frozen=True)
 class JobResources:
@@ -44,14 +46,6 @@ class JobResources:
 
     threads: Optional[int]
     gpus: Optional[Tuple[int, ...]] = None
-
-
-def machine_cores() -> int:
-    """The cores this process may run on (TensorFlow's default thread count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 class WorkerDied(RuntimeError):
