@@ -43,11 +43,16 @@ EXPORT_VERSION = 1
 
 def clipwise_model(model, name: str):
     """``model`` (a fold model) as a Keras model of its clipwise output [B, C] (a packed SED output [B, 1 + T, C]
-    gives its first row, as :func:`pipeline.predict.predict_examples` reads it)."""
+    gives its first row, as :func:`pipeline.predict.predict_examples` reads it).
+
+    The fold model is called in inference mode explicitly: the export traces the wrapper without a
+    ``training`` value, and Keras 3.6 then lets a layer's own default decide for every layer after it
+    (``Resizing`` defaults to ``training=True``, so Xception's backbone normalised each batch by its own
+    statistics in the export)."""
     import keras
 
     x = keras.Input(shape=model.inputs[0].shape[1:], name="x")
-    y = model(x)
+    y = model(x, training=False)
     if len(y.shape) == 3:
         y = keras.ops.take(y, 0, axis=1)
     return keras.Model(x, y, name=name)
@@ -61,14 +66,15 @@ def all_folds_model(models: list):
     outs = []
     for k, m in enumerate(models):
         m.name = f"fold{k}"  # nested models need distinct names
-        y = m(x)
+        y = m(x, training=False)  # inference mode, as in clipwise_model
         outs.append(keras.ops.take(y, 0, axis=1) if len(y.shape) == 3 else y)
     return keras.Model(x, keras.layers.Concatenate(axis=-1, name="folds")(outs) if len(outs) > 1 else outs[0],
                        name="all_folds")
 
 
 def save_exported(model, saved_model: str, tflite: str) -> bool:
-    """Write ``model`` as a SavedModel folder and a TFLite file; returns whether TFLite needed SELECT_TF_OPS."""
+    """Write ``model`` as a SavedModel folder and a TFLite file, both checked against ``model``
+    (:func:`check_exported`); returns whether TFLite needed SELECT_TF_OPS."""
     import tensorflow as tf
 
     model.export(saved_model, format="tf_saved_model", verbose=False)
@@ -85,7 +91,48 @@ def save_exported(model, saved_model: str, tflite: str) -> bool:
     with io.atomic_path(tflite) as tmp:
         with open(tmp, "wb") as f:
             f.write(flat)
+        check_exported(model, saved_model, tmp, name=tflite)  # a TFLite file that fails is never renamed in
     return select
+
+
+# Largest difference allowed between an exported model's outputs (probabilities) and its Keras model's on the
+# same inputs; float32 kernels of TFLite and TensorFlow differ by about 1e-6 on the pipeline's models.
+EXPORT_TOLERANCE = 1e-4
+CHECK_EXAMPLES = 3
+
+
+class ExportMismatch(RuntimeError):
+    """An exported model does not compute what its Keras model computes: a bug in the export, not a user's."""
+
+
+def check_exported(model, saved_model: str, tflite: str, *, name: str) -> float:
+    """The largest difference between ``model``'s inference-mode outputs and the SavedModel's and the TFLite
+    model's on the same inputs (a fixed batch of standard-normal inputs); raises :class:`ExportMismatch` above
+    :data:`EXPORT_TOLERANCE`. Inference differences in the graph (batch statistics instead of the moving ones,
+    dropout left on) show on any inputs."""
+    import numpy as np
+    import tensorflow as tf
+
+    from pipeline.exported import TFLiteModel
+
+    x = np.random.default_rng(0).standard_normal((CHECK_EXAMPLES, *model.inputs[0].shape[1:])).astype("float32")
+    expected = np.asarray(model.predict_on_batch(x), np.float32)
+    loaded = tf.saved_model.load(saved_model)  # held while its function runs (it references the variables)
+    outputs = {"SavedModel": np.asarray(loaded.serve(tf.constant(x))),
+               "TFLite": TFLiteModel(tflite, threads=1).predict_on_batch(x)}
+    worst = 0.0
+    for kind, got in outputs.items():
+        diff = float(np.max(np.abs(got - expected))) if got.shape == expected.shape else float("inf")
+        if not diff <= EXPORT_TOLERANCE:  # NaN fails too
+            shown = f"differ by up to {diff:.3g}" if got.shape == expected.shape else f"have shape {got.shape}"
+            raise ExportMismatch(
+                f"{saved_model if kind == 'SavedModel' else name}: the {kind} export does not reproduce the Keras "
+                f"model: on {CHECK_EXAMPLES} test inputs its outputs {shown} (expected {expected.shape} within "
+                f"{EXPORT_TOLERANCE:g}); nothing of this experiment is exported. This is a bug in the pipeline's "
+                f"export of this model; run_queue.py --predict reproduces the experiment's predictions")
+        worst = max(worst, diff)
+    log.info("%s: the SavedModel and TFLite exports reproduce the Keras model (max difference %.2g)", name, worst)
+    return worst
 
 
 def export_experiment(exp: Experiment, output: str, root: str) -> dict:
@@ -116,13 +163,18 @@ def export_experiment(exp: Experiment, output: str, root: str) -> dict:
                     shutil.copyfile(src, tmp)
         files = {"joblib": [_name(folder, k, "joblib") for k in range(len(models))]}
     else:
-        for k, model in enumerate(models):
-            if save_exported(clipwise_model(model, f"fold{k}"), layout.export_model(folder, k, "savedmodel"),
-                             layout.export_model(folder, k, "tflite")):
-                select.append(f"fold{k}")
-        if save_exported(all_folds_model(models), layout.export_model(folder, layout.EXPORT_FOLDS, "savedmodel"),
-                         layout.export_model(folder, layout.EXPORT_FOLDS, "tflite")):
-            select.append(layout.EXPORT_FOLDS)
+        try:
+            for k, model in enumerate(models):
+                if save_exported(clipwise_model(model, f"fold{k}"), layout.export_model(folder, k, "savedmodel"),
+                                 layout.export_model(folder, k, "tflite")):
+                    select.append(f"fold{k}")
+            if save_exported(all_folds_model(models),
+                             layout.export_model(folder, layout.EXPORT_FOLDS, "savedmodel"),
+                             layout.export_model(folder, layout.EXPORT_FOLDS, "tflite")):
+                select.append(layout.EXPORT_FOLDS)
+        except ExportMismatch:
+            ownership.remove_owned(folder)  # no half of an export that would predict something else
+            raise
         files = {
             "saved_models": [_name(folder, k, "savedmodel") for k in range(len(models))],
             "tflite": [_name(folder, k, "tflite") for k in range(len(models))],
@@ -193,7 +245,7 @@ def run_export(queue: Queue, *, only: Optional[List[str]] = None) -> int:
             try:
                 export_experiment(exp, output, root)
                 exported.append(exp.name)
-            except (PipelineError, OSError, ValueError) as err:
+            except (PipelineError, OSError, ValueError, ExportMismatch) as err:
                 log.error("%s: not exported: %s: %s", exp.name, type(err).__name__, err)
                 failed.append(exp.name)
         io.write_json(layout.export_file(root, layout.EXPORT_MANIFEST),
