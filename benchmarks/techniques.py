@@ -109,6 +109,8 @@ def queue_text(args, model: str, seed: int, folder: str) -> str:
     defaults["data"] = {**defaults["data"], "root": os.path.join(args.work, "input", args.study)}
     if args.study == "rfcx":
         defaults["data"]["unknown"] = args.unknown
+        if args.confusers:
+            defaults["data"]["confusers"] = args.confusers
     defaults["train"] = {**defaults["train"], "seed": seed}
     if args.epochs:
         defaults["train"]["epochs"] = args.epochs
@@ -195,6 +197,8 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=None, help="override train.epochs (default: the queue's)")
     parser.add_argument("--unknown", choices=("mask", "negative"), default="mask",
                         help="rfcx: data.unknown (default mask; pseudo needs it: negative leaves no unknown labels)")
+    parser.add_argument("--confusers", type=int, default=0,
+                        help="rfcx: data.confusers, extra fp boxes per recording (default 0)")
     parser.add_argument("--ema-momentum", type=float, default=0.95)
     parser.add_argument("--tta-shift", type=float, default=0.25, help="seconds (default 0.25)")
     parser.add_argument("--jobs", default="auto", help="run_queue.py --jobs (default auto)")

@@ -99,7 +99,8 @@ class Experiment:
             out[section] = _plain(dataclasses.asdict(getattr(self, section)))
         # Keys added after experiments were run (issue 17) appear only when set: the config and hash of an
         # experiment that does not use them stay as they were, so a finished one is not run again.
-        for section, key, off in (("train", "ema", None), ("train", "swa", None), ("predict", "tta", [])):
+        for section, key, off in (("train", "ema", None), ("train", "swa", None), ("predict", "tta", []),
+                                  ("data", "confusers", 0)):
             if out[section].get(key, off) == off:
                 out[section].pop(key, None)
         if self.pseudo is not None:  # absent when off: configs and hashes of other experiments stay as they were

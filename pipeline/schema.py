@@ -107,6 +107,9 @@ class SyntheticRfcxParams:
     sample_rate: int = rule(16000, min=8000, max=96000)  # Hz; the 24 species bands scale with it
     seed: int = rule(0, min=0, max=MAX_SEED)
     unknown: str = rule("mask", choices=RFCX_UNKNOWN)
+    # Extra fp boxes per recording: confusers planted in the bands of that many more absent species, each
+    # annotated fp (a known negative), on top of the 0-2 every recording may have. 0: the data as before.
+    confusers: int = rule(0, min=0, max=12)
 
 
 DATA_SOURCES = Registry("data source", [

@@ -40,6 +40,17 @@ def test_good_queue_resolves_defaults_and_paths(tmp_path):
     assert a.config_hash() != b.config_hash()
 
 
+def test_synthetic_rfcx_confusers_change_the_hash_only_when_set(tmp_path):
+    """data.confusers (added later) is absent from the config when 0, so finished rfcx runs stay finished."""
+    rfcx = GOOD.replace("data: {name: synthetic_whale, n_train: 40, n_test: 10}",
+                        "data: {name: synthetic_rfcx, n_train: 8, n_test: 2, unknown: negative}\n  loss: masked_bce")
+    plain, zero, six = (load_queue(write(tmp_path, rfcx.replace("unknown: negative", f"unknown: negative{extra}"),
+                                         f"q{i}.yaml")).experiments[0]
+                        for i, extra in enumerate(("", ", confusers: 0", ", confusers: 6")))
+    assert "confusers" not in plain.to_dict()["data"] and plain.config_hash() == zero.config_hash()
+    assert six.to_dict()["data"]["confusers"] == 6 and six.config_hash() != plain.config_hash()
+
+
 def test_component_with_other_name_replaces_default_params(tmp_path):
     text = GOOD.replace("model: inceptiontime\n", "model: {name: inceptiontime, filters: 8}\n")
     text = text.replace("defaults:\n", "defaults:\n  model: {name: inceptiontime, filters: 4, depth: 2}\n")

@@ -175,6 +175,27 @@ def test_rfcx_recordings_written_by_a_process_pool_are_the_same_bytes(tmp_path, 
     assert content_digest(root) == PINNED["rfcx"]
 
 
+def test_rfcx_confusers_add_fp_boxes_in_absent_bands_and_nothing_else(tmp_path):
+    """``confusers: N``: N more fp boxes per recording, each in a species' band that has no other event, the
+    tp boxes and test labels as they were; ``confusers: 0`` is the pinned dataset (its spec unchanged)."""
+
+    plain, dense = str(tmp_path / "plain"), str(tmp_path / "dense")
+    ensure_synthetic_rfcx(plain, n_train=6, n_test=2, duration=2.0, sample_rate=8000, seed=3, confusers=0)
+    ensure_synthetic_rfcx(dense, n_train=6, n_test=2, duration=2.0, sample_rate=8000, seed=3, confusers=3)
+    assert "confusers" not in json.load(open(os.path.join(plain, "synthetic.json")))["params"]
+    assert json.load(open(os.path.join(dense, "synthetic.json")))["params"]["confusers"] == 3
+    for name in ("train_tp.csv", "test_labels.csv"):
+        pd.testing.assert_frame_equal(pd.read_csv(os.path.join(plain, name)), pd.read_csv(os.path.join(dense, name)))
+    fp_plain, fp_dense = (pd.read_csv(os.path.join(r, "train_fp.csv")) for r in (plain, dense))
+    per_plain, per_dense = (f.groupby("recording_id").size() for f in (fp_plain, fp_dense))
+    assert (per_dense.sub(per_plain, fill_value=0) == 3).all() and len(per_dense) == 6
+    tp = pd.read_csv(os.path.join(dense, "train_tp.csv"))
+    for rid, group in fp_dense.groupby("recording_id"):  # a confuser's species is absent: no tp, no second fp
+        assert group["species_id"].is_unique
+        assert not set(group["species_id"]) & set(tp.loc[tp["recording_id"] == rid, "species_id"])
+    with pytest.raises(ValueError, match="confusers >= 0"):
+        ensure_synthetic_rfcx(str(tmp_path / "bad"), n_train=6, n_test=0, confusers=-1)
+
 def test_clip_depends_only_on_its_own_seed():
     a, truth_a = synthesize_clip(rng=synthetic._clip_rng(5, "train", 7), label=1)
     b, truth_b = synthesize_clip(rng=synthetic._clip_rng(5, "train", 7), label=1)

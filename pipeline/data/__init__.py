@@ -82,7 +82,8 @@ def load_synthetic_rfcx(params: schema.SyntheticRfcxParams) -> Dataset:
     if params.root is None:
         raise ValueError("synthetic_rfcx needs a resolved root folder. Received: root=None")
     return read_synthetic_rfcx(params.root, unknown=params.unknown, n_train=params.n_train, n_test=params.n_test,
-                               duration=params.duration, sample_rate=params.sample_rate, seed=params.seed)
+                               duration=params.duration, sample_rate=params.sample_rate, seed=params.seed,
+                               confusers=params.confusers)
 
 
 def load_dataset(name: str, params) -> Dataset:
@@ -152,7 +153,7 @@ def needs_generation(name: str, params) -> bool:
     if name == "synthetic_rfcx" and params.root is not None:
         return not synthetic_rfcx.is_generated(params.root, n_train=params.n_train, n_test=params.n_test,
                                                duration=params.duration, sample_rate=params.sample_rate,
-                                               seed=params.seed)
+                                               seed=params.seed, confusers=params.confusers)
     return False
 
 

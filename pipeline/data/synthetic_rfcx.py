@@ -15,7 +15,10 @@ background noise with occasional clicks plus animal calls:
   unannotated calls stay in the audio, as in the real data;
 * fp rows: in most recordings one or two absent species get an fp box over a
   *confuser*, a call in that species' band with another shape - what a
-  template detector would have fired on.
+  template detector would have fired on; ``confusers`` > 0 plants that many
+  more in other absent species' bands (the real data has about six fp boxes per
+  tp box; this generator's default about one per four). Those are drawn after
+  everything else, so ``confusers: 0`` writes the same files as before.
 
 Files::
 
@@ -73,7 +76,7 @@ def species_call_seconds(k: int) -> float:
 
 
 def ensure_synthetic_rfcx(root: str, *, n_train: int = 200, n_test: int = 50, duration: float = 12.0,
-                          sample_rate: int = 16000, seed: int = 0) -> None:
+                          sample_rate: int = 16000, seed: int = 0, confusers: int = 0) -> None:
     """Write the dataset to ``root`` unless ``root/synthetic.json`` records the same parameters.
 
     Written to a hidden temporary sibling and renamed into place, so an
@@ -86,11 +89,12 @@ def ensure_synthetic_rfcx(root: str, *, n_train: int = 200, n_test: int = 50, du
     DataError
         When ``root`` exists and holds something other than a synthetic dataset.
     """
-    if n_train < 4 or n_test < 0 or duration < 2.0 or sample_rate < 8000 or seed < 0:
+    if n_train < 4 or n_test < 0 or duration < 2.0 or sample_rate < 8000 or seed < 0 or confusers < 0:
         raise ValueError("synthetic_rfcx needs n_train >= 4, n_test >= 0, duration >= 2, sample_rate >= 8000, "
-                         f"seed >= 0. Received: n_train={n_train}, n_test={n_test}, duration={duration}, "
-                         f"sample_rate={sample_rate}, seed={seed}")
-    spec = _spec(n_train=n_train, n_test=n_test, duration=duration, sample_rate=sample_rate, seed=seed)
+                         f"seed >= 0, confusers >= 0. Received: n_train={n_train}, n_test={n_test}, "
+                         f"duration={duration}, sample_rate={sample_rate}, seed={seed}, confusers={confusers}")
+    spec = _spec(n_train=n_train, n_test=n_test, duration=duration, sample_rate=sample_rate, seed=seed,
+                 confusers=confusers)
     params = spec["params"]
     root = os.path.abspath(root)
     if _is_current(root, spec):
@@ -108,17 +112,21 @@ def ensure_synthetic_rfcx(root: str, *, n_train: int = 200, n_test: int = 50, du
                 n_train, n_test, duration, sample_rate, time.perf_counter() - started)
 
 
-def _spec(*, n_train, n_test, duration, sample_rate, seed) -> dict:
-    """The content of synthetic.json for these parameters."""
+def _spec(*, n_train, n_test, duration, sample_rate, seed, confusers=0) -> dict:
+    """The content of synthetic.json for these parameters (``confusers`` only when set: a dataset written
+    before it existed is still current)."""
     params = {"n_train": int(n_train), "n_test": int(n_test), "duration": float(duration),
               "sample_rate": int(sample_rate), "seed": int(seed)}
+    if confusers:
+        params["confusers"] = int(confusers)
     return {"format_version": FORMAT_VERSION, "generator": "pipeline.data.synthetic_rfcx", "params": params}
 
 
 def is_generated(root: str, *, n_train: int = 200, n_test: int = 50, duration: float = 12.0,
-                 sample_rate: int = 16000, seed: int = 0) -> bool:
+                 sample_rate: int = 16000, seed: int = 0, confusers: int = 0) -> bool:
     """Whether ``root`` holds this dataset already (:func:`ensure_synthetic_rfcx` would write nothing); reads only."""
-    spec = _spec(n_train=n_train, n_test=n_test, duration=duration, sample_rate=sample_rate, seed=seed)
+    spec = _spec(n_train=n_train, n_test=n_test, duration=duration, sample_rate=sample_rate, seed=seed,
+                 confusers=confusers)
     return _is_current(os.path.abspath(root), spec)
 
 
@@ -128,7 +136,8 @@ def read_synthetic_rfcx(root: str, *, unknown: str = "mask", **params) -> Datase
     return read_kaggle_rfcx(root, unknown=unknown)
 
 
-def synthesize_recording(rng: np.random.Generator, *, duration: float, sample_rate: int) -> tuple:
+def synthesize_recording(rng: np.random.Generator, *, duration: float, sample_rate: int,
+                         confusers: int = 0) -> tuple:
     """One recording and what was planted in it.
 
     Returns
@@ -159,12 +168,22 @@ def synthesize_recording(rng: np.random.Generator, *, duration: float, sample_ra
     absent = [k for k in range(N_SPECIES) if k not in present]
     if rng.random() < 0.75:
         for k in rng.choice(absent, size=int(rng.integers(1, 3)), replace=False):
-            other = SHAPES[(SHAPES.index(species_shape(int(k))) + int(rng.integers(1, len(SHAPES)))) % len(SHAPES)]
-            box = _plant(rng, x, int(k), other, bands[int(k)], duration, sample_rate, noise_rms)
-            events.append({"species": int(k), **box, "kind": "fp"})
+            _confuser(rng, x, int(k), events, duration, sample_rate, noise_rms, bands)
+    if confusers:
+        taken = {e["species"] for e in events}
+        free = [k for k in range(N_SPECIES) if k not in taken]
+        for k in rng.choice(free, size=min(confusers, len(free)), replace=False):
+            _confuser(rng, x, int(k), events, duration, sample_rate, noise_rms, bands)
     peak = np.max(np.abs(x))
     x = x * (0.8 / peak) if peak > 0 else x
     return x.astype(np.float32), events
+
+
+def _confuser(rng, x, k: int, events: list, duration, sample_rate, noise_rms, bands) -> None:
+    """Plant a call of another shape in absent species ``k``'s band into ``x``; add its fp event."""
+    other = SHAPES[(SHAPES.index(species_shape(k)) + int(rng.integers(1, len(SHAPES)))) % len(SHAPES)]
+    box = _plant(rng, x, k, other, bands[k], duration, sample_rate, noise_rms)
+    events.append({"species": k, **box, "kind": "fp"})
 
 
 def _background(rng, n: int, sample_rate: int) -> np.ndarray:
@@ -231,7 +250,8 @@ def _write_recording(folder: str, split: str, i: int, params: dict) -> list:
     """Synthesise recording ``i`` of ``split`` from its own seed, write its FLAC file; return its events."""
     rid = f"{split}{i:05d}"
     rng = np.random.default_rng(np.random.SeedSequence(params["seed"], spawn_key=(_SPLIT_CODES[split], i)))
-    samples, events = synthesize_recording(rng, duration=params["duration"], sample_rate=params["sample_rate"])
+    samples, events = synthesize_recording(rng, duration=params["duration"], sample_rate=params["sample_rate"],
+                                           confusers=params.get("confusers", 0))
     write_pcm16(os.path.join(folder, split, rid + ".flac"), samples, params["sample_rate"], "FLAC")
     return events
 
