@@ -17,11 +17,14 @@ experiments that differ in one setting each from the first:
 - ``pseudo``: a student of ``base`` (``pseudo: {teacher: base, mode: soft, weight: 0.5}``) on the test clips
   (whale) or on the unknown labels of its fold's training recordings (rfcx, whose data here has
   ``unknown: mask``: a species without a box in a recording is unknown, not absent);
+- ``pseudo_hard`` (only with ``--variants``): ``pseudo`` with ``mode: hard, threshold: 0.9`` (only confident
+  pseudo-labels, 0/1; the rfcx queue's student);
 - ``ema_pseudo`` (only with ``--variants``): ``ema`` and a student of ``ema``: pseudo-labels on top of EMA.
 
 The whale data is the default queue's (1,500 train + 400 test clips, 3 folds); the rfcx data is the rfcx
-queue's (200 + 50 recordings of 10 s at 16 kHz, 3 folds) with ``unknown: mask`` (``--unknown negative``: as
-the rfcx queue has it, where a species without a tp box is absent; no pseudo variants then). Training is deterministic
+queue's (200 + 50 recordings of 10 s at 16 kHz, 3 folds, ``unknown: mask``, ``confusers: 6``; ``--confusers 0``:
+the generator's default labels, ``--unknown negative``: a species without a tp box is absent, no pseudo
+variants then). Training is deterministic
 for a given seed, so ``tta`` trains the same fold models as ``base`` and only its predictions differ.
 
 Printed: one row per (study, model, variant): OOF score (AUC for whale, LWLRAP for rfcx) and test score
@@ -45,7 +48,7 @@ import pandas as pd
 import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VARIANTS = ("base", "ema", "swa", "tta", "pseudo", "ema_pseudo")
+VARIANTS = ("base", "ema", "swa", "tta", "pseudo", "pseudo_hard", "ema_pseudo")
 DEFAULT_VARIANTS = VARIANTS[:5]
 
 # The default queues' models and settings (experiments.yaml, experiments_rfcx.yaml).
@@ -99,7 +102,8 @@ def variant(name: str, model: str, args) -> dict:
     on = ["unknown"] if args.study == "rfcx" else ["test"]
     teacher = "ema" if name == "ema_pseudo" else "base"
     extra = variant("ema", model, args) if name == "ema_pseudo" else {}
-    return {**extra, "pseudo": {"teacher": f"{model}_{teacher}", "on": on, "mode": "soft", "weight": 0.5}}
+    mode = {"mode": "hard", "threshold": 0.9} if name == "pseudo_hard" else {"mode": "soft"}
+    return {**extra, "pseudo": {"teacher": f"{model}_{teacher}", "on": on, **mode, "weight": 0.5}}
 
 
 def queue_text(args, model: str, seed: int, folder: str) -> str:
@@ -197,8 +201,8 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=None, help="override train.epochs (default: the queue's)")
     parser.add_argument("--unknown", choices=("mask", "negative"), default="mask",
                         help="rfcx: data.unknown (default mask; pseudo needs it: negative leaves no unknown labels)")
-    parser.add_argument("--confusers", type=int, default=0,
-                        help="rfcx: data.confusers, extra fp boxes per recording (default 0)")
+    parser.add_argument("--confusers", type=int, default=6,
+                        help="rfcx: data.confusers, extra fp boxes per recording (default 6, as the rfcx queue)")
     parser.add_argument("--ema-momentum", type=float, default=0.95)
     parser.add_argument("--tta-shift", type=float, default=0.25, help="seconds (default 0.25)")
     parser.add_argument("--jobs", default="auto", help="run_queue.py --jobs (default auto)")
@@ -212,11 +216,12 @@ def main(argv=None) -> int:
         parser.error(f"--models: {', '.join(unknown)} not in {', '.join(known)}")
     args.variants = args.variants.split(",")
     bad = [v for v in args.variants if v not in VARIANTS] or [
-        f"{v} (its teacher {t} is not in --variants)" for v, t in (("pseudo", "base"), ("ema_pseudo", "ema"))
+        f"{v} (its teacher {t} is not in --variants)" for v, t in (("pseudo", "base"), ("pseudo_hard", "base"),
+                                                             ("ema_pseudo", "ema"))
         if v in args.variants and t not in args.variants]
     if args.study == "rfcx" and args.unknown == "negative":
         bad += [f"{v} (rfcx data with unknown: negative has no unknown labels to pseudo-label)"
-                for v in args.variants if v.endswith("pseudo")]
+                for v in args.variants if "pseudo" in v]
     if bad:
         parser.error(f"--variants: {', '.join(bad)}; choose from {', '.join(VARIANTS)}")
     print(f"work folder: {args.work}", flush=True)

@@ -58,11 +58,13 @@ def box_table(boxes: Sequence[np.ndarray], *, sample_rate: int, hop_length: int,
     return table
 
 
-def framewise_targets(boxes, start, length: int, defaults):
+def framewise_targets(boxes, start, length: int, defaults, fill=None):
     """Framewise targets of the crop [start, start + length): tf.float32 [length, C].
 
     boxes : [B, 6] (one recording of :func:`box_table`); start : int32 scalar;
-    defaults : [C] float32, the value of frames outside every box (0 or NaN).
+    defaults : [C] float32, the value of frames outside every box (0 or NaN);
+    fill : None, or [length, C] float32 values for the frames whose default is NaN (a student's window
+    pseudo-labels, :mod:`pipeline.pseudo`; NaN where there is none). Boxes take precedence.
     """
     import tensorflow as tf
 
@@ -75,6 +77,8 @@ def framewise_targets(boxes, start, length: int, defaults):
     tp_hit = tf.matmul(tf.cast(inside & is_tp[None, :], tf.float32), onehot) > 0
     fp_hit = tf.matmul(tf.cast(inside & ~is_tp[None, :], tf.float32), onehot) > 0
     base = tf.broadcast_to(tf.cast(defaults, tf.float32)[None, :], (length, n_classes))
+    if fill is not None:
+        base = tf.where(tf.math.is_nan(base), tf.cast(fill, tf.float32), base)
     return tf.where(tp_hit, 1.0, tf.where(fp_hit, 0.0, base))
 
 
@@ -122,25 +126,35 @@ def crop_start(boxes, n_frames: int, length: int, positive_probability: float, s
 
 
 def crop_examples(ds, *, n_frames: int, length: int, positive_probability: float, seed: int, n_classes: int,
-                  framewise: bool):
+                  framewise: bool, segments=None, n_segments: int = 0):
     """(x [n_frames, D], packed) examples -> (x [length, D], y) crops, one random crop per example.
 
-    packed : [C + B * 6] float32: the recording's frame defaults then its flattened box table.
+    packed : [C + B * 6] float32: the recording's frame defaults then its flattened box table; with
+    ``n_segments`` (a pseudo-labelled student, :func:`pipeline.pseudo.fill_unknown`) followed by
+    [n_segments * C] window pseudo-labels, which fill the unknown frames of their segment.
+    segments : int32 [n_frames], each frame's segment (:func:`pipeline.pseudo.frame_segments`), or None.
     y : [C] clipwise targets, or [1 + length, C] (clipwise row, then the framewise targets)
     when ``framewise``. The draw of example ``i`` is seeded by ``(seed, i)``: the same
     dataset order and seed give the same crops.
     """
     import tensorflow as tf
 
+    segment_of = None if not n_segments else tf.constant(np.asarray(segments, np.int32))
+
     def crop(index, example):
         x, packed = example
         defaults = packed[:n_classes]
-        boxes = tf.reshape(packed[n_classes:], (-1, 6))
+        end = tf.shape(packed)[0] - n_segments * n_classes
+        boxes = tf.reshape(packed[n_classes:end], (-1, 6))
         start = crop_start(boxes, n_frames, length, positive_probability,
                            tf.stack([tf.cast(seed, tf.int64), index]))
         x = x[start: start + length]
         x = tf.ensure_shape(x, (length, *x.shape[1:]))
-        frames = framewise_targets(boxes, start, length, defaults)
+        fill = None
+        if n_segments:
+            values = tf.reshape(packed[end:], (n_segments, n_classes))
+            fill = tf.gather(values, segment_of[start: start + length])
+        frames = framewise_targets(boxes, start, length, defaults, fill)
         clip = clipwise_targets(frames)
         y = tf.concat([clip[None], frames], 0) if framewise else clip
         return x, y

@@ -69,6 +69,8 @@ class FoldJob:
     teacher_dir: Optional[str] = None  # output/<teacher>/: only its fold<k>/ files are read
     teacher_cache_dir: Optional[str] = None  # on: unknown: the teacher's feature cache
     teacher_windows: Optional[dict] = None  # on: unknown: the teacher's prediction windows (strategy.windows)
+    teacher_frame_seconds: Optional[float] = None  # on: unknown: the teacher's seconds per frame (hop / rate)
+    pseudo_centres: Optional[Tuple[float, ...]] = None  # set by pseudo.with_unknown_filled: window centres, s
     progress: bool = False  # write fold<k>/progress.json after every epoch (set by a worker: run_in_worker)
 
 

@@ -207,8 +207,11 @@ class CropStrategy:
         per frame too when framewise) per validation recording; the shuffle buffer holds whole recordings
         (cropped after it). ``spec``: the Experiment."""
         from pipeline import memory
+        from pipeline.predict import window_starts
 
-        crop, _, _ = crop_lengths(spec, int(shape[0]))
+        crop, window, hop = crop_lengths(spec, int(shape[0]))
+        if spec.pseudo is not None and "unknown" in spec.pseudo.on:  # + window pseudo-labels (about as many
+            label_width += len(window_starts(int(shape[0]), window, hop)) * n_classes  # windows as the student's)
         frame = int(np.prod(shape[1:])) * 4
         targets = ((1 + crop) if self.framewise(spec) else 1) * n_classes * 4
         n_valid = -(-n_examples // spec.folds.n_splits)
@@ -237,6 +240,7 @@ class CropStrategy:
         from pipeline import crops
         from pipeline.memory import shuffle_elements
         from pipeline.cache.read import labelled
+        from pipeline.pseudo import frame_segments
         from pipeline.train import epoch_seed
 
         n_frames = int(cache.shape[0])
@@ -253,6 +257,12 @@ class CropStrategy:
         if in_memory:
             valid_crops = valid_crops.cache()
 
+        # A student's training rows carry its teacher's window pseudo-labels (pipeline.pseudo.fill_unknown).
+        windows = {} if job.pseudo_centres is None else {
+            "segments": frame_segments(n_frames, job.features.params.hop_length / job.audio.sample_rate,
+                                       np.asarray(job.pseudo_centres)),
+            "n_segments": len(job.pseudo_centres)}
+
         def train_data(epoch):
             # Shuffle order, crops and augmentation all follow the epoch seed (resumable, reproducible).
             s = epoch_seed(job.train.seed, job.fold, epoch)
@@ -261,7 +271,7 @@ class CropStrategy:
                             reshuffle_each_iteration=False)
             ds = crops.crop_examples(ds, n_frames=n_frames, length=crop,
                                      positive_probability=job.crops.positive_probability, seed=s,
-                                     n_classes=n_classes, framewise=framewise)
+                                     n_classes=n_classes, framewise=framewise, **windows)
             ds = aug.training_batches(ds, job.augment, feature=job.features.name, batch_size=batch, seed=s)
             return ds.prefetch(tf.data.AUTOTUNE)
 

@@ -127,10 +127,7 @@ def predict_examples(model, examples, *, batch_size: int, window: Optional[int] 
             outs.append(predict(xs))
             continue
         for rid, x in zip(batch_ids.numpy(), xs.numpy()):
-            starts = window_starts(len(x), window, hop or max(1, window // 2))
-            windows = np.stack([x[s: s + window] for s in starts])
-            preds = np.concatenate([predict(windows[b: b + batch_size]) for b in range(0, len(windows), batch_size)])
-            outs.append(_combine(preds, aggregate)[None])
+            outs.append(_combine(_window_predictions(predict, x, window, hop, batch_size), aggregate)[None])
             ids.append(rid.decode())
     if not outs:
         return [], np.zeros((0, n_outputs), np.float32)
@@ -138,6 +135,35 @@ def predict_examples(model, examples, *, batch_size: int, window: Optional[int] 
     if extra_windows is not None:
         preds = _with_extra_windows(predict, ids, preds, extra_windows, batch_size=batch_size, aggregate=aggregate)
     return ids, preds
+
+
+def predict_windows(model, examples, *, batch_size: int, window: int, hop: Optional[int] = None,
+                    views: Sequence[View] = ()) -> Tuple[List[str], List[int], np.ndarray]:
+    """Each example's sliding-window predictions, not combined: (ids, window starts, predictions [n, W, C]).
+
+    The windows of :func:`predict_examples` (same ``window``, ``hop``, ``views``) over examples of T time
+    steps each (the same T for all: whole cached recordings); ``starts`` are the windows' first steps.
+    Used where a prediction must keep its place in time (pseudo-labels of a recording's unknown frames).
+    """
+    hop = hop or max(1, window // 2)
+    predict = _predictor(model, views)
+    ids: List[str] = []
+    outs: List[np.ndarray] = []
+    starts: List[int] = []
+    for batch_ids, xs in examples.batch(_examples_per_batch(examples, window, batch_size)):
+        for rid, x in zip(batch_ids.numpy(), xs.numpy()):
+            starts = window_starts(len(x), window, hop)
+            outs.append(_window_predictions(predict, x, window, hop, batch_size))
+            ids.append(rid.decode())
+    n_outputs = int(model.outputs[0].shape[-1])
+    return ids, starts, np.stack(outs) if outs else np.zeros((0, 0, n_outputs), np.float32)
+
+
+def _window_predictions(predict, x: np.ndarray, window: int, hop: Optional[int], batch_size: int) -> np.ndarray:
+    """One example x [T, ...] cut into windows (:func:`window_starts`) and predicted: [W, C]."""
+    starts = window_starts(len(x), window, hop or max(1, window // 2))
+    windows = np.stack([x[s: s + window] for s in starts])
+    return np.concatenate([predict(windows[b: b + batch_size]) for b in range(0, len(windows), batch_size)])
 
 
 def _examples_per_batch(examples, window: Optional[int], batch_size: int) -> int:

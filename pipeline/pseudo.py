@@ -12,10 +12,12 @@ derived from a validation clip's label reaches the model that is scored on it:
   Test clips are never validation examples and never scored.
 * ``on: [unknown]`` (rfcx data with ``unknown: mask``): the teacher's fold-k
   model (``output/T/fold<k>/model.keras``) predicts fold k's *training*
-  recordings through the prediction stage with the teacher's own windows
-  (:func:`predict_training`); its predictions fill only the unknown (NaN)
-  labels of their rows (:func:`fill_unknown`). Known labels are never
-  overwritten; validation recordings never get pseudo-labels.
+  recordings window by window through the prediction stage with the teacher's
+  own windows (:func:`predict_training`); each window's prediction fills the
+  unknown (NaN) labels of the frames nearest its centre (:func:`fill_unknown`,
+  :func:`frame_segments`), so a training crop learns what the teacher saw in
+  that part of the recording, not the recording's maximum. Known labels are
+  never overwritten; validation recordings never get pseudo-labels.
 
 ``soft`` keeps the teacher's probabilities as targets; ``hard`` turns them into
 0/1 (:func:`hard_targets`) and keeps only confident ones. A naive scheme - one
@@ -106,26 +108,26 @@ def test_examples(job) -> Tuple[Tuple[str, ...], np.ndarray, np.ndarray]:
     return ids, targets[keep], np.full(int(keep.sum()), job.pseudo.weight, np.float32)
 
 
-def predict_training(job) -> np.ndarray:
-    """The teacher's fold-k model's predictions of the student's fold-k training ids: [n_train, C] float32.
+def predict_training(job) -> Tuple[np.ndarray, np.ndarray]:
+    """The teacher's fold-k model's window predictions of the student's fold-k training recordings.
 
-    Through :func:`pipeline.predict.predict_examples` with the teacher's windows (``job.teacher_windows``)
-    on the teacher's feature cache (``job.teacher_cache_dir``): the predictions the teacher's own fold
-    job would make for these examples.
+    Through :func:`pipeline.predict.predict_windows` with the teacher's windows (``job.teacher_windows``,
+    test-time views included) on the teacher's feature cache (``job.teacher_cache_dir``): the windows the
+    teacher's own fold job predicts, before they are combined. Returns (window centres in seconds [W],
+    predictions [n_train, W, C] float32 in the order of ``job.train_ids``).
     """
     import keras
 
     from pipeline.cache.read import FeatureCache, labelled
-    from pipeline.predict import predict_examples
-    from pipeline.schema import FOLD_STRATEGIES
+    from pipeline.predict import predict_windows
 
     model = keras.models.load_model(layout.fold_file(job.teacher_dir, job.fold, layout.MODEL), compile=False)
     cache = FeatureCache(job.teacher_cache_dir)
-    strategy = FOLD_STRATEGIES[job.strategy].load()()
     rows = np.zeros((len(job.train_ids), 1), np.float32)
     examples = labelled(cache.dataset("train"), job.train_ids, rows).map(lambda i, x, y: (i, x))
-    ids, preds = predict_examples(model, examples, batch_size=job.train.batch_size,
-                                  extra_windows=strategy.extra_windows(cache, "train"), **job.teacher_windows)
+    w = job.teacher_windows
+    ids, starts, preds = predict_windows(model, examples, batch_size=job.train.batch_size, window=w["window"],
+                                         hop=w["hop"], views=w["views"])
     policy = keras.config.dtype_policy()  # the student's precision: clear_session resets it to float32
     keras.backend.clear_session(free_memory=True)
     keras.config.set_dtype_policy(policy)
@@ -134,43 +136,60 @@ def predict_training(job) -> np.ndarray:
     if missing:
         raise DataError(f"the teacher's feature cache {job.teacher_cache_dir} lacks {len(missing)} training "
                         f"examples of fold {job.fold} (e.g. {missing[0]!r}); rerun the teacher")
-    return preds[[row_of[i] for i in job.train_ids]]
+    centres = (np.asarray(starts, np.float64) + (w["window"] - 1) / 2.0) * job.teacher_frame_seconds
+    return centres, preds[[row_of[i] for i in job.train_ids]]
 
 
 def fill_unknown(labels: np.ndarray, targets: np.ndarray, pseudo: np.ndarray) -> Tuple[np.ndarray, np.ndarray, int]:
-    """Fill the unknown entries of training label rows with pseudo-labels; known entries stay as they are.
+    """Window pseudo-labels for the unknown labels of training recordings; known labels stay as they are.
 
-    labels : [n, L] the strategy's label rows, whose first C columns are the per-class values
-    (clips: the targets; crops: the frame defaults - 0 for a species known to be absent, NaN for
-    an unknown one and for a tp species outside its boxes); targets : [n, C] clip-level targets
-    (an unknown rfcx label is 0 there, NaN in a clip's row); pseudo : [n, C] (NaN: no pseudo-label).
-    An entry is unknown when its label value is NaN and it is not a known positive (target 1): its
-    label value and its target become the pseudo-label. Returns (labels, targets, entries filled).
+    labels : [n, L] the crops strategy's label rows, whose first C columns are the frame defaults (0 for a
+    species known to be absent, NaN for an unknown one and for a tp species outside its boxes);
+    targets : [n, C] recording-level targets (an unknown label is 0 there); pseudo : [n, W, C] the
+    teacher's per-window targets (NaN: no pseudo-label, e.g. ``hard`` and not confident).
+    A label is unknown when its frame default is NaN and it is not a known positive (target 1).
+    Returns (labels [n, L + W * C]: the rows with the window values appended, NaN where the label is
+    known - :func:`pipeline.crops.crop_examples` puts them on the frames of each window's segment -,
+    targets with each filled label's largest window value, number of labels filled).
     """
     c = targets.shape[1]
+    n, w = pseudo.shape[:2]
     with np.errstate(invalid="ignore"):
-        unknown = np.isnan(labels[:, :c]) & ~(targets >= 0.5) & ~np.isnan(pseudo)
-    targets = np.where(unknown, pseudo, targets).astype(np.float32)
-    labels = labels.copy()
-    labels[:, :c] = np.where(unknown, pseudo, labels[:, :c])
-    return labels, targets, int(unknown.sum())
+        unknown = np.isnan(labels[:, :c]) & ~(targets >= 0.5)
+    values = np.where(unknown[:, None, :], pseudo, np.nan).astype(np.float32)  # [n, W, C]
+    filled = unknown & ~np.isnan(values).all(axis=1)
+    top = np.where(np.isnan(values), -np.inf, values).max(axis=1) if w else np.zeros_like(targets)
+    targets = np.where(filled, top, targets).astype(np.float32)
+    labels = np.concatenate([labels, values.reshape(n, w * c)], axis=1).astype(np.float32)
+    return labels, targets, int(filled.sum())
+
+
+def frame_segments(n_frames: int, frame_seconds: float, centres: np.ndarray) -> np.ndarray:
+    """For each of ``n_frames`` frames (frame i centred at ``i * frame_seconds``) the index of the nearest window
+    centre (seconds, ascending): int32 [n_frames]. Each frame takes its pseudo-labels from that window."""
+    times = np.arange(n_frames) * frame_seconds
+    return np.abs(times[:, None] - np.asarray(centres)[None, :]).argmin(axis=1).astype(np.int32)
 
 
 def with_unknown_filled(job):
-    """``(job, n)``: ``job`` with its training rows' unknown labels filled from the teacher's fold-k model
-    (``on: unknown``; :func:`fill_unknown`) and the number of labels filled; ``(job, 0)`` otherwise.
+    """``(job, n)``: ``job`` with its training rows' unknown labels filled window by window from the teacher's
+    fold-k model (``on: unknown``; :func:`fill_unknown`) and the number of labels filled; ``(job, 0)`` otherwise.
 
+    The filled job carries the windows' centres (``pseudo_centres``, seconds) for the crops strategy.
     Deterministic (inference only), so a resumed fold trains on the same rows as before it was killed.
     """
     import dataclasses
 
     if job.pseudo is None or "unknown" not in job.pseudo.on:
         return job, 0
-    pseudo = pseudo_targets(predict_training(job), job.pseudo, job.task)
+    centres, preds = predict_training(job)
+    n, w, c = preds.shape
+    pseudo = pseudo_targets(preds.reshape(n * w, c), job.pseudo, job.task).reshape(n, w, c)
     labels, targets, filled = fill_unknown(job.train_labels, job.train_targets, pseudo)
-    log.info("%s fold %d: %d unknown labels of %d training %s filled by %s's fold-%d model", job.name, job.fold,
-             filled, len(job.train_ids), "examples", job.pseudo.teacher, job.fold)
-    return dataclasses.replace(job, train_labels=labels, train_targets=targets), filled
+    log.info("%s fold %d: %d unknown labels of %d training recordings filled by %s's fold-%d model, window by "
+             "window (%d windows)", job.name, job.fold, filled, len(job.train_ids), job.pseudo.teacher, job.fold, w)
+    return dataclasses.replace(job, train_labels=labels, train_targets=targets,
+                               pseudo_centres=tuple(float(t) for t in centres)), filled
 
 
 def teacher_fields(exp, teacher_dir: Optional[str], teacher_cache, strategy) -> dict:
@@ -183,6 +202,8 @@ def teacher_fields(exp, teacher_dir: Optional[str], teacher_cache, strategy) -> 
         return {}
     fields = {"pseudo": exp.pseudo, "teacher_dir": teacher_dir}
     if teacher_cache is not None:
+        teacher = exp.teacher
         fields.update(teacher_cache_dir=teacher_cache.folder,
-                      teacher_windows=strategy.windows(exp.teacher, teacher_cache.shape))
+                      teacher_windows=strategy.windows(teacher, teacher_cache.shape),
+                      teacher_frame_seconds=teacher.features.params.hop_length / teacher.audio.sample_rate)
     return fields

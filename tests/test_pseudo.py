@@ -219,18 +219,27 @@ def test_hard_targets_keep_only_confident_labels_and_fill_never_overwrites_known
     np.testing.assert_array_equal(pseudo.hard_targets(p, "multilabel", 0.5), [[1, 0], [1, 0]])
     np.testing.assert_array_equal(pseudo.hard_targets(np.array([[0.7, 0.3], [0.45, 0.55]]), "multiclass", 0.6),
                                   [[1, 0], [np.nan, np.nan]])
-    # rfcx rows: a tp species (target 1, NaN outside its boxes), unknown ones (NaN, target 0), a known absent one
+    # rfcx rows: a tp species (target 1, NaN outside its boxes), unknown ones (NaN, target 0), a known absent one;
+    # two windows per recording
     targets = np.array([[1, 0], [0, 0]], np.float32)
     defaults = np.array([[np.nan, np.nan], [np.nan, 0]], np.float32)
     labels = np.concatenate([defaults, np.full((2, 3), 7.0, np.float32)], axis=1)  # frame defaults + boxes
-    filled_labels, filled, n = pseudo.fill_unknown(labels, targets, np.array([[0.2, 0.8], [np.nan, 0.9]]))
-    np.testing.assert_array_equal(filled, np.array([[1, 0.8], [0, 0]], np.float32))
-    np.testing.assert_array_equal(filled_labels[:, :2], np.array([[np.nan, 0.8], [np.nan, 0]], np.float32))
-    assert n == 1 and (filled_labels[:, 2:] == 7).all()
-    # clip rows: a NaN target is unknown
-    clip = np.array([[np.nan, 1]], np.float32)
-    _, filled, n = pseudo.fill_unknown(clip, clip, np.array([[0.3, 0.1]]))
-    np.testing.assert_array_equal(filled, np.array([[0.3, 1]], np.float32))
+    windows = np.array([[[0.2, 0.8], [0.3, 0.1]], [[np.nan, 0.9], [0.4, 0.6]]])  # [n, W, C]
+    filled_labels, filled, n = pseudo.fill_unknown(labels, targets, windows)
+    np.testing.assert_array_equal(filled, np.array([[1, 0.8], [0.4, 0]], np.float32))  # the largest window value
+    np.testing.assert_array_equal(filled_labels[:, :5], labels)  # defaults and boxes as they were
+    # then per window the values of the unknown labels only (W-major: window 0's C values, window 1's)
+    np.testing.assert_array_equal(filled_labels[:, 5:], np.array([[np.nan, 0.8, np.nan, 0.1],
+                                                                  [np.nan, np.nan, 0.4, np.nan]], np.float32))
+    assert n == 2
+
+
+def test_each_frame_takes_the_pseudo_labels_of_the_nearest_window():
+    # 10 frames of 0.1 s; windows centred at 0.2 s and 0.7 s
+    np.testing.assert_array_equal(pseudo.frame_segments(10, 0.1, np.array([0.2, 0.7])),
+                                  [0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
+    # the teacher's frames can be longer than the student's: seconds decide
+    np.testing.assert_array_equal(pseudo.frame_segments(4, 0.5, np.array([0.1, 0.8, 1.3])), [0, 1, 1, 2])
 
 
 # ----------------------------------------------------------------------------- clips: a memorising teacher
@@ -452,8 +461,12 @@ def test_unknown_labels_of_fold_k_training_recordings_come_from_the_teacher_fold
         assert n == unknown.sum() > 0
         np.testing.assert_allclose(filled.train_targets[unknown], marker[k], rtol=1e-5)
         np.testing.assert_array_equal(filled.train_targets[~unknown], job.train_targets[~unknown])
-        np.testing.assert_allclose(filled.train_labels[:, :c][unknown], marker[k], rtol=1e-5)
-        np.testing.assert_array_equal(filled.train_labels[:, :c][~unknown], job.train_labels[:, :c][~unknown])
-        np.testing.assert_array_equal(filled.train_labels[:, c:], job.train_labels[:, c:])  # boxes untouched
+        width = job.train_labels.shape[1]
+        np.testing.assert_array_equal(filled.train_labels[:, :width], job.train_labels)  # defaults, boxes untouched
+        # one value per teacher window and label: the marker where the label is unknown, NaN where it is known
+        windows = filled.train_labels[:, width:].reshape(len(job.train_ids), -1, c)
+        assert windows.shape[1] == len(filled.pseudo_centres) > 1
+        np.testing.assert_allclose(windows[np.broadcast_to(unknown[:, None], windows.shape)], marker[k], rtol=1e-5)
+        assert np.isnan(windows[np.broadcast_to(~unknown[:, None], windows.shape)]).all()
         assert not set(filled.train_ids) & set(filled.valid_ids)
         assert filled.valid_labels is job.valid_labels and filled.valid_targets is job.valid_targets

@@ -187,6 +187,39 @@ def test_crops_always_contain_a_box_at_probability_one():
         assert x.shape == (50, 2)
 
 
+def test_window_pseudo_labels_fill_the_unknown_frames_of_their_segment_only():
+    """A student's crop: each unknown frame takes its own window's pseudo-label; boxes and known labels win."""
+    import tensorflow as tf
+
+    n_frames, length, c = 100, 30, 24
+    segments = (np.arange(n_frames) >= 50).astype(np.int32)  # frames 0-49: window 0, 50-99: window 1
+    table = np.array([[[3, 60, 70, 0, 0, 1], [4, 10, 20, 0, 0, 0]]], np.float32)  # tp of 3, fp of 4
+    defaults = np.full(c, np.nan, np.float32)
+    defaults[7] = 0.0  # known absent
+    values = np.full((2, c), np.nan, np.float32)
+    values[:, 4] = [0.2, 0.6]
+    values[:, 5] = [0.1, 0.9]
+    values[:, 7] = [0.8, 0.8]  # never used: species 7 is known
+    packed = np.concatenate([crops.pack_labels(defaults[None], table)[0], values.reshape(-1)])
+    x = np.arange(n_frames, dtype=np.float32)[:, None] * np.ones((1, 2), np.float32)
+    ds = tf.data.Dataset.from_tensors((x, packed)).repeat(60)
+    out = list(crops.crop_examples(ds, n_frames=n_frames, length=length, positive_probability=0.0, seed=1,
+                                   n_classes=c, framewise=True, segments=segments, n_segments=2).as_numpy_iterator())
+    starts = set()
+    for x, y in out:
+        frame = x[:, 0]
+        starts.add(int(frame[0]))
+        fw = y[1:]
+        np.testing.assert_allclose(fw[:, 5], np.where(frame < 50, 0.1, 0.9))
+        in_fp = (frame >= 10) & (frame < 20)
+        np.testing.assert_allclose(fw[:, 4], np.where(in_fp, 0.0, np.where(frame < 50, 0.2, 0.6)))
+        in_tp = (frame >= 60) & (frame < 70)
+        assert (fw[in_tp, 3] == 1).all() and np.isnan(fw[~in_tp, 3]).all()  # no window value for species 3
+        assert (fw[:, 7] == 0).all()
+        np.testing.assert_allclose(y[0, 5], 0.9 if frame[-1] >= 50 else 0.1)  # the crop's largest window value
+    assert min(starts) < 20 and max(starts) > 50  # crops on both sides of the segment boundary
+
+
 def test_window_starts_cover_the_recording():
     from pipeline.predict import window_starts
 
