@@ -192,6 +192,9 @@ def _train_keras(job: FoldJob, rt, strategy, cache, batch: int, fold_dir: str):
         model.compile(optimizer=make_optimizer(job.train, schedule),
                       loss=make_loss(job.loss.name, job.loss.params, job.task),
                       metrics=strategy.metrics(job, job.task), jit_compile=rt.jit_compile)
+        # Built now, not inside the first traced training step: variables created there make TensorFlow trace
+        # the whole step a second time (seconds per fold).
+        model.optimizer.build(model.trainable_variables)
 
     result = train_fold(build=build, compile_model=compile_model, train_data=data.train_data,
                         valid_data=data.valid_batches, train_steps=data.train_steps, valid_steps=data.valid_steps,
