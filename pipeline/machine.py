@@ -18,6 +18,16 @@ def machine_cores() -> int:
         return os.cpu_count() or 1
 
 
+def reset_peak_memory() -> None:
+    """Start this process's peak resident memory (``ru_maxrss``, ``VmHWM``) again from its current size, so that
+    a worker reports each job's own peak (Linux; elsewhere the peak stays the process's)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
 def available_memory() -> int:
     """Bytes of memory available for new allocations now: Linux ``MemAvailable`` (else the free pages), at most
     what the process's cgroup (a container's memory limit) has left."""

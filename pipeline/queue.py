@@ -841,6 +841,7 @@ def _run_pooled(queue: Queue, paths: Paths, waiting: List[Experiment], outcome: 
 
     pool = JobPool(queue.execution)
     active: Dict[str, ExperimentRun] = {}
+    teachers = {name for exp in waiting for name in exp.requires}
     try:
         while waiting or pool.busy:
             i = _next_ready(waiting, outcome, names) if waiting else None
@@ -855,7 +856,7 @@ def _run_pooled(queue: Queue, paths: Paths, waiting: List[Experiment], outcome: 
             elif not run.start():
                 outcome[exp.name] = run.status
             else:
-                _pool_experiment(run, pool, outcome, active)
+                _pool_experiment(run, pool, outcome, active, teacher=exp.name in teachers)
             pool.wait(timeout=0)  # jobs that ended meanwhile, and more jobs started
     except KeyboardInterrupt:
         pool.close()  # first: no job writes any more
@@ -866,11 +867,13 @@ def _run_pooled(queue: Queue, paths: Paths, waiting: List[Experiment], outcome: 
         pool.close()
 
 
-def _pool_experiment(run: ExperimentRun, pool, outcome: Dict[str, dict], active: Dict[str, ExperimentRun]) -> None:
+def _pool_experiment(run: ExperimentRun, pool, outcome: Dict[str, dict], active: Dict[str, ExperimentRun],
+                     teacher: bool = False) -> None:
     """Prepare ``run``'s experiment and add its unfinished fold jobs to ``pool``; the last one to end gathers
-    the folds and writes the experiment's outputs, a failing one fails the experiment (only)."""
+    the folds and writes the experiment's outputs, a failing one fails the experiment (only). ``teacher``: an
+    experiment of this run requires it (its folds' cost counts double in the pool: a student waits for all of them)."""
     from pipeline.fold_loop import gather_folds, pending_folds, plan_folds
-    from pipeline.scheduler import job_memory
+    from pipeline.scheduler import job_estimates
 
     name = run.exp.name
     with run.recording():
@@ -878,7 +881,7 @@ def _pool_experiment(run: ExperimentRun, pool, outcome: Dict[str, dict], active:
         plan = plan_folds(run.exp, prepared.dataset, prepared.cache, prepared.folds, run.exp_dir,
                           prepared.teacher_dir, prepared.teacher_cache, run.memory_budget)
         jobs = [plan.job(k) for k in pending_folds(plan)]
-        memory = job_memory(plan) if jobs else 0
+        memory, cost = job_estimates(plan) if jobs else (0, 0.0)
     if run.status is not None:
         outcome[name] = run.status
         return
@@ -912,4 +915,4 @@ def _pool_experiment(run: ExperimentRun, pool, outcome: Dict[str, dict], active:
     if not jobs:
         finish()
     for job in jobs:
-        pool.add(job, memory, done, failed)
+        pool.add(job, memory, done, failed, cost=2 * cost if teacher else cost)  # a student waits for every fold

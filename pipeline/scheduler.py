@@ -14,10 +14,17 @@ job's ``progress.json``. A worker that dies (SIGKILL, the OOM killer) is
 started again up to ``execution.retries`` times; the job resumes after its
 last finished epoch.
 
+Order: the pool starts the waiting job with the highest :func:`job_cost`
+first (longest-processing-time-first), so that the longest folds do not
+start last and train alone at the end of the queue; the queue doubles the
+cost of a teacher's folds, whose student waits for all of them. A job that
+is retried goes before all others. The order changes when a job runs, never
+what it computes.
+
 Memory: a job starts only when the sum of the estimates of the running jobs
 and its own stays within the memory available when the pool started (one
 job always runs, with a warning when even it may not fit). The estimate
-(:func:`job_memory`, logged per experiment) is deliberately rough:
+(:func:`job_estimates`, logged per experiment) is deliberately rough:
 ``WORKER_BASE`` for a fresh TensorFlow process, plus the model's parameters x 4
 bytes x ``OPTIMIZER_COPIES`` (weights, gradients and Adam's two moments), plus
 a batch of inputs x 4 bytes x ``ACTIVATION_FACTOR`` (the layers' activations
@@ -33,7 +40,7 @@ import logging
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
-from typing import Callable, Deque, Dict, Optional, Set
+from typing import Callable, Deque, Dict, Optional, Set, Tuple
 
 import numpy as np
 
@@ -50,12 +57,13 @@ ACTIVATION_FACTOR = 64
 POLL_SECONDS = 2.0  # how often running jobs' progress.json files are read
 
 
-@dataclass
+@dataclass(eq=False)
 class _Task:
     job: object  # pipeline.fold_job.FoldJob
-    memory: int  # estimated bytes (job_memory)
+    memory: int  # estimated bytes (job_estimates)
     done: Callable  # done(job, (oof, test), info: dict)
     failed: Callable  # failed(job, exception)
+    cost: float = 0.0  # job_cost: the pool starts the costliest waiting job first
     attempts: int = 0
     started: float = 0.0
     seen: Optional[float] = None  # the last progress.json shown (its "updated")
@@ -79,10 +87,10 @@ class JobPool:
         log.info("fold jobs: up to %d at a time (%s executor, %s per job); %.1f GiB of memory available",
                  self.executor.capacity, self.settings.backend, self.executor.resources(), self.memory / 2**30)
 
-    def add(self, job, memory: int, done: Callable, failed: Callable) -> None:
-        """Queue ``job`` (estimated to need ``memory`` bytes); ``done(job, result, info)`` or ``failed(job, error)``
-        is called from :meth:`wait` when it ends."""
-        self.pending.append(_Task(job, memory, done, failed))
+    def add(self, job, memory: int, done: Callable, failed: Callable, cost: float = 0.0) -> None:
+        """Queue ``job`` (estimated to need ``memory`` bytes, and ``cost``: :func:`job_cost`); ``done(job, result,
+        info)`` or ``failed(job, error)`` is called from :meth:`wait` when it ends."""
+        self.pending.append(_Task(job, memory, done, failed, cost))
         self._start()
 
     def cancel(self, name: str) -> None:
@@ -110,14 +118,15 @@ class JobPool:
 
     def _start(self) -> None:
         while self.pending and len(self.running) < self.executor.capacity:
-            task = self.pending[0]
+            # Longest first, so that no long job starts last and trains alone at the end; a retried job before all.
+            task = max(self.pending, key=lambda t: (t.attempts > 0, t.cost))
             in_use = sum(t.memory for t in self.running.values())
             if self.running and in_use + task.memory > self.memory:
                 return  # waits for a running job to end
             if not self.running and task.memory > self.memory:
                 log.warning("%s fold %d: estimated to need %.1f GiB, more than the %.1f GiB available; started "
                             "alone", task.job.name, task.job.fold, task.memory / 2**30, self.memory / 2**30)
-            self.pending.popleft()
+            self.pending.remove(task)
             resources = self.executor.resources()
             task.started, task.seen = time.time(), None
             self.running[self.executor.submit(task.job, resources)] = task
@@ -184,9 +193,10 @@ def _shown(resources) -> str:
     return f"{threads}, {gpus}"
 
 
-def job_memory(plan) -> int:
-    """Estimated peak bytes of one worker running a fold job of ``plan`` (a :class:`pipeline.fold_loop.FoldPlan`);
-    see the module doc for the formula. Builds the model once in this process to count its parameters."""
+def job_estimates(plan) -> Tuple[int, float]:
+    """(estimated peak bytes, :func:`job_cost`) of one worker running a fold job of ``plan`` (a
+    :class:`pipeline.fold_loop.FoldPlan`); see the module doc for the memory formula. Builds the model once in this
+    process to count its parameters and their uses."""
     import keras
 
     from pipeline.cache.read import FeatureCache
@@ -199,14 +209,54 @@ def job_memory(plan) -> int:
     if schema.MODELS[exp.model.name].kind == "keras":
         model = build_model(exp.model.name, exp.model.params, input_shape=input_shape, n_outputs=len(plan.targets),
                             task=plan.task)
-        params = model.count_params()
+        params, uses = model.count_params(), weight_uses(model)
         keras.backend.clear_session(free_memory=True)
     else:  # a classical family holds its pooled features (counted as cached examples) and a small fitted model
-        params = 0
+        params = uses = 0
     batch = exp.train.batch_size * int(np.prod(input_shape)) * 4 * ACTIVATION_FACTOR
     cached = plan.memory.held  # the input's examples (cached, or the streamed shuffle buffer) and buffers
     total = WORKER_BASE + params * 4 * OPTIMIZER_COPIES + batch + cached
+    cost = job_cost(uses, exp.train.epochs, len(plan.ids) * (1 - 1 / exp.folds.n_splits), exp.train.batch_size)
     log.info("%s: a fold job is estimated to need %.0f MiB (%.0f MiB worker, %d parameters, batch %d x %s, "
-             "%.0f MiB input)", exp.name, total / MIB, WORKER_BASE / MIB, params, exp.train.batch_size,
-             input_shape, cached / MIB)
+             "%.0f MiB input); cost %.0f", exp.name, total / MIB, WORKER_BASE / MIB, params, exp.train.batch_size,
+             input_shape, cached / MIB, cost)
+    return total, cost
+
+
+# job_cost's terms, fitted on the default queue's per-fold times on a 2-core CPU (the pool needs only their order).
+FOLD_COST = 29.0  # per fold: building, tracing, validation, predictions, checkpoints
+STEP_COST = 0.067  # per training step, whatever the model (Python, the input pipeline)
+USE_COST = 7.7e-11  # per weight use (weight_uses) of one training example
+
+
+def job_cost(uses: int, epochs: int, examples: float, batch_size: int) -> float:
+    """A fold job's relative cost, for ordering the pool (longest first): ``epochs`` of ``examples`` training
+    examples in batches of ``batch_size`` through a model of ``uses`` weight uses per example (:func:`weight_uses`;
+    0 for a classical family, which fits in seconds). In seconds of the CPU the terms were fitted on; early
+    stopping, other data and other devices make it only a rank."""
+    if not uses:
+        return 0.0
+    return FOLD_COST + epochs * (examples * uses * USE_COST + np.ceil(examples / batch_size) * STEP_COST)
+
+
+def weight_uses(model) -> int:
+    """Roughly the multiply-adds of one example through ``model``: each layer's weights times the positions of its
+    output (a convolution's kernel is applied at every output position, a dense layer at every time step, a
+    recurrent layer at every input step). Attention's own products and weightless layers are not counted."""
+    import keras
+
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):  # a nested backbone
+            total += weight_uses(layer)
+            continue
+        params = layer.count_params()
+        if not params:
+            continue
+        try:
+            shape = layer.input.shape if isinstance(layer, keras.layers.RNN) else layer.output.shape
+            positions = int(np.prod([d for d in shape[1:-1] if d is not None])) if len(shape) > 2 else 1
+        except (AttributeError, ValueError, TypeError):  # a layer without one symbolic output (shared, nested)
+            positions = 1
+        total += params * positions
     return total

@@ -95,8 +95,9 @@ def test_auto_jobs_and_gpu_slots(monkeypatch):
     monkeypatch.setattr(local, "visible_gpus", lambda: (0, 1))
     two_per_gpu = local.LocalExecutor(schema.ExecutionSettings(jobs="auto", gpus_per_job=0.5))
     assert two_per_gpu.capacity == 4 and two_per_gpu.resources().gpus == (0,)
-    two_per_gpu._on_gpus.update({"job 1": (0,), "job 2": (1,), "job 3": (0,)})  # running jobs' GPUs
-    assert two_per_gpu.resources().gpus == (1,)  # the GPU with the fewest jobs
+    two_per_gpu._workers += [local._Worker(None, None, local.JobResources(threads=8, gpus=gpus), future=job)
+                             for job, gpus in (("job 1", (0,)), ("job 2", (1,)), ("job 3", (0,)), (None, (1,)))]
+    assert two_per_gpu.resources().gpus == (1,)  # the GPU with the fewest running jobs (an idle worker runs none)
     assert local.gpu_slots((0, 1, 2, 3), 2) == [(0, 1), (2, 3)]
     assert local.LocalExecutor(schema.ExecutionSettings(jobs="auto")).capacity == 2
 
@@ -187,6 +188,9 @@ def test_two_jobs_give_the_outputs_of_one_with_a_failing_fold_and_a_killed_worke
     assert jobs["fold0"]["attempts"] == 2 and jobs["fold1"]["attempts"] == 1  # the killed worker was retried
     assert all(job["peak_rss_mb"] > 100 for job in jobs.values())
     assert "resuming after epoch 1" in (two / "output" / "a" / "fold0" / "job.log").read_text()
+    # A worker runs one job after another (no fresh process, no TensorFlow import, per job).
+    logs = "".join(path.read_text() for path in (two / "output").rglob("job.log"))
+    assert "(its job 2)" in logs, logs
 
 
 # ----------------------------------------------------------------------------- the pool and queue order, no training
@@ -243,6 +247,48 @@ def test_the_pool_waits_for_memory_and_retries_dead_workers_only(tmp_path, monke
     submitted[3][1].set_result("predictions")
     pool.wait(timeout=1)
     assert ended[-1] == (2, "predictions", 1) and not pool.busy
+
+
+def test_the_pool_starts_the_costliest_waiting_job_first_and_a_retried_one_before_all(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from pipeline import scheduler
+    from pipeline.executors.base import WorkerDied
+
+    class OneAtATime(FakeExecutor):
+        capacity = 1
+
+    monkeypatch.setattr(scheduler.schema, "EXECUTORS", {"local": SimpleNamespace(load=lambda: OneAtATime)})
+    pool = scheduler.JobPool(schema.ExecutionSettings(jobs=1, retries=1))
+    for k, cost in enumerate([1.0, 5.0, 0.0, 9.0, 5.0]):  # fold 0 starts at once: nothing else is waiting yet
+        job = SimpleNamespace(name="a", fold=k, n_folds=5, exp_dir=str(tmp_path))
+        pool.add(job, 0, lambda job, result, info: None, lambda job, error: None, cost=cost)
+    submitted = pool.executor.submitted
+    submitted[0][1].set_result("done")
+    pool.wait(timeout=1)
+    submitted[1][1].set_exception(WorkerDied("killed"))  # fold 3, the costliest waiting
+    pool.wait(timeout=1)
+    for i in (2, 3, 4):
+        submitted[i][1].set_result("done")
+        pool.wait(timeout=1)
+    assert [k for k, _ in submitted] == [0, 3, 3, 1, 4, 2]  # equal costs: the first added first
+
+
+def test_weight_uses_count_each_weight_once_per_output_position():
+    import keras
+
+    from pipeline.scheduler import job_cost, weight_uses
+
+    inner = keras.Sequential([keras.Input((10, 4)), keras.layers.Dense(3)])  # a nested model: 15 weights x 10
+    x = keras.Input((10, 2))
+    h = keras.layers.Conv1D(4, 3, padding="same")(x)  # 28 weights x 10 positions
+    h = inner(h)
+    h = keras.layers.LSTM(5)(h)  # 4 x (5 x (3 + 5) + 5) = 180 weights x 10 input steps
+    y = keras.layers.Dense(1)(keras.layers.Flatten()(h))  # 6 weights, once
+    model = keras.Model(x, y)
+    assert weight_uses(model) == 28 * 10 + 15 * 10 + 180 * 10 + 6
+    assert job_cost(0, 10, 1000, 32) == 0  # a classical family
+    assert job_cost(100, 10, 1000, 32) > job_cost(100, 5, 1000, 32) > job_cost(10, 5, 1000, 32) > 0
 
 
 def test_an_experiment_waits_for_the_one_it_requires_and_fails_with_it(tmp_path, monkeypatch):

@@ -1,9 +1,9 @@
 """What every executor shares: the resources one fold job may use, and how a worker process runs a job.
 
-A worker process (a local child process or a Ray worker) is started for one
-job: TensorFlow's thread pools and visible GPUs are fixed before its runtime
+A worker process (a local worker or a Ray worker) runs one job at a time:
+TensorFlow's thread pools and visible GPUs are fixed before its runtime
 starts, which is why :func:`run_in_worker` must be the first thing the process
-does with TensorFlow.
+does with TensorFlow (a later job on the same resources finds them set).
 
 The executor interface (registered in :data:`pipeline.schema.EXECUTORS`; the
 scheduler, :mod:`pipeline.scheduler`, is its only caller)::
@@ -62,9 +62,15 @@ def configure_process(resources: JobResources) -> None:
 
     Call before TensorFlow runs anything.
 
+    A worker runs one job after another: a second call with the same resources
+    does nothing.
+
     Raises RuntimeError when TensorFlow's runtime already started in this
-    process (its thread pools and devices can no longer change).
+    process on other resources (its thread pools and devices can no longer change).
     """
+    global _configured
+    if _configured == resources:
+        return
     if resources.gpus is not None:
         if "tensorflow" in sys.modules:
             raise RuntimeError("configure_process: TensorFlow was imported before the job's GPUs were chosen")
@@ -77,6 +83,11 @@ def configure_process(resources: JobResources) -> None:
 
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
+    _configured = resources
+
+
+_configured: Optional[JobResources] = None  # what configure_process fixed in this process
+_jobs_run = 0  # jobs this worker process has started (run_in_worker)
 
 
 def run_in_worker(job, resources: JobResources):
@@ -104,7 +115,10 @@ def run_in_worker(job, resources: JobResources):
     for noisy in ("tensorflow", "absl", "h5py"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        logging.getLogger(__name__).info("%s fold %d: started on %s", job.name, job.fold, resources)
+        global _jobs_run
+        _jobs_run += 1
+        logging.getLogger(__name__).info("%s fold %d: started on %s in worker process %d (its job %d)", job.name,
+                                         job.fold, resources, os.getpid(), _jobs_run)
         result = run_fold_job(dataclasses.replace(job, progress=True))
         write_progress(layout.fold_file(job.exp_dir, job.fold, layout.PROGRESS), finished=True)
         return result

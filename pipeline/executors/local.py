@@ -1,9 +1,13 @@
-"""The local executor: fold jobs side by side on this machine, one fresh child process per job.
+"""The local executor: fold jobs side by side on this machine, in worker processes that run one job at a time.
 
-A fresh process per job (``multiprocessing`` "spawn") because TensorFlow fixes
-its thread pools and visible GPUs when its runtime starts
-(:func:`pipeline.executors.base.configure_process`), and because a job that
-is killed (out of memory) then costs only itself. A child dies with the runner
+Worker processes (``multiprocessing`` "spawn"), not threads of the runner,
+because TensorFlow fixes its thread pools and visible GPUs when its runtime
+starts (:func:`pipeline.executors.base.configure_process`), and because a job
+that is killed (out of memory) then costs only itself. A worker is started
+for a job slot (its GPUs) and runs one job after another, as the runner does
+with ``jobs: 1``: a fresh process per job paid about 5 s of CPU time
+(TensorFlow's import, the first traces) for each of them. A worker that dies
+is not reused; its job is retried in a new one. A worker dies with the runner
 (``PR_SET_PDEATHSIG``), so a SIGKILLed runner leaves no job writing into a
 fold folder that the next run resumes.
 
@@ -42,7 +46,8 @@ import subprocess
 import threading
 import traceback
 from concurrent.futures import Future
-from typing import Dict, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
 
 from pipeline.executors.base import JobResources, WorkerDied, run_in_worker
 from pipeline.executors.base import machine_cores as cpu_cores
@@ -80,8 +85,18 @@ def gpu_slots(gpus: Tuple[int, ...], gpus_per_job: Optional[float]) -> List[Tupl
     return [tuple(gpus[i:i + size]) for i in range(0, len(gpus) - size + 1, size)] or [tuple(gpus)]
 
 
+@dataclass
+class _Worker:
+    """A worker process of this machine: it runs one job after another on ``resources``."""
+
+    process: multiprocessing.Process
+    conn: object  # the runner's end of a duplex pipe: jobs go out, answers come back
+    resources: JobResources
+    future: Optional[Future] = None  # the job it runs now (None: idle)
+
+
 class LocalExecutor:
-    """Runs each fold job in a fresh child process of this machine (see the module doc)."""
+    """Runs fold jobs in worker processes of this machine, one job at a time each (see the module doc)."""
 
     def __init__(self, settings):
         self.settings = settings
@@ -92,8 +107,7 @@ class LocalExecutor:
         else:
             self.capacity = int(settings.jobs)
         self.threads = cpu_cores()  # the same count as in the runner: see the module doc
-        self._on_gpus: Dict[Future, Tuple[int, ...]] = {}  # a running job's future -> its GPUs
-        self._running: Dict[int, multiprocessing.Process] = {}  # pid -> child
+        self._workers: List[_Worker] = []
         self._lock = threading.Lock()
         self._context = multiprocessing.get_context("spawn")
 
@@ -102,43 +116,71 @@ class LocalExecutor:
         if not self._slots:
             return JobResources(threads=self.threads, gpus=())
         with self._lock:
-            running = list(self._on_gpus.values())
+            running = [w.resources.gpus for w in self._workers if w.future is not None]
         gpus = min(dict.fromkeys(self._slots), key=running.count)  # ties: the first slot
         return JobResources(threads=self.threads, gpus=gpus)
 
     def submit(self, job, resources: JobResources) -> Future:
-        """Start ``job`` in a new child process now; the future resolves to its (oof, test)."""
+        """Send ``job`` to an idle worker on ``resources`` (started now if there is none); the future resolves to
+        its (oof, test)."""
         future: Future = Future()
         future.set_running_or_notify_cancel()
-        receive, send = self._context.Pipe(duplex=False)
-        # Started from the caller's thread: PR_SET_PDEATHSIG fires when the thread that forked the child ends.
-        child = self._context.Process(target=_child_main, args=(job, resources, send, os.getpid()),
-                                      name=f"{job.name}-fold{job.fold}")
-        child.start()
-        send.close()
         with self._lock:
-            self._running[child.pid] = child
-            self._on_gpus[future] = resources.gpus
-        threading.Thread(target=self._wait, args=(child, receive, future), daemon=True,
-                         name=f"wait-{child.name}").start()
+            for gone in [w for w in self._workers if w.future is None and not w.process.is_alive()]:
+                self._workers.remove(gone)  # died while idle (out of memory, killed): nothing of a job was lost
+            worker = next((w for w in self._workers if w.future is None and w.resources == resources), None)
+            if worker is None:
+                idle = [w for w in self._workers if w.future is None]  # on other GPUs: one makes room
+                if idle and len(self._workers) >= self.capacity:
+                    self._stop_idle(idle[0])
+                worker = self._start_worker(resources)
+            worker.future = future
+        try:
+            worker.conn.send(job)
+        except OSError:  # it died just now: _wait finds its pipe closed and reports WorkerDied
+            pass
+        threading.Thread(target=self._wait, args=(worker, future), daemon=True,
+                         name=f"wait-{job.name}-fold{job.fold}").start()
         return future
 
-    def _wait(self, child, receive, future: Future) -> None:
-        """Wait for the child's answer, then for its end, and resolve ``future``."""
+    def _start_worker(self, resources: JobResources) -> _Worker:
+        """A new worker process (call with the lock held, from the runner's main thread: PR_SET_PDEATHSIG fires
+        when the thread that forked the child ends)."""
+        mine, theirs = self._context.Pipe(duplex=True)
+        process = self._context.Process(target=_worker_main, args=(resources, theirs, os.getpid()),
+                                        name=f"fold-worker-{len(self._workers) + 1}")
+        process.start()
+        theirs.close()
+        worker = _Worker(process, mine, resources)
+        self._workers.append(worker)
+        return worker
+
+    def _stop_idle(self, worker: _Worker) -> None:
+        """Let an idle worker end (call with the lock held)."""
+        self._workers.remove(worker)
         try:
-            answer = receive.recv()
+            worker.conn.send(None)
+        except OSError:
+            pass
+        worker.conn.close()
+
+    def _wait(self, worker: _Worker, future: Future) -> None:
+        """Wait for the worker's answer and resolve ``future``; a worker that ended without one is dropped."""
+        try:
+            answer = worker.conn.recv()
         except (EOFError, OSError):
             answer = None
-        finally:
-            receive.close()
-        child.join()
         with self._lock:
-            self._running.pop(child.pid, None)
-            self._on_gpus.pop(future, None)
+            worker.future = None
+            if answer is None and worker in self._workers:
+                self._workers.remove(worker)
         if answer is None:
-            code = child.exitcode
+            worker.process.join()
+            worker.conn.close()
+            code = worker.process.exitcode
             how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
-            future.set_exception(WorkerDied(f"the worker process of {child.name} {how} before it finished"))
+            future.set_exception(WorkerDied(f"the worker process ({worker.process.name}, pid {worker.process.pid}) "
+                                            f"{how} before the job finished"))
         elif answer[0] == "ok":
             future.set_result(answer[1])
         else:
@@ -147,33 +189,47 @@ class LocalExecutor:
             future.set_exception(error)
 
     def close(self) -> None:
-        """Terminate every running child (SIGTERM, then SIGKILL after a few seconds) and wait for it."""
+        """End every worker: idle ones when told, running ones by SIGTERM, then SIGKILL after a few seconds."""
         with self._lock:
-            children = list(self._running.values())
-        for child in children:
-            if child.is_alive():
-                child.terminate()
-        for child in children:
-            child.join(STOP_SECONDS)
-            if child.is_alive():
-                child.kill()
-                child.join()
+            workers, self._workers = list(self._workers), []
+        for worker in workers:
+            if worker.future is None:
+                try:
+                    worker.conn.send(None)
+                except OSError:
+                    pass
+            elif worker.process.is_alive():
+                worker.process.terminate()
+        for worker in workers:
+            worker.process.join(STOP_SECONDS)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join()
 
 
-def _child_main(job, resources: JobResources, send, parent: int) -> None:
-    """A job's child process: run the job and send ``("ok", result)`` or ``("error", exception, traceback)``."""
+def _worker_main(resources: JobResources, conn, parent: int) -> None:
+    """A worker process: run each job it is sent and answer ``("ok", result)`` or ``("error", exception,
+    traceback)``; ``None`` (or the runner's end closing) ends it."""
     from pipeline.cache.workers import die_with_parent
+    from pipeline.machine import reset_peak_memory
 
     die_with_parent()
     if os.getppid() != parent:
         os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the runner stops jobs
-    try:
-        answer = ("ok", run_in_worker(job, resources))
-    except BaseException as err:  # noqa: BLE001 - every failure is the runner's to report
-        answer = ("error", _picklable(err), traceback.format_exc())
-    send.send(answer)
-    send.close()
+    while True:
+        try:
+            job = conn.recv()
+        except (EOFError, OSError):
+            return
+        if job is None:
+            return
+        reset_peak_memory()  # the job's peak_rss_mb is its own, not an earlier job's
+        try:
+            answer = ("ok", run_in_worker(job, resources))
+        except BaseException as err:  # noqa: BLE001 - every failure is the runner's to report
+            answer = ("error", _picklable(err), traceback.format_exc())
+        conn.send(answer)
 
 
 def _picklable(err: BaseException) -> BaseException:
