@@ -11,6 +11,8 @@ from pipeline.errors import QueueError  # noqa: E402
 from pipeline.schema import AugmentSettings  # noqa: E402
 from pipeline.train import class_weights, input_pipelines, sample_weights  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("no_report")  # the report: tests/test_report.py
+
 ALL_ON = AugmentSettings(time_shift=0.2, gain_db=6.0, noise_std=0.1, time_mask=5, time_masks=2, freq_mask=4,
                          freq_masks=2, mixup_alpha=0.4)
 

@@ -15,6 +15,8 @@ import pytest
 from pipeline import schema
 from pipeline.models.classical import pool_features
 
+pytestmark = pytest.mark.usefixtures("no_report")  # the report: tests/test_report.py
+
 CLASSICAL = [name for name in schema.MODELS if schema.MODELS[name].kind == "sklearn"]
 
 

@@ -15,6 +15,8 @@ from pipeline.data import load_dataset
 from pipeline.data.identity import compute_identity, describe_changes
 from pipeline.data.synthetic import ensure_synthetic_whale
 
+pytestmark = pytest.mark.usefixtures("no_report")  # the report: tests/test_report.py
+
 
 def whale(folder, n_train=24, n_test=4):
     """A tiny dataset in the Kaggle whale layout (train.csv, train/, test/)."""
@@ -440,7 +442,6 @@ def test_an_experiment_refused_by_ownership_is_failed_in_the_summary(tmp_path, m
     queue = _queue(tmp_path, root)
     paths = q.Paths(queue.output_dir)
     monkeypatch.setattr(q, "_stages", _fake_stages([]))
-    monkeypatch.setattr("pipeline.report.build.write_report_safely", lambda *a, **k: None)
     (tmp_path / "output").mkdir()
     (tmp_path / "output" / "small").mkdir()
     (tmp_path / "output" / "small" / "thesis.tex").write_bytes(b"mine\n")

@@ -14,6 +14,8 @@ from pipeline.ownership import OwnershipError
 from pipeline.queue_yaml import QueueYAMLError
 from pipeline.registry import UnknownNameError
 
+pytestmark = pytest.mark.usefixtures("no_report")  # the report: tests/test_report.py
+
 
 @pytest.mark.parametrize("cls, kind", [
     (ConfigError, errors.QueueError), (QueueYAMLError, errors.QueueError), (UnknownNameError, errors.QueueError),

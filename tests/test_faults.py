@@ -17,7 +17,7 @@ import soundfile as sf
 from pipeline.cli import main
 from pipeline.data.synthetic import synthesize_clip
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_report")]  # the report: tests/test_report.py
 
 SR = 2000
 

@@ -24,6 +24,8 @@ from pipeline.data.base import Dataset
 from pipeline.features import compute_features
 from pipeline.folds import make_folds
 
+pytestmark = pytest.mark.usefixtures("no_report")  # the report: tests/test_report.py
+
 
 def test_duplicates_sharing_a_group_land_in_one_fold(rng):
     """Copies of a clip (same group) are never split between training and validation."""

@@ -12,6 +12,8 @@ import pytest
 from pipeline import layout, lock, ownership
 from pipeline.cli import main
 
+pytestmark = pytest.mark.usefixtures("no_report")  # the report: tests/test_report.py
+
 # A runner stand-in: takes the lock the way queue.run does, says so, then sleeps until it is killed.
 HOLDER = textwrap.dedent("""
     import sys, time

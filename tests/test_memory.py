@@ -9,6 +9,8 @@ import pytest
 from pipeline import machine, memory
 from pipeline.config import parse_queue
 
+pytestmark = pytest.mark.usefixtures("no_report")  # the report: tests/test_report.py
+
 MIB = 2**20
 
 

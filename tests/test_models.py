@@ -16,6 +16,8 @@ from pipeline.models.build import build_model, check_model  # noqa: E402
 from pipeline.models.heads import prior_bias  # noqa: E402
 from pipeline.registry import UnknownNameError  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("no_report")  # the report: tests/test_report.py
+
 # Families too large for both tasks at test speed run the binary case only.
 BINARY_ONLY = {"xception"}
 

@@ -17,6 +17,8 @@ from pipeline import pseudo
 from pipeline.cli import main
 from pipeline.config import ConfigError, parse_queue, run_order
 
+pytestmark = pytest.mark.usefixtures("no_report")  # the report: tests/test_report.py
+
 RATE = 2000
 N_CLIPS = 32
 

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.cli import main
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_report")]  # the report: tests/test_report.py
 
 QUEUE = """
 defaults:

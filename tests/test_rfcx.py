@@ -17,6 +17,8 @@ from pipeline.data.synthetic_rfcx import ensure_synthetic_rfcx, species_bands
 from pipeline.errors import DataError
 from pipeline.folds import make_folds
 
+pytestmark = pytest.mark.usefixtures("no_report")  # the report: tests/test_report.py
+
 HEADER = "recording_id,species_id,songtype_id,t_min,f_min,t_max,f_max\n"
 
 

@@ -16,7 +16,7 @@ import soundfile as sf
 
 from pipeline.cli import main
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_report")]  # the report: tests/test_report.py
 
 RATE = 2000
 

@@ -156,12 +156,16 @@ class LocalExecutor:
         return worker
 
     def _stop_idle(self, worker: _Worker) -> None:
-        """Let an idle worker end (call with the lock held)."""
+        """End an idle worker (call with the lock held): it leaves its loop when told, else it is killed."""
         self._workers.remove(worker)
         try:
             worker.conn.send(None)
         except OSError:
             pass
+        worker.process.join(STOP_SECONDS)
+        if worker.process.is_alive():
+            worker.process.kill()
+            worker.process.join()
         worker.conn.close()
 
     def _wait(self, worker: _Worker, future: Future) -> None:
