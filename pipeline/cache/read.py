@@ -13,7 +13,7 @@ from typing import List, Sequence, Tuple
 import numpy as np
 
 from pipeline import io, layout
-from pipeline.memory import PARSE_IN_FLIGHT, parse_batch
+from pipeline.memory import PARSE_IN_FLIGHT, parse_batch, without_autotune
 
 # Read-ahead per open shard, bytes.
 _READ_BUFFER = 8 << 20
@@ -119,7 +119,7 @@ def _records(files: Sequence[str], shape: Tuple[int, ...], *, cycle_length: int)
     )
     ds = ds.batch(parse_batch(int(np.prod(shape)) * 4)).map(parse, num_parallel_calls=PARSE_IN_FLIGHT,
                                                              deterministic=True)
-    return ds.unbatch()
+    return without_autotune(ds.unbatch())
 
 
 # ----------------------------------------------------------------------------- input pipelines

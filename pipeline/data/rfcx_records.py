@@ -28,6 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from pipeline.data.rfcx import BOX_COLUMNS, N_SPECIES
+from pipeline.memory import without_autotune
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,8 @@ def read_raw_audio_records(files: Sequence[str]):
         return {"recording_id": ex["recording_id"], "audio": decode_audio_wav(ex["audio_wav"]), "boxes": boxes,
                 "target": target}
 
-    return tf.data.TFRecordDataset(files).map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return without_autotune(tf.data.TFRecordDataset(files).map(parse, num_parallel_calls=tf.data.AUTOTUNE,
+                                                               deterministic=True))
 
 
 def export_layout(train_files: Sequence[str], test_files: Sequence[str], root: str, *, sample_rate: int = 48000) -> dict:

@@ -1,0 +1,98 @@
+"""Autotune benchmark: one experiment's folds with tf.data's autotuning off (as shipped) and on, back to back.
+
+Usage, from the repository root (``-m`` so that ``pipeline`` is importable)::
+
+    python -m benchmarks.autotune [--experiment vit_mel] [--epochs 4] [--rounds 2]
+
+A fold drops tf.data iterators all the time (each epoch's training batches
+and validation, every prediction). With autotuning on, each iterator's
+destructor waits for its tuning thread's timer while the process idles
+(``pipeline.memory.without_autotune``). This runs the default queue's
+``--experiment`` alone (its 3 folds, ``--epochs`` epochs, ``--jobs 1``) with
+the pipeline as shipped ("off") and with ``without_autotune`` replaced by the
+identity ("on"), alternating the modes ``--rounds`` times, each run a
+``run_queue.py`` subprocess into a fresh output folder (the synthetic data is
+generated once, under a temporary folder). Printed per run: wall time, CPU
+time (user + system) and CPU utilisation; then the ratio of the fastest runs
+and whether ``output/oof.csv`` is byte-identical across all runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+AUTOTUNED = ("import sys, pipeline.memory; pipeline.memory.without_autotune = lambda ds: ds; "
+             "from pipeline.cli import main; sys.exit(main(sys.argv[1:]))")
+SHIPPED = "import sys; from pipeline.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+def queue_text(experiment: str, epochs: int, data_root: str, output: str) -> str:
+    with open(os.path.join(ROOT, "experiments.yaml")) as f:
+        queue = yaml.safe_load(f)
+    exp = next((e for e in queue["experiments"] if e["name"] == experiment), None)
+    if exp is None:
+        raise SystemExit(f"--experiment: {experiment!r} is not in experiments.yaml")
+    exp.setdefault("train", {})["epochs"] = epochs
+    defaults = queue["defaults"]
+    defaults["data"]["root"] = data_root
+    return yaml.safe_dump({"defaults": defaults, "experiments": [exp], "blend": {"method": "mean"},
+                           "execution": {"jobs": 1}, "output": output}, sort_keys=False)
+
+
+def run_once(mode: str, folder: str, args, data_root: str) -> dict:
+    output = os.path.join(folder, "output")
+    os.makedirs(folder)
+    path = os.path.join(folder, "queue.yaml")
+    with open(path, "w") as f:
+        f.write(queue_text(args.experiment, args.epochs, data_root, output))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    with open(os.path.join(folder, "run.txt"), "w") as log:
+        code = subprocess.run([sys.executable, "-c", AUTOTUNED if mode == "on" else SHIPPED, path], cwd=ROOT,
+                              stdout=log, stderr=subprocess.STDOUT).returncode
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"mode": mode, "code": code, "wall": wall, "cpu": cpu, "oof": os.path.join(output, "oof.csv"),
+            "log": log.name}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--experiment", default="vit_mel", help="an experiment of experiments.yaml")
+    parser.add_argument("--epochs", type=int, default=4, help="epochs per fold (default 4)")
+    parser.add_argument("--rounds", type=int, default=2, help="runs per mode, alternating (default 2)")
+    args = parser.parse_args(argv)
+    base = tempfile.mkdtemp(prefix="autotune-bench-")
+    data_root = os.path.join(base, "data")
+    runs = []
+    for r in range(args.rounds):
+        for mode in ("off", "on"):
+            run = run_once(mode, os.path.join(base, f"{mode}{r}"), args, data_root)
+            runs.append(run)
+            print(f"autotune {mode:3s} (shipped: off), round {r + 1}: {run['wall']:.1f} s wall, {run['cpu']:.1f} s "
+                  f"CPU, {run['cpu'] / run['wall']:.0%} utilisation" + ("" if run["code"] == 0 else
+                                                                         f", exit {run['code']}: {run['log']}"),
+                  flush=True)
+    if any(run["code"] for run in runs):
+        return 1
+    fastest = {mode: min(run["wall"] for run in runs if run["mode"] == mode) for mode in ("off", "on")}
+    same = all(filecmp.cmp(runs[0]["oof"], run["oof"], shallow=False) for run in runs[1:])
+    print(f"fastest off / fastest on: {fastest['off']:.1f} / {fastest['on']:.1f} s = "
+          f"{fastest['off'] / fastest['on']:.3f}; output/oof.csv {'identical' if same else 'DIFFERS'} in all runs "
+          f"(outputs under {base})")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
