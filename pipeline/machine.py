@@ -28,6 +28,18 @@ def reset_peak_memory() -> None:
         pass
 
 
+def resident_memory(pid: int) -> int:
+    """Bytes of process ``pid``'s resident memory now (Linux ``VmRSS``; 0 when it cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 def available_memory() -> int:
     """Bytes of memory available for new allocations now: Linux ``MemAvailable`` (else the free pages), at most
     what the process's cgroup (a container's memory limit) has left."""

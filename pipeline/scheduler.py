@@ -21,9 +21,15 @@ cost of a teacher's folds, whose student waits for all of them. A job that
 is retried goes before all others. The order changes when a job runs, never
 what it computes.
 
-Memory: a job starts only when the sum of the estimates of the running jobs
-and its own stays within the memory available when the pool started (one
-job always runs, with a warning when even it may not fit). The estimate
+Memory: a job starts only when what the running jobs hold, what idle
+workers hold and the job's own estimate fit in the memory available when the
+pool started (one job always runs, with a warning when even it may not
+fit). A running job holds its estimate or, once it has reported one, its
+worker's peak so far if that is larger; an idle worker holds its resident
+memory (:meth:`executor.idle_memory`); a job sent to a worker that already
+ran jobs needs that worker's resident memory instead of ``WORKER_BASE``
+(measured: reused workers peaked at 1.3-1.6 GiB on jobs estimated at
+0.74-0.90 GiB for a fresh one). The estimate
 (:func:`job_estimates`, logged per experiment) is deliberately rough:
 ``WORKER_BASE`` for a fresh TensorFlow process, plus the model's parameters x 4
 bytes x ``OPTIMIZER_COPIES`` (weights, gradients and Adam's two moments), plus
@@ -60,13 +66,15 @@ POLL_SECONDS = 2.0  # how often running jobs' progress.json files are read
 @dataclass(eq=False)
 class _Task:
     job: object  # pipeline.fold_job.FoldJob
-    memory: int  # estimated bytes (job_estimates)
+    memory: int  # estimated bytes in a fresh worker (job_estimates)
     done: Callable  # done(job, (oof, test), info: dict)
     failed: Callable  # failed(job, exception)
     cost: float = 0.0  # job_cost: the pool starts the costliest waiting job first
     attempts: int = 0
     started: float = 0.0
     seen: Optional[float] = None  # the last progress.json shown (its "updated")
+    need: int = 0  # bytes counted for it since it started: its estimate in the worker it runs in
+    peak: int = 0  # its worker's peak resident bytes so far (progress.json)
 
 
 @dataclass
@@ -120,15 +128,18 @@ class JobPool:
         while self.pending and len(self.running) < self.executor.capacity:
             # Longest first, so that no long job starts last and trains alone at the end; a retried job before all.
             task = max(self.pending, key=lambda t: (t.attempts > 0, t.cost))
-            in_use = sum(t.memory for t in self.running.values())
-            if self.running and in_use + task.memory > self.memory:
-                return  # waits for a running job to end
-            if not self.running and task.memory > self.memory:
-                log.warning("%s fold %d: estimated to need %.1f GiB, more than the %.1f GiB available; started "
-                            "alone", task.job.name, task.job.fold, task.memory / 2**30, self.memory / 2**30)
-            self.pending.remove(task)
             resources = self.executor.resources()
-            task.started, task.seen = time.time(), None
+            idle, reused = self.executor.idle_memory(resources)
+            need = task.memory + (reused - WORKER_BASE if reused else 0)
+            in_use = sum(max(t.need, t.peak) for t in self.running.values()) + idle - reused
+            if self.running and in_use + need > self.memory:
+                return  # waits for a running job to end
+            if not self.running and in_use + need > self.memory:
+                log.warning("%s fold %d: estimated to need %.1f GiB (idle workers hold %.1f GiB more), more than "
+                            "the %.1f GiB available; started alone", task.job.name, task.job.fold, need / 2**30,
+                            (idle - reused) / 2**30, self.memory / 2**30)
+            self.pending.remove(task)
+            task.started, task.seen, task.need, task.peak = time.time(), None, need, 0
             self.running[self.executor.submit(task.job, resources)] = task
             log.info("%s fold %d/%d: started (%s)%s", task.job.name, task.job.fold + 1, task.job.n_folds,
                      _shown(resources), f", attempt {task.attempts + 1}" if task.attempts else "")
@@ -149,7 +160,7 @@ class JobPool:
             return
         progress = _read_progress(job)
         info = {"seconds": round(time.time() - task.started, 2), "attempts": task.attempts + 1,
-                "peak_rss_mb": progress.get("peak_rss_mb"), "estimated_mb": round(task.memory / MIB)}
+                "peak_rss_mb": progress.get("peak_rss_mb"), "estimated_mb": round(task.need / MIB)}
         task.done(job, future.result(), info)
 
     def _show_progress(self) -> None:
@@ -157,7 +168,10 @@ class JobPool:
         for task in self.running.values():
             progress = _read_progress(task.job)
             updated = progress.get("updated", 0)
-            if "epoch" not in progress or updated == task.seen or updated < task.started:  # none new, or stale
+            if "epoch" not in progress or updated < task.started:  # none yet, or an earlier attempt's
+                continue
+            task.peak = max(task.peak, int((progress.get("peak_rss_mb") or 0) * MIB))
+            if updated == task.seen:  # shown already
                 continue
             task.seen = progress["updated"]
             job = task.job

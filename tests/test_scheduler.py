@@ -209,6 +209,9 @@ class FakeExecutor:
 
         return JobResources(threads=1, gpus=())
 
+    def idle_memory(self, resources):
+        return 0, 0  # no worker processes
+
     def submit(self, job, resources):
         from concurrent.futures import Future
 
@@ -247,6 +250,67 @@ def test_the_pool_waits_for_memory_and_retries_dead_workers_only(tmp_path, monke
     submitted[3][1].set_result("predictions")
     pool.wait(timeout=1)
     assert ended[-1] == (2, "predictions", 1) and not pool.busy
+
+
+def test_the_pool_counts_reused_workers_and_running_jobs_peaks(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from pipeline import io, layout, scheduler
+
+    GIB = 2**30
+    held = [(int(2.5 * GIB), int(2.5 * GIB))]  # first: an idle worker of 2.5 GiB, which the job would reuse
+
+    class Reusing(FakeExecutor):
+        def idle_memory(self, resources):
+            return held.pop(0) if held else (0, 0)
+
+    monkeypatch.setattr(scheduler.schema, "EXECUTORS", {"local": SimpleNamespace(load=lambda: Reusing)})
+    monkeypatch.setattr(scheduler, "available_memory", lambda: int(4.5 * GIB))
+    pool = scheduler.JobPool(schema.ExecutionSettings(jobs=3))
+    infos = {}
+    for k in range(5):
+        job = SimpleNamespace(name="a", fold=k, n_folds=5, exp_dir=str(tmp_path))
+        pool.add(job, GIB, lambda job, result, info: infos.update({job.fold: info}), lambda job, error: None)
+    submitted = pool.executor.submitted
+    # fold 0 in the reused worker needs 2.5 GiB + 1 GiB - WORKER_BASE; with fold 1 (a new worker, 1 GiB) beside
+    # it, fold 2 no longer fits (counted as fresh workers, 3 x 1 GiB, it would)
+    assert [k for k, _ in submitted] == [0, 1]
+    submitted[0][1].set_result("done")
+    pool.wait(timeout=1)
+    assert infos[0]["estimated_mb"] == round((3.5 * GIB - scheduler.WORKER_BASE) / 2**20)
+    assert [k for k, _ in submitted] == [0, 1, 2, 3]
+    # fold 1's worker reports a 3.5 GiB peak: when fold 2 ends, fold 4 (1 GiB) waits, though the estimates
+    # (3 x 1 GiB) would fit
+    progress = layout.fold_file(str(tmp_path), 1, layout.PROGRESS)
+    os.makedirs(os.path.dirname(progress), exist_ok=True)
+    io.write_json(progress,
+                  {"epoch": 1, "epochs": 2, "monitor": "val_auc", "value": 0.5, "peak_rss_mb": 3.5 * 1024,
+                   "updated": time.time() + 1})
+    submitted[2][1].set_result("done")
+    pool.wait(timeout=1)
+    assert [k for k, _ in submitted] == [0, 1, 2, 3]
+    submitted[1][1].set_result("done")
+    pool.wait(timeout=1)
+    assert [k for k, _ in submitted] == [0, 1, 2, 3, 4]
+
+
+def test_the_local_executor_reports_its_idle_workers_resident_memory():
+    from types import SimpleNamespace
+
+    from pipeline.executors.base import JobResources
+    from pipeline.executors.local import LocalExecutor, _Worker
+    from pipeline.machine import resident_memory
+
+    executor = LocalExecutor(schema.ExecutionSettings(jobs=2))
+    mine = SimpleNamespace(pid=os.getpid(), is_alive=lambda: True)  # this process stands in for a worker
+    cpu, gpu0 = JobResources(threads=2, gpus=()), JobResources(threads=2, gpus=(0,))
+    executor._workers = [_Worker(mine, None, cpu), _Worker(mine, None, gpu0, future=object())]  # one runs a job
+    idle, reused = executor.idle_memory(cpu)
+    assert resident_memory(os.getpid()) > 2**20 and 0.5 < idle / resident_memory(os.getpid()) < 2
+    assert reused == idle  # the idle worker is the one a job on these resources would get
+    other_idle, other_reused = executor.idle_memory(gpu0)  # the GPU-0 worker is busy: a new one would start
+    assert other_reused == 0 and other_idle > 2**20
+    executor._workers = []
 
 
 def test_the_pool_starts_the_costliest_waiting_job_first_and_a_retried_one_before_all(tmp_path, monkeypatch):

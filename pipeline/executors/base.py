@@ -11,6 +11,9 @@ scheduler, :mod:`pipeline.scheduler`, is its only caller)::
     executor = Executor(settings)        # settings: pipeline.schema.ExecutionSettings
     executor.capacity -> int             # jobs to keep in flight
     executor.resources() -> JobResources # the share of the machine for the next job
+    executor.idle_memory(resources) -> (int, int)
+        # resident bytes of its idle worker processes, and of the one among them a job on ``resources``
+        # would run in (0: it would start a new worker); the pool counts both against the memory available
     executor.submit(job, resources) -> concurrent.futures.Future
         # resolves to run_fold_job(job)'s (oof, test), or raises the job's exception;
         # WorkerDied when the worker process ended without an answer (killed, out of memory)

@@ -51,6 +51,7 @@ from typing import List, Optional, Tuple
 
 from pipeline.executors.base import JobResources, WorkerDied, run_in_worker
 from pipeline.executors.base import machine_cores as cpu_cores
+from pipeline.machine import resident_memory
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,16 @@ class LocalExecutor:
             running = [w.resources.gpus for w in self._workers if w.future is not None]
         gpus = min(dict.fromkeys(self._slots), key=running.count)  # ties: the first slot
         return JobResources(threads=self.threads, gpus=gpus)
+
+    def idle_memory(self, resources: JobResources) -> Tuple[int, int]:
+        """(resident bytes of the idle workers, of the idle worker :meth:`submit` would give a job on ``resources``
+        or 0 when it would start one): a worker that ran jobs keeps more than a fresh one (TensorFlow's caches,
+        the C heap), and an idle one keeps it all while it waits."""
+        with self._lock:
+            idle = [w for w in self._workers if w.future is None and w.process.is_alive()]
+            sizes = {id(w): resident_memory(w.process.pid) for w in idle}
+        reused = next((sizes[id(w)] for w in idle if w.resources == resources), 0)
+        return sum(sizes.values()), reused
 
     def submit(self, job, resources: JobResources) -> Future:
         """Send ``job`` to an idle worker on ``resources`` (started now if there is none); the future resolves to

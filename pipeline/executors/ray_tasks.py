@@ -148,6 +148,10 @@ class RayExecutor:
         schedules each task by its ``num_cpus``."""
         return JobResources(threads=None, gpus=None)
 
+    def idle_memory(self, resources: JobResources) -> Tuple[int, int]:
+        """(0, 0): every task runs in a fresh Ray worker (``max_calls=1``), which Ray ends after it."""
+        return 0, 0
+
     def submit(self, job, resources: JobResources) -> concurrent.futures.Future:
         """Start ``job`` (a FoldJob) as a Ray task; the future resolves to :func:`run_fold_job`'s (oof, test).
 
