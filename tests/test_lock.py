@@ -53,11 +53,17 @@ def test_a_second_runner_is_refused_naming_the_first(tmp_path, holder):
 
 
 # A runner that forks a worker (as the feature stage does) and is then SIGKILLed: the worker lives on.
+# The worker says "ready" once it runs its own code, i.e. after the fork handlers that close its copy of the lock.
 FORKING_HOLDER = textwrap.dedent("""
     import multiprocessing, sys, time
     from pipeline import lock
+
+    def work():
+        print("ready", flush=True)
+        time.sleep(60)
+
     held = lock.acquire(sys.argv[1])
-    worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,), daemon=False)
+    worker = multiprocessing.get_context("fork").Process(target=work, daemon=False)
     worker.start()
     print(worker.pid, flush=True)
     time.sleep(60)
@@ -67,7 +73,8 @@ FORKING_HOLDER = textwrap.dedent("""
 def test_a_worker_outliving_a_killed_runner_does_not_keep_its_lock(tmp_path):
     runner = subprocess.Popen([sys.executable, "-c", FORKING_HOLDER, str(tmp_path)], stdout=subprocess.PIPE,
                               text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    worker_pid = int(runner.stdout.readline())
+    lines = {runner.stdout.readline().strip(), runner.stdout.readline().strip()}  # in either order
+    worker_pid = int((lines - {"ready"}).pop())
     try:
         os.kill(runner.pid, signal.SIGKILL)
         runner.wait()
