@@ -22,15 +22,13 @@ from __future__ import annotations
 import argparse
 import filecmp
 import os
-import resource
-import subprocess
 import sys
 import tempfile
-import time
 
 import yaml
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchmarks.queue_parallel import ROOT, timed_run
+
 AUTOTUNED = ("import sys, pipeline.memory; pipeline.memory.without_autotune = lambda ds: ds; "
              "from pipeline.cli import main; sys.exit(main(sys.argv[1:]))")
 SHIPPED = "import sys; from pipeline.cli import main; sys.exit(main(sys.argv[1:]))"
@@ -55,16 +53,8 @@ def run_once(mode: str, folder: str, args, data_root: str) -> dict:
     path = os.path.join(folder, "queue.yaml")
     with open(path, "w") as f:
         f.write(queue_text(args.experiment, args.epochs, data_root, output))
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.perf_counter()
-    with open(os.path.join(folder, "run.txt"), "w") as log:
-        code = subprocess.run([sys.executable, "-c", AUTOTUNED if mode == "on" else SHIPPED, path], cwd=ROOT,
-                              stdout=log, stderr=subprocess.STDOUT).returncode
-    wall = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"mode": mode, "code": code, "wall": wall, "cpu": cpu, "oof": os.path.join(output, "oof.csv"),
-            "log": log.name}
+    run = timed_run([sys.executable, "-c", AUTOTUNED if mode == "on" else SHIPPED, path], folder, ROOT)
+    return {"mode": mode, "oof": os.path.join(output, "oof.csv"), **run}
 
 
 def main(argv=None) -> int:

@@ -54,21 +54,27 @@ def resolved_queue(source: str, output: str) -> str:
                            "execution": execution, "output": output}, sort_keys=False)
 
 
+def timed_run(command: list, folder: str, cwd: str) -> dict:
+    """Run ``command`` (its output to ``folder``/run.txt); its exit code, wall time and CPU time (user + system of
+    it and every process it waited for)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    with open(os.path.join(folder, "run.txt"), "w") as log:
+        code = subprocess.run(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT).returncode
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"code": code, "wall": wall, "cpu": cpu, "log": log.name}
+
+
 def run_once(source: str, mode: str, folder: str) -> dict:
     """Run the queue once with ``--jobs mode`` into ``folder``/output; returns its times and output folder."""
     output = os.path.join(folder, "output")
     path = os.path.join(folder, "queue.yaml")
     with open(path, "w") as f:
         f.write(resolved_queue(source, output))
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.perf_counter()
-    with open(os.path.join(folder, "run.txt"), "w") as log:
-        code = subprocess.run([sys.executable, os.path.join(ROOT, "run_queue.py"), path, "--jobs", mode],
-                              cwd=folder, stdout=log, stderr=subprocess.STDOUT).returncode
-    wall = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"mode": mode, "code": code, "wall": wall, "cpu": cpu, "output": output, "log": log.name}
+    run = timed_run([sys.executable, os.path.join(ROOT, "run_queue.py"), path, "--jobs", mode], folder, folder)
+    return {"mode": mode, "output": output, **run}
 
 
 def compared_files(output: str) -> list:
