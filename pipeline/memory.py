@@ -54,10 +54,10 @@ def without_autotune(ds):
     An autotuned iterator starts a thread that re-tunes the pipeline between timed waits, and the iterator's
     destructor can wait for that thread with the whole process idle. A fold drops iterators all the time (each
     epoch's training and validation batches, every prediction): a ``vit_mel`` fold on a 2-core machine sat idle in
-    16 % of its samples (one per 20 ms) with autotuning, 1.6 % without (``python -m benchmarks.autotune`` times a
-    whole experiment both ways). The pipelines fix their order (``deterministic=True``), so predictions are
-    byte-identical; ``num_parallel_calls=AUTOTUNE`` then runs as many calls as the machine has cores, and
-    ``prefetch(AUTOTUNE)`` keeps its own buffer autotuner.
+    16 % of its samples (one per 20 ms) with autotuning, 1.6 % without (``python -m benchmarks.fold_runtime
+    --change autotune`` times a whole experiment both ways). The pipelines fix their order
+    (``deterministic=True``), so predictions are byte-identical; ``num_parallel_calls=AUTOTUNE`` then runs as
+    many calls as the machine has cores, and ``prefetch(AUTOTUNE)`` keeps its own buffer autotuner.
     """
     import tensorflow as tf
 
