@@ -71,9 +71,13 @@ FORKING_HOLDER = textwrap.dedent("""
 
 
 def test_a_worker_outliving_a_killed_runner_does_not_keep_its_lock(tmp_path):
-    runner = subprocess.Popen([sys.executable, "-c", FORKING_HOLDER, str(tmp_path)], stdout=subprocess.PIPE,
-                              text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    errors = tmp_path / "stderr.txt"
+    with open(errors, "w") as stderr:
+        runner = subprocess.Popen([sys.executable, "-c", FORKING_HOLDER, str(tmp_path)], stdout=subprocess.PIPE,
+                                  stderr=stderr, text=True,
+                                  cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     lines = {runner.stdout.readline().strip(), runner.stdout.readline().strip()}  # in either order
+    assert "" not in lines, f"the runner ended early ({runner.wait()}): {errors.read_text()[-3000:]}"
     worker_pid = int((lines - {"ready"}).pop())
     try:
         os.kill(runner.pid, signal.SIGKILL)

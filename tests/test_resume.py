@@ -42,9 +42,11 @@ blend: {method: mean}
 
 
 def start(folder, *args):
+    """Run the queue in ``folder``; its output (appended) goes to ``folder/run.log``, read when a run fails."""
     env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.Popen([sys.executable, os.path.join(ROOT, "run_queue.py"), str(folder / "queue.yaml"), *args],
-                            cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(folder / "run.log", "a") as log:
+        return subprocess.Popen([sys.executable, os.path.join(ROOT, "run_queue.py"), str(folder / "queue.yaml"),
+                                 *args], cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def ends_soon(pid, timeout=30):
@@ -61,8 +63,8 @@ def ends_soon(pid, timeout=30):
     return False
 
 
-def kill_when(proc, condition, timeout=600):
-    """SIGKILL ``proc`` as soon as ``condition()`` holds. Returns False if it ended first."""
+def kill_when(proc, condition, log, timeout=600):
+    """SIGKILL ``proc`` as soon as ``condition()`` holds. Returns False if it ended first (successfully)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if condition():
@@ -70,6 +72,7 @@ def kill_when(proc, condition, timeout=600):
             proc.wait()
             return True
         if proc.poll() is not None:
+            assert proc.returncode == 0, f"the run ended with {proc.returncode}:\n{log.read_text()[-3000:]}"
             return False
         time.sleep(0.02)
     proc.kill()
@@ -93,7 +96,7 @@ def test_killed_runs_resume_to_the_same_results(tmp_path):
     for folder in (reference, killed):
         folder.mkdir()
         (folder / "queue.yaml").write_text(textwrap.dedent(QUEUE))
-    assert start(reference).wait(timeout=600) == 0
+    assert start(reference).wait(timeout=600) == 0, (reference / "run.log").read_text()[-3000:]
 
     out = killed / "output"
     progress = out / "inceptiontime_a" / "fold0" / "progress.json"  # written by a fold job in a child process
@@ -105,12 +108,12 @@ def test_killed_runs_resume_to_the_same_results(tmp_path):
     }
     killed_at = []
     for name, (condition, options) in points.items():
-        if kill_when(start(killed, *options), condition):
+        if kill_when(start(killed, *options), condition, killed / "run.log"):
             killed_at.append(name)
             if name == "mid-fold, folds in parallel":  # the fold's child process died with the runner
                 assert ends_soon(json.loads(progress.read_text())["pid"]), "a fold job outlived its runner"
     assert len(killed_at) >= 3, killed_at  # the fastest points may be passed between two polls
-    assert start(killed, "--jobs", "2").wait(timeout=600) == 0
+    assert start(killed, "--jobs", "2").wait(timeout=600) == 0, (killed / "run.log").read_text()[-3000:]
 
     want, got = results(reference), results(killed)
     for key in want:
