@@ -7,7 +7,7 @@ neither has to import the other.
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Optional, Tuple
 
 
 def machine_cores() -> int:
@@ -16,6 +16,26 @@ def machine_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+def machine_core_ids() -> Tuple[int, ...]:
+    """The ids of the cores this process may run on, ascending (``()`` where the OS does not say: not Linux)."""
+    try:
+        return tuple(sorted(os.sched_getaffinity(0)))
+    except AttributeError:
+        return ()
+
+
+def pin_process(cores: Tuple[int, ...]) -> None:
+    """Run every thread of this process on ``cores`` only; threads it starts later inherit that (Linux's CPU
+    affinity; elsewhere nothing happens)."""
+    if not hasattr(os, "sched_setaffinity"):
+        return
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), cores)
+        except (OSError, ValueError):  # a thread that ended meanwhile
+            pass
 
 
 def reset_peak_memory() -> None:

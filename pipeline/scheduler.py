@@ -204,6 +204,8 @@ def _read_progress(job) -> dict:
 def _shown(resources) -> str:
     gpus = "no GPU" if not resources.gpus else f"GPU {','.join(map(str, resources.gpus))}"
     threads = "all cores" if resources.threads is None else f"{resources.threads} thread(s)"
+    if resources.cores:
+        threads += f" on core(s) {','.join(map(str, resources.cores))}"
     return f"{threads}, {gpus}"
 
 

@@ -87,10 +87,11 @@ def test_auto_jobs_and_gpu_slots(monkeypatch):
     from pipeline.executors import local
 
     monkeypatch.setattr(local, "cpu_cores", lambda: 8)
+    monkeypatch.setattr(local, "core_ids", lambda: tuple(range(8)))
     monkeypatch.setattr(local, "visible_gpus", lambda: ())
     cpu = local.LocalExecutor(schema.ExecutionSettings(jobs="auto"))
     # Every job has TensorFlow's default thread count (a fold's numbers depend on it), never cores // jobs.
-    assert (cpu.capacity, cpu.resources()) == (8, local.JobResources(threads=8, gpus=()))
+    assert (cpu.capacity, cpu.resources()) == (8, local.JobResources(threads=8, gpus=(), cores=(0,)))
     assert local.LocalExecutor(schema.ExecutionSettings(jobs=2)).resources().threads == 8
     monkeypatch.setattr(local, "visible_gpus", lambda: (0, 1))
     two_per_gpu = local.LocalExecutor(schema.ExecutionSettings(jobs="auto", gpus_per_job=0.5))
@@ -100,6 +101,52 @@ def test_auto_jobs_and_gpu_slots(monkeypatch):
     assert two_per_gpu.resources().gpus == (1,)  # the GPU with the fewest running jobs (an idle worker runs none)
     assert local.gpu_slots((0, 1, 2, 3), 2) == [(0, 1), (2, 3)]
     assert local.LocalExecutor(schema.ExecutionSettings(jobs="auto")).capacity == 2
+
+
+def test_cpu_job_slots_each_get_cores_of_their_own(monkeypatch):
+    from pipeline.executors import local
+
+    assert local.core_slots(tuple(range(8)), 3) == [(0, 1, 2), (3, 4, 5), (6, 7)]
+    assert local.core_slots((0, 1), 2) == [(0,), (1,)]
+    assert local.core_slots((0, 1), 3) == [] and local.core_slots((0, 1), 1) == []  # not pinned
+    monkeypatch.setattr(local, "cpu_cores", lambda: 4)
+    monkeypatch.setattr(local, "core_ids", lambda: (0, 1, 2, 3))
+    monkeypatch.setattr(local, "visible_gpus", lambda: ())
+    two = local.LocalExecutor(schema.ExecutionSettings(jobs=2))
+    first = two.resources()
+    assert first == local.JobResources(threads=4, gpus=(), cores=(0, 1))  # the machine's thread count, half its cores
+    two._workers.append(local._Worker(None, None, first, future="running"))
+    assert two.resources().cores == (2, 3)  # the slot with no running job
+    assert local.LocalExecutor(schema.ExecutionSettings(jobs=8)).resources() == local.JobResources(threads=4, gpus=())
+    monkeypatch.setattr(local, "visible_gpus", lambda: (0,))
+    assert local.LocalExecutor(schema.ExecutionSettings(jobs=2)).resources().cores is None  # GPU jobs: not pinned
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux's")
+def test_a_pinned_worker_runs_every_thread_on_its_cores_with_the_machines_thread_count():
+    import subprocess
+    import sys
+
+    core = min(os.sched_getaffinity(0))
+    code = textwrap.dedent(f"""
+        import os
+        from pipeline.executors.base import JobResources, configure_process
+        configure_process(JobResources(threads=2, gpus=(), cores=({core},)))
+        import tensorflow as tf
+        tf.linalg.matmul(tf.ones((512, 512)), tf.ones((512, 512))).numpy()  # starts TensorFlow's thread pools
+        masks = set()
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                masks.add(tuple(sorted(os.sched_getaffinity(int(tid)))))
+            except OSError:
+                pass
+        print(sorted(masks), len(os.listdir("/proc/self/task")), tf.config.threading.get_intra_op_parallelism_threads())
+    """)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    masks, threads, intra_op = out.stdout.strip().splitlines()[-1].rsplit(" ", 2)
+    assert masks == f"[({core},)]" and int(threads) > 3 and intra_op == "2", out.stdout
 
 
 # ----------------------------------------------------------------------------- real runs

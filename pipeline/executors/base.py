@@ -31,7 +31,7 @@ import sys
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from pipeline.machine import machine_cores  # the executors import it from here too
+from pipeline.machine import machine_cores, pin_process  # the executors import machine_cores from here too
 
 
 @dataclass(frozen=True)
@@ -44,11 +44,15 @@ class JobResources:
     count changes the last bits of some models' predictions, so a fold gives
     the same files on any executor of one machine). ``gpus``: indices of the GPUs the
     job sees, ``()`` for none; ``None`` leaves the process's view as it is
-    (Ray sets ``CUDA_VISIBLE_DEVICES`` for a task itself).
+    (Ray sets ``CUDA_VISIBLE_DEVICES`` for a task itself). ``cores``: the ids
+    of the CPU cores the job's process runs on (every thread of it, pinned
+    with Linux's CPU affinity), ``None`` for every core; the thread count
+    stays ``threads`` whatever the cores (the same bytes).
     """
 
     threads: Optional[int]
     gpus: Optional[Tuple[int, ...]] = None
+    cores: Optional[Tuple[int, ...]] = None
 
 
 class WorkerDied(RuntimeError):
@@ -61,7 +65,7 @@ THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def configure_process(resources: JobResources) -> None:
-    """Fix this process's visible GPUs and the thread pools of TensorFlow and BLAS/OpenMP.
+    """Fix this process's visible GPUs, its cores and the thread pools of TensorFlow and BLAS/OpenMP.
 
     Call before TensorFlow runs anything.
 
@@ -78,7 +82,9 @@ def configure_process(resources: JobResources) -> None:
         if "tensorflow" in sys.modules:
             raise RuntimeError("configure_process: TensorFlow was imported before the job's GPUs were chosen")
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in resources.gpus)
-    threads = resources.threads or machine_cores()
+    threads = resources.threads or machine_cores()  # counted before the process is pinned to fewer cores
+    if resources.cores:
+        pin_process(resources.cores)  # before TensorFlow starts its thread pools: they inherit it
     if "tensorflow" not in sys.modules:  # read when the libraries load
         for name in THREAD_ENV_VARS:
             os.environ[name] = str(threads)
