@@ -34,9 +34,8 @@ a fold writes the same bytes in the runner or in a child, with any ``jobs``.
 The price is more threads than cores when several jobs run. On CPU each job
 slot therefore gets cores of its own (:func:`core_slots`: the process and
 every thread it starts are pinned to them with Linux's CPU affinity), so two
-jobs' threads do not take turns on the same cores or each other's caches:
-the default queue with ``jobs: auto`` on 2 cores, pinned against unpinned,
-runs alternating, in the README ("Each job on its own core"). The bytes do not
+jobs' threads do not take turns on the same cores or each other's caches
+(measured in the README, "Each job on its own cores"). The bytes do not
 change (the thread count does not). With GPUs, or more jobs than cores, jobs
 are not pinned.
 """
