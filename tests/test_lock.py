@@ -54,18 +54,20 @@ def test_a_second_runner_is_refused_naming_the_first(tmp_path, holder):
 
 # A runner that forks a worker (as the feature stage does) and is then SIGKILLed: the worker lives on.
 # The worker says "ready" once it runs its own code, i.e. after the fork handlers that close its copy of the lock.
+# Both write their line in one os.write: with PYTHONUNBUFFERED set, print() writes the text and its newline apart,
+# and the two processes' lines interleaved ("29635ready").
 FORKING_HOLDER = textwrap.dedent("""
-    import multiprocessing, sys, time
+    import multiprocessing, os, sys, time
     from pipeline import lock
 
     def work():
-        print("ready", flush=True)
+        os.write(1, b"ready\\n")
         time.sleep(60)
 
     held = lock.acquire(sys.argv[1])
     worker = multiprocessing.get_context("fork").Process(target=work, daemon=False)
     worker.start()
-    print(worker.pid, flush=True)
+    os.write(1, f"{worker.pid}\\n".encode())
     time.sleep(60)
 """)
 
