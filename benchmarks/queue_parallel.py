@@ -3,7 +3,7 @@
 
 Usage, from the repository root (``-m`` so that ``pipeline`` is importable)::
 
-    python -m benchmarks.queue_parallel [--queue experiments.yaml] [--repeat 1] [--keep]
+    python -m benchmarks.queue_parallel [--queue experiments.yaml] [--repeat 1] [--keep] [--unpinned]
 
 Each run is ``python run_queue.py <queue> --jobs <1|auto>`` as a subprocess,
 into its own fresh temporary output folder (the queue is rewritten with its
@@ -19,6 +19,12 @@ busy cores) and the ratio of the fastest ``auto`` run to the fastest ``1`` run.
 Then whether ``output/oof.csv``, the summary's scores and every submission
 (each experiment's and the blend's) are byte for byte the same in all runs.
 Exit status 1 when they differ.
+
+``--unpinned`` adds a third mode to each round, ``auto-unpinned``: ``--jobs
+auto`` with the local executor's CPU job slots not pinned to cores of their
+own (``pipeline.executors.local.core_slots`` replaced by one that splits
+nothing, in the runner), to measure what pinning gives; its outputs are
+compared too.
 """
 
 from __future__ import annotations
@@ -38,6 +44,9 @@ import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODES = ("1", "auto")
+# The runner with the CPU job slots' pinning switched off (the slots are made in the runner's executor).
+UNPINNED = ("import sys; sys.path.insert(0, {root!r}); import pipeline.executors.local as local; "
+            "local.core_slots = lambda cores, jobs: []; from pipeline.cli import main; sys.exit(main(sys.argv[1:]))")
 
 
 def resolved_queue(source: str, output: str) -> str:
@@ -73,7 +82,11 @@ def run_once(source: str, mode: str, folder: str) -> dict:
     path = os.path.join(folder, "queue.yaml")
     with open(path, "w") as f:
         f.write(resolved_queue(source, output))
-    run = timed_run([sys.executable, os.path.join(ROOT, "run_queue.py"), path, "--jobs", mode], folder, folder)
+    if mode == "auto-unpinned":
+        command = [sys.executable, "-c", UNPINNED.format(root=ROOT), path, "--jobs", "auto"]
+    else:
+        command = [sys.executable, os.path.join(ROOT, "run_queue.py"), path, "--jobs", mode]
+    run = timed_run(command, folder, folder)
     return {"mode": mode, "output": output, **run}
 
 
@@ -117,13 +130,16 @@ def main(argv=None) -> int:
                         help="queue file (default: %(default)s)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per mode, interleaved (default 1)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary output folders")
+    parser.add_argument("--unpinned", action="store_true",
+                        help="also run --jobs auto with the jobs not pinned to their own cores, each round")
     args = parser.parse_args(argv)
+    modes = MODES + ("auto-unpinned",) * args.unpinned
     base = tempfile.mkdtemp(prefix="queue-parallel-")
     cores = len(os.sched_getaffinity(0))
     runs = []
     try:
         for i in range(args.repeat):
-            for mode in MODES:
+            for mode in modes:
                 folder = os.path.join(base, f"jobs-{mode}-{i + 1}")
                 os.makedirs(folder)
                 run = run_once(os.path.abspath(args.queue), mode, folder)
@@ -131,9 +147,12 @@ def main(argv=None) -> int:
                 print(f"--jobs {mode:>4} run {i + 1}: wall {run['wall']:7.1f} s, CPU {run['cpu']:7.1f} s "
                       f"(user + sys), utilisation {100 * run['cpu'] / run['wall']:5.1f} % of {100 * cores} %, "
                       f"exit {run['code']}", flush=True)
-        best = {mode: min(r["wall"] for r in runs if r["mode"] == mode) for mode in MODES}
+        best = {mode: min(r["wall"] for r in runs if r["mode"] == mode) for mode in modes}
         print(f"fastest: --jobs 1 {best['1']:.1f} s, --jobs auto {best['auto']:.1f} s; "
               f"ratio auto / 1 = {best['auto'] / best['1']:.2f}")
+        if args.unpinned:
+            print(f"fastest unpinned --jobs auto {best['auto-unpinned']:.1f} s; "
+                  f"ratio auto / auto-unpinned = {best['auto'] / best['auto-unpinned']:.2f}")
         problems = differences(runs)
         print("outputs identical (output/oof.csv, summary scores, every submission): "
               + ("yes" if not problems else "NO\n  " + "\n  ".join(problems)))

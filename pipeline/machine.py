@@ -10,14 +10,6 @@ import os
 from typing import Optional, Tuple
 
 
-def machine_cores() -> int:
-    """The cores this process may run on (TensorFlow's default thread count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def machine_core_ids() -> Tuple[int, ...]:
     """The ids of the cores this process may run on, ascending (``()`` where the OS does not say: not Linux)."""
     try:
@@ -26,16 +18,24 @@ def machine_core_ids() -> Tuple[int, ...]:
         return ()
 
 
-def pin_process(cores: Tuple[int, ...]) -> None:
+def machine_cores() -> int:
+    """The cores this process may run on (TensorFlow's default thread count)."""
+    return len(machine_core_ids()) or os.cpu_count() or 1
+
+
+def pin_process(cores: Tuple[int, ...]) -> bool:
     """Run every thread of this process on ``cores`` only; threads it starts later inherit that (Linux's CPU
-    affinity; elsewhere nothing happens)."""
+    affinity). False when the OS refuses (not Linux, or cores this process may not use): it runs where it did."""
     if not hasattr(os, "sched_setaffinity"):
-        return
+        return False
     for tid in os.listdir("/proc/self/task"):
         try:
             os.sched_setaffinity(int(tid), cores)
-        except (OSError, ValueError):  # a thread that ended meanwhile
-            pass
+        except ProcessLookupError:  # a thread that ended meanwhile
+            continue
+        except OSError:
+            return False
+    return True
 
 
 def reset_peak_memory() -> None:

@@ -149,6 +149,15 @@ def test_a_pinned_worker_runs_every_thread_on_its_cores_with_the_machines_thread
     assert masks == f"[({core},)]" and int(threads) > 3 and intra_op == "2", out.stdout
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux's")
+def test_pinning_to_cores_the_process_may_not_use_is_refused_and_changes_nothing():
+    from pipeline.machine import pin_process
+
+    before = os.sched_getaffinity(0)
+    assert pin_process((4095,)) is False  # the worker then warns and runs on every core
+    assert os.sched_getaffinity(0) == before
+
+
 # ----------------------------------------------------------------------------- real runs
 
 QUEUE = """

@@ -83,8 +83,9 @@ def configure_process(resources: JobResources) -> None:
             raise RuntimeError("configure_process: TensorFlow was imported before the job's GPUs were chosen")
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in resources.gpus)
     threads = resources.threads or machine_cores()  # counted before the process is pinned to fewer cores
-    if resources.cores:
-        pin_process(resources.cores)  # before TensorFlow starts its thread pools: they inherit it
+    if resources.cores and not pin_process(resources.cores):  # before TensorFlow's thread pools: they inherit it
+        logging.getLogger(__name__).warning("could not pin this worker to core(s) %s; it runs on every core",
+                                            ",".join(map(str, resources.cores)))
     if "tensorflow" not in sys.modules:  # read when the libraries load
         for name in THREAD_ENV_VARS:
             os.environ[name] = str(threads)
