@@ -6,13 +6,16 @@ fold in one model whose outputs sit side by side [B, folds * C], which is what
 :mod:`pipeline.exported` runs (one interpreter call per batch of windows for all
 folds); and ``export.json`` (written last) with everything needed to predict
 new audio as ``--predict`` does: data source, audio, feature and prediction
-settings, input shape, windows, class names, batch size and the file list.
+settings, input shape, windows, class names, batch size, the file list and
+the sha256 of each model file :mod:`pipeline.exported` loads (``checksums``).
 The fold average is taken in :mod:`pipeline.exported` after each fold's
 windows are combined (max or mean over windows, then the mean over folds), as
 the training-time test predictions are; averaging inside the graph would put
 the mean before the max. ``output/export/export.json`` names the experiments
 and holds the queue's blend (its ``weights.json``) when all of its
-experiments are exported.
+experiments are exported, and the sha256 of each experiment's
+``export.json``: a copy of the export (a Kaggle dataset upload) that lost or
+changed a byte is refused with a message naming the file.
 
 A classical family (scikit-learn, no TensorFlow graph) is exported as its
 fitted fold models (``fold<k>.joblib``), which :mod:`pipeline.exported` runs
@@ -37,9 +40,6 @@ from pipeline.config import Experiment, Queue
 from pipeline.errors import PipelineError
 
 log = logging.getLogger("pipeline")
-
-EXPORT_VERSION = 1
-
 
 def clipwise_model(model, name: str):
     """``model`` (a fold model) as a Keras model of its clipwise output [B, C] (a packed SED output [B, 1 + T, C]
@@ -181,8 +181,12 @@ def export_experiment(exp: Experiment, output: str, root: str) -> dict:
             "all_folds": {"saved_model": _name(folder, layout.EXPORT_FOLDS, "savedmodel"),
                           "tflite": _name(folder, layout.EXPORT_FOLDS, "tflite")},
         }
+    # The files pipeline.exported loads, by sha256: a damaged copy (a truncated upload) is refused with a message;
+    # TFLite's interpreter would crash the process on it.
+    loaded = files["joblib"] if "joblib" in files else [*files["tflite"], files["all_folds"]["tflite"]]
+    checksums = {name: io.sha256(io.join(folder, name)) for name in loaded}
     manifest = {
-        "version": EXPORT_VERSION,
+        "version": layout.EXPORT_VERSION,
         "experiment": exp.name,
         "task": meta["task"],
         "targets": list(meta["targets"]),
@@ -201,6 +205,7 @@ def export_experiment(exp: Experiment, output: str, root: str) -> dict:
         "batch_size": exp.train.batch_size,
         "select_tf_ops": select,
         "files": files,  # TFLite / SavedModel per fold and all folds, or a classical family's joblib per fold
+        "checksums": checksums,
     }
     io.write_json(layout.export_file(folder, layout.EXPORT_MANIFEST), manifest)
     keras.backend.clear_session(free_memory=True)
@@ -248,8 +253,10 @@ def run_export(queue: Queue, *, only: Optional[List[str]] = None) -> int:
             except (PipelineError, OSError, ValueError, ExportMismatch) as err:
                 log.error("%s: not exported: %s: %s", exp.name, type(err).__name__, err)
                 failed.append(exp.name)
+        manifests = {name: io.sha256(layout.export_file(layout.experiment_dir(root, name), layout.EXPORT_MANIFEST))
+                     for name in exported}
         io.write_json(layout.export_file(root, layout.EXPORT_MANIFEST),
-                      {"version": EXPORT_VERSION, "queue": queue.source, "experiments": exported,
-                       "blend": saved_blend(output, exported)})
+                      {"version": layout.EXPORT_VERSION, "queue": queue.source, "experiments": exported,
+                       "blend": saved_blend(output, exported), "checksums": manifests})
         log.info("export: %d experiment(s) -> %s", len(exported), root)
     return 1 if failed else 0

@@ -101,13 +101,69 @@ def _settings(cls, values: dict):
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
+def _damaged(path: str, what: str) -> PipelineError:
+    return PipelineError(f"{path}: {what}; copy the export again, or export again with run_queue.py QUEUE --export")
+
+
+def read_manifest(path: str, checksum: Optional[str] = None) -> dict:
+    """An export.json: its sha256 checked against ``checksum`` (None: not checked), then parsed; PipelineError
+    naming the file when it is missing, damaged, changed or of an unknown version."""
+    try:
+        if checksum is not None and io.sha256(path) != checksum:
+            raise _damaged(path, "damaged or changed since it was exported (its sha256 is not the one the "
+                                 f"export's {layout.EXPORT_MANIFEST} recorded)")
+        manifest = io.read_json(path)
+    except FileNotFoundError:
+        raise _damaged(path, "missing") from None
+    except (OSError, ValueError) as err:  # unreadable, not UTF-8, not JSON
+        raise _damaged(path, f"not readable as JSON ({err})") from None
+    if not isinstance(manifest, dict):
+        raise _damaged(path, "not an export manifest (expected a JSON object)")
+    if manifest.get("version") not in range(1, layout.EXPORT_VERSION + 1):
+        raise _damaged(path, f"export version {manifest.get('version')!r}; this pipeline reads versions 1 to "
+                             f"{layout.EXPORT_VERSION}")
+    if manifest["version"] > 1 and not isinstance(manifest.get("checksums"), dict):
+        raise _damaged(path, "no checksums (expected an object of file names and their sha256)")
+    return manifest
+
+
+def listed_checksum(manifest: dict, name: str, path: str) -> Optional[str]:
+    """The sha256 ``manifest`` records for its file ``name`` (at ``path``); None for a version-1 export, which
+    recorded none (its files are used unchecked)."""
+    if manifest["version"] == 1:
+        return None
+    if not isinstance(manifest["checksums"].get(name), str):
+        raise _damaged(path, f"not listed in {layout.EXPORT_MANIFEST}'s checksums")
+    return manifest["checksums"][name]
+
+
+def verified(folder: str, manifest: dict, name: str) -> str:
+    """The path of the export file ``name`` in ``folder``, after its sha256 matched the manifest's
+    (PipelineError when it does not)."""
+    path = os.path.join(folder, name)
+    expected = listed_checksum(manifest, name, path)
+    if expected is None:
+        return path
+    try:
+        got = io.sha256(path)
+    except FileNotFoundError:
+        raise _damaged(path, "missing") from None
+    if got != expected:
+        raise _damaged(path, "damaged or changed since it was exported (sha256 "
+                             f"{got[:12]}..., {layout.EXPORT_MANIFEST} says {expected[:12]}...)")
+    return path
+
+
 def predict_exported(exp_folder: str, dataset, out: str) -> tuple:
     """One exported experiment's predictions of ``dataset``'s test clips: (``id, <pred columns>`` averaged over
     folds, the skipped files ``[{id, path, reason}]``), as :func:`pipeline.predict_new.predict_experiment`."""
     from pipeline.cache.build import ensure_features
     from pipeline.predict import View, predict_examples
 
-    m = io.read_json(layout.export_file(exp_folder, layout.EXPORT_MANIFEST))
+    m = read_manifest(layout.export_file(exp_folder, layout.EXPORT_MANIFEST))
+    files = m["files"]  # checked before the audio is featurised
+    model_files = ([verified(exp_folder, m, name) for name in files["joblib"]] if "joblib" in files
+                   else verified(exp_folder, m, files["all_folds"]["tflite"]))
     audio = dataclasses.replace(_settings(schema.AudioSettings, m["audio"]), max_bad_fraction=1.0)
     cache = ensure_features(dataset, layout.cache_root(out), data=_component(schema.DATA_SOURCES, m["data"]),
                             audio=audio, features=_component(schema.FEATURES, m["features"]),
@@ -117,11 +173,7 @@ def predict_exported(exp_folder: str, dataset, out: str) -> tuple:
     pred_cols = layout.prediction_columns(m["targets"], m["task"])
     if cache.count("test") == 0:
         return pd.DataFrame(columns=["id", *pred_cols]), skipped
-    files = m["files"]
-    if "joblib" in files:
-        model = ClassicalFolds([os.path.join(exp_folder, name) for name in files["joblib"]])
-    else:
-        model = TFLiteModel(os.path.join(exp_folder, files["all_folds"]["tflite"]))
+    model = ClassicalFolds(model_files) if "joblib" in files else TFLiteModel(model_files)
     extra = cache.extra_windows("test") if m["strategy"] == "clips" else None
     ids, preds = predict_examples(model, cache.dataset("test"), batch_size=m["batch_size"], extra_windows=extra,
                                   views=tuple(View(**v) for v in m.get("views", ())), **m["windows"])
@@ -142,7 +194,11 @@ def run(export_dir: str, path: str, out: str, *, only: Optional[List[str]] = Non
         if not io.isfile(root_manifest):
             raise PipelineError(f"{export_dir}: not an export (no {layout.EXPORT_MANIFEST}; made by run_queue.py "
                                 f"QUEUE --export in output/{layout.EXPORT}/)")
-        root = io.read_json(root_manifest)
+        root = read_manifest(root_manifest)
+        if (not isinstance(root.get("experiments"), list) or not all(isinstance(n, str) for n in root["experiments"])
+                or not isinstance(root.get("blend"), (dict, type(None)))):
+            raise _damaged(root_manifest, "not an export's root manifest (expected experiments: a list of names, "
+                                          "blend: an object or null)")
         names = [n for n in root["experiments"] if only is None or n in only]
         if not names:
             raise PipelineError(f"{export_dir}: no exported experiment{' among --only' if only else ''}; exported: "
@@ -158,7 +214,8 @@ def run(export_dir: str, path: str, out: str, *, only: Optional[List[str]] = Non
         for name in names:
             folder = layout.experiment_dir(export_dir, name)
             try:
-                m = io.read_json(layout.export_file(folder, layout.EXPORT_MANIFEST))
+                path = layout.export_file(folder, layout.EXPORT_MANIFEST)
+                m = read_manifest(path, listed_checksum(root, name, path))
                 datasets[name] = dataset_for(m["data"]["name"], audio, m)
                 preds, bad = predict_exported(folder, datasets[name], out)
             except (PipelineError, OSError, ValueError, KeyError) as err:  # a damaged or incomplete export

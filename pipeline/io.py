@@ -17,6 +17,7 @@ either kind of path.
 
 from __future__ import annotations
 
+import hashlib
 import io as _io
 import json
 import os
@@ -110,6 +111,15 @@ def open_file(path: str, mode: str = "rb"):
 def read_bytes(path: str) -> bytes:
     with open_file(path, "rb") as f:
         return f.read()
+
+
+def sha256(path: str) -> str:
+    """The sha256 of a file's bytes (hex), read in 1 MB blocks."""
+    digest = hashlib.sha256()
+    with open_file(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def copy_tree_up(local_folder: str, remote_folder: str, *, last: Optional[str] = None) -> None:

@@ -285,6 +285,7 @@ def predict_predictions(run_dir: str, name: str) -> str:
 # per fold, folds.savedmodel/ and folds.tflite: every fold in one model, outputs side by side [B, folds * C].
 
 EXPORT_MANIFEST = "export.json"
+EXPORT_VERSION = 2  # of export.json; 2: with the sha256 of the files pipeline.exported loads (1: none; both read)
 EXPORT_FOLDS = "folds"
 
 

@@ -298,3 +298,43 @@ def test_export_predicts_in_a_fresh_process_without_the_queue_or_training_code(f
     assert worst <= 1e-4
     sub = pd.read_csv(folder / "kaggle" / "preds" / "submission.csv")
     assert sorted(sub["clip"]) == sorted(keras_test.index)
+    check_damaged_exports(folder / "kaggle", tflite)
+
+
+def check_damaged_exports(kaggle, predictions):
+    """Copies of a good export at ``kaggle/export`` (a Kaggle dataset upload that lost bytes, a hand-edited
+    manifest, one of an older version): a damaged one is refused with a message naming the file (TFLite's
+    interpreter killed the process with SIGSEGV on a truncated model), the old one predicts as before."""
+    import subprocess
+    import sys
+
+    def copy(name):
+        shutil.copytree(kaggle / "export", kaggle / name)
+        return kaggle / name
+
+    tflite = copy("truncated") / "inceptiontime_a" / "folds.tflite"
+    tflite.write_bytes(tflite.read_bytes()[:1000])
+    manifest = copy("edited") / "inceptiontime_a" / "export.json"
+    manifest.write_text(manifest.read_text().replace('"batch_size": ', '"batch_size": 1'))
+    (copy("not_json") / "export.json").write_text('{"version": 2, "exp')
+    old = copy("version1")
+    for path in (old / "export.json", old / "inceptiontime_a" / "export.json"):
+        m = json.loads(path.read_text())
+        del m["checksums"]
+        path.write_text(json.dumps({**m, "version": 1}))
+    script = ("import sys\n"
+              "from pipeline.exported import main\n"
+              "print([main([name, 'test', '--out', 'p_' + name]) for name in sys.argv[1:]])\n")
+    names = ["truncated", "edited", "not_json", "version1"]
+    done = subprocess.run([sys.executable, "-c", script, *names], cwd=kaggle, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))})
+    assert done.returncode == 0 and done.stdout.strip().splitlines()[-1] == "[1, 1, 2, 0]", (done.returncode,
+                                                                                          done.stderr[-3000:])
+    log = (kaggle / "p_truncated" / "predict.log").read_text()
+    assert "truncated/inceptiontime_a/folds.tflite: damaged or changed since it was exported" in log, log
+    log = (kaggle / "p_edited" / "predict.log").read_text()
+    assert "edited/inceptiontime_a/export.json: damaged or changed since it was exported" in log, log
+    assert "not_json/export.json: not readable as JSON" in done.stderr
+    assert not (kaggle / "p_not_json").exists()
+    old_preds = pd.read_csv(kaggle / "p_version1" / "inceptiontime_a.csv").set_index("id")["pred"]
+    pd.testing.assert_series_equal(old_preds, predictions)
