@@ -204,6 +204,9 @@ def run(export_dir: str, path: str, out: str, *, only: Optional[List[str]] = Non
             raise PipelineError(f"{export_dir}: no exported experiment{' among --only' if only else ''}; exported: "
                                 f"{', '.join(root['experiments']) or 'none'}")
         audio = new_audio(path)
+        inside = ownership.inside_owned_problem("--out", out)
+        if inside:
+            raise PipelineError(inside)
         ownership.make_owned_dir(out)
     except (PipelineError, ownership.OwnershipError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -96,6 +96,35 @@ def remove_owned(path: str, *, recognise: Optional[Callable[[str], bool]] = None
     io.rmtree(path)
 
 
+def enclosing_owned(path: str) -> Optional[str]:
+    """The outermost folder above ``path`` that carries the marker (None: none does).
+
+    A folder the user names for the pipeline's output must not lie inside one the pipeline made (another run's
+    output folder, an experiment's, ``blend/``, a cache, an export): that run writes and deletes there by name.
+    Local paths are resolved first (symbolic links, ``..``).
+    """
+    if io.is_remote(path):
+        scheme, rest = path.split("://", 1)
+        parts = rest.rstrip("/").split("/")
+        ups = [f"{scheme}://" + "/".join(parts[:n]) for n in range(len(parts) - 1, 0, -1)]
+    else:
+        ups, up = [], os.path.realpath(path)
+        while os.path.dirname(up) != up:
+            up = os.path.dirname(up)
+            ups.append(up)
+    return next((up for up in reversed(ups) if is_owned(up)), None)
+
+
+def inside_owned_problem(key: str, path: str) -> Optional[str]:
+    """``key: message`` when ``path`` lies inside a folder the pipeline made (:func:`enclosing_owned`)."""
+    owner = enclosing_owned(path)
+    if owner is None:
+        return None
+    return (f"{key}: {path} lies inside {owner}, a folder the pipeline made (another run's output folder, or one "
+            f"of its experiment, blend, cache or export folders: it holds {MARKER}); the two would write and delete "
+            f"the same files. Choose a folder outside it")
+
+
 def only_names(path: str, allowed: Callable[[str], bool]) -> bool:
     """Whether every entry of the folder ``path`` passes ``allowed(name)`` (atomic-write leftovers always do)."""
     return all(allowed(n) or is_atomic_leftover(n) for n in entries(path))
@@ -285,6 +314,8 @@ def check_output(queue, *, names: Optional[Iterable[str]] = None, blend_only: bo
     ``--dry-run``). Refused:
 
     * ``output`` naming an existing file, or under one;
+    * ``output`` inside a folder the pipeline made (:func:`enclosing_owned`:
+      another run's output folder, one of its experiment folders, ...);
     * an existing output folder that is not empty and not the pipeline's
       (no marker and not recognisably an older pipeline version's output);
     * an experiment's folder ``output/<name>/`` that exists and is not the
@@ -338,6 +369,9 @@ def _output_folder_problems(output: str) -> List[str]:
         if not os.path.isdir(probe):
             what = "is an existing file" if probe == output else f"lies under {probe}, which is a file"
             return [f"output: {output} {what}; expected a folder"]
+    inside = inside_owned_problem("output", output)
+    if inside:
+        return [inside]
     if io.isdir(output) and not is_owned(output) and entries(output) and not is_legacy_output(output):
         foreign = legacy_output_foreign(output) or entries(output)
         return [f"output: {output} exists, is not empty and was not created by the pipeline (no {MARKER} file; "

@@ -540,3 +540,45 @@ def test_an_output_path_with_a_control_character_is_refused(tmp_path, capsys, ou
     before = snapshot(tmp_path)
     refused(capsys, [path], "output: ", "control character")
     assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("output", ["output/a", "output/a/deeper", "output/blend", "link/new", "output/cache/x"])
+def test_an_output_inside_a_folder_the_pipeline_made_is_refused(tmp_path, capsys, output):
+    """Another run's output folder, or one of its experiment / blend / cache folders, is not an output folder:
+    that run writes its oof.csv, summary.csv, ... by the same names (an experiment folder as output had its
+    oof.csv replaced by the queue-level one, and the other run kept reporting it as done)."""
+    out = tmp_path / "output"
+    for folder in (out, out / "a", out / "blend", out / "cache"):
+        ownership.make_owned_dir(str(folder))
+    (out / "a" / "oof.csv").write_text("id,fold,pred\nx,0,0.5\n")
+    (tmp_path / "link").symlink_to(out)
+    path = write(tmp_path, f"""
+        defaults:
+          data: {quick_data(tmp_path)}
+          features: mel
+          model: inceptiontime
+        experiments: [{{name: a}}]
+        output: {output}
+    """)
+    before = snapshot(tmp_path)
+    for args in ([path], [path, "--dry-run"], [path, "--force"]):
+        refused(capsys, args, f"output: {tmp_path / output} lies inside {out}, a folder the pipeline made")
+    assert snapshot(tmp_path) == before
+
+
+def test_exported_predictions_are_not_written_inside_a_folder_the_pipeline_made(tmp_path, capsys):
+    from pipeline.exported import main as exported_main
+
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "export.json").write_text(json.dumps({"version": 2, "experiments": ["a"], "blend": None,
+                                                    "checksums": {"a": "0" * 64}}))
+    (tmp_path / "audio").mkdir()
+    (tmp_path / "audio" / "song.wav").write_bytes(b"")
+    for folder in (tmp_path / "output", tmp_path / "output" / "a"):  # an experiment's folder of another run
+        ownership.make_owned_dir(str(folder))
+    before = snapshot(tmp_path)
+    assert exported_main([str(export), str(tmp_path / "audio"), "--out", str(tmp_path / "output" / "a")]) == 2
+    err = capsys.readouterr().err
+    assert f"--out: {tmp_path / 'output' / 'a'} lies inside {tmp_path / 'output'}" in err, err
+    assert snapshot(tmp_path) == before
