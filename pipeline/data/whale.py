@@ -116,9 +116,9 @@ def read_kaggle_whale(root: str) -> Dataset:
     if io.is_remote(test_dir) and io.isdir(test_dir):
         test_names = [n for n in io.listdir(test_dir) if n.lower().endswith(AUDIO_SUFFIXES)]
     elif os.path.isdir(test_dir):
-        test_names = sorted(
-            e.name for e in os.scandir(test_dir) if e.is_file() and e.name.lower().endswith(AUDIO_SUFFIXES)
-        )
+        # Every entry named like audio, as listed (a dangling link too): the test set is the folder's listing, and
+        # a clip that cannot be read is skipped with its reason, never silently left out of the submission.
+        test_names = sorted(n for n in os.listdir(test_dir) if n.lower().endswith(AUDIO_SUFFIXES))
         if not test_names:
             logger.warning("%s: test/ holds no .aiff files; no test set", root)
     else:
