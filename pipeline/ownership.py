@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import shutil
 from typing import Callable, Iterable, Iterator, List, Optional, Tuple
 
 from pipeline import io, layout
@@ -78,13 +79,19 @@ def make_owned_dir(path: str, *, recognise: Optional[Callable[[str], bool]] = No
     mark(path)
 
 
-def remove_owned(path: str, *, recognise: Optional[Callable[[str], bool]] = None) -> None:
+def remove_owned(path: str, *, recognise: Optional[Callable[[str], bool]] = None,
+                 foreign: Optional[Callable[[str], List[str]]] = None) -> None:
     """Delete the folder ``path`` and everything in it, only if the pipeline created it.
 
     A missing folder is fine. The folder must carry the marker, be empty, or
     be recognised by ``recognise(path)`` (judged by its entries: a folder of
-    an older pipeline version, or a feature cache's shards); otherwise
-    :class:`OwnershipError` is raised and nothing is deleted.
+    an older pipeline version, or a feature cache's shards); and
+    ``foreign(path)``, when given, must find nothing in it the pipeline did
+    not write (a user's notebook put into an experiment folder). Otherwise
+    :class:`OwnershipError` is raised and nothing is deleted. A file that
+    cannot be deleted (no permission) raises :class:`OwnershipError` naming
+    it; the marker goes last, so a folder left half deleted stays the
+    pipeline's.
     """
     if not io.exists(path):
         return
@@ -93,7 +100,48 @@ def remove_owned(path: str, *, recognise: Optional[Callable[[str], bool]] = None
     if not is_owned(path) and entries(path) and not (recognise is not None and recognise(path)):
         raise OwnershipError(f"{path}: was not created by the pipeline (no {MARKER} file) and holds "
                              f"{_some(entries(path))}; refusing to delete it. Move it away or choose another name")
-    io.rmtree(path)
+    extra = foreign(path) if foreign is not None else []
+    if extra:
+        raise OwnershipError(f"{path}: holds {_some(extra)}, which the pipeline did not write; refusing to delete "
+                             f"the folder. Move {'it' if len(extra) == 1 else 'them'} out, then run again")
+    if io.is_remote(path):
+        io.rmtree(path)
+        return
+    try:
+        for name in entries(path):
+            sub = os.path.join(path, name)
+            if os.path.isdir(sub) and not os.path.islink(sub):
+                shutil.rmtree(sub)
+            else:
+                os.remove(sub)
+        if os.path.exists(os.path.join(path, MARKER)):
+            os.remove(os.path.join(path, MARKER))
+        os.rmdir(path)
+    except OSError as err:
+        raise OwnershipError(f"{path}: could not delete {err.filename or path}: {err.strerror or err}; the folder "
+                             f"is left partly deleted (still the pipeline's). Fix the permission, then run "
+                             f"again") from None
+
+
+def experiment_foreign(path: str) -> List[str]:
+    """Entries of the experiment folder ``path`` the pipeline did not write (relative paths): anything but its
+    experiment files and ``fold<k>/`` folders holding fold files (the insides of ``plots/``, ``fold<k>/state/``
+    and ``fold<k>/tb/`` are the pipeline's and TensorFlow's)."""
+    extra = []
+    for name in entries(path):
+        sub = io.join(path, name)
+        if name in layout.EXPERIMENT_FILES or is_atomic_leftover(name):
+            continue
+        if layout.fold_index(name) is not None and io.isdir(sub):
+            extra += [f"{name}/{n}" for n in entries(sub) if n not in layout.FOLD_FILES and not is_atomic_leftover(n)]
+        else:
+            extra.append(name)
+    return extra
+
+
+def files_foreign(allowed: Callable[[str], bool]) -> Callable[[str], List[str]]:
+    """A ``foreign`` check for :func:`remove_owned`: the entries of a folder whose names ``allowed`` rejects."""
+    return lambda path: [n for n in entries(path) if not allowed(n) and not is_atomic_leftover(n)]
 
 
 def enclosing_owned(path: str) -> Optional[str]:

@@ -246,7 +246,9 @@ def run_predict(queue: Queue, path: str, *, name: Optional[str] = None, only: Op
         run_dir = layout.predict_run_dir(output, run)
         try:
             ownership.make_owned_dir(layout.predict_root(output))
-            ownership.remove_owned(run_dir)  # the same --predict-name again: the earlier run's files go
+            # The same --predict-name again: the earlier run's files go (a file of the user's stops it).
+            ownership.remove_owned(run_dir, foreign=ownership.files_foreign(
+                lambda n: n.endswith(".csv") or n == layout.PREDICT_LOG))
             ownership.make_owned_dir(run_dir)
         except ownership.OwnershipError as err:
             print(f"error: output: {err}", file=sys.stderr)

@@ -132,7 +132,8 @@ class ExperimentRun:
                 reason = ("--force" if force else "its config changed" if not same_config
                           else f"data changed since the last run: {changed}")
                 log.info("%s: starting afresh (%s)", exp.name, reason)
-                ownership.remove_owned(exp_dir, recognise=ownership.is_legacy_experiment)
+                ownership.remove_owned(exp_dir, recognise=ownership.is_legacy_experiment,
+                                       foreign=ownership.experiment_foreign)
             ownership.make_owned_dir(exp_dir, recognise=ownership.is_legacy_experiment)
         except ownership.OwnershipError as err:
             log.error("%s: FAILED: %s", exp.name, err)  # nothing of the folder's was touched, so no status is written

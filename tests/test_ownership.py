@@ -582,3 +582,57 @@ def test_exported_predictions_are_not_written_inside_a_folder_the_pipeline_made(
     err = capsys.readouterr().err
     assert f"--out: {tmp_path / 'output' / 'a'} lies inside {tmp_path / 'output'}" in err, err
     assert snapshot(tmp_path) == before
+
+
+def test_a_users_file_inside_an_experiment_folder_stops_its_deletion(tmp_path, capsys):
+    """Ownership is per folder, but a user's notebook or notes put into an experiment folder (or one of its fold
+    folders) are not the pipeline's: --force (or a config change) fails that experiment, naming them, instead of
+    deleting them with the folder."""
+    path = write(tmp_path, f"""
+        defaults:
+          data: {{name: synthetic_whale, n_train: 60, n_test: 10, seed: 0, root: {tmp_path / 'data'}}}
+          folds: {{n_splits: 2}}
+          features: {{name: mel, n_fft: 256, hop_length: 64, n_mels: 32}}
+          model: logreg
+        experiments: [{{name: a}}]
+        output: {tmp_path / 'out'}
+    """)
+    assert main([path]) == 0
+    exp = tmp_path / "out" / "a"
+    (exp / "analysis.ipynb").write_text("{}")
+    (exp / "fold0" / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    before = snapshot(exp)
+    assert main([path, "--force"]) == 1
+    out = capsys.readouterr().out
+    assert f"{exp}: holds 'analysis.ipynb', 'fold0/notes.txt', which the pipeline did not write" in out, out
+    assert snapshot(exp) == before
+    (exp / "analysis.ipynb").unlink()
+    (exp / "fold0" / "notes.txt").unlink()
+    assert main([path, "--force"]) == 0
+    # A --predict run folder is replaced by the same --predict-name, but not over a file of the user's.
+    predict = [path, "--predict", str(tmp_path / "data" / "test"), "--predict-name", "p"]
+    assert main(predict) == 0
+    (tmp_path / "out" / "predict" / "p" / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    assert main(predict) == 2
+    assert "p: holds 'notes.txt', which the pipeline did not write" in capsys.readouterr().err
+    assert (tmp_path / "out" / "predict" / "p" / "notes.txt").read_text() == "mine"
+
+
+def test_a_file_that_cannot_be_deleted_is_named_and_the_folder_stays_the_pipelines(tmp_path, monkeypatch):
+    folder = tmp_path / "exp"
+    ownership.make_owned_dir(str(folder))
+    for name in ("a.csv", "b.csv", "z.csv"):
+        (folder / name).write_text("x")
+    real_remove = os.remove
+
+    def remove(path, *args, **kwargs):
+        if str(path).endswith("b.csv"):
+            raise PermissionError(1, "Operation not permitted", str(path))
+        return real_remove(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "remove", remove)
+    with pytest.raises(ownership.OwnershipError, match=f"could not delete {folder / 'b.csv'}: Operation not permitted"):
+        ownership.remove_owned(str(folder))
+    assert ownership.is_owned(str(folder)) and (folder / "b.csv").exists()
