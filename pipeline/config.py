@@ -230,7 +230,12 @@ def parse_queue(raw: Any, *, source: str, base_dir: str) -> Queue:
 
     output = raw.get("output", "output")
     if not isinstance(output, str) or not output:
-        problems.append(f"output: expected a folder path string; got {_typename(output)}")
+        got = "an empty string" if output == "" else _typename(output)
+        problems.append(f"output: expected a folder path string; got {got}")
+        output = "output"
+    elif _has_control_character(output):
+        problems.append(f"output: {output!r} contains a control character (a NUL or a newline?); expected a folder "
+                        f"path")
         output = "output"
     blend = _parse_blend(raw.get("blend"), [e.name for e in experiments], problems)
     if not problems:
@@ -519,6 +524,8 @@ def _check_value(value, hint, meta, base_dir) -> Tuple[Optional[str], Any]:
         return f"must be > {meta['min_exclusive']}; got {_show(value)}", value
     kind = meta.get("path")
     if kind and value not in meta.get("keywords", ()):
+        if _has_control_character(value):
+            return f"{value!r} contains a control character (a NUL or a newline?); expected a path", value
         value = _resolve(base_dir, value)
         # A cloud path (gs://...) is checked when the data is read: validation stays TensorFlow-free.
         if meta.get("must_exist") and "://" not in value:
@@ -693,6 +700,11 @@ def _execution_value(key: str, value) -> Optional[str]:
             return (f"expected GiB for a fold job's input as a number from 0.01 to 1000000 (e.g. 8 or 1.5), or null "
                     f"for automatic; got {_show(value)}")
     return None
+
+
+def _has_control_character(path: str) -> bool:
+    """A NUL (which no system call takes), a newline or another control character: never meant in a path."""
+    return any(ord(c) < 32 for c in path)
 
 
 def _resolve(base_dir: str, path: str) -> str:

@@ -120,6 +120,15 @@ BAD += [
     (GOOD.replace(_TRAIN, _TRAIN + "\n  predict: {tta: [{gain_db: -6}]}"), "defaults.predict.tta[0].gain_db",
      "complexity"),
 ]
+# A NUL in a path crashed the output check with a traceback (ValueError: embedded null byte).
+BAD += [
+    (GOOD.replace("{name: synthetic_whale, n_train: 40, n_test: 10}", '{name: kaggle_whale, root: "whale\\0x"}'),
+     "defaults.data.root", "contains a control character"),
+    (GOOD.replace("{name: synthetic_whale, n_train: 40, n_test: 10}", '{name: table, csv: "a\\nb.csv", audio_dir: .}'),
+     "defaults.data.csv", "contains a control character"),
+    (GOOD + '\noutput: "out\\0put"\n', "output", "contains a control character"),
+    (GOOD + '\noutput: ""\n', "output", "got an empty string"),
+]
 BAD = [case for case in BAD if case[1]]
 
 
