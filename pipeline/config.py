@@ -708,7 +708,7 @@ def _has_control_character(path: str) -> bool:
 
 
 def _resolve(base_dir: str, path: str) -> str:
-    path = os.path.expanduser(path)
+    path = os.path.expanduser(path.removeprefix("file://"))  # a file URL is a local path
     if "://" in path or os.path.isabs(path):
         return path
     return os.path.normpath(os.path.join(base_dir, path))

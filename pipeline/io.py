@@ -41,6 +41,20 @@ def _gfile():
     return tf.io.gfile
 
 
+def remote_problem(path: str) -> Optional[str]:
+    """Why the remote ``path`` cannot be used (its filesystem is not available here, the bucket cannot be reached,
+    no credentials), in one line; None when it can be read."""
+    import tensorflow as tf
+
+    try:
+        _gfile().exists(path)
+    except tf.errors.OpError as err:
+        scheme = str(path).split("://", 1)[0]
+        reason = str(err.message).strip().splitlines()[0] if str(err.message).strip() else type(err).__name__
+        return f"cannot use {path} ({scheme}:// with TensorFlow's file systems here): {reason}"
+    return None
+
+
 def join(*parts: str) -> str:
     return os.path.join(*parts)
 

@@ -381,6 +381,9 @@ def check_output(queue, *, names: Optional[Iterable[str]] = None, blend_only: bo
     problems: List[str] = []
     output = queue.output_dir
     names = None if names is None else set(names)
+    unreachable = io.remote_problem(output) if io.is_remote(output) else None
+    if unreachable:  # nothing more can be checked there
+        return [f"output: {unreachable}"]
     problems += _output_folder_problems(output)
     for i, exp in enumerate(queue.experiments):
         folder = io.join(output, exp.name)

@@ -202,3 +202,35 @@ def test_local_feature_cache_never_loads_tensorflow(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=dict(os.environ, PYTHONPATH=root),
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("output,words", [("s3://bucket/run", "cannot use s3://bucket/run (s3:// with TensorFlow's "
+                                                              "file systems here): File system scheme 's3' not "
+                                                              "implemented")])
+def test_an_output_on_a_file_system_that_cannot_be_used_here_is_refused_naming_it(tmp_path, capsys, output, words):
+    """An unknown scheme (or an unreachable bucket) ended in TensorFlow's traceback from the output check."""
+    from pipeline.cli import main
+
+    path = tmp_path / "queue.yaml"
+    path.write_text(textwrap.dedent(f"""
+        defaults:
+          data: {{name: synthetic_whale, n_train: 40, n_test: 10, root: {tmp_path / 'data'}}}
+          features: mel
+          model: logreg
+        experiments: [{{name: a}}]
+        output: {output}
+    """))
+    for args in ([str(path)], [str(path), "--dry-run"]):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert f"output: {words}" in err and "Traceback" not in err, err
+    assert sorted(os.listdir(tmp_path)) == ["queue.yaml"]
+
+
+def test_a_file_url_output_is_the_local_folder(tmp_path):
+    from pipeline.config import load_queue
+
+    path = tmp_path / "queue.yaml"
+    path.write_text("experiments: [{name: a, data: synthetic_whale, features: mel, model: logreg}]\n"
+                    f"output: file://{tmp_path / 'out'}\n")
+    assert load_queue(str(path)).output_dir == str(tmp_path / "out")
