@@ -63,6 +63,20 @@ def test_kaggle_rfcx_targets_masks_and_boxes(tmp_path, unknown):
         assert np.isnan(defaults["a"][[3, 5]]).all() and (np.delete(defaults["a"], [3, 5]) == 0).all()
 
 
+def test_kaggle_rfcx_reads_recordings_whose_suffix_is_upper_case(tmp_path):
+    """A listed test00001.FLAC was rebuilt as test00001.flac: "missing file", and a readable recording got the
+    mean prediction."""
+    write_layout(tmp_path, ["a,3,1,1.0,100,2.0,200", "b,3,1,1.0,100,2.0,200"], [], ["a"], ["t1"])
+    (tmp_path / "train" / "b.FLAC").write_bytes(b"")
+    (tmp_path / "test" / "t2.Flac").write_bytes(b"")
+    ds = read_kaggle_rfcx(str(tmp_path))
+    assert dict(zip(ds.train["id"], ds.train["path"])) == {"a": str(tmp_path / "train" / "a.flac"),
+                                                           "b": str(tmp_path / "train" / "b.FLAC")}
+    assert dict(zip(ds.test["id"], ds.test["path"])) == {"t1": str(tmp_path / "test" / "t1.flac"),
+                                                         "t2": str(tmp_path / "test" / "t2.Flac")}
+    assert all(os.path.exists(p) for p in ds.manifest["path"])
+
+
 @pytest.mark.parametrize("tp_rows, message", [
     (["a,24,1,0,1,1,2"], "species_id must be an integer in 0..23"),
     (["a,x,1,0,1,1,2"], "column 'species_id' needs finite numbers"),

@@ -110,13 +110,13 @@ def read_kaggle_rfcx(root: str, *, unknown: str = "mask") -> Dataset:
             [s, float(rec.t_min), float(rec.t_max), float(rec.f_min), float(rec.f_max), int(rec.is_tp)])
     train = pd.DataFrame({
         "id": pd.Series(ids, dtype=object),
-        "path": [os.path.join(train_dir, r + AUDIO_SUFFIX) for r in ids],
+        "path": _recording_paths(train_dir, ids),
         "split": "train",
     })
     n_missing = int(sum(not io.exists(p) for p in train["path"]))
     if n_missing:
         logger.warning("%s: %d of %d recordings named in the CSVs are not in train/", root, n_missing, len(train))
-    unlisted = _flac_names(train_dir) - set(ids)
+    unlisted = set(_flac_names(train_dir)) - set(ids)
     if unlisted:
         logger.warning("%s: %d recordings in train/ have no tp or fp row and are not used, e.g. %s",
                        root, len(unlisted), sorted(unlisted)[:3])
@@ -133,7 +133,7 @@ def read_kaggle_rfcx(root: str, *, unknown: str = "mask") -> Dataset:
         raise DataError(f"{root}: recording ids appear in both the training CSVs and test/: {clash[:5]}")
     test = pd.DataFrame({
         "id": pd.Series(test_ids, dtype=object),
-        "path": pd.Series([os.path.join(test_dir, r + AUDIO_SUFFIX) for r in test_ids], dtype=object),
+        "path": pd.Series(_recording_paths(test_dir, test_ids), dtype=object),
         "split": "test",
     })
 
@@ -192,8 +192,9 @@ def _check_boxes_inside_recordings(tables: dict, root: str, train_dir: str) -> N
     if io.is_remote(train_dir):
         return
     info = {}
-    for rec in sorted(set().union(*(set(t["recording_id"]) for t in tables.values()))):
-        length = recording_length(os.path.join(train_dir, rec + AUDIO_SUFFIX))
+    recs = sorted(set().union(*(set(t["recording_id"]) for t in tables.values())))
+    for rec, path in zip(recs, _recording_paths(train_dir, recs)):
+        length = recording_length(path)
         if length is not None:
             frames, rate = length
             info[rec] = (frames / rate, rate)
@@ -279,8 +280,21 @@ def _flac_length(fd: int, head: bytes) -> Optional[Tuple[int, int]]:
     return (total, rate) if total and rate else None
 
 
-def _flac_names(folder: str) -> set:
-    return {n[: -len(AUDIO_SUFFIX)] for n in io.listdir(folder) if n.lower().endswith(AUDIO_SUFFIX)}
+def _flac_names(folder: str) -> dict:
+    """``{recording id: file name}`` of the FLAC files in ``folder``, the suffix in any case (``.FLAC`` too; the
+    exact ``.flac`` when both are there)."""
+    names = sorted((not n.endswith(AUDIO_SUFFIX), n) for n in io.listdir(folder) if n.lower().endswith(AUDIO_SUFFIX))
+    found: dict = {}
+    for _, n in names:
+        found.setdefault(n[: -len(AUDIO_SUFFIX)], n)
+    return found
+
+
+def _recording_paths(folder: str, ids) -> list:
+    """The audio file of each recording id in ``folder``: the listed name (any suffix case), else ``<id>.flac``
+    (missing: the decoder reports it)."""
+    listed = _flac_names(folder) if io.isdir(folder) else {}
+    return [os.path.join(folder, listed.get(r, r + AUDIO_SUFFIX)) for r in ids]
 
 
 def _read_boxes(path: str) -> pd.DataFrame:
