@@ -74,6 +74,15 @@ def new_audio(path: str) -> NewAudio:
     from pipeline.data import load_dataset
 
     data = parse_data_block(path)
+    from pipeline.data import needs_generation
+
+    root = getattr(data.params, "root", None)
+    if needs_generation(data.name, data.params) and root is not None and io.exists(root) and io.listdir(root):
+        # Predicting trains nothing and replaces nothing: another synthetic dataset there (the queue's own
+        # training data, with the default root) is never regenerated for it.
+        raise ConfigError(path, [f"data.root: {root} holds a {data.name} dataset generated with other parameters "
+                                 f"(or other files); predicting would replace it. Give the data block a root of "
+                                 f"its own"])
     test = load_dataset(data.name, data.params).test
     if test.empty:
         raise ConfigError(path, [f"data: {data.name} has no test clips to predict"])

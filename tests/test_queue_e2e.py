@@ -248,14 +248,23 @@ def test_predict_refuses_what_it_cannot_predict_before_writing(tmp_path, capsys)
              (["--predict", str(tmp_path / "block.yaml")], "data.name: 'kaggle_whal' is not a data source"),
              (["--predict", str(tmp_path / "other.yaml")], "expected a mapping with the one key data"),
              (["--export", "--predict", str(tmp_path)], "cannot be combined with --predict"),
-             (["--export"], "no finished experiment")]
+             (["--export"], "no finished experiment"),
+             (["--predict", str(tmp_path / "other_data.yaml")], "predicting would replace it")]
     (tmp_path / "block.yaml").write_text("data: {name: kaggle_whal, root: x}\n")
+    # A synthetic data block whose root holds another synthetic dataset (the queue's training data, say) is never
+    # generated over: --predict replaced a finished queue's training clips.
+    from pipeline.data.synthetic import ensure_synthetic_whale
+
+    ensure_synthetic_whale(str(tmp_path / "synth"), n_train=30, n_test=5, positive_fraction=0.3, seed=0)
+    synth = snapshot(tmp_path / "synth")
+    (tmp_path / "other_data.yaml").write_text(f"data: {{name: synthetic_whale, n_train: 20, root: {tmp_path / 'synth'}}}\n")
     (tmp_path / "other.yaml").write_text("data: {name: kaggle_whale, root: x}\noutput: y\n")
     (tmp_path / "song.wav").write_bytes(b"")  # audio in the folder: the missing experiments are the problem
     for args, words in cases:
         assert main([path, *args]) == 2, args
         assert words in capsys.readouterr().err, args
     assert not (tmp_path / "output").exists()
+    assert snapshot(tmp_path / "synth") == synth
 
 
 FORBIDDEN_IN_EXPORTED = ("pipeline.queue", "pipeline.train", "pipeline.fold_job", "pipeline.fold_loop",
