@@ -128,6 +128,12 @@ class BlendSettings:
     include: Optional[Tuple[str, ...]]  # None: every finished experiment
     metric: str
 
+    def settings_hash(self) -> str:
+        """A hash of the ``blend:`` section, recorded with a blend (blend/scores.json): a saved blend is applied
+        to new audio only while the queue still describes it."""
+        method = None if self.method is None else self.method.to_dict()
+        return stable_hash({"method": method, "include": self.include, "metric": self.metric})
+
 
 @dataclass(frozen=True)
 class Queue:

@@ -257,6 +257,6 @@ def run_export(queue: Queue, *, only: Optional[List[str]] = None) -> int:
                      for name in exported}
         io.write_json(layout.export_file(root, layout.EXPORT_MANIFEST),
                       {"version": layout.EXPORT_VERSION, "queue": queue.source, "experiments": exported,
-                       "blend": saved_blend(output, exported), "checksums": manifests})
+                       "blend": saved_blend(output, exported, queue.blend.settings_hash()), "checksums": manifests})
         log.info("export: %d experiment(s) -> %s", len(exported), root)
     return 1 if failed else 0

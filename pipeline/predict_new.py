@@ -210,9 +210,10 @@ def predict_experiment(exp: Experiment, dataset, output: str,
     return out, skipped
 
 
-def saved_blend(output: str, predicted: List[str]) -> Optional[dict]:
-    """The queue's last blend (``blend/weights.json`` of a complete blend) when every one of its experiments is
-    among ``predicted``; else None, with the reason logged."""
+def saved_blend(output: str, predicted: List[str], settings_hash: str) -> Optional[dict]:
+    """The queue's last blend (``blend/weights.json`` of a complete blend) when it was made by the queue's
+    current ``blend:`` section (``settings_hash``: :meth:`pipeline.config.BlendSettings.settings_hash`) and every
+    one of its experiments is among ``predicted``; else None, with the reason logged."""
     folder = layout.blend_dir(output)
     weights_path = layout.blend_file(folder, layout.WEIGHTS)
     if not io.isfile(layout.blend_file(folder, layout.SCORES)) or not io.isfile(weights_path):
@@ -221,8 +222,13 @@ def saved_blend(output: str, predicted: List[str]) -> Optional[dict]:
     try:
         weights = io.read_json(weights_path)
         names = [str(n) for n in weights["experiments"]]
-    except (OSError, ValueError, KeyError, TypeError) as err:
+        made_by = io.read_json(layout.blend_file(folder, layout.SCORES)).get("settings_hash")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         log.warning("blend: %s unreadable (%s); no blend", weights_path, err)
+        return None
+    if made_by is not None and made_by != settings_hash:  # blends made before stop 31 recorded none
+        log.warning("blend: the queue's blend: section changed since %s was made; no blend (run the queue with "
+                    "--blend-only first to blend as it says now)", folder)
         return None
     missing = [n for n in names if n not in predicted]
     if missing:
@@ -315,7 +321,8 @@ def _predict_all(queue: Queue, audio: NewAudio, experiments: List[Experiment], r
     table = pd.DataFrame(list(skipped.values()), columns=["id", "path", "reason"])
     io.write_csv(layout.predict_file(run_dir, layout.PREDICT_SKIPPED), table)
     if predicted:
-        write_blend_and_submission(run_dir, predicted, datasets, saved_blend(output, list(predicted)))
+        blend = saved_blend(output, list(predicted), queue.blend.settings_hash())
+        write_blend_and_submission(run_dir, predicted, datasets, blend)
     if failed:
         log.error("predict: %d experiment(s) not predicted: %s", len(failed), ", ".join(failed))
         return 1

@@ -347,3 +347,30 @@ def check_damaged_exports(kaggle, predictions):
     assert not (kaggle / "p_not_json").exists()
     old_preds = pd.read_csv(kaggle / "p_version1" / "inceptiontime_a.csv").set_index("id")["pred"]
     pd.testing.assert_series_equal(old_preds, predictions)
+
+
+def test_predict_and_export_apply_the_saved_blend_only_while_the_queue_describes_it(tmp_path, caplog):
+    """blend/ was made by the queue's blend: section; after that section changes (and before --blend-only), new
+    audio is not blended with the old weights (before: the old blend was applied with no word)."""
+    text = textwrap.dedent(f"""
+        defaults:
+          data: {{name: synthetic_whale, n_train: 60, n_test: 10, seed: 0, root: {tmp_path / 'data'}}}
+          folds: {{n_splits: 2}}
+          features: {{name: mel, n_fft: 256, hop_length: 64, n_mels: 32}}
+          model: logreg
+        experiments: [{{name: a}}, {{name: b, model: {{name: logreg, regularization: 10.0}}}}]
+        blend: {{method: mean}}
+    """)
+    path = write_queue(tmp_path, text)
+    assert main([path]) == 0
+    changed = write_queue(tmp_path, text.replace("blend: {method: mean}", "blend: {method: mean, include: [a]}"))
+    new_audio = str(tmp_path / "data" / "test")
+    run = tmp_path / "output" / "predict"
+    assert main([changed, "--predict", new_audio, "--predict-name", "changed"]) == 0
+    assert not (run / "changed" / "blend.csv").exists()
+    assert "blend: section changed since" in caplog.text
+    assert main([changed, "--export"]) == 0
+    assert json.loads((tmp_path / "output" / "export" / "export.json").read_text())["blend"] is None
+    assert main([changed, "--blend-only"]) == 0
+    assert main([changed, "--predict", new_audio, "--predict-name", "blended"]) == 0
+    assert (run / "blended" / "blend.csv").is_file()

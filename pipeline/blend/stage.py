@@ -240,6 +240,7 @@ def _run_blend(queue, output, current, folder) -> dict | None:
             return None
         loaded = [load_predictions(layout.experiment_dir(output, n)) for n in names]
         result = blend(names, loaded, method.name, method.params, queue.blend.metric)
+        result["scores"]["settings_hash"] = queue.blend.settings_hash()  # the blend: section it was made by
         write_blend(folder, result)
     except BlendError as err:
         log.error("blend: %s", err)
