@@ -272,3 +272,22 @@ def test_damaged_queue_level_files_cost_their_part_not_the_report(tmp_path):
     build.write_report(str(output), screenshot=False)
     page = (output / "report.html").read_text()
     assert "complexity_model" in page and "mel_model" in page
+
+
+def test_the_gallery_reads_the_experiments_training_cache_not_a_predict_runs():
+    """A --predict run's cache of new audio carries the experiment's own settings but no training clip; listed
+    first, it broke the gallery ('no labelled training clip found in the cache') in every later report."""
+    from pipeline.report.files import cache_for
+
+    config = {"data": {"name": "synthetic_whale", "root": "/d"}, "features": {"name": "mel", "n_mels": 32},
+              "audio": {"sample_rate": 2000, "duration": 2.0, "max_bad_fraction": 0.2}}
+    settings = {"data": config["data"], "features": config["features"],
+                "audio": {"sample_rate": 2000, "duration": 2.0}}
+
+    def manifest(n_train):
+        return {"complete": True, "settings": settings,
+                "splits": {"train": {"count": n_train}, "test": {"count": 3}}}
+
+    found = [("cache/predict", manifest(0)), ("cache/train", manifest(60))]
+    assert cache_for(config, found)[0] == "cache/train"
+    assert cache_for(config, found[:1]) is None

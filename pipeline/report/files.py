@@ -92,11 +92,14 @@ def _plain(obj):
 
 def cache_for(config: Optional[dict], found: List[Tuple[str, dict]]) -> Optional[Tuple[str, dict]]:
     """The feature cache an experiment used (of ``found``, see :func:`caches`): the one whose settings match its
-    resolved config."""
+    resolved config and that holds training clips (a ``--predict`` run's cache of new audio has the experiment's
+    settings and test clips only)."""
     if not config:
         return None
     for folder, manifest in found:
         settings = manifest.get("settings") or {}
+        if not ((manifest.get("splits") or {}).get("train") or {}).get("count"):
+            continue
         audio = dict(config.get("audio") or {})
         audio.pop("max_bad_fraction", None)
         if (manifest.get("complete") and _plain(settings.get("data")) == _plain(config.get("data"))
