@@ -351,9 +351,13 @@ def _write_experiment_outputs(exp, dataset, oof: pd.DataFrame, test: Optional[pd
     log.info("%s: OOF AUC %.4f (folds %.4f +- %.4f)", exp.name, overall["auc"], scores["fold_mean"], scores["fold_std"])
     if "lwlrap" in overall:
         log.info("%s: OOF LWLRAP %.4f (random ranking %.4f)", exp.name, overall["lwlrap"], overall["lwlrap_random"])
-    if test is not None and len(test):
+    if len(dataset.test):
+        if test is None:  # every test clip was skipped as bad audio: test.csv has a header and no row
+            test = pd.DataFrame(columns=["id", *pred_cols])
         io.write_csv(layout.experiment_file(exp_dir, layout.TEST), test)
-        sub = submission_frame(dataset, list(test["id"]), test[pred_cols].to_numpy())
+        # A row for every test clip all the same; with no test prediction at all, the mean OOF prediction.
+        sub = submission_frame(dataset, list(test["id"]), test[pred_cols].to_numpy(float),
+                               oof_mean=oof[pred_cols].to_numpy(float).mean(axis=0))
         io.write_csv(layout.experiment_file(exp_dir, layout.SUBMISSION), sub)
 
 

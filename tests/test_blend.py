@@ -429,14 +429,56 @@ def test_blend_submission_lists_test_clips_without_predictions(tmp_path, rng):
     from pipeline.blend.stage import write_blend
 
     names, loaded = binary_problem(rng, n=40, n_test=5)
+    predicted = list(loaded[0]["test"]["id"])
+    all_test_ids = [*predicted[:2], "skipped_clip", *predicted[2:]]  # the test manifest's order
     for item in loaded:  # scores.json lists one more test clip, whose audio was skipped
-        item["scores"]["all_test_ids"] = [*item["test"]["id"], "skipped_clip"]
+        item["scores"]["all_test_ids"] = all_test_ids
+        item["test"] = item["test"].iloc[::-1]  # the rows of test.csv need not follow the manifest
     result = blend(names, loaded, "mean")
     write_blend(str(tmp_path), result)
-    sub = pd.read_csv(tmp_path / "submission.csv")
-    assert list(sub["clip"]) == [*result["test"]["id"], "skipped_clip"]
-    assert sub["probability"].iloc[-1] == pytest.approx(result["test"]["pred"].mean(), abs=1e-6)
+    sub = pd.read_csv(tmp_path / "submission.csv").set_index("clip")["probability"]
+    assert list(sub.index) == all_test_ids  # the skipped clip's row at its place, not at the end
+    assert sub["skipped_clip"] == pytest.approx(result["test"]["pred"].mean(), abs=1e-6)
+    assert np.allclose(sub[predicted], result["test"].set_index("id").loc[predicted, "pred"])
     assert len(pd.read_csv(tmp_path / "test.csv")) == 5  # test.csv keeps the real predictions only
+
+
+@pytest.mark.parametrize("method", list(schema.BLEND_METHODS))
+def test_every_test_clip_skipped_still_gives_the_experiments_and_the_blend_a_full_submission(tmp_path, rng,
+                                                                                              caplog, method):
+    """All test audio unreadable (e.g. 0-byte files): the experiment's test.csv has no row, yet its
+    submission and the blend's list every test clip, with the mean OOF prediction, and a warning says so."""
+    from types import SimpleNamespace
+
+    import pipeline.queue as q
+    from pipeline.blend.stage import write_blend
+    from pipeline.data import Dataset, submission_frame
+
+    ids, test_ids = [f"c{i}" for i in range(12)], ["t2", "t0", "t1"]
+    y = (np.arange(12) % 2).astype(float)
+    manifest = pd.DataFrame({"id": ids + test_ids, "path": "x", "split": ["train"] * 12 + ["test"] * 3,
+                             "label": [*y, *[np.nan] * 3]})
+    dataset = Dataset(manifest=manifest, task="binary", targets=("label",), submission="whale")
+    names = ["a", "b"]
+    with caplog.at_level("WARNING", logger="pipeline"):
+        for name in names:
+            oof = pd.DataFrame({"id": ids, "fold": np.arange(12) % 3, "label": y, "pred": rng.random(12)})
+            exp_dir = tmp_path / name
+            exp_dir.mkdir()
+            q._write_experiment_outputs(SimpleNamespace(name=name), dataset, oof, None, str(exp_dir),
+                                        submission_frame)
+            sub = pd.read_csv(exp_dir / "submission.csv")
+            assert list(sub["clip"]) == test_ids
+            assert np.allclose(sub["probability"], oof["pred"].mean())
+            assert len(pd.read_csv(exp_dir / "test.csv")) == 0
+        result = blend(names, [load_predictions(str(tmp_path / n)) for n in names], method,
+                       schema.BLEND_METHODS[method].tiny())
+        write_blend(str(tmp_path / "blend"), result)
+    sub = pd.read_csv(tmp_path / "blend" / "submission.csv")
+    assert list(sub["clip"]) == test_ids
+    assert np.allclose(sub["probability"], result["oof"]["pred"].mean())
+    assert caplog.text.count("none of the 3 test clips has a prediction") == 3  # a, b and the blend
+    assert "blend submission: none of the 3 test clips" in caplog.text
 
 
 @pytest.mark.parametrize("blend_yaml, problem", [

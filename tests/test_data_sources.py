@@ -306,12 +306,12 @@ def dataset_with_test(submission, targets, test_ids=("t1", "t2", "t3")):
     return Dataset(manifest=pd.DataFrame(rows), task=task, targets=tuple(targets), submission=submission)
 
 
-def test_whale_submission():
+def test_whale_submission_rows_follow_the_test_manifest_whatever_the_prediction_order():
     ds = dataset_with_test("whale", ["label"])
     frame = submission_frame(ds, ["t2", "t1", "t3"], np.array([[0.2], [0.9], [0.5]]))
     assert list(frame.columns) == ["clip", "probability"]
-    assert list(frame["clip"]) == ["t2", "t1", "t3"]
-    assert list(frame["probability"]) == [0.2, 0.9, 0.5]
+    assert list(frame["clip"]) == ["t1", "t2", "t3"]
+    assert list(frame["probability"]) == [0.9, 0.2, 0.5]
 
 
 def test_table_submission():
@@ -326,13 +326,30 @@ def test_rfcx_submission_columns():
     assert list(frame.columns) == ["recording_id"] + [f"s{k}" for k in range(24)]
 
 
-def test_submission_fills_skipped_test_clips_with_the_mean(caplog):
-    ds = dataset_with_test("whale", ["label"])
+@pytest.mark.parametrize("submission, targets", [("whale", ["label"]), ("table", ["bird", "cat"]),
+                                                 ("rfcx", [f"species{k}" for k in range(3)])])
+def test_a_skipped_test_clip_gets_the_mean_prediction_at_its_place(caplog, submission, targets):
+    """One row per test clip in the manifest's order (test.csv, the test listing): the skipped clip's row at
+    its own place, not appended at the end."""
+    ds = dataset_with_test(submission, targets, test_ids=("t1", "t2", "t3", "t4"))
+    given = np.array([[0.2, 0.1, 0.3], [0.6, 0.5, 0.7], [0.4, 0.3, 0.2]])[:, :len(targets)]
     with caplog.at_level(logging.WARNING, logger="pipeline.data"):
-        frame = submission_frame(ds, ["t3", "t1"], np.array([0.2, 0.6]))
-    assert list(frame["clip"]) == ["t3", "t1", "t2"]
-    assert frame["probability"].iloc[2] == pytest.approx(0.4)
-    assert "1 of 3 test clips have no prediction" in caplog.text
+        frame = submission_frame(ds, ["t3", "t1", "t4"], given)
+    assert list(frame.iloc[:, 0]) == ["t1", "t2", "t3", "t4"]
+    values = frame.iloc[:, 1:].to_numpy()
+    np.testing.assert_allclose(values[[0, 2, 3]], given[[1, 0, 2]])
+    np.testing.assert_allclose(values[1], given.mean(axis=0))
+    assert "1 of 4 test clips have no prediction" in caplog.text
+
+
+def test_every_test_clip_skipped_gives_every_row_the_mean_oof_prediction(caplog):
+    ds = dataset_with_test("table", ["bird", "cat"])
+    with caplog.at_level(logging.WARNING, logger="pipeline.data"):
+        frame = submission_frame(ds, [], np.zeros((0, 2)), oof_mean=np.array([0.25, 0.75]))
+    assert list(frame["id"]) == ["t1", "t2", "t3"]
+    np.testing.assert_allclose(frame[["bird", "cat"]].to_numpy(), [[0.25, 0.75]] * 3)
+    assert "none of the 3 test clips has a prediction" in caplog.text
+    assert "mean OOF prediction [0.25, 0.75]" in caplog.text
 
 
 @pytest.mark.parametrize(

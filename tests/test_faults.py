@@ -205,4 +205,33 @@ def test_whale_layout_with_bad_files_runs_to_the_end(tmp_path):
     oof = pd.read_csv(out / "oof.csv")
     assert len(oof) == 38 and not {"train1.aiff", "train2.aiff"} & set(oof["id"])
     sub = pd.read_csv(out / "inceptiontime_a" / "submission.csv")
-    assert len(sub) == 6  # the unreadable test clip still gets a (prior) row so the submission is complete
+    # The unreadable test clip still gets a (mean) row so the submission is complete, at its place in the test
+    # listing's (sorted) order, not appended at the end.
+    assert list(sub["clip"]) == sorted(os.listdir(root / "test"))
+    test = pd.read_csv(out / "inceptiontime_a" / "test.csv")
+    assert sub.set_index("clip")["probability"]["test3.aiff"] == pytest.approx(test["pred"].mean())
+
+
+def test_whale_layout_with_every_test_file_unreadable_still_writes_full_submissions(tmp_path, caplog):
+    """Every test clip 0 bytes: the experiment and the blend still write a submission with every test clip
+    (the mean OOF prediction), and the log says so with the count."""
+    from pipeline.data.synthetic import ensure_synthetic_whale
+
+    root = tmp_path / "whale"
+    ensure_synthetic_whale(str(root), n_train=40, n_test=4, positive_fraction=0.5, seed=2)
+    for clip in (root / "test").iterdir():
+        clip.write_bytes(b"")
+    queue = textwrap.dedent(QUEUE.format(max_bad=0.5, epochs=1, lr=0.001)).replace(
+        "{name: table, csv: train.csv, audio_dir: audio}", "{name: kaggle_whale, root: whale}")
+    (tmp_path / "queue.yaml").write_text(queue)
+    with caplog.at_level("WARNING", logger="pipeline"):
+        assert main([str(tmp_path / "queue.yaml")]) == 0
+    out = tmp_path / "output"
+    oof = pd.read_csv(out / "inceptiontime_a" / "oof.csv")
+    sub = pd.read_csv(out / "inceptiontime_a" / "submission.csv")
+    assert list(sub["clip"]) == sorted(os.listdir(root / "test"))
+    assert np.allclose(sub["probability"], oof["pred"].mean())
+    blend_sub = pd.read_csv(out / "blend" / "submission.csv")
+    assert list(blend_sub["clip"]) == list(sub["clip"])
+    assert "none of the 4 test clips has a prediction" in (out / "inceptiontime_a" / "run.log").read_text()
+    assert "blend submission: none of the 4 test clips has a prediction" in caplog.text

@@ -234,3 +234,24 @@ def test_a_pickled_fold_job_gives_the_same_fold_in_a_fresh_process(tmp_path):
     assert sorted(oof["id"]) == sorted(job.valid_ids) and len(test) == len(job.test_ids)
     done = pd.read_json(tmp_path / "here" / "fold0" / "done.json", typ="series")
     assert done["metric"] == "auc" and done["score"] == done["auc"]
+
+
+MEAN_BLEND = {"method": "mean", "experiments": ["x", "y"], "weights": {"x": 0.5, "y": 0.5}}
+
+
+@pytest.mark.parametrize("weights", [None, MEAN_BLEND])
+def test_predict_submission_rows_follow_the_files_with_skipped_ones_at_their_place(tmp_path, weights):
+    """--predict (and pipeline.exported, which calls the same writer): one row per file in the listing's order,
+    whatever order the predictions come in; a skipped file's row (the mean prediction) at its place."""
+    from pipeline.predict_new import NewAudio, dataset_for, write_blend_and_submission
+
+    files = ["a.wav", "b.wav", "c.wav", "d.wav"]
+    audio = NewAudio(source=str(tmp_path), files=pd.DataFrame({"id": files, "path": files}))
+    meta = {"task": "binary", "targets": ["label"], "submission": "whale"}
+    predicted = {"x": pd.DataFrame({"id": ["d.wav", "a.wav", "c.wav"], "pred": [0.4, 0.2, 0.6]}),  # b.wav skipped
+                 "y": pd.DataFrame({"id": ["c.wav", "a.wav", "d.wav"], "pred": [0.6, 0.2, 0.4]})}
+    datasets = {name: dataset_for("synthetic_whale", audio, meta) for name in predicted}
+    write_blend_and_submission(str(tmp_path), predicted, datasets, weights)
+    sub = pd.read_csv(tmp_path / "submission.csv")
+    assert list(sub["clip"]) == files
+    np.testing.assert_allclose(sub["probability"], [0.2, 0.4, 0.6, 0.4])

@@ -67,7 +67,8 @@ def blend(names: List[str], loaded: List[dict], method: str, params=None, metric
     base = loaded[0]["oof"][["id", "fold", *targets]].sort_values("id", kind="stable").reset_index(drop=True)
     oof_preds = [item["oof"].set_index("id").loc[base["id"], pred_cols].to_numpy(float) for item in loaded]
     test_ids = None if loaded[0]["test"] is None else list(loaded[0]["test"]["id"])
-    test_preds = None if test_ids is None else [
+    # No row in test.csv: every test clip was skipped as bad audio; the methods have nothing to predict.
+    test_preds = None if not test_ids else [
         item["test"].set_index("id").loc[test_ids, pred_cols].to_numpy(float) for item in loaded]
     data = BlendInput(names=list(names), oof=oof_preds, y=base[targets].to_numpy(float),
                       folds=base["fold"].to_numpy(), test=test_preds, task=task, targets=targets,
@@ -83,7 +84,7 @@ def blend(names: List[str], loaded: List[dict], method: str, params=None, metric
     test = None
     if test_ids is not None:
         test = pd.DataFrame({"id": test_ids})
-        test[pred_cols] = out.test
+        test[pred_cols] = out.test if test_ids else np.empty((0, len(pred_cols)))
     best = names[0]
     for n in names:
         if metrics.is_better(metric, singles[n], singles[best]):
@@ -158,25 +159,27 @@ def write_blend(folder: str, result: dict) -> None:
 
 
 def _blend_submission(result: dict) -> Optional[pd.DataFrame]:
-    """The blend's submission table (None without test predictions); ValueError for invalid values."""
-    from pipeline.data import format_submission
+    """The blend's submission table (None without a test set); ValueError for invalid values.
 
-    if result["test"] is not None:
-        meta = result["meta"]
-        pred_cols = [c for c in result["test"].columns if c != "id"]
-        ids = [str(i) for i in result["test"]["id"]]
-        preds = result["test"][pred_cols].to_numpy(float)
-        # Test clips whose audio was skipped have no prediction, but a submission must list every test clip
-        # (scores.json keeps them all); like the experiments' submissions, they get the mean prediction.
-        given = set(ids)
-        absent = [str(i) for i in meta.get("all_test_ids") or [] if str(i) not in given]
-        if absent and ids:
-            log.warning("blend submission: %d test clips have no prediction (skipped audio?); they get the mean "
-                        "prediction, e.g. %s", len(absent), absent[:3])
-            preds = np.concatenate([preds, np.broadcast_to(preds.mean(axis=0), (len(absent), preds.shape[1]))])
-            ids = ids + absent
-        return format_submission(meta["submission"], meta["targets"], ids, preds)
-    return None
+    One row per test clip in the test manifest's order (``all_test_ids`` of the experiments' scores.json), as
+    the experiments' submissions: :func:`pipeline.data.complete_submission` fills the clips whose audio was
+    skipped (scores.json keeps them all) with the mean prediction, or with the blend's mean OOF prediction
+    when every test clip was skipped.
+    """
+    from pipeline.data import complete_submission
+
+    meta = result["meta"]
+    test = result["test"]
+    if test is None:
+        return None
+    pred_cols = [c for c in test.columns if c != "id"]
+    ids = [str(i) for i in test["id"]]
+    test_ids = meta.get("all_test_ids") or ids  # written before all_test_ids existed: the rows as predicted
+    if not test_ids:
+        return None
+    oof_mean = result["oof"][pred_cols].to_numpy(float).mean(axis=0)
+    return complete_submission(meta["submission"], meta["targets"], test_ids, ids, test[pred_cols].to_numpy(float),
+                               oof_mean=oof_mean, label="blend submission")
 
 
 def _only_blend_files(folder: str) -> bool:

@@ -26,8 +26,9 @@ from pipeline.data.table import read_table
 from pipeline.data.whale import read_kaggle_whale
 from pipeline.errors import DataError
 
-__all__ = ["Dataset", "format_submission", "load_dataset", "load_kaggle_rfcx", "load_kaggle_whale",
-           "load_synthetic_rfcx", "load_synthetic_whale", "load_table", "needs_generation", "submission_frame"]
+__all__ = ["Dataset", "complete_submission", "format_submission", "load_dataset", "load_kaggle_rfcx",
+           "load_kaggle_whale", "load_synthetic_rfcx", "load_synthetic_whale", "load_table", "needs_generation",
+           "submission_frame"]
 
 logger = logging.getLogger(__name__)
 
@@ -157,55 +158,101 @@ def needs_generation(name: str, params) -> bool:
     return False
 
 
-def submission_frame(dataset: Dataset, ids: list, predictions: np.ndarray) -> pd.DataFrame:
-    """The competition submission for ``dataset``: one row per test clip.
+def submission_frame(dataset: Dataset, ids: list, predictions: np.ndarray, *,
+                     oof_mean: Optional[np.ndarray] = None) -> pd.DataFrame:
+    """The competition submission for ``dataset``: one row per test clip, in the manifest's order.
 
     Parameters
     ----------
     dataset : Dataset
         Decides the format (``dataset.submission``), the target order and the
-        test ids the submission must cover.
+        test ids the submission must cover, in their order.
     ids : list of str [n]
-        Test clip ids, unique, each one of the dataset's test ids.
+        Test clip ids, unique, each one of the dataset's test ids, in any order.
     predictions : np.ndarray [shape=(n, len(dataset.targets))]
         Probabilities in [0, 1], columns in ``dataset.targets`` order (a 1-D
         array is accepted for single-target data).
+    oof_mean : np.ndarray [shape=(len(dataset.targets),)] or None
+        The mean OOF prediction, for when no test clip has a prediction.
 
     Returns
     -------
     pd.DataFrame
-        See :func:`format_submission`. Rows follow ``ids``; test clips absent
-        from ``ids`` (the decoder skipped their audio) are appended in
-        manifest order with the mean prediction of each column, and a
-        warning is logged, because a competition submission must list every
-        test clip and a bad file must not stop the run.
+        See :func:`complete_submission`.
 
     Raises
     ------
     ValueError
-        For a shape mismatch, values outside [0, 1] or NaN, duplicated ids or
-        ids that are not test ids of ``dataset``.
+        See :func:`complete_submission`.
     """
+    return complete_submission(dataset.submission, dataset.targets, list(dataset.test["id"]), ids, predictions,
+                               oof_mean=oof_mean)
+
+
+def complete_submission(submission: str, targets, test_ids: list, ids: list, predictions: np.ndarray, *,
+                        oof_mean: Optional[np.ndarray] = None, label: str = "submission") -> pd.DataFrame:
+    """A submission with one row per test clip, in the order of ``test_ids`` (the test manifest's).
+
+    The one place where every submission writer (experiments, the blend,
+    ``--predict`` and exported models) decides the rows: a competition
+    submission must list every test clip, and a bad file must not stop the
+    run. Test clips absent from ``ids`` (the decoder skipped their audio) get
+    the mean prediction of each column, at their own place; when no test clip
+    has a prediction they all get ``oof_mean``. Either is logged as a warning
+    with the count.
+
+    Parameters
+    ----------
+    submission : str
+        The format, see :func:`format_submission`.
+    targets : sequence of str [C]
+        Target names in prediction-column order.
+    test_ids : list of str [m]
+        Every test clip, in the order the rows must have.
+    ids : list of str [n]
+        The test clips with a prediction, unique, each one of ``test_ids``.
+    predictions : np.ndarray [shape=(n, C)]
+        Probabilities in [0, 1] (1-D accepted when C == 1).
+    oof_mean : np.ndarray [shape=(C,)] or None
+        The mean OOF prediction, used only when ``ids`` is empty.
+    label : str
+        What the warning calls the table (``submission``, ``blend submission``).
+
+    Returns
+    -------
+    pd.DataFrame [m rows]
+        See :func:`format_submission`.
+
+    Raises
+    ------
+    ValueError
+        For a shape mismatch, values outside [0, 1] or NaN, duplicated ids,
+        ids that are not in ``test_ids``, or no prediction at all without
+        ``oof_mean``.
+    """
+    test_ids = [str(i) for i in test_ids]
     ids = [str(i) for i in ids]
-    predictions = _check_predictions(ids, predictions, n_targets=len(dataset.targets))
-    test_ids = [str(i) for i in dataset.test["id"]]
+    predictions = _check_predictions(ids, predictions, n_targets=len(targets))
     unknown = sorted(set(ids) - set(test_ids))
     if unknown:
         raise ValueError(f"ids must be test ids of the dataset. Received {len(unknown)} others, e.g. {unknown[:5]}")
-    given = set(ids)
-    absent = [i for i in test_ids if i not in given]
-    if absent:
-        if not ids:
+    row_of = {clip: n for n, clip in enumerate(ids)}
+    absent = [i for i in test_ids if i not in row_of]
+    fill = None
+    if absent and ids:
+        logger.warning("%s: %d of %d test clips have no prediction (skipped audio?); "
+                       "they get the mean prediction, e.g. %s", label, len(absent), len(test_ids), absent[:3])
+        fill = predictions.mean(axis=0)
+    elif absent:
+        if oof_mean is None:
             raise ValueError(f"no predictions for any of the {len(test_ids)} test clips")
-        logger.warning(
-            "submission: %d of %d test clips have no prediction (skipped audio?); "
-            "they get the mean prediction, e.g. %s",
-            len(absent), len(test_ids), absent[:3],
-        )
-        fill = np.broadcast_to(predictions.mean(axis=0), (len(absent), predictions.shape[1]))
-        ids = ids + absent
-        predictions = np.concatenate([predictions, fill], axis=0)
-    return format_submission(dataset.submission, dataset.targets, ids, predictions)
+        fill = _check_predictions(["oof mean"], np.reshape(oof_mean, (1, -1)), n_targets=len(targets))[0]
+        logger.warning("%s: none of the %d test clips has a prediction (all skipped as bad audio?); "
+                       "every row gets the mean OOF prediction %s", label, len(test_ids), np.round(fill, 4).tolist())
+    rows = np.empty((len(test_ids), predictions.shape[1]))
+    for n, clip in enumerate(test_ids):
+        rows[n] = predictions[row_of[clip]] if clip in row_of else fill
+    return format_submission(submission, targets, test_ids, rows)
 
 
 def format_submission(submission: str, targets, ids: list, predictions: np.ndarray) -> pd.DataFrame:
