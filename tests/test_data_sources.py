@@ -155,6 +155,8 @@ def test_whale_without_test_folder_warns(whale_root, caplog):
         ("clip_name,label\ntrain1.aiff,yes\n", r"must be 0 or 1; found \['yes'\]"),
         ("clip_name,label\ntrain1.aiff,\n", "must be 0 or 1"),
         ("clip_name,label\ntrain1.aiff,1\ntrain1.aiff,0\n", r"'clip_name' has duplicates: \['train1.aiff'\]"),
+        # The second 'label' was renamed label.1 by pandas and ignored without a word.
+        ("clip_name,label,label\ntrain1.aiff,0,1\n", r"column\(s\) \['label'\] appear more than once in the header"),
     ],
 )
 def test_whale_train_csv_errors_name_the_file(whale_root, csv_text, match):
@@ -255,6 +257,7 @@ def test_table_test_set_with_groups(table_dir):
         ("path,label\na.wav,0\n", {}, r"train\.csv: no column 'file'"),
         ("file,target\na.wav,0\n", {}, r"train\.csv: no column 'label'"),
         ("file,label\na.wav,0\nb.wav,1\n", {"group_column": "site"}, r"train\.csv: no column 'site'"),
+        ("file,label,file\na.wav,0,b.wav\n", {}, r"train\.csv: column\(s\) \['file'\] appear more than once"),
         ("file,label\na.wav,0\na.wav,1\n", {}, r"train\.csv: column 'file' has duplicated ids: \['a.wav'\]"),
         ("file,label\na.wav,0\n,1\n", {}, r"train\.csv: column 'file' is empty on row\(s\) \[3\]"),
         ("file,label\na.wav,dog\nb.wav,dog\n", {}, r"train\.csv: column 'label' has a single class"),

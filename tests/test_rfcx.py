@@ -89,6 +89,13 @@ def test_kaggle_rfcx_bad_csv_names_file_and_row(tmp_path, tp_rows, message):
     assert "train_tp.csv" in str(err.value) and "row(s) [2]" in str(err.value)
 
 
+def test_kaggle_rfcx_a_column_named_twice_is_refused(tmp_path):
+    write_layout(tmp_path, ["a,3,1,1.0,100,2.0,200"], [], ["a"])
+    (tmp_path / "train_tp.csv").write_text(HEADER.strip() + ",species_id\na,3,1,1.0,100,2.0,200,5\n")
+    with pytest.raises(DataError, match=r"train_tp\.csv: column\(s\) \['species_id'\] appear more than once"):
+        read_kaggle_rfcx(str(tmp_path))
+
+
 def test_kaggle_rfcx_missing_csv(tmp_path):
     (tmp_path / "train").mkdir()
     with pytest.raises(DataError, match="train_tp.csv not found"):

@@ -69,6 +69,16 @@ def inside(folder: str, name: str) -> bool:
     return norm.startswith(base.rstrip(sep) + sep) and norm != base
 
 
+def refuse_duplicate_columns(path: str) -> None:
+    """DataError naming the header names of the CSV ``path`` that appear more than once (pandas renames the second
+    ``label`` to ``label.1`` and the first would be used without a word)."""
+    header = [str(n).strip() for n in io.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False)
+              .iloc[0].tolist()]
+    twice = sorted({n for n in header if header.count(n) > 1})
+    if twice:
+        raise DataError(f"{path}: column(s) {twice} appear more than once in the header; expected each column once")
+
+
 def refuse_outside(names: pd.Series, folder: str, *, where: str, suffix: str = "") -> None:
     """DataError naming the rows of ``names`` (+ ``suffix``) that lead outside ``folder``."""
     outside = np.array([not inside(folder, str(n) + suffix) for n in names], bool)

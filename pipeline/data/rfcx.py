@@ -41,7 +41,7 @@ import pandas as pd
 
 from pipeline import io
 from pipeline.data.base import Dataset
-from pipeline.data.checks import refuse_outside
+from pipeline.data.checks import refuse_duplicate_columns, refuse_outside
 from pipeline.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -307,6 +307,7 @@ def _read_boxes(path: str) -> pd.DataFrame:
         raise DataError(f"{path}: file is empty; expected columns {','.join(BOX_COLUMNS)}") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot be parsed as CSV ({exc})") from None
+    refuse_duplicate_columns(path)
     missing = [c for c in BOX_COLUMNS if c not in table.columns]
     if missing:
         raise DataError(f"{path}: missing column(s) {missing}; expected {','.join(BOX_COLUMNS)}, "

@@ -29,7 +29,7 @@ import pandas as pd
 
 from pipeline import io
 from pipeline.data.base import RESERVED_COLUMNS, RESERVED_PREFIXES, Dataset, reserved_targets
-from pipeline.data.checks import resolve_names
+from pipeline.data.checks import refuse_duplicate_columns, resolve_names
 from pipeline.data.labels import read_labels
 from pipeline.errors import DataError
 
@@ -176,6 +176,7 @@ def _read_csv(path: str, columns: list) -> pd.DataFrame:
         raise DataError(f"{path}: csv is empty (no header, no rows)") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot be parsed as CSV ({exc})") from None
+    refuse_duplicate_columns(path)
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise DataError(

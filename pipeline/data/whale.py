@@ -21,7 +21,7 @@ import pandas as pd
 
 from pipeline import io
 from pipeline.data.base import Dataset
-from pipeline.data.checks import resolve_names
+from pipeline.data.checks import refuse_duplicate_columns, resolve_names
 from pipeline.data.labels import binary_labels
 from pipeline.errors import DataError
 
@@ -76,6 +76,7 @@ def read_kaggle_whale(root: str) -> Dataset:
         raise DataError(f"{csv_path}: file is empty; expected columns {','.join(TRAIN_COLUMNS)}") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise DataError(f"{csv_path}: cannot be parsed as CSV ({exc})") from None
+    refuse_duplicate_columns(csv_path)
     missing = [c for c in TRAIN_COLUMNS if c not in table.columns]
     if missing:
         raise DataError(
