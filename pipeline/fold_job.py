@@ -26,6 +26,7 @@ import pandas as pd
 
 from pipeline import io, layout, schema
 from pipeline.config import Component
+from pipeline.errors import TrainingError
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,11 @@ def _run(job: FoldJob, rt) -> Tuple[pd.DataFrame, Optional[pd.DataFrame]]:
     # float64 from here on: the fold files then round-trip exactly (io.write_csv), so a resumed run
     # re-reads the very values an uninterrupted run keeps in memory and averages them the same way.
     oof[pred_cols] = preds.astype(np.float64)
+    score = strategy.score(oof[targets].to_numpy(), preds)
+    if not np.isfinite(score):  # never a fold folder (or done.json) with a NaN score
+        raise TrainingError(f"fold {k + 1}/{job.n_folds}: the validation {strategy.metric.upper()} is undefined "
+                            f"(NaN): {undefined_because(job.task, targets, oof[targets].to_numpy())}; check "
+                            f"folds.n_splits, data.group_column and the audio skipped (run.log)")
     io.write_csv(layout.fold_file(job.exp_dir, k, layout.OOF), oof)
     test = None
     if job.test_ids:
@@ -144,7 +150,6 @@ def _run(job: FoldJob, rt) -> Tuple[pd.DataFrame, Optional[pd.DataFrame]]:
     predict_seconds = time.time() - predict_started
     save(result.model, layout.fold_file(job.exp_dir, k, model_file))
     io.write_csv(layout.fold_file(job.exp_dir, k, layout.HISTORY), result.history)
-    score = strategy.score(oof[targets].to_numpy(), preds)
     done = {"fold": k, strategy.metric: score, "metric": strategy.metric, "score": score,
             "epochs": result.epochs, "best_epoch": result.best_epoch, "best": result.best,
             "seconds": round(result.seconds, 2), "predict_seconds": round(predict_seconds, 2),
@@ -211,3 +216,14 @@ def finished_fold(exp_dir: str, k: int, with_test: bool) -> Optional[Tuple[pd.Da
     oof = io.read_csv(layout.fold_file(exp_dir, k, layout.OOF), dtype={"id": str})
     test = io.read_csv(layout.fold_file(exp_dir, k, layout.TEST), dtype={"id": str}) if with_test else None
     return oof, test
+
+
+def undefined_because(task: str, targets, y: np.ndarray) -> str:
+    """Why a fold's score of targets ``y`` [n, C] (NaN: unknown) is undefined: what its validation clips hold."""
+    y = np.nan_to_num(np.asarray(y, dtype=float), nan=0.0) > 0.5
+    if task == "binary":
+        return f"its {len(y)} validation clips hold {int(y.sum())} positive and {int((~y).sum())} negative"
+    if task == "multiclass":
+        held = sorted({str(targets[i]) for i in y.argmax(axis=1)})
+        return f"its {len(y)} validation clips hold the classes {held} only"
+    return f"its {len(y)} validation clips hold {int(y.sum())} positive labels"

@@ -135,11 +135,66 @@ def ensure_folds(dataset: Dataset, data: Component, folds: FoldSettings, folds_d
         try:
             table = io.read_csv(path, dtype={"id": str, "fold": int})
             if set(table["id"]) == expected and len(table) == len(expected) and table["fold"].between(0, folds.n_splits - 1).all():
+                check_fold_classes(dataset, table, data, folds)  # also a table an earlier version wrote
                 return table
             log.warning("fold table %s does not match the data; rebuilding it", path)
         except (ValueError, KeyError, pd.errors.ParserError) as err:
             log.warning("fold table %s is unreadable (%s); rebuilding it", path, err)
     table = make_folds(dataset, n_splits=folds.n_splits, seed=folds.seed)
+    check_fold_classes(dataset, table, data, folds)
     io.write_csv(path, table)
     log.info("fold table written: %s (%d clips, %d folds)", path, len(table), folds.n_splits)
     return table
+
+
+def check_fold_classes(dataset: Dataset, table: pd.DataFrame, data: Component, folds: FoldSettings) -> None:
+    """Refuse a fold table under which a fold cannot be trained and scored.
+
+    Every fold's training and validation clips must hold what its metric
+    needs: both classes (binary), at least two classes (multiclass), at least
+    one positive label (multilabel; unknown labels do not count). A group
+    column that keeps the classes apart (one recording site holds every
+    positive) would otherwise give folds trained on one class and an
+    undefined (NaN) validation score.
+
+    table : ``id, fold`` of every training clip. Raises FoldError naming ``data.group_column`` (when the data
+    has one) or ``folds.n_splits``, with what each fold lacks.
+    """
+    train = dataset.train
+    fold = train["id"].map(dict(zip(table["id"], table["fold"]))).to_numpy()
+    y = np.nan_to_num(train[list(dataset.targets)].to_numpy(dtype=float), nan=0.0) > 0.5
+    if dataset.task == "multilabel":
+        need = "at least one positive label"
+    else:
+        need = "both classes (negative and positive)" if dataset.task == "binary" else "at least two classes"
+    lack = _lacking(dataset, y)
+    if lack:  # no split can help
+        raise FoldError(f"data ({data.name}): the {len(y)} training clips have {lack}; training and every "
+                        f"fold's score need {need}")
+    problems = []
+    for k in range(folds.n_splits):
+        lacks = [f"{side} has {lack}" for side, rows in (("training", fold != k), ("validation", fold == k))
+                 for lack in [_lacking(dataset, y[rows])] if lack]
+        if lacks:
+            problems.append(f"fold {k + 1}: {', '.join(lacks)}")
+    if not problems:
+        return
+    group_column = getattr(data.params, "group_column", None) if dataset.has_groups else None
+    key = f"data.group_column={group_column!r}" if group_column else f"folds.n_splits={folds.n_splits}"
+    hint = ("Its groups keep the classes apart: choose a group column whose groups mix the classes, or spread "
+            "each class over more groups" if group_column else
+            "Lower folds.n_splits or add clips of the missing class")
+    raise FoldError(f"{key}: every fold needs {need} in its training and in its validation clips, else it trains "
+                    f"on one class or its score is undefined; {'; '.join(problems)}. {hint}")
+
+
+def _lacking(dataset: Dataset, y: np.ndarray) -> str:
+    """What clips with targets ``y`` [n, C] (bool) lack for a fold's metric ("" when nothing)."""
+    if not len(y):
+        return "no clips at all"
+    if dataset.task == "multilabel":
+        return "" if y.any() else "no positive label"
+    if dataset.task == "binary":
+        return "no positive clip" if not y[:, 0].any() else "no negative clip" if y[:, 0].all() else ""
+    held = [name for name, any_ in zip(dataset.targets, y.any(axis=0)) if any_]
+    return f"only class {held[0]!r}" if len(held) < 2 else ""

@@ -29,7 +29,7 @@ import pandas as pd
 
 from pipeline import io, layout, ownership, results, schema
 from pipeline.config import ConfigError, Experiment, Queue, dump_experiment, run_order
-from pipeline.errors import PipelineError, QueueError
+from pipeline.errors import PipelineError, QueueError, TrainingError
 from pipeline.status import DONE, FAILED, INTERRUPTED, RUNNING, now, read_status, write_status
 
 log = logging.getLogger("pipeline")
@@ -327,18 +327,24 @@ def _write_experiment_outputs(exp, dataset, oof: pd.DataFrame, test: Optional[pd
 
     targets = list(dataset.targets)
     pred_cols = layout.prediction_columns(targets, dataset.task)
-    io.write_csv(layout.experiment_file(exp_dir, layout.OOF), oof)
     per_fold = {}
     for k, part in oof.groupby("fold"):
         per_fold[int(k)] = score(dataset.task, part[targets].to_numpy(), part[pred_cols].to_numpy())
+    undefined = [k + 1 for k, s in sorted(per_fold.items()) if not _defined(s)]
+    if undefined:  # e.g. a fold finished by an earlier version, whose done.json holds NaN
+        raise TrainingError(f"fold(s) {undefined} of {exp.name}: the validation score is undefined (NaN); the "
+                            f"experiment is not scored. Check folds.n_splits and data.group_column, then run it "
+                            f"again with --force")
+    io.write_csv(layout.experiment_file(exp_dir, layout.OOF), oof)
     overall = score(dataset.task, oof[targets].to_numpy(), oof[pred_cols].to_numpy())
     fold_auc = np.array([s["auc"] for s in per_fold.values()], dtype=float)
+    fold_auc = fold_auc[np.isfinite(fold_auc)]
     scores = {
         "metric": "auc",
         "oof": overall,
         "folds": {str(k): v for k, v in sorted(per_fold.items())},
-        "fold_mean": float(np.nanmean(fold_auc)) if len(fold_auc) else None,
-        "fold_std": float(np.nanstd(fold_auc)) if len(fold_auc) else None,
+        "fold_mean": float(np.mean(fold_auc)) if len(fold_auc) else None,
+        "fold_std": float(np.std(fold_auc)) if len(fold_auc) else None,
         "n_oof": int(len(oof)),
         # What the blend needs to read the prediction files without the dataset.
         "task": dataset.task,
@@ -348,7 +354,8 @@ def _write_experiment_outputs(exp, dataset, oof: pd.DataFrame, test: Optional[pd
         "all_test_ids": [str(i) for i in dataset.test["id"]],
     }
     io.write_json(layout.experiment_file(exp_dir, layout.SCORES), scores)
-    log.info("%s: OOF AUC %.4f (folds %.4f +- %.4f)", exp.name, overall["auc"], scores["fold_mean"], scores["fold_std"])
+    folds_auc = "n/a" if scores["fold_mean"] is None else f"{scores['fold_mean']:.4f} +- {scores['fold_std']:.4f}"
+    log.info("%s: OOF AUC %.4f (folds %s)", exp.name, overall["auc"], folds_auc)
     if "lwlrap" in overall:
         log.info("%s: OOF LWLRAP %.4f (random ranking %.4f)", exp.name, overall["lwlrap"], overall["lwlrap_random"])
     if len(dataset.test):
@@ -359,6 +366,11 @@ def _write_experiment_outputs(exp, dataset, oof: pd.DataFrame, test: Optional[pd
         sub = submission_frame(dataset, list(test["id"]), test[pred_cols].to_numpy(float),
                                oof_mean=oof[pred_cols].to_numpy(float).mean(axis=0))
         io.write_csv(layout.experiment_file(exp_dir, layout.SUBMISSION), sub)
+
+
+def _defined(fold_scores: dict) -> bool:
+    """Whether a fold's scores (:func:`pipeline.metrics.score`) have a finite headline: AUC, or LWLRAP (rfcx)."""
+    return any(np.isfinite(fold_scores[m]) for m in ("auc", "lwlrap") if m in fold_scores)
 
 
 # ----------------------------------------------------------------------------- queue-level outputs

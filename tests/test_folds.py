@@ -117,3 +117,69 @@ def test_finished_folds_are_read_back_and_jobs_refuse_an_empty_side(tmp_path):
     empty = dataclasses.replace(plan, unit="recordings", fold_arr=np.array([0, 1, 0, 1, 0, 1]))
     with pytest.raises(DataError, match="fold 2 has no validation recordings left"):
         empty.job(2)
+
+
+def table_experiment(tmp_path, group_column=None):
+    base = tmp_path / "queue"  # the table source's files must exist when the queue is read
+    (base / "input" / "audio").mkdir(parents=True, exist_ok=True)
+    (base / "input" / "train.csv").write_text("file,label,site\n")
+    data = {"name": "table", **({"group_column": group_column} if group_column else {})}
+    return parse_queue({"experiments": [{"name": "e", "data": data, "features": "mel", "model": "logreg",
+                                         "folds": {"n_splits": 2}}]},
+                       source="q.yaml", base_dir=str(base)).experiments[0]
+
+
+def test_groups_that_keep_the_classes_apart_are_refused_naming_the_group_column(tmp_path, rng):
+    # One recording site holds every positive: each fold would train on one class and validate on the other.
+    exp = table_experiment(tmp_path, group_column="site")
+    ds = dataset(rng, n=40, groups=2)
+    ds.manifest["label"] = (ds.manifest["group"] == "g0").astype(float)
+    with pytest.raises(FoldError, match=r"data.group_column='site': every fold needs both classes .* "
+                                        r"fold 1: training has no (positive|negative) clip, validation has no"):
+        ensure_folds(ds, exp.data, exp.folds, str(tmp_path / "folds"))
+    assert not (tmp_path / "folds").exists() or not list((tmp_path / "folds").iterdir())  # no table kept
+    ds.manifest["label"] = [float(i % 3 == 0) for i in range(40)]  # both groups hold both classes: accepted
+    table = ensure_folds(ds, exp.data, exp.folds, str(tmp_path / "folds"))
+    assert set(table["fold"]) == {0, 1}
+
+
+def test_a_saved_table_is_checked_too(tmp_path, rng):
+    # A table written by an earlier version (or for other labels under the same key) never trains a one-class fold.
+    exp = table_experiment(tmp_path)
+    ds = dataset(rng, n=40)
+    (tmp_path / "folds").mkdir()
+    path = tmp_path / "folds" / f"{table_key(exp.data, exp.folds, ds)}.csv"
+    pd.DataFrame({"id": ds.train["id"], "fold": (ds.train["label"] > 0.5).astype(int)}).to_csv(path, index=False)
+    with pytest.raises(FoldError, match=r"folds.n_splits=2: .* fold 1: training has no negative clip, "
+                                        r"validation has no positive clip"):
+        ensure_folds(ds, exp.data, exp.folds, str(tmp_path / "folds"))
+
+
+def test_multilabel_data_without_a_positive_label_is_refused(tmp_path, rng):
+    exp = table_experiment(tmp_path)
+    ids = [f"r{i}" for i in range(12)]
+    frame = pd.DataFrame({"id": ids, "path": ids, "split": "train", "group": ids,
+                          "s0": 0.0, "s1": np.nan})  # fp boxes only: known negatives and unknowns
+    ds = Dataset(manifest=frame, task="multilabel", targets=("s0", "s1"), submission="rfcx")
+    with pytest.raises(FoldError, match=r"data \(table\): the 12 training clips have no positive label"):
+        ensure_folds(ds, exp.data, exp.folds, str(tmp_path / "folds"))
+    frame.loc[0, "s1"] = 1.0  # one positive recording: one fold validates without any
+    with pytest.raises(FoldError, match=r"folds.n_splits=2: every fold needs at least one positive label"):
+        ensure_folds(Dataset(manifest=frame, task="multilabel", targets=("s0", "s1"), submission="rfcx"),
+                     exp.data, exp.folds, str(tmp_path / "folds"))
+
+
+def test_experiment_outputs_refuse_a_fold_with_an_undefined_score(tmp_path, rng):
+    # The last guard: predictions of a one-class fold (e.g. finished by an earlier version) are never scored.
+    from pipeline.errors import TrainingError
+    from pipeline.queue import _write_experiment_outputs
+
+    ds = dataset(rng, n=8)
+    ds.manifest["label"] = [0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+    oof = pd.DataFrame({"id": ds.train["id"], "fold": [0, 0, 0, 0, 1, 1, 1, 1], "label": ds.train["label"],
+                        "pred": np.linspace(0, 1, 8)})
+    exp_dir = tmp_path / "e"
+    exp_dir.mkdir()
+    with pytest.raises(TrainingError, match=r"fold\(s\) \[2\] of e: the validation score is undefined"):
+        _write_experiment_outputs(table_experiment(tmp_path), ds, oof, None, str(exp_dir), None)
+    assert list(exp_dir.iterdir()) == []  # neither oof.csv nor scores.json

@@ -374,3 +374,63 @@ def test_predict_and_export_apply_the_saved_blend_only_while_the_queue_describes
     assert main([changed, "--blend-only"]) == 0
     assert main([changed, "--predict", new_audio, "--predict-name", "blended"]) == 0
     assert (run / "blended" / "blend.csv").is_file()
+
+
+# ----------------------------------------------------------------------------- undefined fold scores
+
+TABLE_QUEUE = """
+defaults:
+  data: {name: table, csv: train.csv, audio_dir: audio, group_column: site}
+  audio: {sample_rate: 2000, duration: 1.0}
+  features: {name: mel, n_fft: 128, hop_length: 64, n_mels: 16}
+  cache: {workers: 1}
+  folds: {n_splits: 2, seed: 0}
+experiments:
+  - name: apart
+    model: {name: logreg}
+  - name: mixed
+    data: {csv: train_mixed.csv}
+    model: {name: logreg}
+blend: {method: mean}
+"""
+
+
+def test_a_fold_without_both_classes_fails_its_experiment_and_is_never_scored(tmp_path, monkeypatch, capsys):
+    # Site "a" holds every positive clip: each fold would train on one class and validate on the other (AUC NaN).
+    import soundfile as sf
+
+    (tmp_path / "audio").mkdir()
+    rng = np.random.default_rng(5)
+    t = np.arange(2000) / 2000
+    rows = []
+    for i in range(24):
+        label = i % 2
+        sf.write(tmp_path / "audio" / f"c{i}.wav",
+                 (0.1 * rng.normal(size=t.size) + label * 0.3 * np.sin(2 * np.pi * 300 * t)).astype(np.float32), 2000)
+        rows.append({"file": f"c{i}.wav", "label": label, "site": "a" if label else f"b{i % 3}"})
+    table = pd.DataFrame(rows)
+    table.to_csv(tmp_path / "train.csv", index=False)
+    table.assign(site=[f"s{i % 3}" for i in range(24)]).to_csv(tmp_path / "train_mixed.csv", index=False)
+    path = write_queue(tmp_path, TABLE_QUEUE)
+    out = tmp_path / "output"
+
+    def check_outputs(error):
+        status = json.loads((out / "apart" / "status.json").read_text())
+        assert status["state"] == "failed" and status["error"].startswith(error), status
+        assert not list((out / "apart").rglob("done.json")) and not (out / "apart" / "scores.json").exists()
+        for file in out.rglob("*.json"):  # strict JSON everywhere: no NaN
+            json.loads(file.read_text(), parse_constant=lambda c: pytest.fail(f"{file} holds {c}"))
+        summary = pd.read_csv(out / "summary.csv").set_index("experiment")
+        assert summary.loc["apart", "status"] == "failed" and summary.drop(columns="error").loc["apart"].isna().sum() > 0
+        assert pd.isna(summary.loc["apart"].filter(like="auc")).all()
+        assert summary.loc["mixed", "status"] == "done"
+        assert list(json.loads((out / "blend" / "scores.json").read_text())["experiments"]) == ["mixed"]
+
+    # The folds stage refuses the table, naming the group column.
+    assert main([path]) == 1
+    check_outputs("FoldError: data.group_column='site': every fold needs both classes")
+    assert "fold 1: validation has no positive clip" in capsys.readouterr().out
+    # The last guard, should a one-class fold reach training (the check bypassed): no done.json, no score.
+    monkeypatch.setattr("pipeline.folds.check_fold_classes", lambda *args: None)
+    assert main([path, "--only", "apart"]) == 1
+    check_outputs("TrainingError: fold 1/2: the validation AUC is undefined (NaN)")

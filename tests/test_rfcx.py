@@ -77,6 +77,22 @@ def test_kaggle_rfcx_reads_recordings_whose_suffix_is_upper_case(tmp_path):
     assert all(os.path.exists(p) for p in ds.manifest["path"])
 
 
+def test_kaggle_rfcx_without_tp_boxes_is_refused_at_the_folds_stage(tmp_path):
+    # A header-only train_tp.csv: only known negatives (fp boxes) and unknowns, so every fold's LWLRAP is undefined.
+    from pipeline.config import parse_queue
+    from pipeline.folds import FoldError, ensure_folds
+
+    ids = [f"r{i}" for i in range(6)]
+    write_layout(tmp_path / "rfcx", [], [f"{r},{i},1,0,10,1,20" for i, r in enumerate(ids)], ids, ["t1"])
+    exp = parse_queue({"experiments": [{"name": "e", "data": {"name": "kaggle_rfcx", "root": "rfcx"},
+                                        "audio": {"sample_rate": 8000, "duration": 4.0}, "features": "mel",
+                                        "model": "sed", "loss": "sed", "folds": {"n_splits": 2}}]},
+                      source="q.yaml", base_dir=str(tmp_path)).experiments[0]
+    ds = read_kaggle_rfcx(str(tmp_path / "rfcx"))
+    with pytest.raises(FoldError, match=r"data \(kaggle_rfcx\): the 6 training clips have no positive label"):
+        ensure_folds(ds, exp.data, exp.folds, str(tmp_path / "folds"))
+
+
 @pytest.mark.parametrize("tp_rows, message", [
     (["a,24,1,0,1,1,2"], "species_id must be an integer in 0..23"),
     (["a,x,1,0,1,1,2"], "column 'species_id' needs finite numbers"),
