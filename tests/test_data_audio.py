@@ -1,6 +1,7 @@
 """pipeline.data.audio.load_clip: good files, repairs, and every kind of bad file."""
 
 import os
+import sys
 import time
 
 import numpy as np
@@ -624,3 +625,29 @@ def test_an_aiff_rate_of_absurd_bits_is_an_implausible_header(tmp_path, raw):
     open(path, "wb").write(bytes(data))
     out = load(path)
     assert out.samples is None and out.reason.startswith("implausible header: sample rate"), out.reason
+
+
+def test_a_header_that_makes_libsndfile_seek_before_the_start_is_skipped_quietly(tmp_path, capfd, monkeypatch):
+    """A damaged AIFF ('SSND' chunk renamed) made libsndfile seek to -1: the file raised inside soundfile's C
+    callback and Python printed 'Exception ignored from cffi callback' with a traceback on the console."""
+    import io as _io
+
+    import soundfile as sf
+
+    from pipeline.data import audio
+
+    buf = _io.BytesIO()
+    sf.write(buf, np.random.default_rng(0).standard_normal(4000) * 0.1, 2000, format="AIFF", subtype="PCM_16")
+    data = bytearray(buf.getvalue())
+    data[data.index(b"SSND")] = ord("s")
+    path = tmp_path / "bad.aiff"
+    path.write_bytes(bytes(data))
+    capfd.readouterr()
+    ignored = []  # where Python sends an exception raised in a C callback (and prints it, outside pytest)
+    monkeypatch.setattr(sys, "unraisablehook", ignored.append)
+    from_file = load_clip(str(path), sample_rate=2000, duration=2.0)
+    from_bytes = audio._decode(str(path), len(data), bytes(data), sample_rate=2000, duration=2.0)
+    for decoded in (from_file, from_bytes):
+        assert decoded.reason and decoded.reason.startswith("unreadable"), decoded.reason
+    err = capfd.readouterr().err
+    assert not ignored and "Exception ignored" not in err and "Traceback" not in err, (ignored, err)

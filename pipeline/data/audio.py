@@ -420,6 +420,35 @@ class _Blocks:
         return _finish(mono, self.frames, self.channels, self.nonfinite, self.peak, file_rate, total, **opts)
 
 
+class _QuietSeek:
+    """A binary file for libsndfile's virtual I/O whose ``seek`` never raises.
+
+    A damaged header makes libsndfile seek before the start; the file raises
+    inside soundfile's C callback, where Python can only print the exception
+    ("Exception ignored from cffi callback", a traceback on the console) and
+    the decoder fails anyway. Here the position stays put instead, and the
+    clip is skipped with libsndfile's own error like any unreadable file.
+    """
+
+    def __init__(self, file):
+        self._file = file
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        try:
+            return self._file.seek(offset, whence)
+        except (OSError, ValueError):
+            return self._file.tell()
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def read(self, n: int = -1) -> bytes:
+        return self._file.read(n)
+
+    def readinto(self, buffer) -> int:
+        return self._file.readinto(buffer)
+
+
 def _decode(path, size, data, *, fh=None, **opts) -> Decoded:
     """Decode a file of ``size`` bytes: ``data`` (its bytes) when given, else the open binary file ``fh``.
 
@@ -449,7 +478,7 @@ def _decode(path, size, data, *, fh=None, **opts) -> Decoded:
         return _skip(problem)
 
     try:
-        sound = sf.SoundFile(fh if data is None else _io.BytesIO(data))
+        sound = sf.SoundFile(_QuietSeek(fh if data is None else _io.BytesIO(data)))
     except Exception as exc:
         message = _sf_message(exc)
         if header.declared_bytes is not None and header.declared_bytes > size:
