@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import shlex
 import signal
 import sys
 import time
@@ -780,8 +781,11 @@ def _run_locked(queue: Queue, paths: Paths, names: List[str], *, force: bool, bl
 
         write_report_safely(paths.output, title=f"Queue report: {os.path.basename(queue.source)}")
     except KeyboardInterrupt:
-        log.warning("interrupted; state is saved. Run the same command again to resume: python run_queue.py %s",
-                    os.path.relpath(queue.source))
+        # Not --force again: that would start the interrupted experiments afresh instead of resuming them.
+        command = " ".join(["python run_queue.py", shlex.quote(os.path.relpath(queue.source)),
+                            *(["--only", shlex.quote(",".join(names))]
+                              if len(names) < len(queue.experiments) else [])])
+        log.warning("interrupted; state is saved. To resume: %s", command)
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)

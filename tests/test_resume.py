@@ -142,8 +142,31 @@ def test_sigterm_stops_cleanly_and_says_how_to_resume(tmp_path):
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out
-    assert "Run the same command again to resume: python run_queue.py queue.yaml" in out
+    assert "state is saved. To resume: python run_queue.py queue.yaml" in out
     assert ends_soon(json.loads(progress.read_text())["pid"], timeout=2), "a fold job outlived its runner"
     status = (tmp_path / "output" / "inceptiontime_a" / "status.json").read_text()
     assert '"interrupted"' in status
     assert start(tmp_path).wait(timeout=600) == 0
+
+
+def test_the_resume_command_keeps_only_and_never_repeats_force(tmp_path, monkeypatch, caplog):
+    """The interrupt message is a command to copy: with --only it resumed the whole queue, and it must not say
+    --force (which would start the interrupted experiments afresh)."""
+    import pipeline.queue as queue_module
+    from pipeline.config import load_queue
+
+    text = textwrap.dedent(QUEUE).replace("experiments:\n", "experiments:\n  - name: other\n", 1)
+    (tmp_path / "queue.yaml").write_text(text)
+    queue = load_queue(str(tmp_path / "queue.yaml"))
+    names = [e.name for e in queue.experiments]
+    assert len(names) == 2
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(queue_module, "_run_experiments", interrupted)
+    monkeypatch.chdir(tmp_path)
+    for only, force, tail in ((names[:1], True, f"queue.yaml --only {names[0]}"), (None, False, "queue.yaml")):
+        caplog.clear()
+        assert queue_module.run(queue, only=only, force=force) == 130
+        assert caplog.text.rstrip().endswith(f"To resume: python run_queue.py {tail}"), caplog.text
