@@ -167,7 +167,9 @@ def load_queue(path: str) -> Queue:
     """Parse and validate a queue file. Raises :class:`ConfigError` listing every problem."""
     source = os.path.abspath(path)
     if not os.path.isfile(source):
-        raise ConfigError(path, [f"queue file not found: {path!r} (expected a YAML file)"])
+        what = ("is a folder" if os.path.isdir(source) else "is not a regular file" if os.path.exists(source)
+                else "not found")
+        raise ConfigError(path, [f"queue file {what}: {path!r} (expected a YAML file)"])
     try:
         size = os.path.getsize(source)
         if size > queue_yaml.MAX_BYTES:
@@ -224,7 +226,8 @@ def parse_queue(raw: Any, *, source: str, base_dir: str) -> Queue:
 
     raw_exps = raw.get("experiments")
     if not isinstance(raw_exps, list) or not raw_exps:
-        problems.append(f"experiments: expected a non-empty list of experiments; got {_typename(raw_exps)}")
+        got = "an empty list" if raw_exps == [] else _typename(raw_exps)
+        problems.append(f"experiments: expected a non-empty list of experiments; got {got}")
         raw_exps = []
 
     experiments: List[Experiment] = []
@@ -273,7 +276,10 @@ def _parse_experiment(i, raw_exp, defaults, base_dir, problems, seen) -> Optiona
     n_before = len(problems)
     name = raw_exp.get("name")
     if not isinstance(name, str) or not name:
-        problems.append(f"{where}.name: required; a string of letters, digits, '.', '_' or '-'")
+        # YAML reads a bare yes, 2024-01-01 or 0x10 as a boolean, a date, a number: quoting keeps it a name.
+        given = ("required" if "name" not in raw_exp or name is None else
+                 "got an empty string" if name == "" else f"got {name!r} ({_typename(name)}); quote it")
+        problems.append(f"{where}.name: {given}; a string of letters, digits, '.', '_' or '-'")
         name = None
     elif len(name) > layout.MAX_NAME_LENGTH:
         problems.append(f"{where}.name: {len(name)} characters; at most {layout.MAX_NAME_LENGTH} (it becomes a "

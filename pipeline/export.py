@@ -226,7 +226,7 @@ def run_export(queue: Queue, *, only: Optional[List[str]] = None) -> int:
     from pipeline.predict_new import finished_experiments, saved_blend
 
     try:
-        experiments = finished_experiments(queue, only)
+        experiments = finished_experiments(queue, only, flag="--export")
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

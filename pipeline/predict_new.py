@@ -101,14 +101,14 @@ def run_name(name: Optional[str]) -> str:
     return name
 
 
-def finished_experiments(queue: Queue, only: Optional[List[str]] = None) -> List[Experiment]:
+def finished_experiments(queue: Queue, only: Optional[List[str]] = None, flag: str = "--predict") -> List[Experiment]:
     """The experiments whose fold models can predict: finished with their current config on the current data.
 
-    Raises :class:`ConfigError` when there is none (nothing could be predicted).
+    Raises :class:`ConfigError` naming ``flag`` when there is none (nothing could be predicted or exported).
     """
     done = [e for e in results.finished(queue, queue.output_dir) if only is None or e.name in only]
     if not done:
-        raise ConfigError(queue.source, [f"--predict: no finished experiment{' among --only' if only else ''} in "
+        raise ConfigError(queue.source, [f"{flag}: no finished experiment{' among --only' if only else ''} in "
                                          f"{queue.output_dir}; run the queue first"])
     return done
 

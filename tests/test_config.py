@@ -128,6 +128,9 @@ BAD += [
      "defaults.data.csv", "contains a control character"),
     (GOOD + '\noutput: "out\\0put"\n', "output", "contains a control character"),
     (GOOD + '\noutput: ""\n', "output", "got an empty string"),
+    ("experiments: []", "experiments", "got an empty list"),
+    # YAML 1.1 reads a bare yes as a boolean: the name was given, not missing.
+    (GOOD.replace("  - name: b\n", "  - name: yes\n"), "experiments[1].name", "got True (a boolean); quote it"),
 ]
 BAD = [case for case in BAD if case[1]]
 
@@ -152,6 +155,11 @@ def test_all_problems_reported_at_once_and_defaults_problems_once(tmp_path):
     problems = info.value.problems
     assert sum(p.startswith("defaults.train.epochs") for p in problems) == 1
     assert any(p.startswith("experiments[0].model.name") for p in problems)
+
+
+def test_a_queue_path_that_is_a_folder_is_named_as_such(tmp_path, capsys):
+    assert main([str(tmp_path)]) == 2
+    assert "queue file is a folder" in capsys.readouterr().err
 
 
 def test_missing_queue_file(tmp_path, capsys):

@@ -248,7 +248,7 @@ def test_predict_refuses_what_it_cannot_predict_before_writing(tmp_path, capsys)
              (["--predict", str(tmp_path / "block.yaml")], "data.name: 'kaggle_whal' is not a data source"),
              (["--predict", str(tmp_path / "other.yaml")], "expected a mapping with the one key data"),
              (["--export", "--predict", str(tmp_path)], "cannot be combined with --predict"),
-             (["--export"], "no finished experiment"),
+             (["--export"], "--export: no finished experiment"),
              (["--predict", str(tmp_path / "other_data.yaml")], "predicting would replace it")]
     (tmp_path / "block.yaml").write_text("data: {name: kaggle_whal, root: x}\n")
     # A synthetic data block whose root holds another synthetic dataset (the queue's training data, say) is never
