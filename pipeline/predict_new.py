@@ -49,7 +49,8 @@ class NewAudio:
 
 
 def new_audio(path: str) -> NewAudio:
-    """The audio to predict at ``path``: a folder of audio files or a YAML data block.
+    """The audio to predict at ``path``: a folder of audio files, one audio file (its id: its name) or a YAML
+    data block.
 
     Raises :class:`ConfigError` (the user's mistake: exit 2 before anything is
     written) when ``path`` is missing, holds no audio, or is a YAML file whose
@@ -58,6 +59,9 @@ def new_audio(path: str) -> NewAudio:
     if not os.path.exists(path):
         raise ConfigError("--predict", [f"{path}: not found; expected a folder of audio or a YAML file with a "
                                         f"data block"])
+    if os.path.isfile(path) and path.lower().endswith(AUDIO_SUFFIXES):
+        full = os.path.abspath(path)
+        return NewAudio(source=full, files=pd.DataFrame({"id": [os.path.basename(full)], "path": [full]}))
     if os.path.isdir(path):
         root = os.path.abspath(path)
         found = []

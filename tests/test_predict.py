@@ -255,3 +255,14 @@ def test_predict_submission_rows_follow_the_files_with_skipped_ones_at_their_pla
     sub = pd.read_csv(tmp_path / "submission.csv")
     assert list(sub["clip"]) == files
     np.testing.assert_allclose(sub["probability"], [0.2, 0.4, 0.6, 0.4])
+
+
+def test_predict_takes_one_audio_file_too(tmp_path):
+    """--predict PATH on a single file was read as a YAML data block ('cannot read it as YAML: utf-8 codec ...')."""
+    from pipeline.predict_new import new_audio
+
+    (tmp_path / "site").mkdir()
+    clip = tmp_path / "site" / "Call 1.WAV"
+    clip.write_bytes(b"RIFF")
+    audio = new_audio(str(clip))
+    assert audio.files.to_dict("records") == [{"id": "Call 1.WAV", "path": str(clip)}]
