@@ -637,8 +637,10 @@ def _parse_blend(raw, names, problems) -> BlendSettings:
             component = Component(method["name"], built)
     include = raw.get("include")
     if include is not None:
-        if not isinstance(include, list) or not all(isinstance(n, str) for n in include):
-            problems.append(f"blend.include: expected a list of experiment names; got {_typename(include)}")
+        if not isinstance(include, list) or not all(isinstance(n, str) for n in include) or not include:
+            got = "an empty list (leave include out to blend every finished experiment)" if include == [] \
+                else _typename(include)
+            problems.append(f"blend.include: expected a list of experiment names; got {got}")
             include = None
         else:
             for n in include:

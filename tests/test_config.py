@@ -129,6 +129,7 @@ BAD += [
     (GOOD + '\noutput: "out\\0put"\n', "output", "contains a control character"),
     (GOOD + '\noutput: ""\n', "output", "got an empty string"),
     ("experiments: []", "experiments", "got an empty list"),
+    (GOOD.replace("{method: mean}", "{method: mean, include: []}"), "blend.include", "got an empty list"),
     # YAML 1.1 reads a bare yes as a boolean: the name was given, not missing.
     (GOOD.replace("  - name: b\n", "  - name: yes\n"), "experiments[1].name", "got True (a boolean); quote it"),
 ]
