@@ -22,6 +22,7 @@ as YAML intends; only keys written twice in the same mapping are duplicates.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
@@ -156,6 +157,12 @@ class QueueLoader(_SafeBase):
             raise
         except (ValueError, OverflowError, TypeError) as err:
             raise QueueYAMLError(None, None, f"cannot read this value: {err}", node.start_mark) from None
+
+
+# YAML 1.1 (PyYAML) reads 1e-3 and 1e5 as strings: its floats need a dot. A queue's learning_rate: 1e-3 is a number
+# (YAML 1.2), so the exponent form is a float here too; integers and dotted floats resolve as before.
+QueueLoader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                  re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
 
 
 def load_text(text: str) -> Any:

@@ -488,3 +488,9 @@ def test_every_number_has_an_upper_bound(cls, field, kind):
     else:
         assert "max" in meta or "choices" in meta, f"{cls.__name__}.{field.name}: add max="
         assert "min" in meta or "min_exclusive" in meta, f"{cls.__name__}.{field.name}: add min="
+
+
+def test_a_number_in_exponent_form_is_a_number(tmp_path):
+    """PyYAML (YAML 1.1) reads 1e-3 as a string: `learning_rate: 1e-3` was refused as "got '1e-3' (a string)"."""
+    path = write(tmp_path, GOOD.replace("train: {epochs: 1}", "train: {epochs: 1, learning_rate: 1e-3}"))
+    assert load_queue(path).experiments[0].train.learning_rate == 0.001
