@@ -124,6 +124,22 @@ def acquire(output_dir: str) -> RunnerLock:
     return RunnerLock(path=path, fd=fd, previous=previous)
 
 
+def busy(output_dir: str) -> Optional[str]:
+    """:func:`busy_message` when another runner holds the output folder's lock now, else None; takes nothing and
+    creates nothing (for a command that found the outputs half written and should say why)."""
+    try:
+        fd = os.open(lock_path(output_dir), os.O_RDWR | os.O_CLOEXEC)
+    except OSError:  # no lock file: no runner ever held it
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return busy_message(output_dir, _read_holder(fd, wait=1.0))
+    finally:
+        os.close(fd)  # closing releases a lock taken here
+    return None
+
+
 def busy_message(output_dir: str, holder: Optional[dict]) -> str:
     if holder:
         who = (f"pid {holder.get('pid')} on host {holder.get('host')}, started {holder.get('started')}")

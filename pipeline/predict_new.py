@@ -253,8 +253,9 @@ def run_predict(queue: Queue, path: str, *, name: Optional[str] = None, only: Op
         run = run_name(name)
         experiments = finished_experiments(queue, only)
     except PipelineError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        held = lock.busy(queue.output_dir)  # a runner rewriting the experiments now: that is the reason
+        print(f"error: {held or err}", file=sys.stderr)
+        return lock.EXIT_BUSY if held else 2
     output = queue.output_dir
     try:
         runner = lock.acquire(output)

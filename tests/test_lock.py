@@ -141,3 +141,17 @@ def test_the_runner_exits_3_while_another_holds_the_output(tmp_path, holder, cap
     # The plan takes no lock and writes nothing.
     assert main([str(tmp_path / "queue.yaml"), "--dry-run"]) == 0
     assert sorted(os.listdir(out)) == before
+    # --predict and --export find nothing finished because the runner is at work: they say so (exit 3), not
+    # "run the queue first" (exit 2).
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "a.wav").write_bytes(b"")
+    capsys.readouterr()
+    for args in (["--predict", str(tmp_path / "new")], ["--export"]):
+        assert main([str(tmp_path / "queue.yaml"), *args]) == lock.EXIT_BUSY, args
+        err = capsys.readouterr().err
+        assert f"pid {first.pid}" in err and "in use by another runner" in err, err
+    assert sorted(os.listdir(out)) == before
+    first.kill()
+    first.wait()
+    assert main([str(tmp_path / "queue.yaml"), "--export"]) == 2  # the lock went with its runner
+    assert "--export: no finished experiment" in capsys.readouterr().err
