@@ -758,6 +758,28 @@ def dump_experiment(exp: Experiment) -> str:
     return yaml.safe_dump(exp.to_dict(), sort_keys=False)
 
 
+def config_changes(saved_text: str, exp: Experiment, shown: int = 3) -> str:
+    """What differs between a saved config.yaml (``saved_text``) and ``exp``'s resolved config, in words
+    (``train.learning_rate: 0.003 -> 0.001``, the first ``shown`` keys); "" when nothing readable differs."""
+    try:
+        old = yaml.safe_load(saved_text)
+    except yaml.YAMLError:
+        return ""
+    if not isinstance(old, dict):
+        return ""
+
+    def flat(value, key=""):
+        if isinstance(value, dict):
+            return {k: v for name, sub in value.items()
+                    for k, v in flat(sub, f"{key}.{name}" if key else str(name)).items()}
+        return {key: value}
+
+    before, after = flat(old), flat(yaml.safe_load(dump_experiment(exp)))
+    keys = sorted(k for k in set(before) | set(after) if before.get(k, "(unset)") != after.get(k, "(unset)"))
+    words = [f"{k}: {before.get(k, '(unset)')} -> {after.get(k, '(unset)')}" for k in keys[:shown]]
+    return "; ".join(words) + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
+
+
 # ----------------------------------------------------------------------------- a data block on its own (--predict)
 
 

@@ -130,7 +130,7 @@ class ExperimentRun:
         try:
             # Only a folder the pipeline made (or an older version's experiment folder) is ever deleted or reused.
             if io.isdir(exp_dir) and (force or not same_config or changed):
-                reason = ("--force" if force else "its config changed" if not same_config
+                reason = ("--force" if force else f"its config changed{_config_change_words(exp, exp_dir)}" if not same_config
                           else f"data changed since the last run: {changed}")
                 log.info("%s: starting afresh (%s)", exp.name, reason)
                 ownership.remove_owned(exp_dir, recognise=ownership.is_legacy_experiment,
@@ -697,7 +697,8 @@ def plan(queue: Queue, paths: Paths, names: List[str], force: bool) -> str:
         elif same and changed and not force:
             action = f"run (data changed since the last run: {changed}; start afresh)"
         else:
-            action = "run" + (" (config changed: start afresh)" if status and not same else "")
+            action = "run" + (f" (config changed{_config_change_words(exp, exp_dir)}; start afresh)"
+                              if status and not same else "")
         if data is None:
             cache = folds = "build (synthetic data not generated yet)"
             key = "?"
@@ -760,6 +761,20 @@ def run(queue: Queue, *, only: Optional[List[str]] = None, force: bool = False, 
             log.info("%s: written by an earlier version of the pipeline; marked as the pipeline's (%s)", folder,
                      ownership.MARKER)
         return _run_locked(queue, paths, names, force=force, blend_only=blend_only)
+
+
+def _config_change_words(exp: Experiment, exp_dir: str) -> str:
+    """``: <what changed>`` between the experiment's saved config.yaml and its config now ("" if unknown)."""
+    from pipeline.config import config_changes
+
+    try:
+        saved = io.read_bytes(layout.experiment_file(exp_dir, layout.CONFIG)).decode("utf-8", "replace")
+    except OSError:
+        return ""
+    changes = config_changes(saved, exp)
+    if not changes and exp.teacher is not None:
+        return ": its pseudo-label teacher's config"
+    return f": {changes}" if changes else ""
 
 
 def _run_locked(queue: Queue, paths: Paths, names: List[str], *, force: bool, blend_only: bool) -> int:

@@ -494,3 +494,23 @@ def test_a_number_in_exponent_form_is_a_number(tmp_path):
     """PyYAML (YAML 1.1) reads 1e-3 as a string: `learning_rate: 1e-3` was refused as "got '1e-3' (a string)"."""
     path = write(tmp_path, GOOD.replace("train: {epochs: 1}", "train: {epochs: 1, learning_rate: 1e-3}"))
     assert load_queue(path).experiments[0].train.learning_rate == 0.001
+
+
+def test_a_rerun_says_which_keys_of_the_config_changed(tmp_path, capsys):
+    """'starting afresh (its config changed)' did not say what changed, nor did the plan."""
+    from pipeline import ownership, status
+    from pipeline.config import config_changes, dump_experiment
+
+    path = write(tmp_path, GOOD)
+    old = load_queue(path).experiments[1]
+    changed = write(tmp_path, GOOD.replace("train: {epochs: 1}", "train: {epochs: 2}"), "new.yaml")
+    new = load_queue(changed).experiments[1]
+    assert config_changes(dump_experiment(old), new) == "train.epochs: 1 -> 2"
+    assert config_changes(dump_experiment(old), old) == ""
+    exp_dir = tmp_path / "output" / old.name
+    ownership.make_owned_dir(str(tmp_path / "output"))
+    ownership.make_owned_dir(str(exp_dir))
+    (exp_dir / "config.yaml").write_text(dump_experiment(old))
+    status.write_status(str(exp_dir), state="done", config_hash=old.config_hash())
+    assert main([str(tmp_path / "new.yaml"), "--dry-run"]) == 0
+    assert f"{old.name}: run (config changed: train.epochs: 1 -> 2; start afresh)" in capsys.readouterr().out
