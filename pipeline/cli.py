@@ -68,6 +68,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             return EXIT_CONFIG
     if args.predict is not None or args.predict_name is not None or args.export:
         return _predict(args, queue, only)
+    if args.blend_only and (args.force or only is not None):
+        # The blend takes every finished experiment (blend.include chooses): these would be ignored in silence.
+        given = " and ".join(flag for flag, on in (("--force", args.force), ("--only", only is not None)) if on)
+        print(f"error: --blend-only trains nothing and blends every finished experiment (blend.include chooses); "
+              f"it cannot be combined with {given}", file=sys.stderr)
+        return EXIT_CONFIG
     from pipeline.data import root_problem
     from pipeline.ownership import check_output
 

@@ -158,6 +158,14 @@ def test_all_problems_reported_at_once_and_defaults_problems_once(tmp_path):
     assert any(p.startswith("experiments[0].model.name") for p in problems)
 
 
+@pytest.mark.parametrize("flags", [["--force"], ["--only", "a"]])
+def test_blend_only_with_a_flag_it_would_ignore_is_refused(tmp_path, capsys, flags):
+    path = write(tmp_path, GOOD)
+    assert main([path, "--blend-only", *flags]) == 2
+    assert f"cannot be combined with {flags[0]}" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["queue.yaml"]
+
+
 def test_a_queue_path_that_is_a_folder_is_named_as_such(tmp_path, capsys):
     assert main([str(tmp_path)]) == 2
     assert "queue file is a folder" in capsys.readouterr().err
