@@ -15,6 +15,8 @@ empty bands are found the way librosa builds it, without numpy.
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from typing import Callable, Dict, List, Optional
 
@@ -63,6 +65,13 @@ def check_experiment(exp, origin: Callable[..., str], problems: List[str]) -> No
     elif exp.train.monitor == "val_lwlrap":
         problems.append(f"{origin('train', 'monitor')}: val_lwlrap is logged for rfcx data only "
                         f"(data.name {', '.join(RFCX_SOURCES)}); use val_auc or val_loss with {exp.data.name}")
+    if not is_rfcx:
+        default = schema.CropSettings()
+        for f in dataclasses.fields(default):
+            if getattr(exp.crops, f.name) != getattr(default, f.name):  # would be ignored: clips are used whole
+                problems.append(f"{origin('crops', f.name)}: crops apply to long recordings with event boxes "
+                                f"(data.name {', '.join(RFCX_SOURCES)}); {exp.data.name} clips are used whole, so "
+                                f"it would be ignored. Remove it")
     _check_model(exp, shape, origin, problems)
     _check_loss(exp, origin, problems)
     _check_averaging(exp, origin, problems)

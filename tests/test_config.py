@@ -130,6 +130,9 @@ BAD += [
     (GOOD + '\noutput: ""\n', "output", "got an empty string"),
     ("experiments: []", "experiments", "got an empty list"),
     (GOOD.replace("{method: mean}", "{method: mean, include: []}"), "blend.include", "got an empty list"),
+    # Whale clips are used whole: crops were accepted and ignored in silence.
+    (GOOD.replace("train: {epochs: 1}", "train: {epochs: 1}\n  crops: {crop_seconds: 1}"), "defaults.crops.crop_seconds",
+     "would be ignored"),
     # YAML 1.1 reads a bare yes as a boolean: the name was given, not missing.
     (GOOD.replace("  - name: b\n", "  - name: yes\n"), "experiments[1].name", "got True (a boolean); quote it"),
 ]
