@@ -105,6 +105,14 @@ def test_kaggle_rfcx_bad_csv_names_file_and_row(tmp_path, tp_rows, message):
     assert "train_tp.csv" in str(err.value) and "row(s) [2]" in str(err.value)
 
 
+def test_kaggle_rfcx_a_box_in_both_csvs_is_a_true_positive_with_a_warning(tmp_path, caplog):
+    """The same box in train_tp.csv and train_fp.csv was accepted in silence, its frames labelled 1 and 0."""
+    write_layout(tmp_path, ["a,3,1,1.0,100,2.0,200"], ["a,5,1,0,10,1,20", "a,3,1,1.0,100,2.0,200"], ["a"])
+    ds = read_kaggle_rfcx(str(tmp_path))
+    assert boxes_of(ds.train)[0].tolist() == [[3, 1.0, 2.0, 100, 200, 1], [5, 0.0, 1.0, 10, 20, 0]]
+    assert "1 box(es) of train_fp.csv (row(s) [3]) are also in train_tp.csv" in caplog.text
+
+
 def test_kaggle_rfcx_a_column_named_twice_is_refused(tmp_path):
     write_layout(tmp_path, ["a,3,1,1.0,100,2.0,200"], [], ["a"])
     (tmp_path / "train_tp.csv").write_text(HEADER.strip() + ",species_id\na,3,1,1.0,100,2.0,200,5\n")

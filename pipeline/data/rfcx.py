@@ -91,6 +91,13 @@ def read_kaggle_rfcx(root: str, *, unknown: str = "mask") -> Dataset:
     for table, path in ((tp, os.path.join(root, "train_tp.csv")), (fp, os.path.join(root, "train_fp.csv"))):
         refuse_outside(table["recording_id"], train_dir, where=f"{path}: column 'recording_id'", suffix=AUDIO_SUFFIX)
     _check_boxes_inside_recordings({"train_tp.csv": tp, "train_fp.csv": fp}, root, train_dir)
+    # The same box marked present (tp) and absent (fp) would give its frames both targets: tp wins, with a word.
+    same = ["recording_id", "species_id", "t_min", "t_max", "f_min", "f_max"]
+    both = fp.reset_index().merge(tp[same].drop_duplicates(), on=same)["index"]
+    if len(both):
+        logger.warning("%s: %d box(es) of train_fp.csv (row(s) %s) are also in train_tp.csv; kept as true positives "
+                       "only", root, len(both), [int(i) + 2 for i in both[:5]])
+        fp = fp.drop(index=both)
     tp["is_tp"], fp["is_tp"] = 1, 0
     boxes = pd.concat([tp, fp], ignore_index=True)
     if boxes.empty:
