@@ -113,13 +113,17 @@ def test_whale_bad_clips_are_reported_by_the_decoder(whale_root):
     assert reasons["train7.aiff"] == "missing file"
 
 
-def test_whale_test_clips_that_cannot_be_read_are_listed_and_skipped_by_the_decoder(whale_root):
+def test_whale_test_clips_that_cannot_be_read_are_listed_and_skipped_by_the_decoder(whale_root, caplog):
     """The test set is test/'s listing: a dangling link or a folder named like a clip stays in it (and so gets a
     submission row), and the decoder skips it with its reason; it was left out silently."""
     (whale_root / "test" / "test3.aiff").symlink_to(whale_root / "nowhere.aiff")
     (whale_root / "test" / "test4.aiff").mkdir()
-    test = read_kaggle_whale(str(whale_root)).test
+    (whale_root / "test" / "test5.wav").write_bytes(b"RIFF")
+    with caplog.at_level("WARNING"):
+        test = read_kaggle_whale(str(whale_root)).test
     assert list(test["id"]) == ["test1.aiff", "test10.aiff", "test2.aiff", "test3.aiff", "test4.aiff"]
+    # Other files are not clips of this layout, but a user who put them there hears of it.
+    assert "test/ holds 2 entries that are not .aiff/.aif files" in caplog.text and "'test5.wav'" in caplog.text
     reasons = [load_clip(p, sample_rate=SR, duration=2.0).reason for p in test["path"]]
     assert reasons[:3] == [None, None, None]
     assert reasons[3] == "missing file" and reasons[4] == "unreadable: is a directory", reasons

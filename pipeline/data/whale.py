@@ -119,7 +119,12 @@ def read_kaggle_whale(root: str) -> Dataset:
     elif os.path.isdir(test_dir):
         # Every entry named like audio, as listed (a dangling link too): the test set is the folder's listing, and
         # a clip that cannot be read is skipped with its reason, never silently left out of the submission.
-        test_names = sorted(n for n in os.listdir(test_dir) if n.lower().endswith(AUDIO_SUFFIXES))
+        listed = os.listdir(test_dir)
+        test_names = sorted(n for n in listed if n.lower().endswith(AUDIO_SUFFIXES))
+        others = sorted(n for n in listed if not n.lower().endswith(AUDIO_SUFFIXES) and not n.startswith("."))
+        if others:
+            logger.warning("%s: test/ holds %d entries that are not %s files; they are not in the test set nor the "
+                           "submission, e.g. %s", root, len(others), "/".join(AUDIO_SUFFIXES), others[:3])
         if not test_names:
             logger.warning("%s: test/ holds no .aiff files; no test set", root)
     else:
