@@ -246,6 +246,10 @@ def parse_queue(raw: Any, *, source: str, base_dir: str) -> Queue:
         problems.append(f"output: {output!r} contains a control character (a NUL or a newline?); expected a folder "
                         f"path")
         output = "output"
+    elif _long_name(output):
+        problems.append(f"output: {_long_name(output)[:40]}... is a name of {len(_long_name(output).encode())} "
+                        f"bytes; a folder name may have at most 255")
+        output = "output"
     blend = _parse_blend(raw.get("blend"), [e.name for e in experiments], problems)
     if not problems:
         experiments = _resolve_teachers(experiments, seen, problems)
@@ -538,6 +542,9 @@ def _check_value(value, hint, meta, base_dir) -> Tuple[Optional[str], Any]:
     if kind and value not in meta.get("keywords", ()):
         if _has_control_character(value):
             return f"{value!r} contains a control character (a NUL or a newline?); expected a path", value
+        if _long_name(value):
+            return (f"{_long_name(value)[:40]}... is a name of {len(_long_name(value).encode())} bytes; a file or "
+                    f"folder name may have at most 255"), value
         value = _resolve(base_dir, value)
         # A cloud path (gs://...) is checked when the data is read: validation stays TensorFlow-free.
         if meta.get("must_exist") and "://" not in value:
@@ -719,6 +726,11 @@ def _execution_value(key: str, value) -> Optional[str]:
 def _has_control_character(path: str) -> bool:
     """A NUL (which no system call takes), a newline or another control character: never meant in a path."""
     return any(ord(c) < 32 for c in path)
+
+
+def _long_name(path: str) -> Optional[str]:
+    """The first part of ``path`` longer than a file name may be (255 bytes on Linux, macOS and Windows)."""
+    return next((part for part in path.split("/") if len(part.encode("utf-8", "replace")) > 255), None)
 
 
 def _resolve(base_dir: str, path: str) -> str:

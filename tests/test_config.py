@@ -128,6 +128,10 @@ BAD += [
      "defaults.data.csv", "contains a control character"),
     (GOOD + '\noutput: "out\\0put"\n', "output", "contains a control character"),
     (GOOD + '\noutput: ""\n', "output", "got an empty string"),
+    # A 300-character folder name passed, and the run failed with "OSError: File name too long" naming no key.
+    (GOOD.replace("{name: synthetic_whale, n_train: 40, n_test: 10}", "{name: synthetic_whale, root: /tmp/" + "a" * 300
+                  + "}"), "defaults.data.root", "a name of 300 bytes"),
+    (GOOD + "\noutput: out/" + "b" * 256 + "\n", "output", "a name of 256 bytes"),
     ("experiments: []", "experiments", "got an empty list"),
     (GOOD.replace("{method: mean}", "{method: mean, include: []}"), "blend.include", "got an empty list"),
     # Whale clips are used whole: crops were accepted and ignored in silence.
