@@ -89,8 +89,8 @@ experiments:
 def tone_data(tmp_path_factory):
     """A table of 40 one-second clips (half hold a 300 Hz tone in noise, an easy signal), 6 test clips,
     its feature cache and folds: ``(experiments, dataset, cache, folds, folder)``."""
-    import soundfile as sf
     import yaml
+    from conftest import write_tone_clips
 
     from pipeline.cache.build import ensure_features
     from pipeline.config import parse_queue
@@ -98,15 +98,7 @@ def tone_data(tmp_path_factory):
     from pipeline.folds import ensure_folds
 
     folder = tmp_path_factory.mktemp("tones")
-    (folder / "audio").mkdir()
-    rng = np.random.default_rng(11)
-    t = np.arange(2000) / 2000
-    rows = []
-    for i in range(46):
-        label = i % 2
-        wave = 0.1 * rng.normal(size=t.size) + label * 0.3 * np.sin(2 * np.pi * 300 * t)
-        sf.write(folder / "audio" / f"c{i}.wav", wave.astype(np.float32), 2000)
-        rows.append({"file": f"c{i}.wav", "label": label})
+    rows = write_tone_clips(folder / "audio", 46, seed=11)
     pd.DataFrame(rows[:40]).to_csv(folder / "train.csv", index=False)
     pd.DataFrame(rows[40:])[["file"]].to_csv(folder / "test.csv", index=False)
     exps = parse_queue(yaml.safe_load(QUEUE), source="q.yaml", base_dir=str(folder)).experiments

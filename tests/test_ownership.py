@@ -51,6 +51,18 @@ def quick_data(tmp_path):
     return f"{{name: kaggle_whale, root: {root}}}"
 
 
+def quick_queue(tmp_path, output) -> str:
+    """A one-experiment queue on :func:`quick_data` writing to ``output``."""
+    return write(tmp_path, f"""
+        defaults:
+          data: {quick_data(tmp_path)}
+          features: mel
+          model: inceptiontime
+        experiments: [{{name: a}}]
+        output: {output}
+    """)
+
+
 def write(folder, text, name="queue.yaml"):
     path = folder / name
     path.write_text(textwrap.dedent(text))
@@ -183,14 +195,7 @@ def test_table_paths_are_checked_against_the_output(tmp_path, capsys):
 @pytest.mark.parametrize("output", ["afile", "afile/sub"])
 def test_an_output_naming_a_file_is_refused(tmp_path, capsys, output):
     (tmp_path / "afile").write_text("mine\n")
-    path = write(tmp_path, f"""
-        defaults:
-          data: {quick_data(tmp_path)}
-          features: mel
-          model: inceptiontime
-        experiments: [{{name: a}}]
-        output: {output}
-    """)
+    path = quick_queue(tmp_path, output)
     before = snapshot(tmp_path)
     refused(capsys, [path], "output: ", "afile", "expected a folder")
     assert snapshot(tmp_path) == before
@@ -529,14 +534,7 @@ def test_a_dataset_of_an_earlier_version_without_marker_is_still_replaced(tmp_pa
 
 @pytest.mark.parametrize("output", ['"out\\n"', '"out\\tx"'])
 def test_an_output_path_with_a_control_character_is_refused(tmp_path, capsys, output):
-    path = write(tmp_path, f"""
-        defaults:
-          data: {quick_data(tmp_path)}
-          features: mel
-          model: inceptiontime
-        experiments: [{{name: a}}]
-        output: {output}
-    """)
+    path = quick_queue(tmp_path, output)
     before = snapshot(tmp_path)
     refused(capsys, [path], "output: ", "control character")
     assert snapshot(tmp_path) == before
@@ -552,14 +550,7 @@ def test_an_output_inside_a_folder_the_pipeline_made_is_refused(tmp_path, capsys
         ownership.make_owned_dir(str(folder))
     (out / "a" / "oof.csv").write_text("id,fold,pred\nx,0,0.5\n")
     (tmp_path / "link").symlink_to(out)
-    path = write(tmp_path, f"""
-        defaults:
-          data: {quick_data(tmp_path)}
-          features: mel
-          model: inceptiontime
-        experiments: [{{name: a}}]
-        output: {output}
-    """)
+    path = quick_queue(tmp_path, output)
     before = snapshot(tmp_path)
     for args in ([path], [path, "--dry-run"], [path, "--force"]):
         refused(capsys, args, f"output: {tmp_path / output} lies inside {out}, a folder the pipeline made")

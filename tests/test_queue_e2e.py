@@ -397,18 +397,10 @@ blend: {method: mean}
 
 def test_a_fold_without_both_classes_fails_its_experiment_and_is_never_scored(tmp_path, monkeypatch, capsys):
     # Site "a" holds every positive clip: each fold would train on one class and validate on the other (AUC NaN).
-    import soundfile as sf
+    from conftest import write_tone_clips
 
-    (tmp_path / "audio").mkdir()
-    rng = np.random.default_rng(5)
-    t = np.arange(2000) / 2000
-    rows = []
-    for i in range(24):
-        label = i % 2
-        sf.write(tmp_path / "audio" / f"c{i}.wav",
-                 (0.1 * rng.normal(size=t.size) + label * 0.3 * np.sin(2 * np.pi * 300 * t)).astype(np.float32), 2000)
-        rows.append({"file": f"c{i}.wav", "label": label, "site": "a" if label else f"b{i % 3}"})
-    table = pd.DataFrame(rows)
+    rows = write_tone_clips(tmp_path / "audio", 24, seed=5)
+    table = pd.DataFrame([{**row, "site": "a" if row["label"] else f"b{i % 3}"} for i, row in enumerate(rows)])
     table.to_csv(tmp_path / "train.csv", index=False)
     table.assign(site=[f"s{i % 3}" for i in range(24)]).to_csv(tmp_path / "train_mixed.csv", index=False)
     path = write_queue(tmp_path, TABLE_QUEUE)
