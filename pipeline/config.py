@@ -506,7 +506,10 @@ def _check_value(value, hint, meta, base_dir) -> Tuple[Optional[str], Any]:
         ):
             return f"expected a list of class labels (strings or integers); got {_show(value)}", value
         value = tuple(str(v).strip() for v in value)
-        if len(set(value)) != len(value) or len(value) < 2:
+        twice = sorted({v for v in value if value.count(v) > 1})
+        if twice:
+            return f"each class label once; got {', '.join(map(repr, twice))} more than once", value
+        if len(value) < 2:
             return f"expected at least two distinct class labels; got {_show(list(value))}", value
         if len(value) > meta["max_len"]:
             return f"expected at most {meta['max_len']} class labels; got {len(value)}", value

@@ -361,8 +361,10 @@ def check_teachers(experiments, index: Dict[str, int], problems: List[str]) -> N
             problems.append(f"{where}.teacher: {exp.name!r} cannot be its own teacher")
             continue
         if teacher is None:
-            problems.append(f"{where}.teacher: {exp.pseudo.teacher!r} is not an experiment in this queue; choose "
-                            f"one of: {', '.join(n for n in by_name if n != exp.name)}")
+            others = [n for n in by_name if n != exp.name]
+            choose = (f"choose one of: {', '.join(others)}" if others else
+                      "the queue has no other experiment; add the teacher experiment before this one")
+            problems.append(f"{where}.teacher: {exp.pseudo.teacher!r} is not an experiment in this queue; {choose}")
             continue
         for section in ("data", "folds"):
             if getattr(teacher, section) != getattr(exp, section):

@@ -134,6 +134,10 @@ BAD += [
     (GOOD + "\noutput: out/" + "b" * 256 + "\n", "output", "a name of 256 bytes"),
     ("experiments: []", "experiments", "got an empty list"),
     (GOOD.replace("{method: mean}", "{method: mean, include: []}"), "blend.include", "got an empty list"),
+    # Two distinct labels and a repeated one: the message said "at least two distinct class labels".
+    (GOOD.replace("{name: synthetic_whale, n_train: 40, n_test: 10}",
+                  "{name: table, csv: t.csv, audio_dir: ., classes: [0, 0, 1]}"), "defaults.data.classes",
+     "each class label once; got '0' more than once"),
     # Whale clips are used whole: crops were accepted and ignored in silence.
     (GOOD.replace("train: {epochs: 1}", "train: {epochs: 1}\n  crops: {crop_seconds: 1}"), "defaults.crops.crop_seconds",
      "would be ignored"),

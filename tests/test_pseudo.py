@@ -44,7 +44,11 @@ def queue_of(text: str, base_dir: str = "/tmp"):
   - name: a
   - name: b
     pseudo: {teacher: nope}
-""", "experiments[1].pseudo.teacher: 'nope' is not an experiment in this queue"),
+""", "experiments[1].pseudo.teacher: 'nope' is not an experiment in this queue; choose one of: a"),
+    ("""
+  - name: a
+    pseudo: {teacher: zz}
+""", "'zz' is not an experiment in this queue; the queue has no other experiment"),  # was "choose one of: " (none)
     ("""
   - name: a
     pseudo: {teacher: b}
