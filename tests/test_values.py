@@ -187,7 +187,8 @@ def test_data_classes_in_the_queue_file(tmp_path):
     """)
     (tmp_path / "q.yaml").write_text(queue.replace("CLASSES", "[0, 1, dog]"))
     assert load_queue(str(tmp_path / "q.yaml")).experiments[0].data.params.classes == ("0", "1", "dog")
-    for bad, problem in (("[0, 0]", "expected at least two distinct"), ("[true, 1]", "expected a list of class labels"),
+    for bad, problem in (("[0, 0]", "each class label once"), ("[0]", "expected at least two distinct"),
+                         ("[true, 1]", "expected a list of class labels"),
                          ("dog", "expected a list of class labels")):
         (tmp_path / "q.yaml").write_text(queue.replace("CLASSES", bad))
         with pytest.raises(ConfigError, match=r"data\.classes: " + problem):
