@@ -44,8 +44,9 @@ import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODES = ("1", "auto")
-# The runner with the CPU job slots' pinning switched off (the slots are made in the runner's executor).
-UNPINNED = ("import sys; sys.path.insert(0, {root!r}); import pipeline.executors.local as local; "
+# The runner with the CPU job slots' pinning switched off (the slots are made in the runner's executor); run from
+# the repository root, where `python -c` finds the pipeline package.
+UNPINNED = ("import sys; import pipeline.executors.local as local; "
             "local.core_slots = lambda cores, jobs: []; from pipeline.cli import main; sys.exit(main(sys.argv[1:]))")
 
 
@@ -82,11 +83,10 @@ def run_once(source: str, mode: str, folder: str) -> dict:
     path = os.path.join(folder, "queue.yaml")
     with open(path, "w") as f:
         f.write(resolved_queue(source, output))
-    if mode == "auto-unpinned":
-        command = [sys.executable, "-c", UNPINNED.format(root=ROOT), path, "--jobs", "auto"]
+    if mode == "auto-unpinned":  # the queue file holds absolute paths: the working folder does not matter
+        run = timed_run([sys.executable, "-c", UNPINNED, path, "--jobs", "auto"], folder, ROOT)
     else:
-        command = [sys.executable, os.path.join(ROOT, "run_queue.py"), path, "--jobs", mode]
-    run = timed_run(command, folder, folder)
+        run = timed_run([sys.executable, os.path.join(ROOT, "run_queue.py"), path, "--jobs", mode], folder, folder)
     return {"mode": mode, "output": output, **run}
 
 

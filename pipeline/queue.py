@@ -130,7 +130,8 @@ class ExperimentRun:
         try:
             # Only a folder the pipeline made (or an older version's experiment folder) is ever deleted or reused.
             if io.isdir(exp_dir) and (force or not same_config or changed):
-                reason = ("--force" if force else f"its config changed{_config_change_words(exp, exp_dir)}" if not same_config
+                reason = ("--force" if force else
+                          f"its config changed{_config_change_words(exp, exp_dir)}" if not same_config
                           else f"data changed since the last run: {changed}")
                 log.info("%s: starting afresh (%s)", exp.name, reason)
                 ownership.remove_owned(exp_dir, recognise=ownership.is_legacy_experiment,

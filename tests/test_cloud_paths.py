@@ -206,9 +206,9 @@ def test_local_feature_cache_never_loads_tensorflow(tmp_path):
 
 # A scheme no file system plugin implements (s3:// is one once tensorflow-io is imported, and then reaching an
 # unreachable bucket retries for minutes: not a unit test).
-@pytest.mark.parametrize("output,words", [("nosuchfs://bucket/run", "cannot use nosuchfs://bucket/run (nosuchfs:// with "
-                                                                    "TensorFlow's file systems here): File system "
-                                                                    "scheme 'nosuchfs' not implemented")])
+@pytest.mark.parametrize("output,words", [
+    ("nosuchfs://bucket/run", "cannot use nosuchfs://bucket/run (nosuchfs:// with TensorFlow's file systems here): "
+                              "File system scheme 'nosuchfs' not implemented")])
 def test_an_output_on_a_file_system_that_cannot_be_used_here_is_refused_naming_it(tmp_path, capsys, output, words):
     """An unknown scheme (or an unreachable bucket) ended in TensorFlow's traceback from the output check."""
     import tensorflow_io  # noqa: F401  (its file systems registered, as in a run that augmented audio before)

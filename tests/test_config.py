@@ -139,8 +139,8 @@ BAD += [
                   "{name: table, csv: t.csv, audio_dir: ., classes: [0, 0, 1]}"), "defaults.data.classes",
      "each class label once; got '0' more than once"),
     # Whale clips are used whole: crops were accepted and ignored in silence.
-    (GOOD.replace("train: {epochs: 1}", "train: {epochs: 1}\n  crops: {crop_seconds: 1}"), "defaults.crops.crop_seconds",
-     "would be ignored"),
+    (GOOD.replace("train: {epochs: 1}", "train: {epochs: 1}\n  crops: {crop_seconds: 1}"),
+     "defaults.crops.crop_seconds", "would be ignored"),
     # YAML 1.1 reads a bare yes as a boolean: the name was given, not missing.
     (GOOD.replace("  - name: b\n", "  - name: yes\n"), "experiments[1].name", "got True (a boolean); quote it"),
 ]

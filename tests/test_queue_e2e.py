@@ -257,7 +257,8 @@ def test_predict_refuses_what_it_cannot_predict_before_writing(tmp_path, capsys)
 
     ensure_synthetic_whale(str(tmp_path / "synth"), n_train=30, n_test=5, positive_fraction=0.3, seed=0)
     synth = snapshot(tmp_path / "synth")
-    (tmp_path / "other_data.yaml").write_text(f"data: {{name: synthetic_whale, n_train: 20, root: {tmp_path / 'synth'}}}\n")
+    (tmp_path / "other_data.yaml").write_text(
+        f"data: {{name: synthetic_whale, n_train: 20, root: {tmp_path / 'synth'}}}\n")
     (tmp_path / "other.yaml").write_text("data: {name: kaggle_whale, root: x}\noutput: y\n")
     (tmp_path / "song.wav").write_bytes(b"")  # audio in the folder: the missing experiments are the problem
     for args, words in cases:
@@ -413,7 +414,8 @@ def test_a_fold_without_both_classes_fails_its_experiment_and_is_never_scored(tm
         for file in out.rglob("*.json"):  # strict JSON everywhere: no NaN
             json.loads(file.read_text(), parse_constant=lambda c: pytest.fail(f"{file} holds {c}"))
         summary = pd.read_csv(out / "summary.csv").set_index("experiment")
-        assert summary.loc["apart", "status"] == "failed" and summary.drop(columns="error").loc["apart"].isna().sum() > 0
+        assert summary.loc["apart", "status"] == "failed"
+        assert summary.drop(columns="error").loc["apart"].isna().sum() > 0
         assert pd.isna(summary.loc["apart"].filter(like="auc")).all()
         assert summary.loc["mixed", "status"] == "done"
         assert list(json.loads((out / "blend" / "scores.json").read_text())["experiments"]) == ["mixed"]

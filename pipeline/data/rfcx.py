@@ -90,7 +90,8 @@ def read_kaggle_rfcx(root: str, *, unknown: str = "mask") -> Dataset:
         raise DataError(f"{train_dir}: train/ folder not found (kaggle_rfcx expects the audio in ROOT/train/)")
     for table, path in ((tp, os.path.join(root, "train_tp.csv")), (fp, os.path.join(root, "train_fp.csv"))):
         refuse_outside(table["recording_id"], train_dir, where=f"{path}: column 'recording_id'", suffix=AUDIO_SUFFIX)
-    _check_boxes_inside_recordings({"train_tp.csv": tp, "train_fp.csv": fp}, root, train_dir)
+    train_files = _flac_names(train_dir)  # listed once: a bucket of thousands of recordings is slow to list
+    _check_boxes_inside_recordings({"train_tp.csv": tp, "train_fp.csv": fp}, root, train_dir, train_files)
     # The same box marked present (tp) and absent (fp) would give its frames both targets: tp wins, with a word.
     same = ["recording_id", "species_id", "t_min", "t_max", "f_min", "f_max"]
     both = fp.reset_index().merge(tp[same].drop_duplicates(), on=same)["index"]
@@ -117,30 +118,31 @@ def read_kaggle_rfcx(root: str, *, unknown: str = "mask") -> Dataset:
             [s, float(rec.t_min), float(rec.t_max), float(rec.f_min), float(rec.f_max), int(rec.is_tp)])
     train = pd.DataFrame({
         "id": pd.Series(ids, dtype=object),
-        "path": _recording_paths(train_dir, ids),
+        "path": _recording_paths(train_dir, ids, train_files),
         "split": "train",
     })
     n_missing = int(sum(not io.exists(p) for p in train["path"]))
     if n_missing:
         logger.warning("%s: %d of %d recordings named in the CSVs are not in train/", root, n_missing, len(train))
-    unlisted = set(_flac_names(train_dir)) - set(ids)
+    unlisted = set(train_files) - set(ids)
     if unlisted:
         logger.warning("%s: %d recordings in train/ have no tp or fp row and are not used, e.g. %s",
                        root, len(unlisted), sorted(unlisted)[:3])
 
     if io.isdir(test_dir):
-        test_ids = sorted(_flac_names(test_dir))
+        test_files = _flac_names(test_dir)
+        test_ids = sorted(test_files)
         if not test_ids:
             logger.warning("%s: test/ holds no .flac files; no test set", root)
     else:
         logger.warning("%s: no test/ folder; no test set", root)
-        test_ids = []
+        test_ids, test_files = [], {}
     clash = sorted(set(ids) & set(test_ids))
     if clash:
         raise DataError(f"{root}: recording ids appear in both the training CSVs and test/: {clash[:5]}")
     test = pd.DataFrame({
         "id": pd.Series(test_ids, dtype=object),
-        "path": pd.Series(_recording_paths(test_dir, test_ids), dtype=object),
+        "path": pd.Series(_recording_paths(test_dir, test_ids, test_files), dtype=object),
         "split": "test",
     })
 
@@ -187,7 +189,7 @@ def frame_defaults(manifest: pd.DataFrame) -> np.ndarray:
     return np.where(zero, 0.0, np.nan).astype(np.float32)
 
 
-def _check_boxes_inside_recordings(tables: dict, root: str, train_dir: str) -> None:
+def _check_boxes_inside_recordings(tables: dict, root: str, train_dir: str, listed: dict) -> None:
     """DataError naming the CSV rows whose box ends after its recording or above its Nyquist frequency.
 
     Only the first bytes of each recording are read, and parsed here
@@ -200,7 +202,7 @@ def _check_boxes_inside_recordings(tables: dict, root: str, train_dir: str) -> N
         return
     info = {}
     recs = sorted(set().union(*(set(t["recording_id"]) for t in tables.values())))
-    for rec, path in zip(recs, _recording_paths(train_dir, recs)):
+    for rec, path in zip(recs, _recording_paths(train_dir, recs, listed)):
         length = recording_length(path)
         if length is not None:
             frames, rate = length
@@ -297,10 +299,9 @@ def _flac_names(folder: str) -> dict:
     return found
 
 
-def _recording_paths(folder: str, ids) -> list:
-    """The audio file of each recording id in ``folder``: the listed name (any suffix case), else ``<id>.flac``
-    (missing: the decoder reports it)."""
-    listed = _flac_names(folder) if io.isdir(folder) else {}
+def _recording_paths(folder: str, ids, listed: dict) -> list:
+    """The audio file of each recording id in ``folder``: its name in ``listed`` (:func:`_flac_names`, any suffix
+    case), else ``<id>.flac`` (missing: the decoder reports it)."""
     return [os.path.join(folder, listed.get(r, r + AUDIO_SUFFIX)) for r in ids]
 
 
